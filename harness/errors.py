@@ -1,0 +1,20 @@
+"""The one exception type the harness raises for bad input.
+
+Every engine raises :class:`HarnessError` (or a subclass) with a message that names the
+culprit: the file, tensor, token, dataset row or spec field. The CLI prints it as a single
+line and exits non-zero, without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class HarnessError(Exception):
+    """Bad input or an unusable environment; the message names the culprit."""
+
+    exit_code: int = 2
+
+
+class LoadError(HarnessError):
+    """Something could not be loaded (a path, a model id, a tokenizer, a data file)."""
+
+    exit_code = 2
