@@ -1,0 +1,200 @@
+"""Findings output: the terminal table, JSON/Markdown files (written atomically) and PNGs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics as pystats
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from harness.findings.statistics import layer_values
+from harness.findings.verdict import ClaimResult
+
+COLUMNS = ("claim", "pair", "check", "measured", "seed value", "threshold", "margin", "verdict")
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
+        return str(x)
+    return f"{x:.4g}"
+
+
+def rows(results: Iterable[ClaimResult]) -> list[tuple[str, ...]]:
+    out = []
+    for r in results:
+        pair = r.pair if r.seed is None else f"{r.pair} [seed {r.seed}]"
+        out.append((r.claim, pair, r.check, _fmt(r.measured), _fmt(r.seed_value),
+                    f"{r.comparator} {_fmt(r.threshold)}", _fmt(r.margin), r.verdict.upper()))
+    return out
+
+
+def table(results: Sequence[ClaimResult]) -> str:
+    """A fixed-width text table of the results, one line per row."""
+    body = rows(results)
+    widths = [max(len(c), *(len(r[i]) for r in body)) if body else len(c) for i, c in enumerate(COLUMNS)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([line(COLUMNS), line(["-" * w for w in widths])] + [line(r) for r in body])
+
+
+def markdown_table(results: Sequence[ClaimResult]) -> str:
+    out = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    out += ["| " + " | ".join(r) + " |" for r in rows(results)]
+    return "\n".join(out)
+
+
+@dataclass(frozen=True)
+class Spread:
+    """A claim check's values across training seeds."""
+
+    key: tuple[str, str, str]
+    values: tuple[float, ...]
+    verdicts: tuple[str, ...]
+
+    @property
+    def agree(self) -> bool:
+        return len(set(self.verdicts)) == 1
+
+    @property
+    def stdev(self) -> float:
+        return pystats.stdev(self.values) if len(self.values) > 1 else 0.0
+
+
+def spreads(results: Iterable[ClaimResult]) -> list[Spread]:
+    """Group rows by (claim, pair, check) across training seeds."""
+    groups: dict[tuple[str, str, str], list[ClaimResult]] = {}
+    for r in results:
+        groups.setdefault(r.key, []).append(r)
+    return [Spread(k, tuple(r.measured for r in g), tuple(r.verdict for r in g)) for k, g in groups.items()]
+
+
+def spread_table(items: Sequence[Spread]) -> str:
+    cols = ("claim", "pair", "check", "n", "min", "max", "stdev", "verdicts")
+    body = [(s.key[0], s.key[1], s.key[2], str(len(s.values)), _fmt(min(s.values)), _fmt(max(s.values)),
+             _fmt(s.stdev), "agree" if s.agree else "DISAGREE " + ",".join(s.verdicts)) for s in items]
+    widths = [max(len(c), *(len(r[i]) for r in body)) if body else len(c) for i, c in enumerate(cols)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([line(cols)] + [line(r) for r in body])
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write to a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def to_json(results: Sequence[ClaimResult], meta: Mapping[str, Any]) -> dict[str, Any]:
+    return {"meta": dict(meta), "results": [r.to_dict() for r in results],
+            "spread": [{"claim": s.key[0], "pair": s.key[1], "check": s.key[2], "values": list(s.values),
+                        "stdev": s.stdev, "agree": s.agree} for s in spreads(results) if len(s.values) > 1]}
+
+
+def load_json(path: Path) -> tuple[dict[str, Any], list[ClaimResult]]:
+    """Read a findings JSON written by :func:`write`; errors name the file."""
+    from harness.errors import LoadError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return data.get("meta", {}), [ClaimResult.from_dict(r) for r in data["results"]]
+    except FileNotFoundError:
+        raise LoadError(f"{path}: findings file not found") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise LoadError(f"{path}: not a findings JSON ({exc})") from None
+
+
+def to_markdown(results: Sequence[ClaimResult], meta: Mapping[str, Any], images: Sequence[str] = ()) -> str:
+    lines = [f"# Findings: plan `{meta.get('plan', '?')}`, run {meta.get('run', '?')}", ""]
+    for k in ("plan_path", "device", "seeds", "baseline"):
+        if meta.get(k) not in (None, "", []):
+            lines.append(f"- {k}: `{meta[k]}`")
+    lines += ["", markdown_table(results), ""]
+    spread = [s for s in spreads(results) if len(s.values) > 1]
+    if spread:
+        lines += ["## Spread across training seeds", "", "```", spread_table(spread), "```", ""]
+    for img in images:
+        lines += [f"![{Path(img).stem}]({Path(img).name})", ""]
+    return "\n".join(lines)
+
+
+def write(folder: Path, run: str, results: Sequence[ClaimResult], meta: Mapping[str, Any],
+          images: Sequence[str] = ()) -> tuple[Path, Path]:
+    """Write ``<folder>/<run>.json`` and ``.md`` atomically; returns both paths."""
+    folder = Path(folder)
+    js, md = folder / f"{run}.json", folder / f"{run}.md"
+    atomic_write(js, json.dumps(to_json(results, meta), indent=2, ensure_ascii=False))
+    atomic_write(md, to_markdown(results, meta, images))
+    return js, md
+
+
+def _save_fig(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+
+
+def plot_layer_deviation(diffs: Mapping[str, Mapping[str, Any]], path: Path, title: str) -> Path:
+    """Per-layer L2 minus the mean layer L2, one line per diff (seed tables 14 and 15)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name, report in diffs.items():
+        vals = layer_values(report, "l2")
+        mean = sum(v for _, v in vals) / len(vals)
+        ax.plot([i for i, _ in vals], [v - mean for _, v in vals], marker="o", ms=3,
+                label=f"{name} (mean {mean:.3g})")
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("L2 − mean layer L2")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save_fig(fig, Path(path))
+    return Path(path)
+
+
+def plot_conflict_rates(diffs: Mapping[str, Mapping[str, Any]], path: Path, title: str) -> Path:
+    """Sign-conflict rate per layer, one line per task-vector pair (log scale when positive)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    positive = True
+    for name, report in diffs.items():
+        vals = layer_values(report, "conflict_rate")
+        positive &= all(v > 0 for _, v in vals)
+        ax.plot([i for i, _ in vals], [v for _, v in vals], marker="o", ms=3, label=name)
+    if positive:
+        ax.set_yscale("log")
+    ax.set_xlabel("decoder layer")
+    ax.set_ylabel("conflict rate")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save_fig(fig, Path(path))
+    return Path(path)

@@ -1,0 +1,155 @@
+"""Statistics: named functions computing a claim's measured value.
+
+A statistic is ``fn(source, pair, **params) -> float``, registered in :data:`STATISTICS`.
+
+- Weight statistics take a :class:`WeightSource` (``diff(a, b, ref) -> dict`` in the
+  ``harness.diff`` JSON layout, ``parent(node)``); see :class:`harness.findings.diffs.DiffSource`.
+- Generation statistics take a :class:`GenerationSource` (the outputs of greedy generation).
+
+Node references in ``params`` are a role of the pair (``"dpo"``), ``"parent(dpo)"`` for the
+node that role's node was trained from, or a plain node name (``"base"``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+from harness.errors import HarnessError
+from harness.findings.spec import Pair
+from harness.registry import Registry
+
+Statistic = Callable[..., float]
+STATISTICS: Registry[Statistic] = Registry("statistic")
+
+_PARENT = re.compile(r"^parent\((\w+)\)$")
+_LAYER = re.compile(r"(\d+)\s*$")
+
+
+class WeightSource(Protocol):
+    def diff(self, a: str, b: str, ref: str | None = None) -> Mapping[str, Any]: ...
+
+    def parent(self, node: str) -> str | None: ...
+
+
+@dataclass
+class GenerationSource:
+    """Greedy generations of one model: per output whether it stopped on a stop token, and its text."""
+
+    stopped: Sequence[bool]
+    texts: Sequence[str]
+    eos_texts: Sequence[str] = ()
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+def resolve(source: Any, pair: Pair, ref: str) -> str:
+    """Turn a role, ``parent(role)`` or node name into a node name."""
+    m = _PARENT.match(ref)
+    if m:
+        node = resolve(source, pair, m.group(1))
+        parent = source.parent(node)
+        if parent is None:
+            raise HarnessError(f"node {node!r} has no parent, so {ref!r} cannot be resolved")
+        return parent
+    return pair.get(ref) or ref
+
+
+def _nodes(source: Any, pair: Pair, refs: Sequence[str], what: str) -> list[str]:
+    if not isinstance(refs, (list, tuple)) or len(refs) not in (2, 3):
+        raise HarnessError(f"statistic parameter {what!r} must list 2 or 3 node references, got {refs!r}")
+    return [resolve(source, pair, r) for r in refs]
+
+
+def _diff(source: WeightSource, pair: Pair, refs: Sequence[str], what: str) -> Mapping[str, Any]:
+    nodes = _nodes(source, pair, refs, what)
+    return source.diff(nodes[0], nodes[1], nodes[2] if len(nodes) == 3 else None)
+
+
+def _ratio(num: float, den: float) -> float:
+    if den == 0:
+        return math.inf if num > 0 else math.nan
+    return num / den
+
+
+def layer_index(layer: Any) -> int:
+    """The block index of a ``layers[i]["layer"]`` entry (an int or a name ending in digits)."""
+    if isinstance(layer, int):
+        return layer
+    m = _LAYER.search(str(layer))
+    if not m:
+        raise HarnessError(f"diff report layer {layer!r} has no block index")
+    return int(m.group(1))
+
+
+def layer_values(report: Mapping[str, Any], key: str) -> list[tuple[int, float]]:
+    """``(block index, value)`` for each decoder layer, sorted by index."""
+    rows = [(layer_index(r["layer"]), r[key]) for r in report["layers"]]
+    if not rows:
+        raise HarnessError("diff report has no decoder layers")
+    return sorted((i, float("nan") if v is None else float(v)) for i, v in rows)
+
+
+@STATISTICS.register("l2_ratio")
+def l2_ratio(source: WeightSource, pair: Pair, *, num: Sequence[str], den: Sequence[str]) -> float:
+    """Total L2 of the ``num`` diff over the total L2 of the ``den`` diff."""
+    return _ratio(_diff(source, pair, num, "num")["total"]["l2"], _diff(source, pair, den, "den")["total"]["l2"])
+
+
+@STATISTICS.register("conflict_ratio")
+def conflict_ratio(source: WeightSource, pair: Pair, *, num: Sequence[str], den: Sequence[str],
+                   field: str = "conflict_rate") -> float:
+    """A conflict field (``conflict_rate`` or ``conflict_l2``) of ``num`` over that of ``den``.
+
+    ``num``/``den`` are ``[a, b, ref]``: the task vectors a−ref and b−ref.
+    """
+    if field not in ("conflict_rate", "conflict_l2", "conflicts"):
+        raise HarnessError(f"conflict_ratio: unknown field {field!r}; known: conflict_rate, conflict_l2, conflicts")
+    n = _diff(source, pair, num, "num")["total"][field]
+    d = _diff(source, pair, den, "den")["total"][field]
+    if n is None or d is None:
+        raise HarnessError("conflict_ratio needs diffs with a reference checkpoint (3 node references)")
+    return _ratio(float(n), float(d))
+
+
+def _quarters(values: list[float]) -> tuple[list[float], list[float]]:
+    q = max(1, len(values) // 4)
+    return values[:q], values[-q:]
+
+
+@STATISTICS.register("depth_quarter_ratio")
+def depth_quarter_ratio(source: WeightSource, pair: Pair, *, diff: Sequence[str] = ("node", "parent(node)")) -> float:
+    """Mean layer L2 of the last quarter of layers over that of the first quarter."""
+    values = [v for _, v in layer_values(_diff(source, pair, diff, "diff"), "l2")]
+    first, last = _quarters(values)
+    return _ratio(sum(last) / len(last), sum(first) / len(first))
+
+
+@STATISTICS.register("depth_spearman")
+def depth_spearman(source: WeightSource, pair: Pair, *, diff: Sequence[str] = ("node", "parent(node)")) -> float:
+    """Spearman rank correlation of layer index with layer L2."""
+    from scipy.stats import spearmanr
+
+    rows = layer_values(_diff(source, pair, diff, "diff"), "l2")
+    if len(rows) < 3:
+        raise HarnessError(f"depth_spearman needs at least 3 layers, the diff has {len(rows)}")
+    rho = spearmanr([i for i, _ in rows], [v for _, v in rows]).statistic
+    return float(rho)
+
+
+@STATISTICS.register("stop_rate")
+def stop_rate(source: GenerationSource, pair: Pair) -> float:
+    """Fraction of generations that ended on a stop token (not at ``max_new_tokens``)."""
+    if not source.stopped:
+        raise HarnessError("stop_rate: no generations")
+    return sum(bool(s) for s in source.stopped) / len(source.stopped)
+
+
+@STATISTICS.register("eos_text_rate")
+def eos_text_rate(source: GenerationSource, pair: Pair) -> float:
+    """Fraction of generations whose text contains the literal text of an EOS/stop token."""
+    if not source.texts:
+        raise HarnessError("eos_text_rate: no generations")
+    marks = [t for t in source.eos_texts if t]
+    return sum(any(m in text for m in marks) for text in source.texts) / len(source.texts)
