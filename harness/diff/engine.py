@@ -1,0 +1,182 @@
+"""``compare``: stream two checkpoints (and a reference) tensor by tensor into a DiffReport."""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from typing import Callable, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from harness.diff.checkpoint import load_checkpoint
+from harness.diff.stats import NRAW, chunk_stats, combine_raw
+from harness.errors import HarnessError
+
+# Decoder-block naming of the common architectures: model.layers.N., gpt_neox.layers.N.,
+# transformer.h.N., model.decoder.layers.N., encoder.layer.N., blocks.N.
+LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
+NUMBERED_RE = re.compile(r"(?:^|\.)(\d+)\.")
+CHUNK_ELEMS = 1 << 18  # elements per CPU chunk: fits in L2, big enough to amortise op overhead
+
+
+def layer_of(name: str) -> Optional[int]:
+    """The decoder-block index in a tensor name, or ``None`` outside the blocks."""
+    m = LAYER_RE.search(name)
+    return int(m.group(1)) if m else None
+
+
+def module_of(name: str) -> str:
+    """The module type of a tensor: ``...self_attn.q_proj.weight`` -> ``q_proj``."""
+    parts = [p for p in name.split(".") if p not in ("weight", "bias")]
+    return parts[-1] if parts else name
+
+
+def _warn_unknown_blocks(names: Iterable[str]) -> None:
+    odd = sorted(n for n in names if layer_of(n) is None and NUMBERED_RE.search(n))
+    if odd:
+        shown = ", ".join(odd[:5]) + (f" (and {len(odd) - 5} more)" if len(odd) > 5 else "")
+        warnings.warn(f"unrecognised block naming, counted under 'other': {shown}", stacklevel=3)
+
+
+def _check_same_tensors(ckpts: dict) -> list[str]:
+    """The common tensor names in ``a``'s shard order; raise listing one-sided tensors."""
+    sets = {k: set(c.tensors) for k, c in ckpts.items()}
+    union = set().union(*sets.values())
+    problems = []
+    for k, c in ckpts.items():
+        missing = sorted(union - sets[k])
+        if missing:
+            shown = ", ".join(missing[:12]) + (f" (and {len(missing) - 12} more)" if len(missing) > 12 else "")
+            problems.append(f"{len(missing)} tensor(s) missing from {k} ({c.label}): {shown}")
+    if problems:
+        raise HarnessError("tensor present on one side only: " + "; ".join(problems))
+    names = ckpts["a"].names()
+    for name in names:
+        shapes = {k: tuple(c.shape(name)) for k, c in ckpts.items()}
+        if len(set(shapes.values())) > 1:
+            desc = ", ".join(f"{shapes[k]} in {k} ({ckpts[k].label})" for k in shapes)
+            raise HarnessError(f"shape mismatch for tensor {name!r}: {desc}")
+    return names
+
+
+def _source_key(ckpt, name: str):
+    """Where a side's stored tensor comes from, so identical bases can cancel exactly."""
+    if ckpt.is_adapter and ckpt.replaced(name):
+        return None
+    info = ckpt.tensors[name]
+    return (os.path.realpath(info.path), info.start)
+
+
+def _delta(ckpt, name: str):
+    return ckpt.delta(name) if ckpt.is_adapter else None
+
+
+class TensorJob:
+    """One tensor of the comparison: its sides' stored views and LoRA deltas, lazily."""
+
+    def __init__(self, name: str, sides: Sequence) -> None:
+        self.name = name
+        self.sides = sides
+        self.numel = int(np.prod(sides[0].shape(name), dtype=np.int64))
+        keys = [_source_key(s, name) for s in sides]
+        # All sides store the same base tensor: the differences are the LoRA deltas exactly.
+        self.shared_base = keys[0] is not None and all(k == keys[0] for k in keys)
+        self.deltas = [_delta(s, name) for s in sides]
+
+    @property
+    def trivially_zero(self) -> bool:
+        return self.shared_base and all(d is None for d in self.deltas)
+
+    def matrix(self, i: int) -> Optional[torch.Tensor]:
+        """Side ``i``'s stored tensor as a 2-D view (``None`` when the base cancels)."""
+        if self.shared_base:
+            return None
+        t = self.sides[i].raw(self.name)
+        rows = t.shape[0] if t.dim() >= 1 else 1
+        return t.reshape(rows, -1)
+
+    def rows_cols(self) -> tuple[int, int]:
+        shape = self.sides[0].shape(self.name)
+        rows = shape[0] if len(shape) >= 1 else 1
+        return rows, (self.numel // rows if rows else 0)
+
+
+def _side_rows(mat, delta, r0: int, r1: int, cols: int, device) -> torch.Tensor:
+    if mat is None:
+        x = torch.zeros((r1 - r0, cols), dtype=torch.float32, device=device)
+    else:
+        x = mat[r0:r1].to(device, non_blocking=True).float()
+    if delta is not None:
+        x = x + delta.rows(r0, r1)
+    return x.reshape(-1)
+
+
+def job_raw_torch(job: TensorJob, device: "str | torch.device" = "cpu",
+                  chunk: int = CHUNK_ELEMS) -> np.ndarray:
+    """Raw statistics of one tensor, chunk by chunk of rows, with eager torch on ``device``."""
+    if job.trivially_zero or job.numel == 0:
+        return np.zeros(NRAW)
+    rows, cols = job.rows_cols()
+    mats = [job.matrix(i) for i in range(len(job.sides))]
+    deltas = [d.to(device) if d is not None else None for d in job.deltas]
+    step = max(1, chunk // max(cols, 1))
+    parts = []
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        xs = [_side_rows(m, d, r0, r1, cols, device) for m, d in zip(mats, deltas)]
+        parts.append(chunk_stats(*xs))
+    return combine_raw(torch.stack(parts).cpu().numpy())
+
+
+def cpu_backend(jobs: list[TensorJob], bar) -> dict[str, np.ndarray]:
+    out = {}
+    for job in jobs:
+        out[job.name] = job_raw_torch(job, "cpu")
+        bar.update(1)
+    return out
+
+
+def pick_device(device: str) -> str:
+    if device not in ("auto", "cpu", "cuda"):
+        raise HarnessError(f"unknown device {device!r}; known: auto, cpu, cuda")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise HarnessError("--device cuda was asked for but no CUDA device is available")
+    return device
+
+
+def compare(a, b, base=None, *, device: str = "auto", progress: bool = True,
+            adapter_base=None, backend: Optional[Callable] = None):
+    """Diff checkpoint ``b`` against ``a`` (optionally with reference ``base``): a DiffReport.
+
+    ``a``, ``b`` and ``base`` are paths (model folder, ``.safetensors`` file, PEFT adapter
+    folder) or hub ids. Tensors are streamed one at a time; arithmetic is fp32 after
+    upcasting, accumulation float64.
+    """
+    from harness.diff.report import DiffReport
+
+    dev = pick_device(device)
+    ckpts = {"a": load_checkpoint(a, adapter_base), "b": load_checkpoint(b, adapter_base)}
+    if base is not None:
+        ckpts["base"] = load_checkpoint(base, adapter_base)
+    names = _check_same_tensors(ckpts)
+    _warn_unknown_blocks(names)
+    sides = list(ckpts.values())
+    jobs = [TensorJob(n, sides) for n in names]
+    if backend is None:
+        if dev == "cuda":
+            from harness.diff.cuda import cuda_backend as backend
+        else:
+            backend = cpu_backend
+    with tqdm(total=len(jobs), desc="diff", unit="tensor", disable=not progress) as bar:
+        raws = backend(jobs, bar)
+    for c in sides:
+        c.close()
+    meta = {"a": ckpts["a"].label, "b": ckpts["b"].label,
+            "base": ckpts["base"].label if base is not None else None, "device": dev,
+            "tensors": len(jobs)}
+    return DiffReport.build(raws, {j.name: j.numel for j in jobs}, base is not None, meta)
