@@ -95,23 +95,35 @@ def evaluate(spec: ClaimSpec, source: Any, pair: Pair, *, plan: str = "", seed: 
 
 
 # ---- session collector -------------------------------------------------------------------
+# A stack, so that a pytest session run inside another one (pytester) keeps its own rows.
 
-_RESULTS: list[ClaimResult] = []
+_STACK: list[list[ClaimResult]] = [[]]
 
 
 def record(results: ClaimResult | Iterable[ClaimResult]) -> None:
     """Add result rows to this session's findings (terminal summary, JSON/Markdown files)."""
     if isinstance(results, ClaimResult):
         results = [results]
-    _RESULTS.extend(results)
+    _STACK[-1].extend(results)
 
 
 def recorded() -> list[ClaimResult]:
-    return list(_RESULTS)
+    """The rows recorded in the current session so far."""
+    return list(_STACK[-1])
 
 
 def clear() -> None:
-    _RESULTS.clear()
+    _STACK[-1].clear()
+
+
+def push_session() -> None:
+    """Start collecting for a new (possibly nested) session."""
+    _STACK.append([])
+
+
+def pop_session() -> list[ClaimResult]:
+    """Stop collecting for the innermost session and return its rows."""
+    return _STACK.pop() if len(_STACK) > 1 else list(_STACK[0])
 
 
 def assert_holds(results: Iterable[ClaimResult]) -> None:
