@@ -1,0 +1,86 @@
+"""The pytest plugin end to end, in a child pytest: summary table, files, baseline compare-fail,
+seed disagreement and conflicting options (pytest.UsageError)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CLAIM_FILE = '''
+import os
+import pytest
+from harness.findings import ClaimResult, assert_holds
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_c9(claim_result, seed):
+    value = float(os.environ.get("C9_VALUE_%d" % seed, os.environ.get("C9_VALUE", "0.1")))
+    row = ClaimResult.make("C9", "a/b", value, 0.25, "<", seed_value=0.04, check="ratio", tolerance=0.5,
+                           seed=seed if os.environ.get("C9_SEEDS") else None)
+    claim_result(row)
+    if not os.environ.get("C9_SEEDS"):
+        assert_holds([row])
+'''
+
+
+def run(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    (tmp_path / "test_c9.py").write_text(CLAIM_FILE)
+    if not (tmp_path / "conftest.py").exists():
+        (tmp_path / "conftest.py").write_text("")  # makes tmp_path the rootdir
+    e = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), **env}
+    e.pop("HARNESS_FINDINGS_DIR", None)
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "test_c9.py",
+                           "--findings-dir", str(tmp_path / "out"), *args],
+                          cwd=tmp_path, env=e, capture_output=True, text=True, timeout=120)
+
+
+def test_summary_table_and_files(tmp_path):
+    r = run(tmp_path, "--harness-run-id", "r1", C9_VALUE="0.1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "harness findings" in r.stdout
+    line = next(l for l in r.stdout.splitlines() if l.startswith("C9"))
+    assert line.split()[:4] == ["C9", "a/b", "ratio", "0.1"] and "PASS" in line
+    data = json.loads((tmp_path / "out" / "tiny" / "r1.json").read_text())
+    assert [x["measured"] for x in data["results"]] == [0.1, 0.1]
+    assert (tmp_path / "out" / "tiny" / "r1.md").is_file()
+
+
+def test_baseline_compare_fail(tmp_path):
+    assert run(tmp_path, "--harness-run-id", "base", C9_VALUE="0.1").returncode == 0
+    base = str(tmp_path / "out" / "tiny" / "base.json")
+    ok = run(tmp_path, "--findings-baseline", base, "--harness-run-id", "r2", C9_VALUE="0.12")
+    assert ok.returncode == 0 and "no regression against" in ok.stdout, ok.stdout
+    moved = run(tmp_path, "--findings-baseline", base, "--harness-run-id", "r3", C9_VALUE="0.2")
+    assert moved.returncode == 1, moved.stdout  # every test passed: the baseline fails the session
+    assert "Findings have regressed" in moved.stdout and "+100.0%, tolerance 50%" in moved.stdout
+
+
+def test_seed_disagreement_fails_the_session(tmp_path):
+    r = run(tmp_path, "--harness-run-id", "s", C9_SEEDS="1", C9_VALUE_0="0.1", C9_VALUE_1="0.3")
+    assert r.returncode == 1, r.stdout
+    assert "spread across training seeds" in r.stdout and "verdicts disagree across seeds" in r.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--findings-baseline", "missing.json"], "--findings-baseline missing.json: no such findings file"),
+    (["--harness-seeds", "0"], "--harness-seeds must be at least 1"),
+    (["--harness-plan", "nope.toml"], "nope.toml: no such plan file"),
+])
+def test_conflicting_options_are_usage_errors(tmp_path, args, message):
+    r = run(tmp_path, *args)
+    assert r.returncode == 4, r.stdout + r.stderr  # pytest's usage-error exit code
+    assert message in r.stderr
+
+
+def test_baseline_of_another_plan_is_a_usage_error(tmp_path):
+    assert run(tmp_path, "--harness-run-id", "base").returncode == 0
+    other = tmp_path / "other.json"
+    data = json.loads((tmp_path / "out" / "tiny" / "base.json").read_text())
+    data["meta"]["plan"] = "seed"
+    other.write_text(json.dumps(data))
+    r = run(tmp_path, "--findings-baseline", str(other))
+    assert r.returncode == 4 and "recorded on plan 'seed'" in r.stderr
