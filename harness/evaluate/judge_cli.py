@@ -1,0 +1,73 @@
+"""``python -m harness judge GENERATIONS.jsonl``: persona scores by an LLM judge (seed table 25).
+
+The endpoint comes from ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``; the key is never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.evaluate.judge import DEFAULT_MODEL, Judge, JudgeConfig, Rubric, table25
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("generations", help="generations.jsonl written by `python -m harness evaluate`")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="judge model name (default gpt-4o-mini)")
+    parser.add_argument("--language", default="Japanese", help="language of the judge's reasoning (seed: Japanese)")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--max-attempts", type=int, default=5, help="attempts per item on 429/5xx/timeouts")
+    parser.add_argument("--backoff", type=float, default=1.0, help="first retry delay in seconds (doubles each time)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in seconds")
+    parser.add_argument("--cache-dir", default=".fixtures/judge-cache", help="on-disk reply cache ('' = off)")
+    parser.add_argument("--rubric-dir", default=None, help="folder with rubric.txt, profile.txt, examples.txt")
+    parser.add_argument("--price-in", type=float, default=None, help="USD per 1M input tokens (default: known models)")
+    parser.add_argument("--price-out", type=float, default=None, help="USD per 1M output tokens")
+    parser.add_argument("--out", default="findings/judge", help="folder for table25.* and judgements.jsonl")
+
+
+def load_generations(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise HarnessError(f"{path}: no such file")
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise HarnessError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+        for k in ("node", "source", "question", "text"):
+            if not isinstance(row.get(k), str):
+                raise HarnessError(f"{path}:{lineno}: field {k!r} missing or not a string")
+        rows.append(row)
+    if not rows:
+        raise HarnessError(f"{path}: no rows")
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.evaluate.selfgen import write_jsonl
+    from harness.evaluate.similarity import write_table
+
+    rows = load_generations(Path(args.generations))
+    cfg = JudgeConfig(model=args.model, language=args.language, concurrency=args.concurrency,
+                      max_attempts=args.max_attempts, backoff_base=args.backoff, timeout=args.timeout,
+                      cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+                      price_in_per_mtok=args.price_in, price_out_per_mtok=args.price_out)
+    judge = Judge(cfg, Rubric.load(Path(args.rubric_dir)) if args.rubric_dir else None)
+    results = judge.score([(r["question"], r["text"]) for r in rows])
+    grouped: dict[tuple[str, str], list] = {}
+    for r, res in zip(rows, results):
+        grouped.setdefault((r["node"], r["source"]), []).append(res)
+    table = table25(grouped, cfg.model, judge.usage)
+    out = Path(args.out)
+    write_table(table, out)
+    write_jsonl([{"node": r["node"], "source": r["source"], "id": r.get("id"), "score": res.score,
+                  "reason": res.reason, "cached": res.cached, "attempts": res.attempts, "reply": res.reply}
+                 for r, res in zip(rows, results)], out / "judgements.jsonl")
+    (out / "usage.json").write_text(json.dumps(judge.usage.to_json(), indent=1), encoding="utf-8")
+    print(table.markdown())
+    return 0

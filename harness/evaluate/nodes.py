@@ -1,0 +1,141 @@
+"""Generation for every node of a fixture graph, cached in the fixture store.
+
+The graph is anything with ``.names``, ``.path(name)`` (a merged HF checkpoint folder with its
+tokenizer) and ``.key(name)`` (the node's cache key), as :func:`harness.train.build` returns.
+A node's generations on one prompt source are cached as
+``<fixtures dir>/generations/<node>-<hash>.json``, where the hash covers the node key, the
+rendered prompts and the generation settings; files are written to a temporary name and renamed.
+
+Prompt sources: ``persona`` (the dataset prompts, the first ``limit`` items when the plan limits
+its data) and ``eval`` (the held-out evaluation prompts). Both go through the chat template with
+the system prompt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from harness.errors import HarnessError
+from harness.evaluate.generate import Generation
+
+#: Bumped when generation code changes what a cached file would hold.
+CACHE_VERSION = 1
+SOURCES = ("persona", "eval")
+
+
+@dataclass(frozen=True)
+class GenSettings:
+    """What a cached generation depends on besides the node and the prompts."""
+
+    max_new_tokens: int = 48
+    batch_size: int = 32
+    system: bool = True
+
+    def key(self) -> dict[str, Any]:
+        # batch_size stays in: padding can move logits by rounding, and so flip a greedy token.
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """One prompt source: ids, the user prompts and the chat messages sent to the model."""
+
+    source: str
+    ids: tuple[str, ...]
+    questions: tuple[str, ...]
+    messages: tuple[tuple[dict, ...], ...]
+
+
+def prompts(source: str, limit: int = 0, system: bool = True) -> Prompts:
+    """The prompts of ``source`` (``persona`` or ``eval``); ``limit`` > 0 keeps the first ones."""
+    from harness import data
+
+    if source == "persona":
+        rows = [(i.id, i.prompt) for i in data.load_persona()]
+    elif source == "eval":
+        rows = [(e.id, e.prompt) for e in data.load_eval_prompts()]
+    else:
+        raise HarnessError(f"unknown prompt source {source!r}; known: {', '.join(SOURCES)}")
+    if limit > 0:
+        rows = rows[:limit]
+    sys_text = data.system_prompt() if system else ""
+    msgs = tuple(
+        tuple(([{"role": "system", "content": sys_text}] if sys_text else []) + [{"role": "user", "content": q}])
+        for _, q in rows
+    )
+    return Prompts(source, tuple(r[0] for r in rows), tuple(r[1] for r in rows), msgs)
+
+
+def fixtures_dir(graph: Any = None) -> Path:
+    """The fixture store: the graph's own root when it has one, else ``$HARNESS_FIXTURES_DIR``, else ``.fixtures``."""
+    for attr in ("fixtures_dir", "root", "store_dir"):
+        root = getattr(graph, attr, None)
+        if root is not None and not callable(root):
+            return Path(root)
+    env = os.environ.get("HARNESS_FIXTURES_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / ".fixtures"
+
+
+def cache_path(root: Path, node: str, node_key: str, p: Prompts, settings: GenSettings) -> Path:
+    blob = json.dumps({"v": CACHE_VERSION, "node": node_key, "source": p.source, "messages": p.messages,
+                       "settings": settings.key()}, ensure_ascii=False, sort_keys=True)
+    h = hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in node)
+    return Path(root) / "generations" / f"{safe}-{p.source}-{h}.json"
+
+
+def _write_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, ensure_ascii=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def node_generations(graph: Any, node: str, p: Prompts, settings: GenSettings = GenSettings(),
+                     device: str = "auto", cache_root: Optional[Path] = None,
+                     progress: bool = True) -> list[Generation]:
+    """Greedy generations of ``node`` on ``p``, from the cache when present."""
+    from harness.evaluate.generate import generate
+
+    root = Path(cache_root) if cache_root is not None else fixtures_dir(graph)
+    path = cache_path(root, node, str(graph.key(node)), p, settings)
+    if path.is_file():
+        try:
+            return [Generation.from_json(d) for d in json.loads(path.read_text(encoding="utf-8"))["generations"]]
+        except (ValueError, KeyError, TypeError):
+            pass  # unreadable: regenerate and overwrite
+    gens = generate(graph.path(node), [list(m) for m in p.messages], max_new_tokens=settings.max_new_tokens,
+                    batch_size=settings.batch_size, device=device, progress=progress,
+                    desc=f"generate {node} ({p.source})")
+    _write_atomic(path, {"node": node, "source": p.source, "ids": list(p.ids),
+                         "generations": [g.to_json() for g in gens]})
+    return gens
+
+
+def graph_generations(graph: Any, sources: Sequence[str] = SOURCES, settings: GenSettings = GenSettings(),
+                      nodes: Optional[Sequence[str]] = None, limit: int = 0, device: str = "auto",
+                      cache_root: Optional[Path] = None, progress: bool = True) -> dict[tuple[str, str], list[Generation]]:
+    """``{(node, source): generations}`` for every node (or ``nodes``) and source."""
+    from tqdm.auto import tqdm
+
+    names = list(nodes) if nodes else list(graph.names)
+    unknown = [n for n in names if n not in graph.names]
+    if unknown:
+        raise HarnessError(f"unknown node(s) {', '.join(unknown)}; known: {', '.join(graph.names)}")
+    ps = [prompts(s, limit if s == "persona" else 0, settings.system) for s in sources]
+    out: dict[tuple[str, str], list[Generation]] = {}
+    jobs = [(n, p) for n in names for p in ps]
+    for n, p in tqdm(jobs, desc="nodes", unit="node×source", disable=not progress, leave=False):
+        out[(n, p.source)] = node_generations(graph, n, p, settings, device, cache_root, progress)
+    return out

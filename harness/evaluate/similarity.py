@@ -1,0 +1,210 @@
+"""BLEU (sacrebleu) and BERTScore (bert-score) between generations and references, and the seed's
+tables 24 (node × BLEU/BERTScore against D0 and D1) and 27 (pairwise between nodes' generations).
+
+BLEU is reported on the seed's 0–1 scale (sacrebleu's score / 100). Japanese has no spaces, so
+BLEU's tokenizer matters: ``ja-mecab`` (sacrebleu's own, from ``pip install sacrebleu[ja]``) when
+it can be loaded, else ``char`` (one token per character). Every table names the one used.
+BERTScore is the F1 of bert-score with a configurable model; the default is the seed's
+multilingual BERT, used when it can be loaded (hub or local cache). A local folder works offline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from harness.errors import HarnessError, LoadError
+
+DEFAULT_BERT = "bert-base-multilingual-cased"
+#: bert-score's own layer choice for the default model.
+DEFAULT_BERT_LAYERS = 9
+BLEU_TOKENIZERS = ("auto", "ja-mecab", "char")
+
+
+def bleu_tokenizer(preferred: str = "auto") -> str:
+    """The sacrebleu tokenizer name to use: ``ja-mecab`` when it loads, else ``char``."""
+    if preferred not in BLEU_TOKENIZERS:
+        raise HarnessError(f"unknown BLEU tokenizer {preferred!r}; known: {', '.join(BLEU_TOKENIZERS)}")
+    if preferred == "char":
+        return "char"
+    try:
+        from sacrebleu.tokenizers.tokenizer_ja_mecab import TokenizerJaMecab
+
+        TokenizerJaMecab()
+        return "ja-mecab"
+    except Exception as e:  # ImportError, or MeCab without its dictionary
+        if preferred == "ja-mecab":
+            raise LoadError(f"BLEU tokenizer 'ja-mecab' cannot be loaded ({e}); pip install 'sacrebleu[ja]'") from None
+        return "char"
+
+
+def _check_pairs(hyps: Sequence[str], refs: Sequence[str], what: str) -> None:
+    if len(hyps) != len(refs):
+        raise HarnessError(f"{what}: {len(hyps)} generations but {len(refs)} references")
+    if not hyps:
+        raise HarnessError(f"{what}: no generations to score")
+
+
+def bleu(hyps: Sequence[str], refs: Sequence[str], tokenize: str = "char", what: str = "BLEU") -> float:
+    """Corpus BLEU of ``hyps`` against one reference each, on a 0–1 scale."""
+    import sacrebleu
+
+    _check_pairs(hyps, refs, what)
+    return sacrebleu.corpus_bleu(list(hyps), [list(refs)], tokenize=tokenize).score / 100.0
+
+
+class BertScore:
+    """A loaded bert-score scorer (the model is loaded once and reused for every table cell)."""
+
+    def __init__(self, model: str = DEFAULT_BERT, num_layers: Optional[int] = None, device: str = "cpu",
+                 batch_size: int = 64) -> None:
+        from bert_score import BERTScorer
+
+        if num_layers is None:
+            if model != DEFAULT_BERT:
+                raise HarnessError(f"BERTScore model {model!r}: pass num_layers (bert-score knows layers "
+                                   "only for its own model names)")
+            num_layers = DEFAULT_BERT_LAYERS
+        try:
+            self._scorer = BERTScorer(model_type=str(model), num_layers=num_layers, device=device,
+                                      batch_size=batch_size, use_fast_tokenizer=True)
+        except (OSError, ValueError, AssertionError) as e:
+            raise LoadError(f"BERTScore model {model!r} cannot be loaded ({str(e).splitlines()[0]})") from None
+        self.model = str(model)
+        self.num_layers = num_layers
+
+    def f1(self, hyps: Sequence[str], refs: Sequence[str], what: str = "BERTScore") -> float:
+        """Mean BERTScore F1 of ``hyps`` against one reference each."""
+        _check_pairs(hyps, refs, what)
+        # bert-score fails on empty strings' zero-length idf weights only with idf=True; keep one char.
+        _, _, f = self._scorer.score([h or " " for h in hyps], [r or " " for r in refs])
+        return float(f.mean())
+
+    @property
+    def label(self) -> str:
+        return f"{Path(self.model).name if os.path.isdir(self.model) else self.model} (layer {self.num_layers})"
+
+
+def try_bert_score(model: Optional[str], num_layers: Optional[int], device: str = "cpu") -> tuple[Optional[BertScore], str]:
+    """A scorer, or ``None`` and the reason when the model cannot be loaded or none is asked for."""
+    if not model:
+        return None, "BERTScore off"
+    try:
+        return BertScore(model, num_layers, device), ""
+    except LoadError as e:
+        return None, f"BERTScore skipped: {e}"
+
+
+@dataclass
+class Table:
+    """A named table: rows × columns of floats (None = not computed), with notes on how."""
+
+    name: str
+    title: str
+    rows: list[str]
+    columns: list[str]
+    values: list[list[Optional[float]]]
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "title": self.title, "rows": self.rows, "columns": self.columns,
+                "values": self.values, "notes": self.notes}
+
+    def cell(self, row: str, column: str) -> Optional[float]:
+        return self.values[self.rows.index(row)][self.columns.index(column)]
+
+    def markdown(self) -> str:
+        head = f"### {self.title}\n\n| | " + " | ".join(self.columns) + " |\n|---|" + "---|" * len(self.columns)
+        body = ["| " + r + " | " + " | ".join("—" if v is None else f"{v:.5f}" for v in vals) + " |"
+                for r, vals in zip(self.rows, self.values)]
+        notes = "".join(f"\n- {n}" for n in self.notes)
+        return head + "\n" + "\n".join(body) + "\n" + (notes + "\n" if notes else "")
+
+
+def table24(gens: Mapping[str, Sequence[str]], d0: Sequence[str], d1: Sequence[str], tokenize: str,
+            scorer: Optional[BertScore], bert_note: str = "") -> Table:
+    """Seed table 24: each node's generations on the dataset prompts against the D0 and D1 replies."""
+    cols = ["BLEU(D0)", "BERTScore(D0)", "BLEU(D1)", "BERTScore(D1)"]
+    values = []
+    for node, hyps in gens.items():
+        row: list[Optional[float]] = []
+        for name, refs in (("D0", d0), ("D1", d1)):
+            row.append(bleu(hyps, refs, tokenize, f"{node} vs {name}"))
+            row.append(scorer.f1(hyps, refs, f"{node} vs {name}") if scorer else None)
+        values.append(row)
+    return Table("table24", "Table 24: generations vs the D0 and D1 replies", list(gens), cols, values,
+                 _notes(tokenize, scorer, bert_note))
+
+
+def table27(gens: Mapping[str, Sequence[str]], tokenize: str, scorer: Optional[BertScore],
+            bert_note: str = "", metric: str = "BLEU") -> Table:
+    """Seed table 27 for every pair: row node's generations scored against column node's."""
+    if metric not in ("BLEU", "BERTScore"):
+        raise HarnessError(f"unknown pairwise metric {metric!r}; known: BLEU, BERTScore")
+    names = list(gens)
+    values: list[list[Optional[float]]] = []
+    for a in names:
+        row: list[Optional[float]] = []
+        for b in names:
+            if metric == "BLEU":
+                row.append(bleu(gens[a], gens[b], tokenize, f"{a} vs {b}"))
+            else:
+                row.append(scorer.f1(gens[a], gens[b], f"{a} vs {b}") if scorer else None)
+        values.append(row)
+    return Table(f"table27_{metric.lower()}", f"Table 27: pairwise {metric} between nodes' generations "
+                 "(row = hypothesis, column = reference)", names, names, values, _notes(tokenize, scorer, bert_note))
+
+
+def _notes(tokenize: str, scorer: Optional[BertScore], bert_note: str) -> list[str]:
+    notes = [f"BLEU: sacrebleu corpus BLEU / 100, tokenize={tokenize}"]
+    notes.append(f"BERTScore: F1, model {scorer.label}" if scorer else (bert_note or "BERTScore off"))
+    return notes
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_table(table: Table, out_dir: Path) -> list[Path]:
+    """``<name>.md``, ``<name>.json`` and a heatmap ``<name>.png`` in ``out_dir``, each written atomically."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    out_dir = Path(out_dir)
+    md, js, png = (out_dir / f"{table.name}.{ext}" for ext in ("md", "json", "png"))
+    _atomic_write(md, table.markdown().encode("utf-8"))
+    _atomic_write(js, json.dumps(table.to_json(), ensure_ascii=False, indent=2).encode("utf-8"))
+    arr = np.array([[np.nan if v is None else v for v in r] for r in table.values], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.4 + 1.1 * len(table.columns), 1.0 + 0.45 * len(table.rows)))
+    im = ax.imshow(arr, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(table.columns)), table.columns, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(table.rows)), table.rows, fontsize=8)
+    for i in range(arr.shape[0]):
+        for j in range(arr.shape[1]):
+            if not np.isnan(arr[i, j]):
+                ax.text(j, i, f"{arr[i, j]:.3f}", ha="center", va="center", fontsize=7, color="w")
+    ax.set_title(table.title + "\n" + "; ".join(table.notes), fontsize=7)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    _atomic_write(png, buf.getvalue())
+    return [md, js, png]

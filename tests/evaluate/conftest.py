@@ -1,0 +1,129 @@
+"""Tiny real models for the evaluation tests: a Llama chat model and a BERT, built offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|eot|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|eot|>"]
+
+
+def corpus() -> list[str]:
+    from harness import data
+
+    items = data.load_persona()
+    texts = [data.system_prompt()] + [i.prompt for i in items] + [i.d0 for i in items] + [i.d1 for i in items]
+    return texts + [e.prompt for e in data.load_eval_prompts()]
+
+
+def build_chat_tokenizer(folder: Path, vocab_size: int = 600):
+    """A byte-level BPE tokenizer trained on the persona data, with a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tk.train_from_iterator(corpus(), trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>", "<|eot|>"],
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(folder)
+    return tok
+
+
+def build_chat_model(folder: Path, tok, seed: int = 0, layers: int = 2):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return model
+
+
+def set_head(model, tok, mode: str) -> None:
+    """Shape the LM head so that greedy decoding provably never / always stops.
+
+    ``never``: stop rows zeroed and one ±w row pair, so some non-stop logit is ≥ 0 = every stop
+    logit. ``always``: every row zero except <|eot|> = w and </s> = -w, so a stop token wins.
+    """
+    import torch
+
+    w = model.lm_head.weight
+    eot, eos = tok.convert_tokens_to_ids("<|eot|>"), tok.eos_token_id
+    with torch.no_grad():
+        if mode == "never":
+            for i in (eot, eos):
+                w[i] = 0
+            a = tok.convert_tokens_to_ids(tok.tokenize("あ"))[0]
+            b = tok.convert_tokens_to_ids(tok.tokenize("い"))[0]
+            w[b] = -w[a]
+        elif mode == "always":
+            v = torch.randn(w.shape[1])
+            w.zero_()
+            w[eot], w[eos] = v, -v
+        else:
+            raise ValueError(mode)
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("chat_tok")
+    build_chat_tokenizer(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def chat_model_dir(tmp_path_factory, chat_tokenizer_dir) -> Path:
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("chat_model")
+    build_chat_model(folder, AutoTokenizer.from_pretrained(chat_tokenizer_dir))
+    return folder
+
+
+def build_tiny_bert(folder: Path, layers: int = 2) -> Path:
+    """A tiny BERT with a WordPiece tokenizer trained on the persona data, saved for bert-score."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tk.normalizer = normalizers.BertNormalizer(handle_chinese_chars=True, lowercase=False)
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tk.train_from_iterator(corpus(), trainers.WordPieceTrainer(
+        vocab_size=800, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    tk.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", tk.token_to_id("[CLS]")), ("[SEP]", tk.token_to_id("[SEP]"))])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                  sep_token="[SEP]", mask_token="[MASK]", model_max_length=128)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=130)
+    BertModel(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))

@@ -1,0 +1,312 @@
+"""The LLM judge through the real openai client: replayed replies (httpx2 MockTransport), retries,
+parse failures, the cache, secrets, and 8 concurrent requests against a loopback server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx2
+import openai
+import pytest
+
+from harness.errors import HarnessError
+from harness.evaluate.judge import Judge, JudgeConfig, Rubric, mean_score, parse_score, table25
+
+REC = Path(__file__).parent / "recorded"
+SECRET = "sk-test-SECRET-0123456789abcdef"
+
+
+def recorded(name: str) -> httpx2.Response:
+    d = json.loads((REC / name).read_text(encoding="utf-8"))
+    return httpx2.Response(d["status"], json=d["body"], headers=d.get("headers", {}))
+
+
+class Replay:
+    """A transport handler answering requests from a script of recorded files (or exceptions)."""
+
+    def __init__(self, *script: str | type[Exception]) -> None:
+        self.script = list(script)
+        self.requests: list[httpx2.Request] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, request: httpx2.Request) -> httpx2.Response:
+        with self.lock:
+            self.requests.append(request)
+            step = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        if isinstance(step, type):
+            raise step("replayed timeout", request=request)
+        return recorded(step)
+
+
+def make_judge(replay: Replay, tmp_path: Path | None = None, **cfg) -> tuple[Judge, list[float]]:
+    sleeps: list[float] = []
+    client = openai.OpenAI(api_key=SECRET, base_url="https://judge.invalid/v1", max_retries=0,
+                           http_client=httpx2.Client(transport=httpx2.MockTransport(replay)))
+    cfg.setdefault("backoff_base", 0.01)
+    config = JudgeConfig(cache_dir=(tmp_path / "cache") if tmp_path else None, **cfg)
+    return Judge(config, client=client, sleep=sleeps.append), sleeps
+
+
+PAIR = ("週末は何をしていますか？", "ごきげんよう、わたくしは庭で紅茶をいただいておりますわ。")
+
+
+def test_replayed_score_and_usage_cost():
+    replay = Replay("score_9.json")
+    judge, _ = make_judge(replay)
+    [r] = judge.score([PAIR], progress=False)
+    assert (r.score, r.reason, r.attempts, r.cached) == (9, "", 1, False)
+    body = json.loads(replay.requests[0].content)
+    assert body["model"] == "gpt-4o-mini" and body["temperature"] == 0
+    prompt = body["messages"][0]["content"]
+    # The rubric's structure: profile, examples, the interaction, the steps, the language.
+    for part in ("[Profile]", "[Examples of Conversation]", "[Interactions]", PAIR[0], PAIR[1],
+                 "Evaluation Steps", "repeat just the selected score", "in Japanese"):
+        assert part in prompt
+    assert prompt.index("[Profile]") < prompt.index("[Examples of Conversation]") < prompt.index("[Interactions]")
+    u = judge.usage
+    assert (u.items, u.scored, u.requests, u.prompt_tokens, u.completion_tokens) == (1, 1, 1, 640, 150)
+    assert u.cost_usd == pytest.approx((640 * 0.15 + 150 * 0.60) / 1e6)
+
+
+def test_reasoning_language_is_configurable():
+    replay = Replay("score_9.json")
+    judge, _ = make_judge(replay, language="English")
+    judge.score([PAIR], progress=False)
+    assert "in English" in json.loads(replay.requests[0].content)["messages"][0]["content"]
+
+
+@pytest.mark.parametrize("first", ["rate_limit_429.json", "server_error_500.json", "overloaded_503.json",
+                                   httpx2.ReadTimeout])
+def test_retried_then_scored(first):
+    replay = Replay(first, "score_9.json")
+    judge, sleeps = make_judge(replay)
+    [r] = judge.score([PAIR], progress=False)
+    assert r.score == 9 and r.attempts == 2 and len(replay.requests) == 2
+    assert len(sleeps) == 1
+
+
+def test_backoff_doubles_and_retry_after_is_honoured():
+    judge, sleeps = make_judge(Replay("server_error_500.json", "server_error_500.json", "server_error_500.json",
+                                      "score_9.json"), backoff_base=1.0)
+    assert judge.score([PAIR], progress=False)[0].score == 9
+    assert [0.75 <= s / b <= 1.0 for s, b in zip(sleeps, (1, 2, 4))] == [True] * 3
+    judge, sleeps = make_judge(Replay("rate_limit_429.json", "score_9.json"), backoff_base=5.0)
+    judge.score([PAIR], progress=False)
+    assert sleeps == [0.0]  # the recorded 429 says retry-after: 0
+
+
+def test_gives_up_after_max_attempts_and_flags():
+    replay = Replay("overloaded_503.json")
+    judge, sleeps = make_judge(replay, max_attempts=3)
+    [r] = judge.score([PAIR], progress=False)
+    assert r.score is None and r.reason.startswith("error: InternalServerError") and r.attempts == 3
+    assert len(replay.requests) == 3 and judge.usage.errors == 1
+
+
+def test_client_errors_are_not_retried():
+    replay = Replay("bad_request_400.json", "score_9.json")
+    judge, sleeps = make_judge(replay)
+    [r] = judge.score([PAIR], progress=False)
+    assert r.score is None and "BadRequestError" in r.reason and len(replay.requests) == 1 and not sleeps
+
+
+@pytest.mark.parametrize("name,why", [("unparsable.json", "no line holds a lone integer"),
+                                      ("disagree.json", "disagree"), ("out_of_range.json", "outside 1-10")])
+def test_unparsable_replies_are_flagged_not_guessed(name, why):
+    judge, _ = make_judge(Replay(name))
+    [r] = judge.score([PAIR], progress=False)
+    assert r.score is None and r.reason.startswith("unparsable") and why in r.reason
+    assert judge.usage.unparsable == 1 and mean_score([r]) is None
+
+
+def test_fullwidth_and_bold_score_lines_parse():
+    judge, _ = make_judge(Replay("score_3_fullwidth.json"))
+    assert judge.score([PAIR], progress=False)[0].score == 3
+
+
+@pytest.mark.parametrize("reply,score", [
+    ("理由\n8\n8", 8), ("10", 10), ("1\n", 1), ("  7  \n\n", 7), ("**6**\n6", 6),
+    ("reason\n5\nthe end", 5), ("score: 8\n8", 8), ("", None), ("0\n0", None), ("8/10", None),
+    ("4\n7", None), ("8.5\n8.5", None),
+])
+def test_parse_score_table(reply, score):
+    assert parse_score(reply)[0] == score
+
+
+def test_cache_hit_asks_nothing_and_is_keyed_by_model(tmp_path):
+    replay = Replay("score_9.json")
+    judge, _ = make_judge(replay, tmp_path)
+    judge.score([PAIR], progress=False)
+    files = list((tmp_path / "cache").iterdir())
+    assert len(files) == 1 and not any(f.name.endswith(".tmp") for f in files)
+    again, _ = make_judge(replay, tmp_path)
+    [r] = again.score([PAIR], progress=False)
+    assert r.cached and r.score == 9 and len(replay.requests) == 1 and again.usage.cache_hits == 1
+    other, _ = make_judge(replay, tmp_path, model="gpt-4o")
+    other.score([PAIR], progress=False)
+    assert len(replay.requests) == 2 and len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_corrupt_cache_entry_is_asked_again(tmp_path):
+    replay = Replay("score_9.json")
+    judge, _ = make_judge(replay, tmp_path)
+    judge.score([PAIR], progress=False)
+    [f] = (tmp_path / "cache").iterdir()
+    f.write_text("{not json", encoding="utf-8")
+    again, _ = make_judge(replay, tmp_path)
+    assert again.score([PAIR], progress=False)[0].score == 9 and len(replay.requests) == 2
+
+
+def test_failed_requests_are_not_cached(tmp_path):
+    replay = Replay("bad_request_400.json")
+    judge, _ = make_judge(replay, tmp_path)
+    judge.score([PAIR], progress=False)
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
+
+
+def test_identical_prompts_are_asked_once():
+    replay = Replay("score_9.json")
+    judge, _ = make_judge(replay)
+    res = judge.score([PAIR, PAIR, PAIR], progress=False)
+    assert [r.score for r in res] == [9, 9, 9] and len(replay.requests) == 1
+
+
+def test_api_key_never_logged_or_reported(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+
+    def echo_key(request: httpx2.Request) -> httpx2.Response:
+        # A hostile server error that echoes the Authorization header back.
+        return httpx2.Response(401, json={"error": {"message": f"Incorrect API key: {request.headers['authorization']}",
+                                                    "type": "invalid_request_error", "code": "invalid_api_key"}})
+
+    caplog.set_level(logging.DEBUG)
+    client = openai.OpenAI(api_key=SECRET, base_url="https://judge.invalid/v1", max_retries=0,
+                           http_client=httpx2.Client(transport=httpx2.MockTransport(echo_key)))
+    judge = Judge(JudgeConfig(cache_dir=tmp_path / "c"), client=client)
+    res = judge.score([PAIR], progress=False)
+    table = table25({("base", "eval"): res}, "gpt-4o-mini", judge.usage)
+    assert res[0].score is None and "***" in res[0].reason
+    blob = caplog.text + res[0].reason + table.markdown() + json.dumps(judge.usage.to_json())
+    assert SECRET not in blob
+
+
+def test_no_endpoint_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    with pytest.raises(HarnessError, match="OPENAI_API_KEY"):
+        Judge(JudgeConfig())
+
+
+def test_rubric_missing_placeholder_names_file(tmp_path):
+    for name, text in (("rubric.txt", "$profile $examples $question $answer"), ("profile.txt", "p"),
+                       ("examples.txt", "e")):
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    with pytest.raises(HarnessError, match=r"rubric.txt.*\$language"):
+        Rubric.load(tmp_path)
+
+
+# --------------------------------------------------------------------------- loopback server
+
+
+def _expected(question: str) -> int:
+    return int(hashlib.sha256(question.encode()).hexdigest(), 16) % 10 + 1
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.limit, self.count, self.inflight, self.peak = limit, 0, 0, 0
+        self.lock = threading.Lock()
+        self.seen: list[str] = []
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def log_message(self, *a) -> None:  # keep pytest output clean
+        pass
+
+    def do_POST(self) -> None:
+        s = self.server
+        with s.lock:
+            s.count += 1
+            over = s.count > s.limit
+            s.inflight += 1
+            s.peak = max(s.peak, s.inflight)
+        try:
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            prompt = body["messages"][0]["content"]
+            q = prompt.split("[user]\n", 1)[1].split("\n[assistant]", 1)[0]
+            time.sleep(0.25)  # long enough for 8 requests to overlap
+            status, payload = (503, {"error": {"message": "request budget spent"}}) if over else (200, {
+                "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": f"理由です。\n{_expected(q)}\n{_expected(q)}"}}],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}})
+            with s.lock:
+                s.seen.append(q)
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        finally:
+            with s.lock:
+                s.inflight -= 1
+
+
+@pytest.fixture
+def loopback(monkeypatch):
+    server = _Server(limit=40)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}/v1")
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_eight_concurrent_requests_no_lost_or_duplicated_score(loopback):
+    questions = [f"質問その{i}：今日は何をしましたか？" for i in range(24)]
+    judge = Judge(JudgeConfig(concurrency=8, max_attempts=1))
+    res = judge.score([(q, "ごきげんよう、散歩をいたしましたわ。") for q in questions], progress=False)
+    assert [r.score for r in res] == [_expected(q) for q in questions]
+    assert loopback.peak == 8
+    assert sorted(loopback.seen) == sorted(questions)  # each asked exactly once
+    assert judge.usage.requests == 24 and judge.usage.scored == 24
+
+
+def test_judge_cli_end_to_end(loopback, tmp_path):
+    from harness.__main__ import main
+
+    gens = tmp_path / "generations.jsonl"
+    rows = [{"node": n, "source": "eval", "id": f"e{i}", "question": f"問{i}", "text": "はい"}
+            for n in ("base", "sft_d1") for i in range(3)]
+    gens.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    out = tmp_path / "out"
+    rc = main(["judge", str(gens), "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    assert rc == 0
+    table = json.loads((out / "table25.json").read_text(encoding="utf-8"))
+    want = sum(_expected(f"問{i}") for i in range(3)) / 3
+    assert table["values"] == [[pytest.approx(want)], [pytest.approx(want)]]
+    assert (out / "table25.png").stat().st_size > 1000
+    assert len((out / "judgements.jsonl").read_text(encoding="utf-8").splitlines()) == 6
+    assert loopback.count == 3  # the two nodes' identical (question, answer) pairs were asked once
+
+
+def test_judge_cli_bad_input_names_line(tmp_path):
+    from harness.__main__ import main
+
+    gens = tmp_path / "g.jsonl"
+    gens.write_text('{"node": "base", "source": "eval", "question": "q", "text": "t"}\n{"node": 1}\n', encoding="utf-8")
+    assert main(["judge", str(gens)]) == 2
