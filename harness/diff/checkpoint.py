@@ -4,8 +4,8 @@ A checkpoint is a Hugging Face model folder (sharded with ``model.safetensors.in
 or one or more ``*.safetensors``), a bare ``.safetensors`` file, a PEFT LoRA adapter folder
 (its base plus the adapter; see :mod:`harness.diff.lora`), or a hub id resolved through
 huggingface_hub's cache. Only headers are read up front. Each shard is checked with
-safetensors' ``safe_open`` and then memory-mapped; one shard per checkpoint is open at a time,
-and a tensor is read only when asked for.
+safetensors' ``safe_open``; tensors are then read with ``pread`` in row blocks, one shard per
+checkpoint open at a time, only when asked for.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ import json
 import os
 import re
 import struct
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 from safetensors import safe_open
 
@@ -95,7 +93,7 @@ class Checkpoint:
                 raise LoadError(f"{label}: the index lists tensors its shards lack: "
                                 f"{_short_list(missing)}")
         self._open_path: Optional[str] = None
-        self._map: Optional[np.memmap] = None
+        self._fdesc: Optional[int] = None
 
     # -- index ---------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -109,30 +107,67 @@ class Checkpoint:
         return self.tensors[name].shape
 
     # -- reading -------------------------------------------------------------------------
-    def raw(self, name: str) -> torch.Tensor:
-        """The stored tensor as a zero-copy CPU view of the mapped shard (stored dtype)."""
+    def _fd(self, path: str) -> int:
+        if self._open_path != path:  # one shard open at a time
+            self.close()
+            self._fdesc = os.open(path, os.O_RDONLY)
+            self._open_path = path
+        return self._fdesc
+
+    def read_into(self, name: str, offset: int, out: memoryview) -> None:
+        """Read ``len(out)`` bytes of tensor ``name`` from byte ``offset`` of its data."""
         info = self.tensors[name]
-        dtype = DTYPES.get(info.dtype)
-        if dtype is None:
-            raise LoadError(f"{self.label}: tensor {name!r} has unsupported dtype {info.dtype}")
-        if self._open_path != info.path:
-            self._map = np.memmap(info.path, dtype=np.uint8, mode="r")
-            self._open_path = info.path
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        if info.start % itemsize:  # unaligned: let safetensors copy it
-            with safe_open(info.path, framework="pt") as f:
-                return f.get_tensor(name)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # read-only buffer: we never write
-            flat = torch.from_numpy(self._map[info.start:info.start + info.nbytes])
-        return flat.view(dtype).reshape(info.shape)
+        fd = self._fd(info.path)
+        pread_full(fd, out, info.start + offset, info.path)
+
+    def rows(self, name: str, r0: int, r1: int, buf: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Rows ``r0:r1`` of tensor ``name`` (as a 2-D ``(rows, -1)`` matrix), stored dtype.
+
+        Read with ``pread`` into ``buf`` (a uint8 CPU tensor, reused across calls) or a new
+        buffer: memory stays bounded by the rows asked for, not by the shard.
+        """
+        info = self.tensors[name]
+        dtype = torch_dtype(info, self.label)
+        nrows = info.shape[0] if info.shape else 1
+        rowbytes = info.nbytes // nrows if nrows else 0
+        n = (r1 - r0) * rowbytes
+        if buf is None or buf.numel() < n:
+            buf = torch.empty(n, dtype=torch.uint8)
+        view = buf[:n]
+        self.read_into(name, r0 * rowbytes, memoryview(view.numpy()))
+        return view.view(dtype).reshape(r1 - r0, -1)
+
+    def raw(self, name: str) -> torch.Tensor:
+        """The whole stored tensor, read into a new CPU tensor (stored dtype and shape)."""
+        info = self.tensors[name]
+        nrows = info.shape[0] if info.shape else 1
+        return self.rows(name, 0, nrows).reshape(info.shape)
 
     def close(self) -> None:
-        self._map = None
+        if self._fdesc is not None:
+            os.close(self._fdesc)
+        self._fdesc = None
         self._open_path = None
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.label!r}, {len(self.tensors)} tensors)"
+
+
+def torch_dtype(info: TensorInfo, label: str) -> torch.dtype:
+    dtype = DTYPES.get(info.dtype)
+    if dtype is None:
+        raise LoadError(f"{label}: tensor {info.name!r} has unsupported dtype {info.dtype}")
+    return dtype
+
+
+def pread_full(fd: int, out: memoryview, offset: int, path: str) -> None:
+    """``pread`` exactly ``len(out)`` bytes at ``offset``; a short file is a truncated shard."""
+    done, total = 0, len(out)
+    while done < total:
+        n = os.preadv(fd, [out[done:]], offset + done)
+        if n <= 0:
+            raise LoadError(f"truncated safetensors file {path}: read stopped at byte {offset + done}")
+        done += n
 
 
 def _short_list(names: list[str], limit: int = 12) -> str:

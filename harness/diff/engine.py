@@ -90,13 +90,8 @@ class TensorJob:
     def trivially_zero(self) -> bool:
         return self.shared_base and all(d is None for d in self.deltas)
 
-    def matrix(self, i: int) -> Optional[torch.Tensor]:
-        """Side ``i``'s stored tensor as a 2-D view (``None`` when the base cancels)."""
-        if self.shared_base:
-            return None
-        t = self.sides[i].raw(self.name)
-        rows = t.shape[0] if t.dim() >= 1 else 1
-        return t.reshape(rows, -1)
+    def shape2d(self) -> tuple[int, int]:
+        return self.rows_cols()
 
     def rows_cols(self) -> tuple[int, int]:
         shape = self.sides[0].shape(self.name)
@@ -104,37 +99,42 @@ class TensorJob:
         return rows, (self.numel // rows if rows else 0)
 
 
-def _side_rows(mat, delta, r0: int, r1: int, cols: int, device) -> torch.Tensor:
-    if mat is None:
-        x = torch.zeros((r1 - r0, cols), dtype=torch.float32, device=device)
-    else:
-        x = mat[r0:r1].to(device, non_blocking=True).float()
-    if delta is not None:
-        x = x + delta.rows(r0, r1)
-    return x.reshape(-1)
-
-
 def job_raw_torch(job: TensorJob, device: "str | torch.device" = "cpu",
-                  chunk: int = CHUNK_ELEMS) -> np.ndarray:
-    """Raw statistics of one tensor, chunk by chunk of rows, with eager torch on ``device``."""
+                  chunk: int = CHUNK_ELEMS, bufs: Optional[list] = None) -> np.ndarray:
+    """Raw statistics of one tensor, block of rows by block, with eager torch on ``device``.
+
+    Each side's rows are read from disk in the stored dtype, upcast to fp32, and the side's
+    LoRA delta rows (if any) added; when every side stores the same base tensor it cancels and
+    only the deltas are materialised.
+    """
     if job.trivially_zero or job.numel == 0:
         return np.zeros(NRAW)
     rows, cols = job.rows_cols()
-    mats = [job.matrix(i) for i in range(len(job.sides))]
     deltas = [d.to(device) if d is not None else None for d in job.deltas]
+    bufs = bufs if bufs is not None else [None] * len(job.sides)
     step = max(1, chunk // max(cols, 1))
     parts = []
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
-        xs = [_side_rows(m, d, r0, r1, cols, device) for m, d in zip(mats, deltas)]
+        xs = []
+        for i, (side, delta) in enumerate(zip(job.sides, deltas)):
+            if job.shared_base:
+                x = torch.zeros((r1 - r0, cols), dtype=torch.float32, device=device)
+            else:
+                x = side.rows(job.name, r0, r1, bufs[i]).to(device).float()
+            if delta is not None:
+                x = x + delta.rows(r0, r1)
+            xs.append(x.reshape(-1))
         parts.append(chunk_stats(*xs))
     return combine_raw(torch.stack(parts).cpu().numpy())
 
 
 def cpu_backend(jobs: list[TensorJob], bar) -> dict[str, np.ndarray]:
     out = {}
+    n = max((len(j.sides) for j in jobs), default=0)
+    bufs = [torch.empty(CHUNK_ELEMS * 4, dtype=torch.uint8) for _ in range(n)]
     for job in jobs:
-        out[job.name] = job_raw_torch(job, "cpu")
+        out[job.name] = job_raw_torch(job, "cpu", bufs=bufs)
         bar.update(1)
     return out
 

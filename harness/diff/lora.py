@@ -180,11 +180,21 @@ class AdapterCheckpoint:
     def shape(self, name: str) -> tuple:
         return self.base.shape(name)
 
+    def info(self, name: str):
+        return self.base.info(name)
+
     def raw(self, name: str) -> torch.Tensor:
         """The stored base tensor (or the adapter's full copy of it), without the delta."""
         if name in self._replaced:
             return self._replaced[name]
         return self.base.raw(name)
+
+    def rows(self, name: str, r0: int, r1: int, buf: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Rows ``r0:r1`` of the stored base tensor (2-D view), without the delta."""
+        if name in self._replaced:
+            t = self._replaced[name]
+            return t.reshape(t.shape[0] if t.dim() else 1, -1)[r0:r1]
+        return self.base.rows(name, r0, r1, buf)
 
     def delta(self, name: str) -> Optional[LoraDelta]:
         return self._deltas.get(name)
