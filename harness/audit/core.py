@@ -1,0 +1,181 @@
+"""``audit()``: run the real pipelines on a dataset and collect the label/EOS findings."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence, Union
+
+from harness.audit import findings as F
+from harness.audit.loading import (FORMATS, check_tokenizer, default_records, detect_format,
+                                   generation_eos_ids, load_records, load_tokenizer, read_template,
+                                   render, resolve_tokenizer, tokenize_messages)
+from harness.audit.pipelines import PIPELINES, Job, Trained
+from harness.audit.report import Audited, AuditReport, aggregate
+from harness.errors import HarnessError, LoadError
+
+ALL = ("trl-sft", "trl-dpo", "hf-clm")
+
+
+def audit(
+    tokenizer: Any,
+    *,
+    chat_template: Union[str, Path, None] = None,
+    fmt: str = "conversational",
+    data: Union[str, Path, Sequence[dict], None] = None,
+    pipeline: str = "trl-sft",
+    max_length: Optional[int] = None,
+    response_marker: Optional[str] = None,
+    zoo: Union[str, Path, None] = None,
+    tokenizer_kwargs: Optional[dict] = None,
+    generation_eos: Optional[Iterable[int]] = None,
+    limit: Optional[int] = None,
+) -> AuditReport:
+    """Audit what ``pipeline`` trains on for ``tokenizer`` and a dataset.
+
+    ``tokenizer`` is a hub id, a folder, a zoo folder name or a tokenizer object.
+    ``chat_template`` is a Jinja file path or the template text itself. ``data`` is a JSONL path
+    or a list of records in ``fmt`` (default: the persona fixtures). ``max_length=None`` keeps
+    trl's own default. ``response_marker`` (text format) marks where the reply begins.
+    """
+    if fmt not in FORMATS:
+        raise HarnessError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+    names = list(ALL) if pipeline == "all" else [pipeline]
+    for p in names:
+        PIPELINES.get(p)  # unknown names list the known ones
+    if response_marker is not None and fmt != "text":
+        raise HarnessError("--response-marker applies to --format text only")
+    tok, name, gen = _load(tokenizer, chat_template, zoo, tokenizer_kwargs)
+    if generation_eos is not None:
+        gen = list(generation_eos)
+    check_tokenizer(tok, name)
+    records = _records(data, fmt, tok, limit)
+    info = F.token_info(tok, gen)
+    audited: list[Audited] = []
+    notes: list[str] = []
+    n_examples = len(records)
+    for p in names:
+        recs, rfmt = records, fmt
+        if p == "trl-dpo" and fmt != "preference":
+            if pipeline != "all":
+                raise HarnessError("pipeline trl-dpo needs --format preference")
+            if data is not None:
+                notes.append("trl-dpo skipped: the data is not in preference format")
+                continue
+            recs, rfmt = default_records("preference", tok, limit), "preference"
+        elif p != "trl-dpo" and fmt == "preference":
+            if pipeline != "all":
+                raise HarnessError(f"format preference needs pipeline trl-dpo, not {p}")
+            notes.append(f"{p} skipped: preference data trains only through trl-dpo")
+            continue
+        audited += _run(p, tok, info, recs, rfmt, max_length, response_marker)
+    return AuditReport(name, pipeline, n_examples, aggregate(audited), audited, notes)
+
+
+def _load(tokenizer: Any, chat_template, zoo, kwargs) -> tuple[Any, str, list[int]]:
+    if isinstance(tokenizer, (str, Path)):
+        where = resolve_tokenizer(tokenizer, zoo)
+        tok = load_tokenizer(tokenizer, zoo, **(kwargs or {}))
+        name, gen = str(tokenizer), generation_eos_ids(where)
+    else:
+        tok, name, gen = tokenizer, getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__, []
+        if chat_template is not None:
+            tok = copy.deepcopy(tok)  # do not change the caller's tokenizer
+    if chat_template is not None:
+        text = str(chat_template)
+        tok.chat_template = text if ("{%" in text or "{{" in text) else read_template(text)
+    return tok, name, gen
+
+
+def _records(data, fmt: str, tok, limit: Optional[int]) -> list[dict]:
+    if data is None:
+        recs = default_records(fmt, tok, limit)
+    elif isinstance(data, (str, Path)):
+        recs = load_records(data, fmt)
+    else:
+        recs = [dict(r) for r in data]
+    if limit:
+        recs = recs[:limit]
+    if not recs:
+        raise LoadError("the dataset has no examples")
+    for i, r in enumerate(recs):
+        got = detect_format(r)
+        if got != fmt and not (fmt == "preference" and "chosen" in r):
+            raise LoadError(f"example {i} is in {got} format, not {fmt} (keys: {sorted(r)})")
+    if fmt in ("conversational", "messages") or (fmt == "preference" and isinstance(recs[0]["prompt"], list)):
+        if not getattr(tok, "chat_template", None):
+            raise LoadError(f"tokenizer {tok.name_or_path!r} has no chat template; pass --chat-template FILE")
+    return recs
+
+
+def _split_marker(text: str, marker: str, i: int) -> int:
+    k = text.rfind(marker)
+    if k < 0:
+        raise LoadError(f"example {i}: response marker {marker!r} not found in its text")
+    return k + len(marker)
+
+
+def _conversation(rec: dict, side: Optional[str]) -> Optional[list[dict]]:
+    if "messages" in rec:
+        return rec["messages"]
+    if isinstance(rec.get("prompt"), list):
+        return rec["prompt"] + rec[side or "completion"]
+    return None
+
+
+def _ref_prompt(tok, rec: dict, i: int, marker: Optional[str]) -> Optional[list[int]]:
+    if "messages" in rec:
+        msgs = rec["messages"]
+        prompt = msgs[:-1] if msgs and msgs[-1].get("role") == "assistant" else None
+        return tokenize_messages(tok, prompt, i, add_generation_prompt=True) if prompt else None
+    if "prompt" in rec:
+        if isinstance(rec["prompt"], list):
+            return tokenize_messages(tok, rec["prompt"], i, add_generation_prompt=True)
+        return list(tok(rec["prompt"])["input_ids"])
+    if marker is not None:
+        return list(tok(rec["text"][:_split_marker(rec["text"], marker, i)])["input_ids"])
+    return None
+
+
+def _trl_records(recs: list[dict], pipeline: str, marker: Optional[str]) -> list[dict]:
+    """Text with a response marker goes to trl as prompt/completion split at the marker: the trl 1.x
+    replacement of DataCollatorForCompletionOnlyLM. hf-clm trains the text as it is."""
+    if marker is None or pipeline != "trl-sft":
+        return recs
+    out = []
+    for i, r in enumerate(recs):
+        k = _split_marker(r["text"], marker, i)
+        out.append({"prompt": r["text"][:k], "completion": r["text"][k:]})
+    return out
+
+
+def _run(p: str, tok, info: F.TokenInfo, recs: list[dict], fmt: str, max_length, marker) -> list[Audited]:
+    import jinja2
+
+    refs = [_ref_prompt(tok, r, i, marker) for i, r in enumerate(recs)]
+    job = Job(tok, _trl_records(recs, p, marker), max_length, refs)
+    try:
+        seqs = PIPELINES.get(p)(job)
+    except jinja2.TemplateError as e:
+        raise LoadError(f"chat template failed to render in {p}: {type(e).__name__}: {e}") from None
+    specials = sorted({str(t) for t in tok.all_special_tokens} | {str(a.content) for a in
+                      getattr(tok, "added_tokens_decoder", {}).values()}, key=len, reverse=True)
+    injected: dict[tuple[int, Optional[str]], str] = {}
+    out = []
+    for s in seqs:
+        hits = F.detect(tok, info, s.ids, s.labels, s.prompt_len, s.ref_prompt_len, s.full)
+        conv = _conversation(recs[s.index], s.side)
+        if conv is not None:
+            key = (s.index, s.side)
+            if key not in injected:
+                text = render(tok, conv, s.index)
+                injected[key] = F.injected_text(text, [m["content"] for m in conv], specials)
+            if injected[key]:
+                hits.append(F.Hit("template-injects", F.WARNING, [], f"{injected[key]!r}"))
+        out.append(Audited(p, s, hits))
+    return out
+
+
+def trained_text(tok, seq: Trained) -> str:
+    """The decoded trained span of a sequence (special tokens kept)."""
+    return tok.decode([t for t, lab in zip(seq.ids, seq.labels) if lab != F.IGNORE])

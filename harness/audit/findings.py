@@ -1,0 +1,275 @@
+"""Finding codes of the label/EOS audit and the detectors that produce them.
+
+Every code is registered once in :data:`CODES` with its default severity, a message and a fix
+hint. The detectors read one trained sequence (ids, labels, the reference prompt length) and
+return :class:`Hit` objects; :mod:`harness.audit.report` aggregates them per code.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from harness.registry import Registry
+
+ERROR = "error"
+WARNING = "warning"
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class CodeSpec:
+    """A finding code: its default severity, what it means and how to fix it."""
+
+    code: str
+    severity: str
+    message: str
+    hint: str
+
+
+CODES: Registry[CodeSpec] = Registry("finding code")
+
+
+def _code(code: str, severity: str, message: str, hint: str) -> None:
+    CODES.add(code, CodeSpec(code, severity, message, hint))
+
+
+_code("eos-missing", ERROR, "the trained span does not end in a stop token",
+      "append the EOS / end-of-turn token to every completion (trl appends tokenizer.eos_token to "
+      "non-conversational text; chat templates must emit an end-of-turn token)")
+_code("eos-split", ERROR, "the EOS text appears in the trained labels as ordinary pieces",
+      "the tokenizer does not parse the EOS text as a special token: append tokenizer.eos_token_id "
+      "to the ids instead of the text, or load the tokenizer without split_special_tokens")
+_code("eos-masked", ERROR, "the stop token is present but its label is -100",
+      "pad == eos makes the collator mask the EOS: set a distinct pad token "
+      "(tokenizer.pad_token = an unused special token) or build labels before padding")
+_code("stop-not-generation-eos", ERROR,
+      "the trained stop token is not one that generation stops on",
+      "add the trained end-of-turn token to generation_config.eos_token_id (or set "
+      "tokenizer.eos_token / SFTConfig(eos_token=...) to it)")
+_code("eos-duplicated", ERROR, "more than one stop token ends one completion",
+      "the template already emits the EOS: do not append another one (strip it from the data "
+      "or from the template)")
+_code("double-bos", ERROR, "two BOS tokens open the sequence",
+      "the text already starts with the BOS text and the tokenizer adds another: drop the "
+      "literal BOS from the text/template or tokenize with add_special_tokens=False")
+_code("prompt-trained", ERROR, "prompt tokens carry labels",
+      "use prompt-completion data (trl masks the prompt, completion_only_loss) or "
+      "assistant_only_loss=True for messages; trl 1.x has no DataCollatorForCompletionOnlyLM")
+_code("completion-masked", ERROR, "completion text tokens are masked",
+      "check the completion mask / response marker: the reply itself must carry labels")
+_code("all-masked", ERROR, "the example trains nothing",
+      "the prompt fills max_length or every label is -100: raise max_length or shorten the prompt")
+_code("eos-truncated", ERROR, "max_length cut the completion's stop token",
+      "raise max_length above the longest example, or drop over-long examples")
+_code("prefix-mismatch", WARNING,
+      "the tokenized prompt is not a prefix of the tokenized prompt+completion",
+      "tokens merge across the prompt/completion boundary or the template renders the prompt "
+      "differently alone: end the prompt on a token boundary (e.g. a newline)")
+_code("template-injects", WARNING,
+      "the chat template adds text that is in no message",
+      "the template inserts a default system prompt, a date, or replaces a message: pass a "
+      "template without it (--chat-template) or accept it knowingly")
+_code("trained-after-stop", ERROR, "tokens after the stop token carry labels",
+      "the template appends text after the end-of-turn token (e.g. a new assistant header): "
+      "use a template that ends the conversation at the stop token")
+_code("bos-missing", WARNING, "the tokenizer defines a BOS but no BOS opens the sequence",
+      "check whether the model was trained with a BOS; add bos_token to the template if so")
+
+
+@dataclass
+class Hit:
+    """One finding in one sequence: the code, its severity, token positions and a detail."""
+
+    code: str
+    severity: str
+    positions: list[int] = field(default_factory=list)
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """What the detectors need to know about a tokenizer."""
+
+    bos_id: Optional[int]
+    eos_id: int
+    generation_eos: frozenset[int]
+    stop_ids: frozenset[int]
+    special_ids: frozenset[int]
+    stop_strings: tuple[str, ...]
+    id_to_text: dict  # id -> decoded text, filled lazily
+
+
+_STOP_NAME = re.compile(r"eot|eos|end|</s>|stop", re.IGNORECASE)
+_NOT_STOP = re.compile(r"header|start|begin|think|tool|pad", re.IGNORECASE)
+
+
+def token_info(tok, generation_eos: Sequence[int] = ()) -> TokenInfo:
+    """Collect BOS/EOS ids, generation EOS ids and the end-of-turn special tokens of ``tok``."""
+    eos_id = tok.eos_token_id
+    gen = {int(i) for i in generation_eos} | {int(eos_id)}
+    special: set[int] = set(int(i) for i in tok.all_special_ids)
+    stop_ids = set(gen)
+    for tid, added in getattr(tok, "added_tokens_decoder", {}).items():
+        if not getattr(added, "special", False):
+            continue
+        special.add(int(tid))
+        name = str(added.content)
+        if _STOP_NAME.search(name) and not _NOT_STOP.search(name):
+            stop_ids.add(int(tid))
+    stop_ids.discard(tok.bos_token_id)
+    if tok.pad_token_id is not None and tok.pad_token_id not in gen:
+        stop_ids.discard(tok.pad_token_id)
+    strings = {tok.convert_ids_to_tokens(i) for i in stop_ids}
+    strings = tuple(sorted(s for s in strings if isinstance(s, str) and len(s) >= 3))
+    return TokenInfo(tok.bos_token_id, int(eos_id), frozenset(gen), frozenset(stop_ids),
+                     frozenset(special), strings, {})
+
+
+def _text(tok, info: TokenInfo, tid: int) -> str:
+    t = info.id_to_text.get(tid)
+    if t is None:
+        t = tok.decode([tid])
+        info.id_to_text[tid] = t
+    return t
+
+
+def _is_ws(tok, info: TokenInfo, tid: int) -> bool:
+    return tid not in info.special_ids and _text(tok, info, tid).strip() == ""
+
+
+def _name(tok, tid: int) -> str:
+    return f"{tok.convert_ids_to_tokens(tid)!s} ({tid})"
+
+
+def _find_split_stop(tok, info: TokenInfo, ids: Sequence[int], trained: Sequence[int]) -> list[int]:
+    """Positions of a stop token's text spelled out by ordinary (non-special) trained pieces."""
+    runs: list[list[int]] = []
+    for i in trained:
+        if ids[i] in info.special_ids:
+            continue
+        if runs and runs[-1][-1] == i - 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    for run in runs:
+        text = tok.decode([ids[i] for i in run])
+        if not any(s in text for s in info.stop_strings):
+            continue
+        for a in range(len(run)):  # localize: rare path, only on a hit
+            for b in range(a + 1, min(len(run), a + 12) + 1):
+                piece = tok.decode([ids[i] for i in run[a:b]])
+                if any(s in piece for s in info.stop_strings):
+                    return run[a:b]
+    return []
+
+
+def detect(
+    tok,
+    info: TokenInfo,
+    ids: Sequence[int],
+    labels: Sequence[int],
+    prompt_len: Optional[int],
+    ref_prompt_len: Optional[int] = None,
+    full: Optional[tuple[Sequence[int], Sequence[int]]] = None,
+) -> list[Hit]:
+    """All findings of one trained sequence.
+
+    ``prompt_len`` is where the reference says the completion starts (None: unknown, the whole
+    sequence counts as completion); ``ref_prompt_len`` is the length of the prompt tokenized
+    alone (for ``prefix-mismatch``); ``full`` holds the untruncated ids and labels when the
+    pipeline truncated the sequence.
+    """
+    hits: list[Hit] = []
+    n = len(ids)
+    bos = info.bos_id
+    if bos is not None and n:
+        if n >= 2 and ids[0] == bos and ids[1] == bos:
+            hits.append(Hit("double-bos", ERROR, [0, 1], f"the sequence opens {ids[0]}, {ids[1]}"))
+        elif ids[0] != bos:
+            hits.append(Hit("bos-missing", WARNING, [0], f"the sequence opens {_name(tok, ids[0])}, "
+                                                          f"not BOS {_name(tok, bos)}"))
+    if prompt_len is not None and ref_prompt_len is not None and prompt_len < ref_prompt_len:
+        hits.append(Hit("prefix-mismatch", WARNING, [prompt_len],
+                        f"the prompt alone and prompt+completion diverge at token {prompt_len} "
+                        f"of {ref_prompt_len}"))
+    trained = [i for i in range(n) if labels[i] != IGNORE]
+    if not trained:
+        hits.append(Hit("all-masked", ERROR, [], "no label differs from -100"))
+        return hits
+    start = prompt_len or 0
+    if prompt_len:
+        pt = [i for i in trained if i < prompt_len]
+        if pt:
+            hits.append(Hit("prompt-trained", ERROR, pt, f"{len(pt)} of {prompt_len} prompt tokens are trained"))
+    stops = [i for i in range(start, n) if ids[i] in info.stop_ids]
+    first_stop = stops[0] if stops else None
+    end_text = first_stop if first_stop is not None else n
+    cm = [i for i in range(start, end_text) if labels[i] == IGNORE]
+    if cm:
+        hits.append(Hit("completion-masked", ERROR, cm, f"{len(cm)} of {end_text - start} completion tokens are masked"))
+    trained_stops = [i for i in stops if labels[i] != IGNORE]
+    split = _find_split_stop(tok, info, ids, [i for i in trained if i >= start])
+    if split:
+        hits.append(Hit("eos-split", ERROR, split, "the labels spell "
+                        f"{tok.decode([ids[i] for i in split])!r} as ids {[ids[i] for i in split]}"))
+    if trained_stops:
+        t = trained_stops[0]
+        j, k = t, t + 1
+        while k < n and (ids[k] in info.stop_ids or _is_ws(tok, info, ids[k])):
+            if ids[k] in info.stop_ids:
+                j = k
+            k += 1
+        run = [i for i in range(t, j + 1) if ids[i] in info.stop_ids and labels[i] != IGNORE]
+        if not any(ids[i] in info.generation_eos for i in run):
+            gen = ", ".join(_name(tok, g) for g in sorted(info.generation_eos))
+            hits.append(Hit("stop-not-generation-eos", ERROR, [t],
+                            f"trained stop {_name(tok, ids[t])}; generation stops on {gen}"))
+        dup = [b for a, b in zip(run, run[1:]) if ids[a] == ids[b]]
+        if dup:
+            hits.append(Hit("eos-duplicated", ERROR, [run[0]] + dup,
+                            f"{_name(tok, ids[dup[0]])} is trained {len(dup) + 1} times in a row"))
+        after = [i for i in trained if i > j]
+        if after:
+            ws_only = all(_is_ws(tok, info, ids[i]) for i in after)
+            text = tok.decode([ids[i] for i in after])
+            hits.append(Hit("trained-after-stop", WARNING if ws_only else ERROR, after,
+                            f"{len(after)} trained tokens follow {_name(tok, ids[j])}: {text[:60]!r}"))
+    elif first_stop is not None and any(start <= i < first_stop for i in trained):
+        hits.append(Hit("eos-masked", ERROR, [first_stop],
+                        f"{_name(tok, ids[first_stop])} at position {first_stop} has label -100"))
+    elif full is not None and _has_trained_stop(info, full[0], full[1], start, n):
+        hits.append(Hit("eos-truncated", ERROR, [n - 1],
+                        f"max_length={n} cut the sequence of {len(full[0])} tokens before its stop token"))
+    elif not split:
+        last = trained[-1]
+        hits.append(Hit("eos-missing", ERROR, [last],
+                        f"the trained span ends with {_name(tok, ids[last])}"))
+    return hits
+
+
+def _has_trained_stop(info: TokenInfo, ids: Sequence[int], labels: Sequence[int], start: int, cut: int) -> bool:
+    return any(ids[i] in info.stop_ids and labels[i] != IGNORE for i in range(max(start, cut), len(ids)))
+
+
+_WORDS = re.compile(r"[A-Za-z]{2,}(?:[ ,.'-]+[A-Za-z]{2,}){3,}")
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]{6,}")
+_DATE = re.compile(r"\b(?:19|20)\d\d\b|\b\d{1,2} (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)")
+
+
+def injected_text(rendered: str, contents: Sequence[str], special_texts: Sequence[str]) -> str:
+    """Text of ``rendered`` that is in no message and looks like prose or a date ('' if none)."""
+    rest = rendered
+    for c in sorted(set(contents), key=len, reverse=True):
+        if c:
+            rest = rest.replace(c, "\x00").replace(c.strip(), "\x00")
+    for s in special_texts:
+        if s:
+            rest = rest.replace(s, "\x00")
+    for rx in (_WORDS, _CJK, _DATE):
+        m = rx.search(rest)
+        if m:
+            line = rest[max(0, m.start() - 10): m.end() + 30].replace("\x00", "…")
+            return line.strip()
+    return ""

@@ -1,0 +1,271 @@
+"""The training pipelines the audit runs: trl's own SFT and DPO preparation, and plain causal LM.
+
+Nothing here tokenizes for trl. ``trl-sft`` and ``trl-dpo`` build the installed trl's
+``SFTTrainer`` / ``DPOTrainer`` on a throwaway one-layer Llama sized to the tokenizer, let
+the trainer's own ``_prepare_dataset`` tokenize and label the records, and run the trainer's
+own ``data_collator`` on the result. ``hf-clm`` is the plain recipe of transformers:
+``tokenizer(text)`` (or the chat template) and ``DataCollatorForLanguageModeling(mlm=False)``.
+Trainers are cached per tokenizer object, record kind and ``max_length``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import tempfile
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional, Sequence
+
+from harness.errors import HarnessError
+from harness.registry import Registry
+
+IGNORE = -100
+INDEX_COLUMN = "_audit_idx"
+BATCH = 64
+
+
+@dataclass
+class Trained:
+    """One sequence exactly as the pipeline trains it, with the audit's reference boundary."""
+
+    index: int
+    side: Optional[str]  # "chosen" / "rejected" for DPO
+    ids: list[int]
+    labels: list[int]
+    prompt_len: Optional[int] = None  # where the reference says the completion starts
+    ref_prompt_len: Optional[int] = None  # length of the prompt tokenized alone
+    full: Optional[tuple[list[int], list[int]]] = None  # untruncated ids/labels, when truncated
+    dropped: bool = False  # the pipeline dropped the example (it trains nothing)
+
+
+@dataclass
+class Job:
+    """What a pipeline needs: the tokenizer, trl-format records and the truncation length."""
+
+    tok: object
+    records: list[dict]  # trl records: text | prompt/completion | messages | prompt/chosen/rejected
+    max_length: Optional[int]
+    ref_prompts: list[Optional[list[int]]]  # reference prompt ids per record (None: unknown)
+
+
+PIPELINES: Registry[Callable[[Job], list[Trained]]] = Registry("pipeline")
+_TRAINERS: dict[tuple, tuple[object, object]] = {}
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence datasets' progress bars and transformers/trl chatter while a pipeline runs."""
+    import datasets
+    import transformers
+
+    was_on = datasets.is_progress_bar_enabled()
+    level = transformers.logging.get_verbosity()
+    trl_logger = logging.getLogger("trl")
+    trl_level = trl_logger.level
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    trl_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if was_on:
+            datasets.enable_progress_bars()
+        transformers.logging.set_verbosity(level)
+        trl_logger.setLevel(trl_level)
+
+
+def _tiny_model(tok):
+    """A one-layer, hidden-8 Llama whose vocabulary fits the tokenizer: the trainers need a model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=max(len(tok), 8), hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                      num_attention_heads=1, num_key_value_heads=1, max_position_embeddings=64)
+    return LlamaForCausalLM(cfg)
+
+
+def _common_args() -> dict:
+    return dict(output_dir=tempfile.mkdtemp(prefix="harness-audit-"), report_to=[], use_cpu=True,
+                save_strategy="no", logging_strategy="no", per_device_train_batch_size=BATCH, max_steps=0)
+
+
+def default_max_length(kind: str) -> Optional[int]:
+    """trl's own default ``max_length`` of SFTConfig / DPOConfig (what a user gets by not setting it)."""
+    from trl import DPOConfig, SFTConfig
+
+    cls = SFTConfig if kind == "sft" else DPOConfig
+    return cls.__dataclass_fields__["max_length"].default
+
+
+def _trainer(kind: str, job: Job, first: list[dict], max_length: Optional[int]):
+    """The cached trl trainer for this tokenizer, record kind and max_length."""
+    key = (kind, id(job.tok), tuple(sorted(first[0])), max_length)
+    hit = _TRAINERS.get(key)
+    if hit is not None and hit[0] is job.tok:
+        return hit[1]
+    from datasets import Dataset
+
+    ds = Dataset.from_list(first)
+    if kind == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        args = SFTConfig(**_common_args(), max_length=max_length, shuffle_dataset=False)
+        trainer = SFTTrainer(model=_tiny_model(job.tok), args=args, train_dataset=ds, processing_class=job.tok)
+    else:
+        from trl import DPOConfig, DPOTrainer
+
+        args = DPOConfig(**_common_args(), max_length=max_length)
+        trainer = DPOTrainer(model=_tiny_model(job.tok), ref_model=_tiny_model(job.tok), args=args,
+                             train_dataset=ds, processing_class=job.tok)
+    if len(_TRAINERS) > 32:
+        _TRAINERS.clear()
+    _TRAINERS[key] = (job.tok, trainer)
+    return trainer
+
+
+def clear_cache() -> None:
+    """Forget the cached throwaway trainers."""
+    _TRAINERS.clear()
+
+
+def _indexed(records: list[dict]) -> list[dict]:
+    return [{**r, INDEX_COLUMN: i} for i, r in enumerate(records)]
+
+
+def _chunks(rows: list, n: int = BATCH) -> Iterator[list]:
+    for k in range(0, len(rows), n):
+        yield rows[k:k + n]
+
+
+def _sft_prepare(trainer, job: Job, records: list[dict], max_length: Optional[int]) -> list[dict]:
+    from datasets import Dataset
+
+    args = trainer.args
+    if max_length != args.max_length:
+        args = copy.copy(args)
+        args.max_length = max_length
+    ds = trainer._prepare_dataset(Dataset.from_list(_indexed(records)), job.tok, args, False, None, "audit")
+    return ds.select_columns([INDEX_COLUMN, "input_ids", "labels"]).to_list()
+
+
+@PIPELINES.register("trl-sft")
+def trl_sft(job: Job) -> list[Trained]:
+    """trl's SFTTrainer: its dataset preparation, then its data collator."""
+    ml = job.max_length if job.max_length is not None else default_max_length("sft")
+    with quiet():
+        trainer = _trainer("sft", job, _indexed(job.records[:1]), ml)
+        rows = _sft_prepare(trainer, job, job.records, ml)
+        out: dict[int, Trained] = {}
+        for chunk in _chunks(rows):
+            batch = trainer.data_collator([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in chunk])
+            for r, ids, labels in zip(chunk, batch["input_ids"].tolist(), batch["labels"].tolist()):
+                n = len(r["input_ids"])
+                out[r[INDEX_COLUMN]] = Trained(r[INDEX_COLUMN], None, ids[:n], labels[:n])
+        if ml is not None:
+            cut = [i for i in range(len(job.records)) if i not in out or len(out[i].ids) >= ml]
+            if cut:
+                full = _sft_prepare(trainer, job, [job.records[i] for i in cut], None)
+                for r, i in zip(full, cut):
+                    if i in out and len(r["input_ids"]) > len(out[i].ids):
+                        out[i].full = (r["input_ids"], r["labels"])
+    result = [out.get(i) or Trained(i, None, [], [], dropped=True) for i in range(len(job.records))]
+    _set_boundaries(result, job)
+    return result
+
+
+@PIPELINES.register("trl-dpo")
+def trl_dpo(job: Job) -> list[Trained]:
+    """trl's DPOTrainer: its dataset preparation, then DataCollatorForPreference; one sequence per side."""
+    from datasets import Dataset
+
+    with quiet():
+        ml = job.max_length if job.max_length is not None else default_max_length("dpo")
+        trainer = _trainer("dpo", job, _indexed(job.records[:1]), ml)
+        ds = trainer._prepare_dataset(Dataset.from_list(_indexed(job.records)), job.tok, trainer.args, "audit")
+        rows = ds.select_columns([INDEX_COLUMN, "prompt_ids", "chosen_ids", "rejected_ids"]).to_list()
+        out: dict[tuple[int, str], Trained] = {}
+        for chunk in _chunks(rows):
+            batch = trainer.data_collator(
+                [{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for r in chunk])
+            ids_all = batch["input_ids"].tolist()
+            att = batch["attention_mask"].tolist()
+            cmask = batch["completion_mask"].tolist()
+            for row_no, (ids, a, c) in enumerate(zip(ids_all, att, cmask)):
+                r = chunk[row_no % len(chunk)]
+                side = "chosen" if row_no < len(chunk) else "rejected"
+                n = sum(a)
+                labels = [t if m else IGNORE for t, m in zip(ids[:n], c[:n])]
+                full_ids = r["prompt_ids"] + r[f"{side}_ids"]
+                seq = Trained(r[INDEX_COLUMN], side, ids[:n], labels)
+                if len(full_ids) > n:
+                    seq.full = (full_ids, [IGNORE] * len(r["prompt_ids"]) + r[f"{side}_ids"])
+                out[(seq.index, side)] = seq
+    result = [out.get((i, s)) or Trained(i, s, [], [], dropped=True)
+              for i in range(len(job.records)) for s in ("chosen", "rejected")]
+    _set_boundaries(result, job)
+    return result
+
+
+@PIPELINES.register("hf-clm")
+def hf_clm(job: Job) -> list[Trained]:
+    """Plain causal LM: the tokenizer (or its chat template), then transformers' DataCollatorForLanguageModeling.
+
+    Like the usual recipe, a tokenizer without a pad token gets ``pad_token = eos_token``.
+    """
+    from transformers import DataCollatorForLanguageModeling
+
+    tok = job.tok
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    collator = DataCollatorForLanguageModeling(tokenizer=tok, mlm=False)
+    full_ids = [_clm_ids(tok, r) for r in job.records]
+    cut = job.max_length
+    out: list[Trained] = []
+    with quiet():
+        for start in range(0, len(full_ids), BATCH):
+            chunk = full_ids[start:start + BATCH]
+            batch = collator([{"input_ids": ids[:cut] if cut else ids} for ids in chunk])
+            for k, (ids, labels, att) in enumerate(zip(batch["input_ids"].tolist(), batch["labels"].tolist(),
+                                                      batch["attention_mask"].tolist())):
+                keep = [p for p, m in enumerate(att) if m]
+                seq = Trained(start + k, None, [ids[p] for p in keep], [labels[p] for p in keep])
+                if cut and len(chunk[k]) > cut:
+                    pad = tok.pad_token_id
+                    seq.full = (chunk[k], [IGNORE if t == pad else t for t in chunk[k]])
+                out.append(seq)
+    _set_boundaries(out, job)
+    return out
+
+
+def _clm_ids(tok, rec: dict) -> list[int]:
+    if "messages" in rec:
+        return list(tok.apply_chat_template(rec["messages"], tokenize=True, return_dict=True)["input_ids"])
+    if "prompt" in rec:
+        if isinstance(rec["prompt"], list):
+            msgs = rec["prompt"] + rec["completion"]
+            return list(tok.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"])
+        return list(tok(rec["prompt"] + rec["completion"])["input_ids"])
+    if "text" in rec:
+        return list(tok(rec["text"])["input_ids"])
+    raise HarnessError("hf-clm needs text, prompt/completion or messages records, not preference pairs")
+
+
+def _set_boundaries(seqs: list[Trained], job: Job) -> None:
+    for s in seqs:
+        ref = job.ref_prompts[s.index]
+        if ref is None or s.dropped:
+            continue
+        s.ref_prompt_len = len(ref)
+        s.prompt_len = common_prefix_length(ref, s.ids)
