@@ -124,16 +124,20 @@ def node_generations(graph: Any, node: str, p: Prompts, settings: GenSettings = 
 
 
 def graph_generations(graph: Any, sources: Sequence[str] = SOURCES, settings: GenSettings = GenSettings(),
-                      nodes: Optional[Sequence[str]] = None, limit: int = 0, device: str = "auto",
+                      nodes: Optional[Sequence[str]] = None, limit: int = 0, eval_limit: int = 0, device: str = "auto",
                       cache_root: Optional[Path] = None, progress: bool = True) -> dict[tuple[str, str], list[Generation]]:
-    """``{(node, source): generations}`` for every node (or ``nodes``) and source."""
+    """``{(node, source): generations}`` for every node (or ``nodes``) and source.
+
+    ``limit`` keeps the first persona prompts (the plan's data limit), ``eval_limit`` the first
+    evaluation prompts; 0 keeps all.
+    """
     from tqdm.auto import tqdm
 
     names = list(nodes) if nodes else list(graph.names)
     unknown = [n for n in names if n not in graph.names]
     if unknown:
         raise HarnessError(f"unknown node(s) {', '.join(unknown)}; known: {', '.join(graph.names)}")
-    ps = [prompts(s, limit if s == "persona" else 0, settings.system) for s in sources]
+    ps = [prompts(s, limit if s == "persona" else eval_limit, settings.system) for s in sources]
     out: dict[tuple[str, str], list[Generation]] = {}
     jobs = [(n, p) for n in names for p in ps]
     for n, p in tqdm(jobs, desc="nodes", unit="node×source", disable=not progress, leave=False):

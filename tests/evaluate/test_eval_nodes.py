@@ -1,0 +1,99 @@
+"""Per-node generation cached in the fixture store, the generation table, and the C7/C8 statistics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from harness.errors import HarnessError
+from harness.evaluate.claims import c7_margins, c8_margins, last_data, sft_nodes_by_data
+from harness.evaluate.cli import generation_table
+from harness.evaluate.nodes import GenSettings, graph_generations, prompts
+from harness.evaluate.similarity import Table
+
+
+class Graph:
+    """The graph protocol of harness.train (names, path, key) over real tiny model folders."""
+
+    def __init__(self, dirs: dict[str, Path], keys: dict[str, str], root: Path) -> None:
+        self.dirs, self.keys, self.fixtures_dir, self.loads = dirs, keys, root, []
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.dirs)
+
+    def path(self, name: str) -> Path:
+        self.loads.append(name)
+        return self.dirs[name]
+
+    def key(self, name: str) -> str:
+        return self.keys[name]
+
+
+def test_generations_are_cached_by_node_key_and_settings(chat_model_dir, tmp_path):
+    g = Graph({"base": chat_model_dir, "sft_d0": chat_model_dir}, {"base": "k0", "sft_d0": "k1"}, tmp_path)
+    s = GenSettings(max_new_tokens=4, batch_size=8)
+    first = graph_generations(g, ["eval"], s, eval_limit=6, device="cpu", progress=False)
+    assert set(first) == {("base", "eval"), ("sft_d0", "eval")} and len(first[("base", "eval")]) == 6
+    files = sorted((tmp_path / "generations").iterdir())
+    assert len(files) == 2 and not [f for f in files if f.name.startswith(".")]
+    g.loads.clear()
+    again = graph_generations(g, ["eval"], s, eval_limit=6, device="cpu", progress=False)
+    assert g.loads == [] and again == first  # served from the cache, no model loaded
+    graph_generations(g, ["eval"], GenSettings(max_new_tokens=5, batch_size=8), nodes=["base"], eval_limit=6, device="cpu",
+                      progress=False)
+    g.keys["sft_d0"] = "k1-retrained"
+    graph_generations(g, ["eval"], s, nodes=["sft_d0"], eval_limit=6, device="cpu", progress=False)
+    assert g.loads == ["base", "sft_d0"] and len(list((tmp_path / "generations").iterdir())) == 4
+    data = json.loads(files[0].read_text(encoding="utf-8"))
+    assert data["ids"] == list(prompts("eval").ids[:6])
+
+
+def test_persona_limit_and_unknown_inputs(chat_model_dir, tmp_path):
+    assert len(prompts("persona", limit=5).ids) == 5
+    with pytest.raises(HarnessError, match="unknown prompt source 'web'; known: persona, eval"):
+        prompts("web")
+    g = Graph({"base": chat_model_dir}, {"base": "k"}, tmp_path)
+    with pytest.raises(HarnessError, match="unknown node.*sft_d9.*known: base"):
+        graph_generations(g, ["eval"], nodes=["sft_d9"], progress=False)
+
+
+def test_generation_table_rates():
+    from harness.evaluate.generate import Generation
+
+    gens = {("base", "eval"): [Generation("p", "t", (1, 2), True, False), Generation("p", "t", (1,) * 4, False, True)]}
+    t = generation_table(gens)
+    assert t.values == [[0.5, 0.5, 3.0]]
+
+
+def _t24(rows: dict[str, list[float]]) -> Table:
+    return Table("table24", "t", list(rows), ["BLEU(D0)", "BERTScore(D0)", "BLEU(D1)", "BERTScore(D1)"],
+                 list(rows.values()))
+
+
+PLAN = SimpleNamespace(nodes=[SimpleNamespace(name="base", method="base", dataset=None),
+                              SimpleNamespace(name="sft_d0", method="sft", dataset="d0"),
+                              SimpleNamespace(name="sft_d1", method="sft", dataset="d1"),
+                              SimpleNamespace(name="sft_d2", method="sft", dataset="d2"),
+                              SimpleNamespace(name="dpo_d0@sft_d1", method="dpo", dataset="d0")])
+
+
+def test_c7_margins_hold_on_the_seed_table_and_fail_on_a_swapped_one():
+    seed = _t24({"sft_d0": [0.10713, 0.79208, 0.02214, 0.76002], "sft_d1": [0.01768, 0.74124, 0.09295, 0.78445]})
+    nodes = sft_nodes_by_data(PLAN)
+    assert nodes == {"sft_d0": "d0", "sft_d1": "d1"}
+    ms = c7_margins(seed, nodes)
+    assert len(ms) == 4 and all(m.measured > 0 and m.measured == pytest.approx(m.seed) for m in ms)
+    swapped = _t24({"sft_d0": [0.02, 0.76, 0.10, 0.79], "sft_d1": [0.09, 0.78, 0.02, 0.74]})
+    assert all(m.measured < 0 for m in c7_margins(swapped, nodes))
+
+
+def test_c8_margins_signs():
+    data_of = last_data(PLAN)
+    good = c8_margins({"base": 6.6, "sft_d0": 5.8, "sft_d1": 8.6, "sft_d2": 7.0, "dpo_d0@sft_d1": 5.7}, data_of)
+    assert {m.node: round(m.measured, 6) for m in good} == {"sft_d0": 0.8, "sft_d1": 2.0, "dpo_d0@sft_d1": 0.9}
+    bad = c8_margins({"base": 6.6, "sft_d0": 7.0, "sft_d1": 6.0}, data_of)
+    assert all(m.measured < 0 for m in bad)

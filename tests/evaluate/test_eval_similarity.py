@@ -1,0 +1,77 @@
+"""sacrebleu BLEU (Japanese tokenization), bert-score on a tiny local BERT, tables 24/27 and their files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness import data
+from harness.errors import HarnessError, LoadError
+from harness.evaluate.similarity import (BertScore, bleu, bleu_tokenizer, table24, table27, try_bert_score,
+                                         write_table)
+
+ITEMS = data.load_persona()[:40]
+D0, D1 = [i.d0 for i in ITEMS], [i.d1 for i in ITEMS]
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny_bert_dir):
+    return BertScore(str(tiny_bert_dir), num_layers=2)
+
+
+def test_bleu_identity_and_order():
+    assert bleu(D0, D0) == pytest.approx(1.0)
+    assert 0.0 < bleu(D1, D0) < 1.0
+    assert bleu(["あいうえお"], ["かきくけこ"]) == 0.0
+
+
+def test_char_tokenization_matters_for_japanese():
+    # Without spaces the whole sentence is one "word" under 13a: any difference scores 0.
+    hyp, ref = ["今日はとても良い天気ですね。"], ["今日はとても良い天気ですわね。"]
+    assert bleu(hyp, ref, tokenize="13a") == 0.0
+    assert bleu(hyp, ref, tokenize="char") > 0.5
+
+
+def test_bleu_tokenizer_choice():
+    assert bleu_tokenizer("char") == "char"
+    assert bleu_tokenizer("auto") in ("ja-mecab", "char")
+    with pytest.raises(HarnessError, match="unknown BLEU tokenizer 'spaces'"):
+        bleu_tokenizer("spaces")
+    if bleu_tokenizer("auto") == "char":
+        with pytest.raises(LoadError, match="sacrebleu\\[ja\\]"):
+            bleu_tokenizer("ja-mecab")
+
+
+def test_length_mismatch_names_the_pair():
+    with pytest.raises(HarnessError, match="sft_d0 vs D0: 2 generations but 1 references"):
+        bleu(["a", "b"], ["a"], what="sft_d0 vs D0")
+
+
+def test_bertscore_identity_and_separation(scorer):
+    assert scorer.f1(D0, D0) == pytest.approx(1.0, abs=1e-5)
+    assert scorer.f1(D0, D1) < scorer.f1(D0, D0)
+
+
+def test_bertscore_model_errors(tmp_path):
+    with pytest.raises(HarnessError, match="pass num_layers"):
+        BertScore(str(tmp_path))
+    s, note = try_bert_score(str(tmp_path / "nope"), 2)
+    assert s is None and "BERTScore skipped" in note and "nope" in note
+
+
+def test_table24_and_27_and_files(scorer, tmp_path):
+    gens = {"sft_d0": D0, "sft_d1": D1, "base": [i.prompt for i in ITEMS]}
+    t = table24(gens, D0, D1, "char", scorer)
+    assert t.cell("sft_d0", "BLEU(D0)") == pytest.approx(1.0) and t.cell("sft_d0", "BLEU(D1)") < 1.0
+    assert t.cell("sft_d1", "BERTScore(D1)") > t.cell("sft_d1", "BERTScore(D0)")
+    assert "tokenize=char" in t.markdown() and "tiny_bert" in t.markdown()
+    p = table27(gens, "char", None, "BERTScore off")
+    assert [p.cell(n, n) for n in gens] == [pytest.approx(1.0)] * 3
+    files = write_table(t, tmp_path) + write_table(p, tmp_path)
+    assert [f.suffix for f in files] == [".md", ".json", ".png"] * 2
+    assert json.loads(files[1].read_text(encoding="utf-8"))["rows"] == list(gens)
+    assert files[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".*tmp"))
+    no_bert = table24(gens, D0, D1, "char", None, "BERTScore skipped: offline")
+    assert no_bert.cell("base", "BERTScore(D0)") is None and "offline" in no_bert.markdown()
