@@ -79,3 +79,38 @@ def mean_by_node(results: Mapping[str, Sequence[Any]]) -> dict[str, Optional[flo
     from harness.evaluate.judge import mean_score
 
     return {n: mean_score(r) for n, r in results.items()}
+
+
+# --------------------------------------------------------------------------- spec statistics
+# Registered in the findings' statistics registry, so that fixtures/claims/c7_*.toml and c8_*.toml
+# name them like the weight claims name theirs.
+
+def _register() -> None:
+    import math
+
+    from harness.errors import HarnessError
+    from harness.findings.statistics import STATISTICS
+
+    def own_data_margin(source: Any, pair: Any, metric: str = "BLEU") -> float:
+        """C7: ``metric(own dataset) - metric(other dataset)`` of the pair's node in a table 24."""
+        node, own = pair["node"], pair["own"]
+        if own not in ("d0", "d1"):
+            raise HarnessError(f"C7 pair {pair.label}: 'own' must be d0 or d1, got {own!r}")
+        [m] = [m for m in c7_margins(source, {node: own}) if m.metric == metric] or [None]
+        return math.nan if m is None else m.measured
+
+    def judge_margin(source: Any, pair: Any, prompts: str = "eval") -> float:
+        """C8: the node's mean judge score minus the base's, sign-flipped for D0 nodes (so > 0 holds)."""
+        means = source[prompts]
+        node, base, ds = pair["node"], pair.get("base", "base"), pair["data"]
+        if means.get(node) is None or means.get(base) is None:
+            return math.nan
+        diff = means[node] - means[base]
+        return diff if ds == "d1" else -diff
+
+    for name, fn in (("own_data_margin", own_data_margin), ("judge_margin", judge_margin)):
+        if name not in STATISTICS:
+            STATISTICS.add(name, fn)
+
+
+_register()
