@@ -69,7 +69,7 @@ def audit(
             notes.append(f"{p} skipped: preference data trains only through trl-dpo")
             continue
         audited += _run(p, tok, info, recs, rfmt, max_length, response_marker)
-    return AuditReport(name, pipeline, n_examples, aggregate(audited), audited, notes)
+    return AuditReport(name, pipeline, n_examples, aggregate(audited), audited, notes, tok, info)
 
 
 def _load(tokenizer: Any, chat_template, zoo, kwargs) -> tuple[Any, str, list[int]]:

@@ -157,11 +157,14 @@ def _find_split_stop(tok, info: TokenInfo, ids: Sequence[int], trained: Sequence
         text = tok.decode([ids[i] for i in run])
         if not any(s in text for s in info.stop_strings):
             continue
-        for a in range(len(run)):  # localize: rare path, only on a hit
-            for b in range(a + 1, min(len(run), a + 12) + 1):
-                piece = tok.decode([ids[i] for i in run[a:b]])
-                if any(s in piece for s in info.stop_strings):
-                    return run[a:b]
+        # Localize (rare path, only on a hit): the shortest prefix holding the text, then its shortest tail.
+        def has(a: int, b: int) -> bool:
+            piece = tok.decode([ids[i] for i in run[a:b]])
+            return any(s in piece for s in info.stop_strings)
+
+        b = next(b for b in range(1, len(run) + 1) if has(0, b))
+        a = next(a for a in range(b - 1, -1, -1) if has(a, b))
+        return run[a:b]
     return []
 
 

@@ -64,10 +64,10 @@ def load_tokenizer(spec: Union[str, Path], zoo: Union[str, Path, None] = None, *
         tok = AutoTokenizer.from_pretrained(str(where), **kwargs)
     except (OSError, ValueError, EnvironmentError) as e:
         if isinstance(where, str):
-            offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
-            why = "not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE=1)" if offline \
-                else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            raise LoadError(f"cannot load tokenizer {where!r}: {why}") from None
+            offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
+            why = ("the hub is offline (HF_HUB_OFFLINE=1)" if offline else "the hub could not be reached")
+            raise LoadError(f"cannot load tokenizer {where!r}: not a local folder, not in the Hugging Face "
+                            f"cache, and {why}") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LoadError(f"cannot load tokenizer from {str(where)!r}: {first}") from None
     tok.name_or_path = str(where)

@@ -62,6 +62,8 @@ class AuditReport:
     findings: list[Finding]
     sequences: list[Audited]
     notes: list[str] = field(default_factory=list)
+    tok: Any = field(default=None, repr=False)  # the tokenizer as audited (for the view)
+    info: Any = field(default=None, repr=False)  # its TokenInfo
 
     @property
     def errors(self) -> list[Finding]:

@@ -1,0 +1,44 @@
+"""Claim: the label/EOS audit catches each tokenizer family's known setup bugs, and only those.
+
+Parametrized over fixtures/tokenizers.toml (ids = family names). Each entry runs the installed
+trl's own pipeline on the persona data with the family's real tokenizer (local zoo folder, or the
+hub id where the hub is reachable) and asserts that the audit's verdict equals the expectation.
+The seed-004 negative controls (double BOS, split EOS text, missing EOS) must be caught.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.audit import audit
+from harness.audit.zoo import load_zoo_spec
+from harness.errors import LoadError
+
+ENTRIES = load_zoo_spec()
+
+
+def _tokenizer_source(entry, zoo):
+    if entry.folder and zoo is not None and (zoo / entry.folder).is_dir():
+        return zoo / entry.folder
+    return entry.hub
+
+
+@pytest.mark.tokenizers
+@pytest.mark.parametrize("entry", ENTRIES, ids=[e.name for e in ENTRIES])
+def test_audit_verdict_matches_expectation(entry, tokenizer_zoo, record_property):
+    source = _tokenizer_source(entry, tokenizer_zoo)
+    folder = source if not isinstance(source, str) else None
+    try:
+        report = audit(source, **entry.audit_kwargs(folder))
+    except LoadError as e:
+        if isinstance(source, str):
+            pytest.skip(f"{entry.name}: neither the zoo folder {entry.folder!r} nor the hub is available ({e})")
+        raise
+    found = tuple(sorted(report.codes))
+    record_property("measured", list(found) or "clean")
+    record_property("reference", list(entry.expect) or "clean")
+    detail = "; ".join(f"{f.code}[{f.severity}] x{f.count}: {f.message}" for f in report.findings)
+    assert found == entry.expect, f"{entry.name}: expected {list(entry.expect) or 'clean'}, got {detail or 'clean'}"
+    # Every audited example (each DPO side) carries the known findings, not just some of them.
+    for f in report.findings:
+        assert f.count == report.examples, f"{entry.name}: {f.code} in {f.count} of {report.examples} examples"

@@ -1,0 +1,69 @@
+"""``python -m harness audit``: the label/EOS audit of the trl pipeline for one tokenizer.
+
+Exit codes: 0 clean (warnings allowed), 1 any error finding, 2 the tokenizer or data cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from harness.audit.loading import FORMATS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tokenizer", required=True,
+                        help="hub id, tokenizer folder, or a folder name inside the tokenizer zoo")
+    parser.add_argument("--chat-template", metavar="FILE", help="Jinja chat template to use instead of the tokenizer's")
+    parser.add_argument("--format", dest="fmt", default="conversational", choices=FORMATS,
+                        help="data format (default: conversational prompt/completion)")
+    parser.add_argument("--data", metavar="FILE.jsonl", help="JSONL dataset (default: the persona fixtures)")
+    parser.add_argument("--pipeline", default="trl-sft", choices=("trl-sft", "trl-dpo", "hf-clm", "all"),
+                        help="training pipeline to audit (default: trl-sft)")
+    parser.add_argument("--max-length", type=int, default=None, metavar="N",
+                        help="truncation length (default: trl's own default; none for hf-clm)")
+    parser.add_argument("--response-marker", metavar="TEXT",
+                        help="text format: where the reply begins, e.g. '[/INST]' (completion-only judged there)")
+    parser.add_argument("--json", metavar="PATH|-", help="write the findings as JSON to PATH, or '-' for stdout")
+    parser.add_argument("--show", type=int, default=2, metavar="N", help="examples shown as tokens (default 2)")
+    parser.add_argument("--limit", type=int, default=None, metavar="N", help="audit only the first N examples")
+    parser.add_argument("--zoo", metavar="DIR",
+                        help="tokenizer zoo folder (default: $HARNESS_TOKENIZER_ZOO or ../shared/tokenizers)")
+    parser.add_argument("--split-special-tokens", action="store_true",
+                        help="load the tokenizer with split_special_tokens=True (special texts become pieces)")
+
+
+def _write_json(payload: dict, dest: str) -> None:
+    text = json.dumps(payload, ensure_ascii=False, indent=2)
+    if dest == "-":
+        sys.stdout.write(text + "\n")
+        return
+    path = Path(dest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text + "\n")
+    os.replace(tmp, path)  # never half-written
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from harness.audit.core import audit
+    from harness.audit.view import show
+
+    err = Console(stderr=True)
+    kwargs = {"split_special_tokens": True} if args.split_special_tokens else None
+    with err.status(f"auditing {args.tokenizer} ({args.pipeline}, {args.fmt})…"):
+        report = audit(args.tokenizer, chat_template=args.chat_template, fmt=args.fmt, data=args.data,
+                       pipeline=args.pipeline, max_length=args.max_length, response_marker=args.response_marker,
+                       zoo=args.zoo, tokenizer_kwargs=kwargs, limit=args.limit)
+    if args.json:
+        _write_json(report.to_dict(), args.json)
+    if args.json != "-":
+        show(report, report.tok, report.info, n=max(args.show, 0))
+    return report.exit_code

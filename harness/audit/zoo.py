@@ -1,0 +1,108 @@
+"""The tokenizer list (``fixtures/tokenizers.toml``) as frozen, validated entries."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from harness.audit.findings import CODES
+from harness.audit.loading import FORMATS, REPO_ROOT
+from harness.errors import LoadError
+
+TOKENIZERS_TOML = REPO_ROOT / "fixtures" / "tokenizers.toml"
+_PIPELINES = ("trl-sft", "trl-dpo", "hf-clm")
+_KEYS = {"name", "hub", "folder", "format", "pipeline", "template", "response_marker", "system_prompt",
+         "max_length", "split_special_tokens", "limit", "expect", "note"}
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One family/setup to audit and the verdict it is known to give."""
+
+    name: str
+    hub: str
+    folder: Optional[str]
+    format: str
+    pipeline: str
+    template: str  # "own" (the tokenizer's), a path relative to the folder, or Jinja text
+    response_marker: Optional[str]
+    system_prompt: bool
+    max_length: Optional[int]
+    split_special_tokens: bool
+    limit: Optional[int]
+    expect: tuple[str, ...]  # () means clean
+    note: str = ""
+
+    def audit_kwargs(self, folder: Optional[Path]) -> dict[str, Any]:
+        """Keyword arguments of :func:`harness.audit.audit` for this entry (``folder``: resolved path or None)."""
+        from harness.data import dpo_records, sft_records
+
+        template: Optional[str] = None
+        if self.template != "own":
+            if "{%" in self.template or "{{" in self.template:
+                template = self.template
+            else:
+                base = folder if folder is not None else REPO_ROOT
+                template = str(base / self.template)
+        data = None
+        if not self.system_prompt:
+            data = dpo_records("d1", system=False) if self.format == "preference" \
+                else sft_records("d1", fmt=self.format, system=False)
+        return dict(chat_template=template, fmt=self.format, pipeline=self.pipeline, data=data,
+                    max_length=self.max_length, response_marker=self.response_marker, limit=self.limit,
+                    tokenizer_kwargs={"split_special_tokens": True} if self.split_special_tokens else None)
+
+
+def _entry(raw: dict, where: str) -> ZooEntry:
+    unknown = set(raw) - _KEYS
+    if unknown:
+        raise LoadError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(_KEYS)}")
+    for key in ("name", "hub"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise LoadError(f"{where}: {key!r} must be a non-empty string")
+    fmt = raw.get("format", "conversational")
+    if fmt not in FORMATS:
+        raise LoadError(f"{where}: format {fmt!r} is not one of {', '.join(FORMATS)}")
+    pipe = raw.get("pipeline", "trl-dpo" if fmt == "preference" else "trl-sft")
+    if pipe not in _PIPELINES:
+        raise LoadError(f"{where}: pipeline {pipe!r} is not one of {', '.join(_PIPELINES)}")
+    expect = raw.get("expect")
+    if expect == "clean":
+        codes: tuple[str, ...] = ()
+    elif isinstance(expect, list) and expect and all(isinstance(c, str) for c in expect):
+        bad = [c for c in expect if c not in CODES]
+        if bad:
+            raise LoadError(f"{where}: unknown finding code(s) {bad}; known: {', '.join(CODES.names())}")
+        codes = tuple(sorted(set(expect)))
+    else:
+        raise LoadError(f"{where}: 'expect' must be \"clean\" or a non-empty list of finding codes")
+    return ZooEntry(name=raw["name"], hub=raw["hub"], folder=raw.get("folder"), format=fmt, pipeline=pipe,
+                    template=raw.get("template", "own"), response_marker=raw.get("response_marker"),
+                    system_prompt=bool(raw.get("system_prompt", True)), max_length=raw.get("max_length"),
+                    split_special_tokens=bool(raw.get("split_special_tokens", False)), limit=raw.get("limit"),
+                    expect=codes, note=raw.get("note", ""))
+
+
+def load_zoo_spec(path: Union[str, Path] = TOKENIZERS_TOML) -> list[ZooEntry]:
+    """All ``[[family]]`` entries of the tokenizer list; errors name the file and the entry."""
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LoadError(f"{p}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise LoadError(f"{p}: invalid TOML ({e})") from None
+    entries = []
+    seen = set()
+    for k, item in enumerate(raw.get("family", [])):
+        where = f"{p}: family #{k + 1} ({item.get('name', '?')})"
+        e = _entry(item, where)
+        if e.name in seen:
+            raise LoadError(f"{where}: duplicate name {e.name!r}")
+        seen.add(e.name)
+        entries.append(e)
+    if not entries:
+        raise LoadError(f"{p}: no [[family]] entries")
+    return entries
