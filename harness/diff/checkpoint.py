@@ -14,6 +14,7 @@ import json
 import os
 import re
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -92,8 +93,9 @@ class Checkpoint:
             if missing:
                 raise LoadError(f"{label}: the index lists tensors its shards lack: "
                                 f"{_short_list(missing)}")
-        self._open_path: Optional[str] = None
-        self._fdesc: Optional[int] = None
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._fds: set[int] = set()
 
     # -- index ---------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -108,11 +110,15 @@ class Checkpoint:
 
     # -- reading -------------------------------------------------------------------------
     def _fd(self, path: str) -> int:
-        if self._open_path != path:  # one shard open at a time
-            self.close()
-            self._fdesc = os.open(path, os.O_RDONLY)
-            self._open_path = path
-        return self._fdesc
+        local = self._local
+        if getattr(local, "path", None) != path:  # one shard open at a time (per reading thread)
+            with self._lock:
+                if getattr(local, "fd", None) is not None:
+                    self._fds.discard(local.fd)
+                    os.close(local.fd)
+                local.fd, local.path = os.open(path, os.O_RDONLY), path
+                self._fds.add(local.fd)
+        return local.fd
 
     def read_into(self, name: str, offset: int, out: memoryview) -> None:
         """Read ``len(out)`` bytes of tensor ``name`` from byte ``offset`` of its data."""
@@ -144,10 +150,15 @@ class Checkpoint:
         return self.rows(name, 0, nrows).reshape(info.shape)
 
     def close(self) -> None:
-        if self._fdesc is not None:
-            os.close(self._fdesc)
-        self._fdesc = None
-        self._open_path = None
+        """Close every descriptor this checkpoint opened (call when no thread is reading)."""
+        with self._lock:
+            for fd in self._fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._fds.clear()
+        self._local = threading.local()
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.label!r}, {len(self.tensors)} tensors)"

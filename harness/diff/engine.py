@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
@@ -99,8 +101,8 @@ class TensorJob:
         return rows, (self.numel // rows if rows else 0)
 
 
-def job_raw_torch(job: TensorJob, device: "str | torch.device" = "cpu",
-                  chunk: int = CHUNK_ELEMS, bufs: Optional[list] = None) -> np.ndarray:
+def job_raw_torch(job: TensorJob, device: "str | torch.device" = "cpu", chunk: int = CHUNK_ELEMS,
+                  bufs: Optional[list] = None, rows: Optional[tuple[int, int]] = None) -> np.ndarray:
     """Raw statistics of one tensor, block of rows by block, with eager torch on ``device``.
 
     Each side's rows are read from disk in the stored dtype, upcast to fp32, and the side's
@@ -109,13 +111,14 @@ def job_raw_torch(job: TensorJob, device: "str | torch.device" = "cpu",
     """
     if job.trivially_zero or job.numel == 0:
         return np.zeros(NRAW)
-    rows, cols = job.rows_cols()
+    nrows, cols = job.rows_cols()
+    lo, hi = rows if rows is not None else (0, nrows)
     deltas = [d.to(device) if d is not None else None for d in job.deltas]
     bufs = bufs if bufs is not None else [None] * len(job.sides)
     step = max(1, chunk // max(cols, 1))
     parts = []
-    for r0 in range(0, rows, step):
-        r1 = min(rows, r0 + step)
+    for r0 in range(lo, hi, step):
+        r1 = min(hi, r0 + step)
         xs = []
         for i, (side, delta) in enumerate(zip(job.sides, deltas)):
             if job.shared_base:
@@ -129,13 +132,52 @@ def job_raw_torch(job: TensorJob, device: "str | torch.device" = "cpu",
     return combine_raw(torch.stack(parts).cpu().numpy())
 
 
-def cpu_backend(jobs: list[TensorJob], bar) -> dict[str, np.ndarray]:
-    out = {}
-    n = max((len(j.sides) for j in jobs), default=0)
-    bufs = [torch.empty(CHUNK_ELEMS * 4, dtype=torch.uint8) for _ in range(n)]
+def _job_chunks(job: TensorJob, chunk: int = CHUNK_ELEMS) -> list[tuple[int, int]]:
+    rows, cols = job.rows_cols()
+    step = max(1, chunk // max(cols, 1))
+    return [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
+
+
+def cpu_backend(jobs: list[TensorJob], bar, workers: Optional[int] = None) -> dict[str, np.ndarray]:
+    """Blocks of rows spread over a pool of threads, each running single-threaded torch ops.
+
+    One intra-op thread per worker: OpenMP's barriers collapse when the cores are shared (a
+    busy CI machine), while independent chunks on independent threads degrade gracefully.
+    """
+    workers = workers or int(os.environ.get("HARNESS_DIFF_THREADS", 0)) or torch.get_num_threads()
+    local = threading.local()
+
+    def work(job: TensorJob, r0: int, r1: int) -> np.ndarray:
+        if not hasattr(local, "bufs"):
+            local.bufs = [torch.empty(CHUNK_ELEMS * 4, dtype=torch.uint8) for _ in range(3)]
+        return job_raw_torch(job, "cpu", bufs=local.bufs, rows=(r0, r1))
+
+    out = {j.name: np.zeros(NRAW) for j in jobs}
+    tasks = []
     for job in jobs:
-        out[job.name] = job_raw_torch(job, "cpu", bufs=bufs)
-        bar.update(1)
+        if job.trivially_zero or job.numel == 0:
+            bar.update(1)
+            continue
+        tasks += [(job, r0, r1) for r0, r1 in _job_chunks(job)]
+    left = {j.name: len(_job_chunks(j)) for j in jobs}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            window = 4 * workers  # bounded read-ahead: memory stays at a few chunks per worker
+            futs = [pool.submit(work, *t) for t in tasks[:window]]
+            for i, task in enumerate(tasks):
+                raw = futs[i].result()
+                futs[i] = None
+                if i + window < len(tasks):
+                    futs.append(pool.submit(work, *tasks[i + window]))
+                name = task[0].name
+                out[name] = combine_raw([out[name], raw])
+                left[name] -= 1
+                if left[name] == 0:
+                    bar.update(1)
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 

@@ -1,0 +1,78 @@
+"""CPU and CUDA paths give the same results (runs on the GPU machine; skipped on CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diff_helpers import random_state, write_checkpoint
+from harness.diff import compare
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="needs a CUDA device: the fused kernel runs on the GPU machine")
+
+FIELDS = ("numel", "l1", "l2", "max_abs", "changed", "conflicts", "conflict_rate", "conflict_l2",
+          "cosine", "nan", "inf")
+
+
+def _same(x, y, rtol=1e-6):
+    for sx, sy in zip([x.total, x.other, *x.layers, *x.modules], [y.total, y.other, *y.layers, *y.modules]):
+        for f in FIELDS:
+            vx, vy = getattr(sx, f), getattr(sy, f)
+            if vx is None or vy is None:
+                assert vx is vy, f
+            else:
+                assert vx == pytest.approx(vy, rel=rtol, abs=1e-9), (f, sx.layer, sx.module, vx, vy)
+
+
+@pytest.mark.parametrize("kernel", ["triton", "eager"])
+@pytest.mark.parametrize("slot_bytes", [1 << 12, 256 << 20])
+def test_cuda_matches_cpu(arch_layouts, tmp_path, monkeypatch, kernel, slot_bytes):
+    import harness.diff.cuda as cuda
+
+    monkeypatch.setenv("HARNESS_DIFF_KERNEL", kernel)
+    monkeypatch.setattr(cuda, "SLOT_BYTES", slot_bytes)  # small slots: many chunks per tensor
+    for arch in ("llama", "gpt2"):
+        lay = arch_layouts[arch]
+        a = random_state(lay, 1, dtype=torch.bfloat16)
+        b = random_state(lay, 2, dtype=torch.float32, zero_frac=0.3)
+        r = random_state(lay, 3, dtype=torch.bfloat16)
+        name = sorted(lay)[3]
+        b[name].view(-1)[:2] = float("nan")
+        r[name].view(-1)[4:7] = float("-inf")
+        pa = write_checkpoint(tmp_path / f"{arch}a", a, "index", 1)
+        pb = write_checkpoint(tmp_path / f"{arch}b", b, "single")
+        pr = write_checkpoint(tmp_path / f"{arch}r", r, "bare")
+        for args in [(pa, pb, pr), (pa, pb, None), (pa, pa, pr)]:
+            cpu = compare(*args, device="cpu", progress=False)
+            gpu = compare(*args, device="cuda", progress=False)
+            assert gpu.meta["device"] == "cuda"
+            _same(cpu, gpu)
+        assert cpu.total.nan == 0 and compare(pa, pb, pr, device="cuda", progress=False).total.nan == 2
+
+
+def test_cuda_adapters_match_cpu(tmp_path):
+    from test_diff_lora import _peft_pair
+
+    base, ad1, _ = _peft_pair(tmp_path, "llama", 1)
+    _, ad2, m2 = _peft_pair(tmp_path, "llama", 2)
+    for args in [(ad1, base, None), (ad1, ad2, base), (ad1, m2, base)]:
+        _same(compare(*args, device="cpu", progress=False), compare(*args, device="cuda", progress=False),
+              rtol=1e-5)
+
+
+def test_fused_kernel_float32_accumulation_is_close(tmp_path):
+    import numpy as np
+
+    from harness.diff.cuda import fused_stats, grid_for, reduce_partials
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    a = torch.randn(3_000_001, device="cuda", generator=g).bfloat16()
+    b = (a.float() + 1e-2 * torch.randn(a.shape, device="cuda", generator=g)).bfloat16()
+    r = (a.float() + 1e-2 * torch.randn(a.shape, device="cuda", generator=g)).bfloat16()
+    out64 = torch.zeros(grid_for(a.numel()), 11, dtype=torch.float64, device="cuda")
+    out32 = torch.zeros_like(out64)
+    fused_stats(a, b, r, out64, acc64=True)
+    fused_stats(a, b, r, out32, acc64=False)
+    x, y = reduce_partials(out64.cpu().numpy()), reduce_partials(out32.cpu().numpy())
+    assert np.allclose(x, y, rtol=1e-5)
