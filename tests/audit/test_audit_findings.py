@@ -1,0 +1,114 @@
+"""Each finding code is produced by a synthetic tokenizer reproducing its bug class, and absent when clean."""
+
+from __future__ import annotations
+
+import pytest
+
+from audit_synth import (CLEAN, CONV, DEFAULT_SYSTEM, EOT_END, HEADER_AFTER, NEWLINE_AFTER, NO_BOS, NO_END, PAIRS,
+                         WITH_EOS, bpe, conv, seed_text, sp)
+from harness.audit import CODES, audit
+
+PREF = [{"prompt": c["prompt"], "chosen": c["completion"],
+         "rejected": [{"role": "assistant", "content": "no."}]} for c in CONV]
+SEED = [seed_text(p, r) for p, r in PAIRS]
+
+
+@pytest.fixture(scope="module")
+def clean_tok():
+    return bpe(CLEAN)
+
+
+@pytest.mark.parametrize("pipeline,fmt,data", [("trl-sft", "conversational", CONV), ("trl-dpo", "preference", PREF)])
+def test_clean_setup_has_no_findings(clean_tok, pipeline, fmt, data):
+    report = audit(clean_tok, fmt=fmt, data=data, pipeline=pipeline)
+    assert report.findings == [], [f.to_dict() for f in report.findings]
+    assert report.exit_code == 0
+    assert report.examples == len(data)
+
+
+def _codes(report):
+    return {(f.code, f.severity) for f in report.findings}
+
+
+CASES = {
+    "eos-missing": (lambda: bpe(NO_END), dict(data=CONV), {("eos-missing", "error")}),
+    "eos-split": (lambda: sp(split_special_tokens=True), dict(fmt="text", data=SEED, response_marker="[/INST]"),
+                  {("eos-split", "error")}),
+    "eos-masked": (lambda: sp(), dict(fmt="text", data=SEED, pipeline="hf-clm"),
+                   {("eos-masked", "error"), ("double-bos", "error")}),
+    "stop-not-generation-eos": (lambda: bpe(EOT_END, eos="</s>"), dict(data=CONV),
+                                {("stop-not-generation-eos", "error")}),
+    "eos-duplicated": (lambda: bpe(WITH_EOS), dict(data=[conv(p, r + "<|im_end|>") for p, r in PAIRS]),
+                       {("eos-duplicated", "error")}),
+    "double-bos": (lambda: sp(), dict(fmt="text", data=SEED, response_marker="[/INST]"), {("double-bos", "error")}),
+    "prompt-trained": (lambda: bpe(CLEAN), dict(fmt="messages", data=[{"messages": c["prompt"] + c["completion"]}
+                                                                    for c in CONV]), {("prompt-trained", "error")}),
+    "completion-masked": (lambda: bpe(CLEAN, pad="。"), dict(pipeline="hf-clm", data=CONV),
+                          {("completion-masked", "error"), ("prompt-trained", "error")}),
+    "all-masked": (lambda: bpe(CLEAN), dict(data=CONV, max_length=6), {("all-masked", "error")}),
+    "prefix-mismatch": (lambda: bpe(CLEAN, add_bos=True), dict(fmt="prompt-completion", data=[{"prompt": "the wor",
+                                                                                   "completion": "ld is wide"}]),
+                        {("prefix-mismatch", "warning")}),
+    "template-injects": (lambda: bpe(DEFAULT_SYSTEM), dict(data=[conv(p, r) for p, r in PAIRS]),
+                         {("template-injects", "warning")}),
+    "trained-after-stop": (lambda: bpe(HEADER_AFTER, eos="<|eot|>"), dict(data=CONV),
+                           {("trained-after-stop", "error")}),
+    "trained-after-stop-whitespace": (lambda: bpe(NEWLINE_AFTER), dict(data=CONV),
+                                      {("trained-after-stop", "warning")}),
+    "bos-missing": (lambda: bpe(NO_BOS), dict(data=CONV), {("bos-missing", "warning")}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bug_class_gives_its_code(name):
+    build, kwargs, expected = CASES[name]
+    report = audit(build(), **kwargs)
+    assert _codes(report) == expected, [f.to_dict() for f in report.findings]
+    for f in report.findings:
+        assert 1 <= f.count == len(f.examples) == len(f.positions) <= report.examples
+        assert f.message and f.hint == CODES.get(f.code).hint
+    assert report.exit_code == (1 if any(s == "error" for _, s in expected) else 0)
+
+
+def test_every_code_is_covered():
+    covered = {c for _, _, exp in CASES.values() for c, _ in exp} | {"eos-truncated"}
+    assert covered == set(CODES.names())
+
+
+def test_eos_truncated_when_max_length_cuts_the_stop(clean_tok):
+    rec = CONV[0]
+    full = clean_tok.apply_chat_template(rec["prompt"] + rec["completion"], tokenize=True, return_dict=True)["input_ids"]
+    report = audit(clean_tok, data=[rec], max_length=len(full) - 1)
+    assert _codes(report) == {("eos-truncated", "error")}
+    assert report.findings[0].positions[0] == [len(full) - 2]
+    assert audit(clean_tok, data=[rec], max_length=len(full)).findings == []
+
+
+def test_dpo_findings_are_per_side():
+    data = [{"prompt": c["prompt"], "chosen": c["completion"], "rejected": [{"role": "assistant", "content": "no."}]}
+            for c in CONV]
+    report = audit(bpe(NO_END), fmt="preference", data=data, pipeline="trl-dpo")
+    assert {(f.code, f.side) for f in report.findings} == {("eos-missing", "chosen"), ("eos-missing", "rejected")}
+    assert len(report.sequences) == 2 * len(data)
+
+
+def test_generation_eos_that_includes_the_stop_clears_the_finding():
+    tok = bpe(EOT_END, eos="</s>")
+    eot = tok.convert_tokens_to_ids("<|eot|>")
+    assert audit(tok, data=CONV, generation_eos=[eot]).findings == []
+
+
+def test_eos_split_positions_spell_the_eos_text():
+    tok = sp(split_special_tokens=True)
+    report = audit(tok, fmt="text", data=SEED[:1], response_marker="[/INST]")
+    f = report.finding("eos-split")
+    seq = report.sequences[0].seq
+    assert tok.decode([seq.ids[p] for p in f.positions[0]]).strip() == "</s>"
+    assert f.positions[0][-1] == len(seq.ids) - 1
+
+
+def test_trl_appends_eos_to_text_completions_but_hf_clm_does_not():
+    tok = sp()
+    data = [seed_text(p, r, eos=False) for p, r in PAIRS]
+    assert audit(tok, fmt="text", data=data, response_marker="[/INST]").codes == {"double-bos"}
+    assert audit(tok, fmt="text", data=data, pipeline="hf-clm").codes == {"double-bos", "eos-missing"}
