@@ -4,8 +4,9 @@ Each tensor is streamed in flat chunks. Host threads ``pread`` the stored bytes 
 straight from the shard files (page cache) into pinned staging buffers; a copy stream moves
 them to the device while the compute stream runs the kernel on the previous chunk. The kernel
 reads each input once in its stored dtype, upcasts to fp32, and accumulates every statistic
-of :data:`harness.diff.stats.RAW` per lane in float64, writing one row of partial sums per
-program; the rows are reduced in float64 on the host at the end.
+of :data:`harness.diff.stats.RAW` per lane in fp32 over groups of ``K_GROUP`` blocks, then in
+float64 per program, writing one row of partial sums per program; the rows are reduced in float64
+on the host at the end.
 
 Without Triton (or with ``HARNESS_DIFF_KERNEL=eager``) the same pipeline runs the eager-torch
 reduction :func:`harness.diff.stats.chunk_stats` instead.
@@ -31,81 +32,134 @@ try:  # Triton ships with CUDA builds of torch; the CPU machines have none.
 except ImportError:  # pragma: no cover - exercised on CPU-only machines
     HAVE_TRITON = False
 
-BLOCK = 2048
-NUM_WARPS = 8
+BLOCK = int(os.environ.get("HARNESS_DIFF_BLOCK", "2048"))
+NUM_WARPS = int(os.environ.get("HARNESS_DIFF_WARPS", "8"))
+K_GROUP = 8  # blocks summed per lane in fp32 before the float64 accumulation
+PROGRAMS_PER_SM = int(os.environ.get("HARNESS_DIFF_PROGRAMS_PER_SM", "4"))
 SLOT_BYTES = int(os.environ.get("HARNESS_DIFF_SLOT_MB", "256")) << 20
 NSLOTS = 3
 
 if HAVE_TRITON:
 
     @triton.jit
-    def _diff_kernel(a_ptr, b_ptr, r_ptr, out_ptr, n, HAS_R: tl.constexpr, ACC64: tl.constexpr,
-                     BLOCK: tl.constexpr):
-        pid = tl.program_id(0)
-        nprog = tl.num_programs(0)
-        if ACC64:
-            acc = tl.zeros([BLOCK], tl.float64)
+    def _block_stats(a_ptr, b_ptr, r_ptr, offs, n, HAS_R: tl.constexpr, MASKED: tl.constexpr):
+        """Per-lane statistics of one block; ``MASKED`` zeroes non-finite positions and counts them."""
+        m = offs < n
+        a = tl.load(a_ptr + offs, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        b = tl.load(b_ptr + offs, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
+        if HAS_R:
+            r = tl.load(r_ptr + offs, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
         else:
-            acc = tl.zeros([BLOCK], tl.float32)
-        l1 = acc
-        sq = acc
-        csq = acc
-        dot = acc
-        na2 = acc
-        nb2 = acc
-        mx = tl.zeros([BLOCK], tl.float32)
-        changed = tl.zeros([BLOCK], tl.int32)
-        conflicts = tl.zeros([BLOCK], tl.int32)
-        nan = tl.zeros([BLOCK], tl.int32)
-        bad = tl.zeros([BLOCK], tl.int32)
-        INF = float("inf")
-        for start in range(pid * BLOCK, n, nprog * BLOCK):
-            offs = start + tl.arange(0, BLOCK)
-            m = offs < n
-            a = tl.load(a_ptr + offs, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
-            b = tl.load(b_ptr + offs, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
-            fin = (tl.abs(a) < INF) & (tl.abs(b) < INF)
-            isn = (a != a) | (b != b)
-            if HAS_R:
-                r = tl.load(r_ptr + offs, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
-                fin = fin & (tl.abs(r) < INF)
-                isn = isn | (r != r)
-                r = tl.where(fin, r, 0.0)
+            r = a
+        nanc = tl.zeros(offs.shape, tl.int32)
+        badc = tl.zeros(offs.shape, tl.int32)
+        if MASKED:
+            INF = float("inf")
+            fin = (tl.abs(a) < INF) & (tl.abs(b) < INF) & (tl.abs(r) < INF)
+            nanc = ((a != a) | (b != b) | (r != r)).to(tl.int32)
+            badc = (fin == 0).to(tl.int32)
             a = tl.where(fin, a, 0.0)
             b = tl.where(fin, b, 0.0)
-            d = b - a
-            ad = tl.abs(d)
-            dd = d.to(acc.dtype)
-            l1 += ad.to(acc.dtype)
-            sq += dd * dd
-            mx = tl.maximum(mx, ad)
-            changed += (d != 0).to(tl.int32)
-            nan += isn.to(tl.int32)
-            bad += (fin == 0).to(tl.int32)
-            if HAS_R:
-                ta = a - r
-                tb = b - r
-                c = ((ta > 0) & (tb < 0)) | ((ta < 0) & (tb > 0))
-                conflicts += c.to(tl.int32)
-                csq += tl.where(c, dd * dd, 0.0)
-                ta64 = ta.to(acc.dtype)
-                tb64 = tb.to(acc.dtype)
-                dot += ta64 * tb64
-                na2 += ta64 * ta64
-                nb2 += tb64 * tb64
+            r = tl.where(fin, r, 0.0)
+        d = b - a
+        ad = tl.abs(d)
+        sq = d * d
+        chg = (d != 0).to(tl.int32)
+        if HAS_R:
+            ta = a - r
+            tb = b - r
+            c = ((ta > 0) & (tb < 0)) | ((ta < 0) & (tb > 0))
+            cc = c.to(tl.int32)
+            csq = tl.where(c, sq, 0.0)
+            dot = ta * tb
+            na2 = ta * ta
+            nb2 = tb * tb
+        else:
+            cc = tl.zeros(offs.shape, tl.int32)
+            csq = tl.zeros(offs.shape, tl.float32)
+            dot = csq
+            na2 = csq
+            nb2 = csq
+        return ad, sq, chg, cc, csq, dot, na2, nb2, nanc, badc
+
+    @triton.jit
+    def _range_stats(a_ptr, b_ptr, r_ptr, n, iters, pid, nprog, HAS_R: tl.constexpr, MASKED: tl.constexpr,
+                     BLOCK: tl.constexpr, K: tl.constexpr):
+        """This program's strided share: fp32 per lane over K blocks, then float64 scalars."""
+        zero64 = tl.full([], 0.0, tl.float64)
+        l1_64 = zero64
+        sq_64 = zero64
+        csq_64 = zero64
+        dot_64 = zero64
+        na_64 = zero64
+        nb_64 = zero64
+        mx = tl.zeros([BLOCK], tl.float32)
+        chg = tl.zeros([BLOCK], tl.int32)
+        cf = tl.zeros([BLOCK], tl.int32)
+        nan = tl.zeros([BLOCK], tl.int32)
+        bad = tl.zeros([BLOCK], tl.int32)
+        for it in tl.range(0, iters):
+            base = (it * nprog + pid) * BLOCK * K
+            l1 = tl.zeros([BLOCK], tl.float32)
+            sq = tl.zeros([BLOCK], tl.float32)
+            csq = tl.zeros([BLOCK], tl.float32)
+            dot = tl.zeros([BLOCK], tl.float32)
+            na = tl.zeros([BLOCK], tl.float32)
+            nb = tl.zeros([BLOCK], tl.float32)
+            for j in range(K):
+                offs = base + j * BLOCK + tl.arange(0, BLOCK)
+                s_ad, s_sq, s_chg, s_cc, s_csq, s_dot, s_na, s_nb, s_nan, s_bad = _block_stats(
+                    a_ptr, b_ptr, r_ptr, offs, n, HAS_R, MASKED)
+                l1 += s_ad
+                sq += s_sq
+                mx = tl.maximum(mx, s_ad)
+                chg += s_chg
+                cf += s_cc
+                csq += s_csq
+                dot += s_dot
+                na += s_na
+                nb += s_nb
+                nan += s_nan
+                bad += s_bad
+            # float64 accumulation across the K-block groups
+            l1_64 += tl.sum(l1, 0).to(tl.float64)
+            sq_64 += tl.sum(sq, 0).to(tl.float64)
+            csq_64 += tl.sum(csq, 0).to(tl.float64)
+            dot_64 += tl.sum(dot, 0).to(tl.float64)
+            na_64 += tl.sum(na, 0).to(tl.float64)
+            nb_64 += tl.sum(nb, 0).to(tl.float64)
+        return (l1_64, sq_64, tl.max(mx, 0).to(tl.float64), tl.sum(chg, 0).to(tl.float64),
+                tl.sum(cf, 0).to(tl.float64), csq_64, dot_64, na_64, nb_64,
+                tl.sum(nan, 0).to(tl.float64), tl.sum(bad, 0).to(tl.float64))
+
+    @triton.jit
+    def _diff_kernel(a_ptr, b_ptr, r_ptr, out_ptr, n, iters, HAS_R: tl.constexpr, BLOCK: tl.constexpr,
+                     K: tl.constexpr):
+        """One row of partial raw statistics per program; a, b and R are read once.
+
+        The fast pass skips the finite checks: a non-finite input makes l1 or a task-vector
+        norm non-finite, and only then does the program redo its share with masking.
+        """
+        pid = tl.program_id(0)
+        nprog = tl.num_programs(0)
+        l1, sq, mx, chg, cf, csq, dot, na, nb, nan, bad = _range_stats(
+            a_ptr, b_ptr, r_ptr, n, iters, pid, nprog, HAS_R, False, BLOCK, K)
+        check = l1 + na + nb
+        if not (check < float("inf")):
+            l1, sq, mx, chg, cf, csq, dot, na, nb, nan, bad = _range_stats(
+                a_ptr, b_ptr, r_ptr, n, iters, pid, nprog, HAS_R, True, BLOCK, K)
         row = out_ptr + pid * 11
-        tl.store(row + 0, tl.sum(l1, 0).to(tl.float64))
-        tl.store(row + 1, tl.sum(sq, 0).to(tl.float64))
-        tl.store(row + 2, tl.max(mx, 0).to(tl.float64))
-        tl.store(row + 3, tl.sum(changed, 0).to(tl.float64))
-        tl.store(row + 4, tl.sum(conflicts, 0).to(tl.float64))
-        tl.store(row + 5, tl.sum(csq, 0).to(tl.float64))
-        tl.store(row + 6, tl.sum(dot, 0).to(tl.float64))
-        tl.store(row + 7, tl.sum(na2, 0).to(tl.float64))
-        tl.store(row + 8, tl.sum(nb2, 0).to(tl.float64))
-        nan_total = tl.sum(nan, 0)
-        tl.store(row + 9, nan_total.to(tl.float64))
-        tl.store(row + 10, (tl.sum(bad, 0) - nan_total).to(tl.float64))
+        tl.store(row + 0, l1)
+        tl.store(row + 1, sq)
+        tl.store(row + 2, mx)
+        tl.store(row + 3, chg)
+        tl.store(row + 4, cf)
+        tl.store(row + 5, csq)
+        tl.store(row + 6, dot)
+        tl.store(row + 7, na)
+        tl.store(row + 8, nb)
+        tl.store(row + 9, nan)
+        tl.store(row + 10, bad - nan)
 
 
 def kernel_name() -> str:
@@ -116,7 +170,7 @@ def kernel_name() -> str:
 
 
 def max_programs() -> int:
-    return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count * 4
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count * PROGRAMS_PER_SM
 
 
 def grid_for(n: int) -> int:
@@ -126,15 +180,21 @@ def grid_for(n: int) -> int:
 
 
 def fused_stats(a: torch.Tensor, b: torch.Tensor, r: Optional[torch.Tensor], out: torch.Tensor,
-                acc64: bool = True) -> None:
-    """Write partial raw statistics of flat CUDA tensors into ``out`` (``grid_for(n)`` rows)."""
+                k_group: int = K_GROUP) -> None:
+    """Write partial raw statistics of flat CUDA tensors into ``out`` (``grid_for(n)`` rows).
+
+    ``k_group`` blocks are summed per lane in fp32 before each float64 accumulation.
+    """
     n = a.numel()
     if kernel_name() != "triton":
         out[0] = chunk_stats(a, b, r)
         return
+    if n >= 2**31 - 2**27:
+        raise ValueError(f"fused_stats takes under 2**31 elements per call, got {n}")
     grid = grid_for(n)
-    _diff_kernel[(grid,)](a, b, r if r is not None else a, out, n, HAS_R=r is not None,
-                          ACC64=acc64, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    iters = triton.cdiv(n, grid * BLOCK * k_group)
+    _diff_kernel[(grid,)](a, b, r if r is not None else a, out, n, iters, HAS_R=r is not None,
+                          BLOCK=BLOCK, K=k_group, num_warps=NUM_WARPS)
 
 
 def reduce_partials(rows: np.ndarray) -> np.ndarray:
@@ -182,7 +242,7 @@ def _is_plain(job) -> bool:
         all(not (s.is_adapter and s.replaced(job.name)) for s in job.sides)
 
 
-def cuda_backend(jobs: list, bar, acc64: bool = True) -> dict[str, np.ndarray]:
+def cuda_backend(jobs: list, bar) -> dict[str, np.ndarray]:
     """Raw statistics of every job on the current CUDA device (see the module docstring)."""
     dev = torch.device("cuda")
     nsides = max((len(j.sides) for j in jobs), default=2)
@@ -244,7 +304,7 @@ def cuda_backend(jobs: list, bar, acc64: bool = True) -> dict[str, np.ndarray]:
             with torch.cuda.stream(comp_stream):
                 comp_stream.wait_event(ev_h2d[slot])
                 fused_stats(views[0], views[1], views[2] if has_r else None,
-                            partials[row:row + rows_of[i]], acc64)
+                            partials[row:row + rows_of[i]])
                 ev_kern[slot].record(comp_stream)
             row += rows_of[i]
             nxt = i + len(pinned) - 1
@@ -266,7 +326,7 @@ def cuda_backend(jobs: list, bar, acc64: bool = True) -> dict[str, np.ndarray]:
                     if delta is not None:
                         x = x + delta.to(dev).materialize()
                     xs.append(x.reshape(-1))
-                fused_stats(xs[0], xs[1], xs[2] if has_r else None, partials[row:row + nrows], acc64)
+                fused_stats(xs[0], xs[1], xs[2] if has_r else None, partials[row:row + nrows])
                 row += nrows
                 bar.update(1)
         comp_stream.synchronize()

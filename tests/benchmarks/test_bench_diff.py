@@ -167,33 +167,44 @@ def test_bench_cpu_engine(benchmark, checkpoints):
           f"{(after - before) * 1024 / largest:.2f}x the largest tensor ({largest / 2**20:.0f} MB)")
 
 
+KERNEL_CONFIGS = [  # block, warps, programs per SM, blocks per fp32 group
+    (2048, 8, 4, 8), (2048, 8, 8, 8), (4096, 16, 4, 8), (1024, 4, 8, 8), (2048, 8, 4, 1), (2048, 8, 4, 32)]
+
+
 @needs_cuda
-@pytest.mark.parametrize("acc64", [True, False], ids=["acc64", "acc32"])
-def test_bench_fused_in_hbm(benchmark, acc64):
+@pytest.mark.parametrize("config", KERNEL_CONFIGS, ids=lambda c: "b{}-w{}-p{}-k{}".format(*c))
+def test_bench_fused_in_hbm(benchmark, monkeypatch, config):
     """The fused kernel alone on a 470M-element bf16 triple already in HBM: TB/s of input read."""
-    from harness.diff.cuda import fused_stats, grid_for
+    import harness.diff.cuda as cuda
     from harness.diff.stats import chunk_stats
 
+    block, warps, per_sm, k_group = config
+    monkeypatch.setattr(cuda, "BLOCK", block)
+    monkeypatch.setattr(cuda, "NUM_WARPS", warps)
+    monkeypatch.setattr(cuda, "PROGRAMS_PER_SM", per_sm)
     n = 470_000_000
     g = torch.Generator(device="cuda").manual_seed(0)
     a = torch.randn(n, device="cuda", generator=g).bfloat16()
     b = (a.float() + torch.randn(n, device="cuda", generator=g) * 1e-2).bfloat16()
     r = (a.float() + torch.randn(n, device="cuda", generator=g) * 1e-2).bfloat16()
-    out = torch.zeros(grid_for(n), 11, dtype=torch.float64, device="cuda")
+    out = torch.zeros(cuda.grid_for(n), 11, dtype=torch.float64, device="cuda")
 
     def fused():
-        fused_stats(a, b, r, out, acc64)
+        cuda.fused_stats(a, b, r, out, k_group)
         torch.cuda.synchronize()
 
     fused()
+    got = cuda.reduce_partials(out.cpu().numpy())
+    want = chunk_stats(a, b, r).cpu().numpy()
+    assert got == pytest.approx(want, rel=1e-5)
     eager = _timed(lambda: chunk_stats(a, b, r), repeat=3)
     benchmark.pedantic(fused, rounds=20, iterations=1, warmup_rounds=2)
     best = benchmark.stats.stats.min
     tbps = 3 * n * 2 / best / 1e12
-    benchmark.extra_info.update(fused_s=best, eager_s=eager, ratio=eager / best, tb_per_s=tbps,
-                                eager_tb_per_s=3 * n * 2 / eager / 1e12)
-    print(f"\nfused in HBM ({'fp64' if acc64 else 'fp32'} acc): {tbps:.2f} TB/s, eager {3 * n * 2 / eager / 1e12:.2f}"
-          f" TB/s, ratio {eager / best:.1f}x")
+    benchmark.extra_info.update(config=list(config), fused_s=best, eager_s=eager, ratio=eager / best,
+                                tb_per_s=tbps, eager_tb_per_s=3 * n * 2 / eager / 1e12)
+    print(f"\nfused in HBM {config}: {tbps:.2f} TB/s, eager {3 * n * 2 / eager / 1e12:.2f} TB/s, "
+          f"ratio {eager / best:.1f}x")
 
 
 @pytest.mark.parametrize("device", ["cuda", "cpu"])

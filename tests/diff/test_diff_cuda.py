@@ -15,14 +15,15 @@ FIELDS = ("numel", "l1", "l2", "max_abs", "changed", "conflicts", "conflict_rate
           "cosine", "nan", "inf")
 
 
-def _same(x, y, rtol=1e-6):
+def _same(x, y, rtol=1e-6, cos_atol=1e-9):
     for sx, sy in zip([x.total, x.other, *x.layers, *x.modules], [y.total, y.other, *y.layers, *y.modules]):
         for f in FIELDS:
             vx, vy = getattr(sx, f), getattr(sy, f)
             if vx is None or vy is None:
                 assert vx is vy, f
             else:
-                assert vx == pytest.approx(vy, rel=rtol, abs=1e-9), (f, sx.layer, sx.module, vx, vy)
+                atol = cos_atol if f == "cosine" else 1e-9  # cosine near 0 is a cancellation
+                assert vx == pytest.approx(vy, rel=rtol, abs=atol), (f, sx.layer, sx.module, vx, vy)
 
 
 @pytest.mark.parametrize("kernel", ["triton", "eager"])
@@ -58,10 +59,10 @@ def test_cuda_adapters_match_cpu(tmp_path):
     _, ad2, m2 = _peft_pair(tmp_path, "llama", 2)
     for args in [(ad1, base, None), (ad1, ad2, base), (ad1, m2, base)]:
         _same(compare(*args, device="cpu", progress=False), compare(*args, device="cuda", progress=False),
-              rtol=1e-5)
+              rtol=1e-5, cos_atol=1e-6)
 
 
-def test_fused_kernel_float32_accumulation_is_close(tmp_path):
+def test_fused_kernel_group_sizes_agree():
     import numpy as np
 
     from harness.diff.cuda import fused_stats, grid_for, reduce_partials
@@ -70,9 +71,9 @@ def test_fused_kernel_float32_accumulation_is_close(tmp_path):
     a = torch.randn(3_000_001, device="cuda", generator=g).bfloat16()
     b = (a.float() + 1e-2 * torch.randn(a.shape, device="cuda", generator=g)).bfloat16()
     r = (a.float() + 1e-2 * torch.randn(a.shape, device="cuda", generator=g)).bfloat16()
-    out64 = torch.zeros(grid_for(a.numel()), 11, dtype=torch.float64, device="cuda")
-    out32 = torch.zeros_like(out64)
-    fused_stats(a, b, r, out64, acc64=True)
-    fused_stats(a, b, r, out32, acc64=False)
-    x, y = reduce_partials(out64.cpu().numpy()), reduce_partials(out32.cpu().numpy())
-    assert np.allclose(x, y, rtol=1e-5)
+    outs = []
+    for k in (1, 8, 64):
+        out = torch.zeros(grid_for(a.numel()), 11, dtype=torch.float64, device="cuda")
+        fused_stats(a, b, r, out, k)
+        outs.append(reduce_partials(out.cpu().numpy()))
+    assert np.allclose(outs[0], outs[1], rtol=1e-6) and np.allclose(outs[0], outs[2], rtol=1e-6)
