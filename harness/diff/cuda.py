@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover - exercised on CPU-only machines
 
 BLOCK = int(os.environ.get("HARNESS_DIFF_BLOCK", "2048"))
 NUM_WARPS = int(os.environ.get("HARNESS_DIFF_WARPS", "8"))
-K_GROUP = 8  # blocks summed per lane in fp32 before the float64 accumulation
+K_GROUP = int(os.environ.get("HARNESS_DIFF_K", "8"))  # blocks per lane in fp32 before float64
 PROGRAMS_PER_SM = int(os.environ.get("HARNESS_DIFF_PROGRAMS_PER_SM", "4"))
 SLOT_BYTES = int(os.environ.get("HARNESS_DIFF_SLOT_MB", "256")) << 20
 NSLOTS = 3
@@ -180,7 +180,7 @@ def grid_for(n: int) -> int:
 
 
 def fused_stats(a: torch.Tensor, b: torch.Tensor, r: Optional[torch.Tensor], out: torch.Tensor,
-                k_group: int = K_GROUP) -> None:
+                k_group: Optional[int] = None) -> None:
     """Write partial raw statistics of flat CUDA tensors into ``out`` (``grid_for(n)`` rows).
 
     ``k_group`` blocks are summed per lane in fp32 before each float64 accumulation.
@@ -191,6 +191,7 @@ def fused_stats(a: torch.Tensor, b: torch.Tensor, r: Optional[torch.Tensor], out
         return
     if n >= 2**31 - 2**27:
         raise ValueError(f"fused_stats takes under 2**31 elements per call, got {n}")
+    k_group = k_group or K_GROUP
     grid = grid_for(n)
     iters = triton.cdiv(n, grid * BLOCK * k_group)
     _diff_kernel[(grid,)](a, b, r if r is not None else a, out, n, iters, HAS_R=r is not None,
