@@ -37,7 +37,8 @@ NUM_WARPS = int(os.environ.get("HARNESS_DIFF_WARPS", "8"))
 K_GROUP = int(os.environ.get("HARNESS_DIFF_K", "8"))  # blocks per lane in fp32 before float64
 PROGRAMS_PER_SM = int(os.environ.get("HARNESS_DIFF_PROGRAMS_PER_SM", "4"))
 SLOT_BYTES = int(os.environ.get("HARNESS_DIFF_SLOT_MB", "256")) << 20
-NSLOTS = 3
+NSLOTS = int(os.environ.get("HARNESS_DIFF_SLOTS", "3"))
+READERS = int(os.environ.get("HARNESS_DIFF_READERS", "0")) or min(32, os.cpu_count() or 4)
 
 if HAVE_TRITON:
 
@@ -262,7 +263,7 @@ def cuda_backend(jobs: list, bar) -> dict[str, np.ndarray]:
     dense_rows = [grid_for(jobs[k].numel) for k in dense]
     partials = torch.zeros((sum(rows_of) + sum(dense_rows) + 1, NRAW), dtype=torch.float64, device=dev)
 
-    reader = _Reader(min(16, os.cpu_count() or 4))
+    reader = _Reader(READERS)
     pinned = [[torch.empty(SLOT_BYTES, dtype=torch.uint8, pin_memory=True) for _ in range(nsides)]
               for _ in range(min(NSLOTS, max(1, len(plan))))] if plan else []
     devbuf = [[torch.empty(SLOT_BYTES, dtype=torch.uint8, device=dev) for _ in range(nsides)]
