@@ -32,9 +32,9 @@ try:  # Triton ships with CUDA builds of torch; the CPU machines have none.
 except ImportError:  # pragma: no cover - exercised on CPU-only machines
     HAVE_TRITON = False
 
-BLOCK = int(os.environ.get("HARNESS_DIFF_BLOCK", "2048"))
-NUM_WARPS = int(os.environ.get("HARNESS_DIFF_WARPS", "8"))
-K_GROUP = int(os.environ.get("HARNESS_DIFF_K", "8"))  # blocks per lane in fp32 before float64
+BLOCK = int(os.environ.get("HARNESS_DIFF_BLOCK", "4096"))
+NUM_WARPS = int(os.environ.get("HARNESS_DIFF_WARPS", "16"))
+K_GROUP = int(os.environ.get("HARNESS_DIFF_K", "32"))  # blocks per lane in fp32 before float64
 PROGRAMS_PER_SM = int(os.environ.get("HARNESS_DIFF_PROGRAMS_PER_SM", "4"))
 SLOT_BYTES = int(os.environ.get("HARNESS_DIFF_SLOT_MB", "256")) << 20
 NSLOTS = int(os.environ.get("HARNESS_DIFF_SLOTS", "3"))
