@@ -38,7 +38,7 @@ def write(tmp_path: Path, text: str, name: str = "cx.toml") -> Path:
 
 def test_shipped_specs_load_with_reasons():
     specs = load_specs(ROOT / "fixtures" / "claims", STATISTICS)
-    assert [s.id for s in specs] == ["C1", "C2", "C3", "C4", "C5", "C6"]
+    assert {"C1", "C2", "C3", "C4", "C5", "C6"} <= {s.id for s in specs}
     for s in specs:
         assert s.negative_control and s.pairs and s.checks
         assert all(len(c.reason) > 40 for c in s.checks), s.id
