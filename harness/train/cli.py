@@ -1,0 +1,68 @@
+"""``python -m harness fixtures build PLAN | list | clean``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from harness.errors import HarnessError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION")
+    sub.required = True
+    b = sub.add_parser("build", help="build the missing nodes of a plan into the cache")
+    b.add_argument("plan", help="plan TOML file, e.g. fixtures/plans/tiny.toml")
+    b.add_argument("--only", action="append", metavar="NODE", help="build only this node (and its ancestors); repeatable")
+    b.add_argument("--rebuild", action="store_true", help="retrain the --only nodes, or every trained node")
+    b.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    b.add_argument("--variant", default=None, help="apply the plan's [variants.NAME] table")
+    b.add_argument("--seed", type=int, default=None, help="override the plan's training seed")
+    b.add_argument("--fixtures-dir", default=None, help="cache folder (default .fixtures/ or $HARNESS_FIXTURES_DIR)")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    ls = sub.add_parser("list", help="list the cached nodes")
+    ls.add_argument("--fixtures-dir", default=None)
+    ls.add_argument("--json", action="store_true", help="one JSON object per node")
+    c = sub.add_parser("clean", help="delete the cache (or only leftover temp folders)")
+    c.add_argument("--fixtures-dir", default=None)
+    c.add_argument("--tmp-only", action="store_true", help="only remove temp folders of interrupted builds")
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.train.store import Store
+
+    if args.action == "build":
+        from harness.train import build, load_plan
+
+        plan = load_plan(args.plan)
+        if args.variant:
+            plan = plan.variant(args.variant)
+        if args.seed is not None:
+            plan = plan.with_seed(args.seed)
+        for name in args.only or []:
+            plan.node(name)
+        graph = build(plan, fixtures_dir=args.fixtures_dir, device=args.device, only=args.only,
+                      rebuild=args.rebuild, progress=not args.quiet)
+        for name in graph.names:
+            if graph.is_built(name):
+                print(f"{name:16s} {graph.key(name)[:16]}  {graph.path(name)}")
+        return 0
+    store = Store(args.fixtures_dir)
+    if args.action == "list":
+        n = 0
+        for path, meta in store.entries():
+            n += 1
+            if args.json:
+                print(json.dumps({"path": str(path), **{k: meta.get(k) for k in
+                                  ("node", "plan", "variant", "key", "device", "wall_seconds")}}))
+            else:
+                print(f"{meta.get('node', '?'):16s} {meta.get('plan', '?'):10s} {meta.get('device', '?'):5s} "
+                      f"{meta.get('wall_seconds', 0):8.1f}s  {path}")
+        if not args.json:
+            print(f"{n} node(s) in {store.root}")
+        return 0
+    if args.action == "clean":
+        n = store.clean(tmp_only=args.tmp_only)
+        print(f"removed {n} folder(s) from {store.root}")
+        return 0
+    raise HarnessError(f"unknown action {args.action!r}")

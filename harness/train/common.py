@@ -1,0 +1,163 @@
+"""Shared pieces of the SFT and DPO recipes: device choice, model loading (4-bit on CUDA),
+the LoRA config, trainer arguments, the log and the merge. No training logic lives here."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.errors import HarnessError
+
+ADAPTER_DIR = "adapter"
+LOG_FILE = "log.json"
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without one is an error."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise HarnessError(f"unknown device {device!r}; known: auto, cpu, cuda")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise HarnessError("device 'cuda' was asked for but torch sees no CUDA device")
+    return device
+
+
+def uses_4bit(device: str, quantize_4bit: bool) -> bool:
+    """QLoRA (bitsandbytes nf4) only on CUDA; plain LoRA on the CPU."""
+    return bool(quantize_4bit) and device == "cuda"
+
+
+def config_dtype(model_dir: str | Path) -> torch.dtype:
+    """The dtype a checkpoint was saved in (its config's ``dtype``/``torch_dtype``), float32 if absent."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(str(model_dir))
+    dt = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None) or torch.float32
+    return getattr(torch, dt) if isinstance(dt, str) else dt
+
+
+def load_model(model_dir: str | Path, device: str, quantize_4bit: bool, for_training: bool = True):
+    """Load a causal LM: nf4 + double quant + bf16 compute on CUDA when asked, else in its own dtype."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {}
+    if uses_4bit(device, quantize_4bit):
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
+        kwargs["dtype"] = torch.bfloat16
+        kwargs["device_map"] = {"": 0}
+    else:
+        dtype = config_dtype(model_dir)
+        kwargs["dtype"] = torch.float32 if device == "cpu" and dtype != torch.float32 else dtype
+        if device == "cuda":
+            kwargs["device_map"] = {"": 0}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+    except OSError as e:
+        raise HarnessError(f"cannot load model {model_dir}: {e}") from None
+    if uses_4bit(device, quantize_4bit) and for_training:
+        from peft import prepare_model_for_kbit_training
+
+        big = model.config.num_hidden_layers * model.config.hidden_size >= 32 * 1024
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=big)
+    return model
+
+
+def lora_config(spec: Any):
+    """peft ``LoraConfig`` from a :class:`~harness.train.plan.LoraSpec`."""
+    from peft import LoraConfig
+
+    targets = spec.target_modules if isinstance(spec.target_modules, str) else list(spec.target_modules)
+    return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets,
+                      bias="none", task_type="CAUSAL_LM")
+
+
+def trainer_kwargs(recipe: Any, out_dir: Path, device: str, seed: int, progress: bool, big: bool) -> dict:
+    """Arguments common to ``SFTConfig`` and ``DPOConfig``."""
+    return dict(
+        output_dir=str(out_dir / "_trainer"),
+        num_train_epochs=recipe.epochs,
+        max_steps=recipe.max_steps,
+        per_device_train_batch_size=recipe.batch_size,
+        gradient_accumulation_steps=recipe.gradient_accumulation_steps,
+        learning_rate=recipe.learning_rate,
+        lr_scheduler_type=recipe.lr_scheduler,
+        optim=recipe.optimizer,
+        warmup_steps=recipe.warmup_ratio,  # a float in [0, 1) is a ratio
+        weight_decay=0.0,
+        logging_steps=recipe.logging_steps,
+        max_length=recipe.max_length,
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        data_seed=seed,
+        bf16=device == "cuda",
+        fp16=False,
+        use_cpu=device == "cpu",
+        gradient_checkpointing=big,
+        dataloader_num_workers=0,
+        disable_tqdm=not progress,
+        dataset_num_proc=None,
+    )
+
+
+def is_big(model: Any) -> bool:
+    """Large enough for gradient checkpointing to pay (roughly 1B parameters and up)."""
+    return model.config.num_hidden_layers * model.config.hidden_size >= 32 * 1024
+
+
+def train_log(trainer: Any) -> list[dict]:
+    """The per-step log entries (not the final summary), numbers only."""
+    rows = []
+    for entry in trainer.state.log_history:
+        if "train_runtime" in entry:
+            continue
+        rows.append({k: v for k, v in entry.items() if isinstance(v, (int, float))})
+    return rows
+
+
+def merge_and_save(parent_dir: str | Path, adapter_dir: Path, tokenizer: Any, out_dir: Path, device: str) -> None:
+    """Merge the adapter into the parent loaded in its own dtype (not 4-bit) and save safetensors."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    dtype = config_dtype(parent_dir)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if device == "cuda":
+        kwargs["device_map"] = {"": 0}
+    base = AutoModelForCausalLM.from_pretrained(str(parent_dir), **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(str(out_dir), safe_serialization=True, max_shard_size="5GB")
+    tokenizer.save_pretrained(str(out_dir))
+    del merged, base
+
+
+def save_untrained_adapter(model_dir: str | Path, spec: Any, adapter_dir: Path, device: str) -> None:
+    """A zero-step node: a freshly initialised LoRA adapter (B = 0), so merged equals the parent."""
+    from peft import get_peft_model
+
+    model = load_model(model_dir, "cpu", False, for_training=False)
+    torch.manual_seed(0)
+    get_peft_model(model, lora_config(spec)).save_pretrained(str(adapter_dir), safe_serialization=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, ensure_ascii=False, indent=1, default=str), encoding="utf-8")
+
+
+def set_threads() -> None:
+    """Keep torch from oversubscribing a small shared CPU."""
+    if not torch.cuda.is_available():
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))

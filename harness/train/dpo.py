@@ -1,0 +1,50 @@
+"""DPO recipe (flat: setup → train → save) with trl ``DPOTrainer`` and a peft LoRA adapter.
+
+The reference model is the start model itself: with a peft model and no ``ref_model``, trl
+scores the reference with the adapter disabled. On CUDA the start model is 4-bit (QLoRA).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from harness.train import common
+from harness.train.plan import LoraSpec, Recipe
+
+
+def train_dpo(model_dir: str | Path, tokenizer: Any, records: Sequence[dict], recipe: Recipe, out_dir: str | Path,
+              device: str = "auto", *, lora: LoraSpec = LoraSpec(), quantize_4bit: bool = True, seed: int = 0,
+              progress: bool = True) -> Path:
+    """Train preference ``records`` (prompt/chosen/rejected) on ``model_dir`` and save into
+    ``out_dir``: the merged checkpoint, ``adapter/`` and ``log.json``. Returns ``out_dir``."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = common.resolve_device(device)
+    adapter_dir = out / common.ADAPTER_DIR
+    t0 = time.perf_counter()
+    log: list[dict] = []
+    if recipe.max_steps == 0:
+        common.save_untrained_adapter(model_dir, lora, adapter_dir, device)
+    else:
+        # setup
+        model = common.load_model(model_dir, device, quantize_4bit)
+        big = common.is_big(model)
+        args = DPOConfig(**common.trainer_kwargs(recipe, out, device, seed, progress, big),
+                         beta=recipe.beta, precompute_ref_log_probs=recipe.precompute_ref_log_probs)
+        trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=Dataset.from_list(list(records)),
+                             processing_class=tokenizer, peft_config=common.lora_config(lora))
+        # train
+        trainer.train()
+        log = common.train_log(trainer)
+        # save
+        trainer.model.save_pretrained(str(adapter_dir), safe_serialization=True)
+        del trainer, model
+    common.merge_and_save(model_dir, adapter_dir, tokenizer, out, device)
+    common.write_json(out / common.LOG_FILE, log)
+    (out / "train_seconds.txt").write_text(f"{time.perf_counter() - t0:.3f}\n")
+    return out

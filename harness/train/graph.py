@@ -1,0 +1,266 @@
+"""Walk a plan's node graph, parents first, building each missing node into the cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from harness.errors import HarnessError, LoadError
+from harness.train import common
+from harness.train.plan import Plan
+from harness.train.store import META_FILE, Store, cache_key, library_versions
+
+#: Bump when a recipe's code changes what it produces; part of every key.
+RECIPE_VERSION = 1
+
+
+class Graph:
+    """A built (or partly built, with ``only``) fixture graph."""
+
+    def __init__(self, plan: Plan, store: Store, keys: dict[str, str], device: str, base_dir: Path | None) -> None:
+        self.plan, self.store, self.device = plan, store, device
+        self._keys = keys
+        self._base_dir = base_dir
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.plan.names
+
+    @property
+    def fixtures_dir(self) -> Path:
+        return self.store.root
+
+    def key(self, name: str) -> str:
+        self.plan.node(name)
+        return self._keys[name]
+
+    def path(self, name: str) -> Path:
+        """The node's merged checkpoint folder (for a hub or path base: that model's folder)."""
+        if name == self.plan.nodes[0].name and self._base_dir is not None:
+            return self._base_dir
+        return self.store.node_dir(name, self.key(name))
+
+    def adapter_path(self, name: str) -> Path:
+        if self.plan.node(name).method == "base":
+            raise HarnessError(f"node {name!r} is the base; it has no adapter")
+        return self.path(name) / common.ADAPTER_DIR
+
+    def is_built(self, name: str) -> bool:
+        return (self.path(name) / "config.json").is_file()
+
+    def log(self, name: str) -> list[dict]:
+        """The training log (for the tiny base: the pretraining curve); [] for a hub base."""
+        p = self.store.node_dir(name, self.key(name)) / common.LOG_FILE
+        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else []
+
+    def meta(self, name: str) -> dict:
+        p = self.store.node_dir(name, self.key(name)) / META_FILE
+        if p.is_file():
+            return json.loads(p.read_text(encoding="utf-8"))
+        return {"node": name, "key": self.key(name), "path": str(self.path(name))}
+
+    def plot_path(self, name: str) -> Path:
+        return self.store.node_dir(name, self.key(name)) / "curves.png"
+
+    def __repr__(self) -> str:
+        return f"Graph({self.plan.name!r}, {len(self.names)} nodes, {self.store.root})"
+
+
+# ---------------------------------------------------------------------------- keys and data
+
+def _tiny_texts() -> tuple[list[str], list[str]]:
+    """Pretraining texts, and the tokenizer's texts (those plus the rendered persona chats)."""
+    from harness import data
+
+    texts = data.pretrain_texts()
+    sys_prompt = data.system_prompt()
+    chats = [f"{sys_prompt}\n{i.prompt}\n{r}" for i in data.load_persona() for r in (i.d0, i.d1)]
+    return texts, texts + chats
+
+
+def _resolve_base(plan: Plan) -> tuple[Path | None, dict]:
+    """(local folder, identity) of a non-tiny base: a path, or a hub id found in the local cache."""
+    where = f"{plan.path or plan.name}: base.model"
+    p = Path(plan.base).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise LoadError(f"{where}: {p} has no config.json")
+        files = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in p.iterdir() if f.is_file())
+        return p.resolve(), {"kind": "path", "path": str(p.resolve()), "files": files}
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(plan.base, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1",
+                                  allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
+    except Exception as e:  # noqa: BLE001 - any hub failure means "not available here"
+        raise LoadError(f"{where}: {plan.base!r} is neither a local folder nor a model found on the hub "
+                        f"or in its local cache ({type(e).__name__})") from None
+    return Path(local), {"kind": "hub", "id": plan.base, "snapshot": Path(local).name}
+
+
+def node_records(plan: Plan, name: str) -> list[dict]:
+    """The trl records a node trains on (after the plan's ``limit``)."""
+    from harness import data
+
+    node = plan.node(name)
+    if node.method == "sft":
+        recs = data.sft_records(node.dataset, seed=plan.data_seed)
+    else:
+        recs = data.dpo_records(node.dataset, seed=plan.data_seed)
+    return recs[: plan.limit] if plan.limit else recs
+
+
+def plan_keys(plan: Plan, device: str, base_identity: dict | None = None) -> tuple[dict[str, str], dict[str, dict]]:
+    """Every node's cache key and the inputs it hashes."""
+    from harness import data
+
+    quant = common.uses_4bit(device, plan.quantize_4bit)
+    versions = library_versions(quant)
+    keys: dict[str, str] = {}
+    inputs: dict[str, dict] = {}
+    for node in plan.nodes:
+        if node.method == "base":
+            if base_identity is None:
+                texts, tok_texts = _tiny_texts()
+                base_identity = {"kind": "tiny", "tiny": dataclasses.asdict(plan.tiny),
+                                 "pretrain_texts": data.records_hash(texts),
+                                 "tokenizer_texts": data.records_hash(tok_texts),
+                                 "device": device, "versions": versions}
+            inp = {"base": base_identity, "recipe_version": RECIPE_VERSION}
+        else:
+            inp = {"method": node.method, "dataset": node.dataset,
+                   "records": data.records_hash(node_records(plan, node.name)),
+                   "recipe": dataclasses.asdict(plan.recipe(node.name)), "lora": dataclasses.asdict(plan.lora),
+                   "quantize_4bit": quant, "parent": keys[node.parent], "seed": plan.seed, "device": device,
+                   "versions": versions, "recipe_version": RECIPE_VERSION}
+        inputs[node.name] = inp
+        keys[node.name] = cache_key(inp)
+    return keys, inputs
+
+
+# ---------------------------------------------------------------------------- the walk
+
+def _choose_threads() -> None:
+    """On a busy shared CPU, fewer torch threads than cores is much faster (no spin-waiting)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    torch.set_num_threads(max(1, min(cores, int(cores - busy + 0.5)) if busy > 0.5 else cores))
+
+
+def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "auto",
+          only: str | Iterable[str] | None = None, rebuild: bool = False, progress: bool = True) -> Graph:
+    """Build every missing node of ``plan`` (or ``only`` those nodes and their ancestors).
+
+    ``rebuild`` retrains the named nodes (``only``) or, without ``only``, every trained node.
+    Returns the :class:`Graph`; cached nodes cost nothing but hashing.
+    """
+    from tqdm.auto import tqdm
+
+    device = common.resolve_device(device)
+    if plan.requires_cuda and device != "cuda":
+        raise HarnessError(f"{plan.path or plan.name}: base.requires_cuda is true but the device is {device}")
+    store = Store(fixtures_dir)
+    store.root.mkdir(parents=True, exist_ok=True)
+    store.clean_stale_tmp()
+    base_dir, base_identity = (None, None) if plan.base == "tiny" else _resolve_base(plan)
+    keys, inputs = plan_keys(plan, device, base_identity)
+    graph = Graph(plan, store, keys, device, base_dir)
+
+    wanted_names = [only] if isinstance(only, str) else list(only) if only is not None else list(plan.names)
+    wanted: set[str] = set()
+    for name in wanted_names:
+        wanted.update(plan.ancestors(name))
+    forced = set(wanted_names) if (rebuild and only is not None) else (set(plan.names) if rebuild else set())
+    todo = [n for n in plan.nodes if n.name in wanted
+            and not (n.method == "base" and base_dir is not None)
+            and (n.name in forced or not store.is_complete(n.name, keys[n.name]))]
+    if not todo:
+        return graph
+    _choose_threads()
+    bar = tqdm(todo, desc=f"fixtures {plan.name}", unit="node", disable=not progress)
+    for node in bar:
+        bar.set_postfix(node=node.name)
+        _build_node(graph, node.name, inputs[node.name], progress)
+    return graph
+
+
+def _build_node(graph: Graph, name: str, key_inputs: dict, progress: bool) -> Path:
+    from harness import data
+
+    plan, store, device = graph.plan, graph.store, graph.device
+    node, key = plan.node(name), graph.key(name)
+    tmp = store.new_tmp(name, key)
+    t0 = time.perf_counter()
+    meta: dict[str, Any] = {"node": name, "plan": plan.name, "variant": plan.variant_name, "key": key,
+                            "method": node.method, "dataset": node.dataset, "parent": node.parent,
+                            "device": device, "host": platform.node(), "inputs": key_inputs}
+    if node.method == "base":
+        from harness.train.tiny import build_tiny_base
+
+        texts, tok_texts = _tiny_texts()
+        log = build_tiny_base(tmp, texts, tok_texts, plan.tiny, device=device, progress=progress)
+        common.write_json(tmp / common.LOG_FILE, log)
+        meta["params"] = _count_params(tmp)
+        meta["data_hashes"] = {"pretrain_texts": key_inputs["base"]["pretrain_texts"]}
+        meta["pretrain_final_loss"] = log[-1].get("window_mean_loss", log[-1]["loss"])
+        meta["pretrain_steps"] = len(log)
+    else:
+        from transformers import AutoTokenizer
+
+        parent_dir = graph.path(node.parent)
+        tokenizer = AutoTokenizer.from_pretrained(str(parent_dir))
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        records = node_records(plan, name)
+        if node.method == "sft":
+            from harness.train.sft import train_sft as train
+        else:
+            from harness.train.dpo import train_dpo as train
+        train(parent_dir, tokenizer, records, plan.recipe(name), tmp, device, lora=plan.lora,
+              quantize_4bit=plan.quantize_4bit, seed=plan.seed, progress=progress)
+        shutil_rm(tmp / "_trainer")
+        log = json.loads((tmp / common.LOG_FILE).read_text(encoding="utf-8"))
+        meta["data_hashes"] = {node.dataset: data.records_hash(records)}
+        meta["n_records"] = len(records)
+        meta["quantize_4bit"] = common.uses_4bit(device, plan.quantize_4bit)
+        meta["train_seconds"] = float((tmp / "train_seconds.txt").read_text())
+    from harness.train.plots import plot_log
+
+    plot_log(log, tmp / "curves.png", f"{plan.name}: {name}")
+    meta["versions"] = library_versions(common.uses_4bit(device, plan.quantize_4bit))
+    meta["wall_seconds"] = round(time.perf_counter() - t0, 3)
+    common.write_json(tmp / META_FILE, meta)  # last: its presence marks the node complete
+    return store.commit(tmp, name, key)
+
+
+def shutil_rm(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _count_params(model_dir: Path) -> int:
+    from safetensors import safe_open
+
+    n = 0
+    for f in model_dir.glob("*.safetensors"):
+        with safe_open(str(f), "pt") as st:
+            for k in st.keys():
+                shape = st.get_slice(k).get_shape()
+                size = 1
+                for s in shape:
+                    size *= s
+                n += size
+    return n

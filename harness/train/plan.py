@@ -1,0 +1,387 @@
+"""Plans: one TOML file describes a base model, a LoRA/SFT/DPO recipe, seeds and a node graph.
+
+A plan loads into frozen, validated dataclasses; every error names the plan file and the
+field. ``[variants.NAME]`` tables override recipe keys globally (``sft``/``dpo``/``lora``
+tables) or per node (``nodes."NAME" = {...}``) and may restrict the nodes to build
+(``only = [...]``, ancestors are kept); :meth:`Plan.variant` applies one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from harness.errors import HarnessError, LoadError
+
+METHODS = ("base", "sft", "dpo")
+DATASET_NAMES = ("d0", "d1", "d2")
+SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts")
+
+
+class PlanError(LoadError):
+    """A plan file is malformed; the message names the file and the field."""
+
+
+def _freeze(d: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(d))
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """peft ``LoraConfig`` settings."""
+
+    r: int = 8
+    alpha: int = 128
+    dropout: float = 0.05
+    target_modules: str | tuple[str, ...] = "all-linear"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One trainer's settings (SFT or DPO). ``max_steps`` -1 means "run ``epochs``"; 0 trains nothing."""
+
+    epochs: float = 3.0
+    batch_size: int = 2
+    learning_rate: float = 1e-4
+    lr_scheduler: str = "cosine"
+    optimizer: str = "adamw_torch"  # weight decay 0: plain Adam, as the seed
+    warmup_ratio: float = 0.0
+    max_steps: int = -1
+    max_length: int = 128
+    logging_steps: int = 1
+    gradient_accumulation_steps: int = 1
+    beta: float = 0.3  # DPO only
+    precompute_ref_log_probs: bool = False  # DPO only; the same loss, one reference pass
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """The tiny default base: tokenizer size, Llama shape and pretraining schedule."""
+
+    vocab_size: int = 3000
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    num_hidden_layers: int = 8
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 4
+    max_position_embeddings: int = 256
+    pretrain_max_steps: int = 1500
+    pretrain_min_steps: int = 200
+    pretrain_batch_size: int = 16
+    pretrain_seq_len: int = 96
+    pretrain_learning_rate: float = 3e-3
+    pretrain_eval_every: int = 50
+    pretrain_flat_tolerance: float = 0.01  # stop when the smoothed loss improves less than 1 %
+    pretrain_seed: int = 0
+
+
+@dataclass(frozen=True)
+class Node:
+    """One model of the graph: ``method`` trains on ``dataset`` starting from ``parent`` (merged)."""
+
+    name: str
+    method: str
+    dataset: str | None = None
+    parent: str | None = None
+    overrides: Mapping[str, Any] = field(default_factory=lambda: _freeze({}), compare=False, hash=False)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Node):
+            return NotImplemented
+        return (self.name, self.method, self.dataset, self.parent, dict(self.overrides)) == (
+            other.name, other.method, other.dataset, other.parent, dict(other.overrides))
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.method, self.dataset, self.parent, tuple(sorted(self.overrides.items()))))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated plan. ``nodes`` are in build order (parents first)."""
+
+    name: str
+    path: Path | None
+    base: str
+    quantize_4bit: bool
+    requires_cuda: bool
+    seed: int
+    data_seed: int
+    limit: int
+    lora: LoraSpec
+    sft: Recipe
+    dpo: Recipe
+    tiny: TinySpec
+    nodes: tuple[Node, ...]
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: _freeze({}), compare=False)
+    variant_name: str | None = None
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(n.name for n in self.nodes)
+
+    def node(self, name: str) -> Node:
+        for n in self.nodes:
+            if n.name == name:
+                return n
+        raise HarnessError(f"{self._where()}: no node {name!r}; known: {', '.join(self.names)}")
+
+    def recipe(self, name: str) -> Recipe:
+        """The effective recipe of a trained node: the plan's section plus the node's overrides."""
+        node = self.node(name)
+        if node.method == "base":
+            raise HarnessError(f"{self._where()}: node {name!r} is the base; it has no recipe")
+        rec = self.sft if node.method == "sft" else self.dpo
+        return _apply(rec, node.overrides, f"{self._where()}: nodes.{name!r}") if node.overrides else rec
+
+    def ancestors(self, name: str) -> list[str]:
+        """``name`` and its parents up to the base, the base first."""
+        chain, cur = [], name
+        while cur is not None:
+            chain.append(cur)
+            cur = self.node(cur).parent
+        return chain[::-1]
+
+    def _where(self) -> str:
+        where = str(self.path) if self.path else f"plan {self.name!r}"
+        return f"{where} [variant {self.variant_name}]" if self.variant_name else where
+
+    # ------------------------------------------------------------------ derived plans
+    def with_seed(self, seed: int) -> "Plan":
+        """The same plan under another training seed (the base is shared)."""
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise PlanError(f"{self._where()}: seed must be an integer, got {seed!r}")
+        return replace(self, seed=seed)
+
+    def variant(self, name: str) -> "Plan":
+        """The plan with ``[variants.NAME]`` applied; unchanged nodes keep their cache key."""
+        if name not in self.variants:
+            known = ", ".join(sorted(self.variants)) or "(none)"
+            raise PlanError(f"{self._where()}: no variant {name!r}; known: {known}")
+        return _apply_variant(self, name, self.variants[name])
+
+
+# ---------------------------------------------------------------------- validation helpers
+
+def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise PlanError(f"{where}: unknown field {key!r}; known: {', '.join(sorted(allowed))}")
+
+
+def _typed(value: Any, kind: type, where: str) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is bool and not isinstance(value, bool):
+        raise PlanError(f"{where}: must be true or false, got {value!r}")
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise PlanError(f"{where}: must be an integer, got {value!r}")
+    if kind is str and not isinstance(value, str):
+        raise PlanError(f"{where}: must be a string, got {value!r}")
+    if kind is float and not isinstance(value, float):
+        raise PlanError(f"{where}: must be a number, got {value!r}")
+    return value
+
+
+def _apply(obj: Any, table: Mapping[str, Any], where: str) -> Any:
+    """A copy of dataclass ``obj`` with ``table``'s keys set, each type-checked."""
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    _check_keys(table, set(fields), where)
+    kw = {}
+    for key, value in table.items():
+        default = getattr(obj, key)
+        if key == "target_modules":
+            if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+                value = tuple(value)
+            elif not isinstance(value, str):
+                raise PlanError(f"{where}.{key}: must be a string or a list of strings, got {value!r}")
+        else:
+            value = _typed(value, type(default), f"{where}.{key}")
+        kw[key] = value
+    new = replace(obj, **kw)
+    _validate_section(new, where)
+    return new
+
+
+def _validate_section(obj: Any, where: str) -> None:
+    if isinstance(obj, Recipe):
+        for key in ("batch_size", "max_length", "logging_steps", "gradient_accumulation_steps"):
+            if getattr(obj, key) < 1:
+                raise PlanError(f"{where}.{key}: must be at least 1, got {getattr(obj, key)}")
+        if obj.learning_rate <= 0:
+            raise PlanError(f"{where}.learning_rate: must be positive, got {obj.learning_rate}")
+        if obj.epochs <= 0:
+            raise PlanError(f"{where}.epochs: must be positive, got {obj.epochs}")
+        if obj.max_steps < -1:
+            raise PlanError(f"{where}.max_steps: must be -1 (use epochs), 0 or more, got {obj.max_steps}")
+        if obj.lr_scheduler not in SCHEDULERS:
+            raise PlanError(f"{where}.lr_scheduler: unknown {obj.lr_scheduler!r}; known: {', '.join(SCHEDULERS)}")
+        if obj.beta <= 0:
+            raise PlanError(f"{where}.beta: must be positive, got {obj.beta}")
+    elif isinstance(obj, LoraSpec):
+        if obj.r < 1 or obj.alpha <= 0:
+            raise PlanError(f"{where}: r and alpha must be positive, got r={obj.r} alpha={obj.alpha}")
+        if not 0 <= obj.dropout < 1:
+            raise PlanError(f"{where}.dropout: must lie in [0, 1), got {obj.dropout}")
+    elif isinstance(obj, TinySpec):
+        if obj.hidden_size % obj.num_attention_heads:
+            raise PlanError(f"{where}.hidden_size: {obj.hidden_size} is not divisible by num_attention_heads")
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if f.name != "pretrain_seed" and v <= 0:
+                raise PlanError(f"{where}.{f.name}: must be positive, got {v}")
+
+
+def _parse_nodes(raw: Any, where: str) -> tuple[Node, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise PlanError(f"{where}: field 'nodes' must be a non-empty array of tables ([[nodes]])")
+    nodes: list[Node] = []
+    seen: set[str] = set()
+    for i, t in enumerate(raw):
+        w = f"{where}: nodes[{i}]"
+        if not isinstance(t, dict):
+            raise PlanError(f"{w}: must be a table")
+        _check_keys(t, {"name", "method", "dataset", "parent", "overrides"}, w)
+        name = t.get("name")
+        if not isinstance(name, str) or not name:
+            raise PlanError(f"{w}.name: missing or not a string")
+        w = f"{where}: nodes[{i}] ({name})"
+        if name in seen:
+            raise PlanError(f"{w}.name: duplicate node name {name!r}")
+        method = t.get("method")
+        if method not in METHODS:
+            raise PlanError(f"{w}.method: must be one of {', '.join(METHODS)}, got {method!r}")
+        dataset, parent = t.get("dataset"), t.get("parent")
+        if method == "base":
+            if dataset is not None or parent is not None:
+                raise PlanError(f"{w}: the base node takes no dataset or parent")
+        else:
+            if dataset not in DATASET_NAMES:
+                raise PlanError(f"{w}.dataset: must be one of {', '.join(DATASET_NAMES)}, got {dataset!r}")
+            if not isinstance(parent, str):
+                raise PlanError(f"{w}.parent: missing; a trained node names the node it starts from")
+            if parent not in seen:
+                raise PlanError(f"{w}.parent: {parent!r} is not a node listed before this one")
+        overrides = t.get("overrides", {})
+        if not isinstance(overrides, dict):
+            raise PlanError(f"{w}.overrides: must be a table")
+        node = Node(name, method, dataset, parent, _freeze(overrides))
+        nodes.append(node)
+        seen.add(name)
+    bases = [n for n in nodes if n.method == "base"]
+    if len(bases) != 1 or nodes[0].method != "base":
+        raise PlanError(f"{where}: nodes: exactly one node of method 'base' must come first")
+    return tuple(nodes)
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Load and validate a plan TOML file."""
+    p = Path(path)
+    if not p.is_file():
+        raise PlanError(f"{p}: no such plan file")
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise PlanError(f"{p}: invalid TOML: {e}") from None
+    return plan_from_dict(raw, p)
+
+
+def plan_from_dict(raw: Mapping[str, Any], path: Path | None = None, name: str | None = None) -> Plan:
+    """Validate a parsed plan table; ``path`` (or ``name``) is what errors name."""
+    where = str(path) if path else f"plan {name or raw.get('name')!r}"
+    _check_keys(raw, {"name", "base", "seed", "data", "tiny", "lora", "sft", "dpo", "nodes", "variants"}, where)
+    pname = raw.get("name") or name or (path.stem if path else None)
+    if not isinstance(pname, str) or not pname:
+        raise PlanError(f"{where}: field 'name' must be a non-empty string")
+    base = raw.get("base")
+    if not isinstance(base, dict):
+        raise PlanError(f"{where}: missing table [base] (model = \"tiny\" | hub id | path)")
+    _check_keys(base, {"model", "quantize_4bit", "requires_cuda"}, f"{where}: base")
+    model = base.get("model")
+    if not isinstance(model, str) or not model:
+        raise PlanError(f"{where}: base.model must be \"tiny\", a hub id or a path")
+    if model != "tiny" and path is not None and (model.startswith(".") or model.startswith("/")):
+        model = str((path.parent / model).resolve()) if model.startswith(".") else model
+    q4 = _typed(base.get("quantize_4bit", True), bool, f"{where}: base.quantize_4bit")
+    rc = _typed(base.get("requires_cuda", False), bool, f"{where}: base.requires_cuda")
+    seed = raw.get("seed", {})
+    if not isinstance(seed, dict):
+        raise PlanError(f"{where}: field 'seed' must be a table ([seed] training = 0, data = 0)")
+    _check_keys(seed, {"training", "data"}, f"{where}: seed")
+    tseed = _typed(seed.get("training", 0), int, f"{where}: seed.training")
+    dseed = _typed(seed.get("data", 0), int, f"{where}: seed.data")
+    data = raw.get("data", {})
+    _check_keys(data, {"limit"}, f"{where}: data")
+    limit = _typed(data.get("limit", 0), int, f"{where}: data.limit")
+    if limit < 0:
+        raise PlanError(f"{where}: data.limit: must be 0 (all) or positive, got {limit}")
+    sections = {}
+    for key, obj in (("lora", LoraSpec()), ("sft", Recipe(learning_rate=1e-4)),
+                     ("dpo", Recipe(learning_rate=1e-5)), ("tiny", TinySpec())):
+        table = raw.get(key, {})
+        if not isinstance(table, dict):
+            raise PlanError(f"{where}: field {key!r} must be a table")
+        sections[key] = _apply(obj, table, f"{where}: {key}")
+    nodes = _parse_nodes(raw.get("nodes"), where)
+    variants = raw.get("variants", {})
+    if not isinstance(variants, dict):
+        raise PlanError(f"{where}: field 'variants' must be a table of tables")
+    plan = Plan(pname, path, model, q4, rc, tseed, dseed, limit, sections["lora"], sections["sft"],
+                sections["dpo"], sections["tiny"], nodes, _freeze({k: _freeze(v) for k, v in variants.items()}))
+    for vname, vtable in variants.items():  # validate every variant now, so errors surface at load time
+        if not isinstance(vtable, dict):
+            raise PlanError(f"{where}: variants.{vname}: must be a table")
+        _apply_variant(plan, vname, vtable)
+    return plan
+
+
+def _apply_variant(plan: Plan, vname: str, table: Mapping[str, Any]) -> Plan:
+    where = f"{plan._where()}: variants.{vname}"
+    _check_keys(table, {"lora", "sft", "dpo", "nodes", "only", "limit"}, where)
+    kw: dict[str, Any] = {"variant_name": vname}
+    for key in ("lora", "sft", "dpo"):
+        if key in table:
+            if not isinstance(table[key], Mapping):
+                raise PlanError(f"{where}.{key}: must be a table")
+            kw[key] = _apply(getattr(plan, key), table[key], f"{where}.{key}")
+    if "limit" in table:
+        kw["limit"] = _typed(table["limit"], int, f"{where}.limit")
+    per_node = table.get("nodes", {})
+    if not isinstance(per_node, Mapping):
+        raise PlanError(f"{where}.nodes: must be a table of node names")
+    names = {n.name for n in plan.nodes}
+    for nname in per_node:
+        if nname not in names:
+            raise PlanError(f"{where}.nodes: unknown node {nname!r}; known: {', '.join(plan.names)}")
+    nodes = []
+    for n in plan.nodes:
+        if n.name in per_node:
+            over = per_node[n.name]
+            if not isinstance(over, Mapping) or n.method == "base":
+                raise PlanError(f"{where}.nodes.{n.name!r}: must be a table of recipe keys of a trained node")
+            merged = {**n.overrides, **over}
+            rec = plan.sft if n.method == "sft" else plan.dpo
+            _apply(rec, merged, f"{where}.nodes.{n.name!r}")
+            n = replace(n, overrides=_freeze(merged))
+        nodes.append(n)
+    new = replace(plan, nodes=tuple(nodes), **kw)
+    only = table.get("only")
+    if only is not None:
+        if not isinstance(only, list) or not all(isinstance(o, str) for o in only):
+            raise PlanError(f"{where}.only: must be a list of node names")
+        keep: set[str] = set()
+        for o in only:
+            if o not in names:
+                raise PlanError(f"{where}.only: unknown node {o!r}; known: {', '.join(plan.names)}")
+            keep.update(new.ancestors(o))
+        new = replace(new, nodes=tuple(n for n in new.nodes if n.name in keep))
+    return new

@@ -1,0 +1,136 @@
+"""The fixture cache: content-addressed node folders, written to a temp folder and renamed in.
+
+Layout under the fixtures dir (default ``.fixtures/`` in the project, ``HARNESS_FIXTURES_DIR``
+or ``--fixtures-dir``)::
+
+    nodes/<node>-<key16>/   model.safetensors, config.json, tokenizer files, adapter/,
+                            log.json, curves.png, meta.json (written last: the completion mark)
+    tmp/<node>-<key16>-<pid>-<rand>/   a node being built; removed when its process is gone
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+ENV = "HARNESS_FIXTURES_DIR"
+META_FILE = "meta.json"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def default_fixtures_dir() -> Path:
+    """``$HARNESS_FIXTURES_DIR`` or ``.fixtures/`` in the project root."""
+    env = os.environ.get(ENV)
+    return Path(env) if env else PROJECT_ROOT / ".fixtures"
+
+
+def cache_key(inputs: Any) -> str:
+    """sha256 of the canonical JSON of ``inputs`` (sorted keys)."""
+    blob = json.dumps(inputs, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def library_versions(quantized: bool = False) -> dict[str, str]:
+    """Versions of the libraries a trained node depends on."""
+    import peft
+    import tokenizers
+    import torch
+    import transformers
+    import trl
+
+    v = {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
+         "peft": peft.__version__, "tokenizers": tokenizers.__version__}
+    if quantized:
+        import bitsandbytes
+
+        v["bitsandbytes"] = bitsandbytes.__version__
+    return v
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    """One fixtures dir."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_fixtures_dir()
+
+    @property
+    def nodes_dir(self) -> Path:
+        return self.root / "nodes"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.root / "tmp"
+
+    def node_dir(self, name: str, key: str) -> Path:
+        return self.nodes_dir / f"{name}-{key[:16]}"
+
+    def is_complete(self, name: str, key: str) -> bool:
+        return (self.node_dir(name, key) / META_FILE).is_file()
+
+    def new_tmp(self, name: str, key: str) -> Path:
+        """A fresh temp folder for building node ``name``."""
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        path = self.tmp_dir / f"{name}-{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        path.mkdir()
+        return path
+
+    def commit(self, tmp: Path, name: str, key: str) -> Path:
+        """Rename a finished temp folder into place (atomic on one filesystem)."""
+        final = self.node_dir(name, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if final.exists():  # a --rebuild, or another process finished first
+            trash = self.tmp_dir / f"old-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            os.rename(final, trash)
+            os.rename(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+        return final
+
+    def clean_stale_tmp(self) -> list[Path]:
+        """Remove temp folders whose building process is gone (an interrupted build)."""
+        removed = []
+        if not self.tmp_dir.is_dir():
+            return removed
+        for p in self.tmp_dir.iterdir():
+            parts = p.name.rsplit("-", 2)
+            pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else -1
+            if pid != os.getpid() and not _pid_alive(pid):
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+        return removed
+
+    def entries(self) -> Iterator[tuple[Path, dict]]:
+        """Every complete node folder with its metadata."""
+        if not self.nodes_dir.is_dir():
+            return
+        for p in sorted(self.nodes_dir.iterdir()):
+            meta = p / META_FILE
+            if meta.is_file():
+                yield p, json.loads(meta.read_text(encoding="utf-8"))
+
+    def clean(self, tmp_only: bool = False) -> int:
+        """Delete temp folders (and, unless ``tmp_only``, every node); returns how many went."""
+        n = 0
+        targets = [self.tmp_dir] if tmp_only else [self.tmp_dir, self.nodes_dir]
+        for d in targets:
+            if d.is_dir():
+                for p in d.iterdir():
+                    shutil.rmtree(p, ignore_errors=True)
+                    n += 1
+        return n
