@@ -78,6 +78,26 @@ class LoraDelta:
         return float((B1.T @ B2 * (A1 @ A2.T)).sum()) * self.scale * other.scale
 
 
+def sumsq_many(deltas: list[LoraDelta]) -> list[float]:
+    """``‖ΔW‖²_F`` of many deltas from their factors, batched by factor shape (float64).
+
+    Deltas of one shape are stacked and reduced with two batched matmuls, so a whole model's
+    adapter (hundreds of modules, a handful of shapes) costs a few kernel launches.
+    """
+    groups: dict = {}
+    for i, d in enumerate(deltas):
+        groups.setdefault((tuple(d.A.shape), tuple(d.B.shape), d.A.device), []).append(i)
+    out = [0.0] * len(deltas)
+    for idx in groups.values():
+        A = torch.stack([deltas[i].A for i in idx]).double()
+        B = torch.stack([deltas[i].B for i in idx]).double()
+        scale = torch.tensor([deltas[i].scale for i in idx], dtype=torch.float64, device=A.device)
+        sums = ((B.transpose(1, 2) @ B) * (A @ A.transpose(1, 2))).sum(dim=(1, 2)) * scale ** 2
+        for i, v in zip(idx, sums.tolist()):
+            out[i] = v
+    return out
+
+
 def _pattern_value(patterns: dict, module: str, default):
     """PEFT's rank/alpha pattern lookup: a key matches a module name suffix (regex)."""
     for key, value in (patterns or {}).items():

@@ -99,6 +99,10 @@ def test_factored_l2_equals_materialised(out, inn, r1, r2, s1, s2, fan, seed):
     assert d1.l2() == pytest.approx(float(m1.norm()), rel=1e-6, abs=1e-9)
     assert d1.dot(d2) == pytest.approx(float((m1 * m2).sum()), rel=1e-6, abs=1e-6)
     assert d1.minus(d2).l2() == pytest.approx(float((m1 - m2).norm()), rel=1e-6, abs=1e-6)
+    from harness.diff.lora import sumsq_many
+
+    assert sumsq_many([d1, d2, d1]) == pytest.approx([float((m1 ** 2).sum()), float((m2 ** 2).sum()),
+                                                      float((m1 ** 2).sum())], rel=1e-6, abs=1e-9)
     rows = torch.cat([d1.rows(i, min(i + 3, d1.shape[0])) for i in range(0, d1.shape[0], 3)])
     assert torch.allclose(rows.double(), m1, rtol=1e-5, atol=1e-5)
 
