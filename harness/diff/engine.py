@@ -214,10 +214,12 @@ def compare(a, b, base=None, *, device: str = "auto", progress: bool = True,
             from harness.diff.cuda import cuda_backend as backend
         else:
             backend = cpu_backend
-    with tqdm(total=len(jobs), desc="diff", unit="tensor", disable=not progress) as bar:
-        raws = backend(jobs, bar)
-    for c in sides:
-        c.close()
+    try:
+        with tqdm(total=len(jobs), desc="diff", unit="tensor", disable=not progress) as bar:
+            raws = backend(jobs, bar)
+    finally:
+        for c in sides:
+            c.close()
     meta = {"a": ckpts["a"].label, "b": ckpts["b"].label,
             "base": ckpts["base"].label if base is not None else None, "device": dev,
             "tensors": len(jobs)}
