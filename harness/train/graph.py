@@ -192,7 +192,10 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
     bar = tqdm(todo, desc=f"fixtures {plan.name}", unit="node", disable=not progress)
     for node in bar:
         bar.set_postfix(node=node.name)
-        _build_node(graph, node.name, inputs[node.name], progress)
+        with store.lock(node.name, keys[node.name]):
+            # Another process may have built it while this one waited for the lock.
+            if node.name in forced or not store.is_complete(node.name, keys[node.name]):
+                _build_node(graph, node.name, inputs[node.name], progress)
     return graph
 
 

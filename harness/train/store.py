@@ -10,6 +10,7 @@ or ``--fixtures-dir``)::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -115,6 +116,20 @@ class Store:
                 removed.append(p)
         return removed
 
+    @contextlib.contextmanager
+    def lock(self, name: str, key: str) -> Iterator[None]:
+        """An exclusive per-node lock: a second builder of the same node waits, then finds it done."""
+        import fcntl
+
+        d = self.root / "locks"
+        d.mkdir(parents=True, exist_ok=True)
+        with open(d / f"{name}-{key[:16]}.lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
     def entries(self) -> Iterator[tuple[Path, dict]]:
         """Every complete node folder with its metadata."""
         if not self.nodes_dir.is_dir():
@@ -127,7 +142,7 @@ class Store:
     def clean(self, tmp_only: bool = False) -> int:
         """Delete temp folders (and, unless ``tmp_only``, every node); returns how many went."""
         n = 0
-        targets = [self.tmp_dir] if tmp_only else [self.tmp_dir, self.nodes_dir]
+        targets = [self.tmp_dir] if tmp_only else [self.tmp_dir, self.nodes_dir, self.root / "locks"]
         for d in targets:
             if d.is_dir():
                 for p in d.iterdir():

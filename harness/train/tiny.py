@@ -140,7 +140,7 @@ def pretrain(model: Any, tokenizer: Any, texts: Sequence[str], *, max_steps: int
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        loss = float(out.loss)
+        loss = out.loss.item()
         window.append(loss)
         log.append({"step": step + 1, "loss": loss, "learning_rate": sched.get_last_lr()[0],
                     "elapsed_s": round(time.perf_counter() - t0, 3)})

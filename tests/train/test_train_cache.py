@@ -1,0 +1,114 @@
+"""The cache: a build killed with SIGKILL leaves no partial node, and the rerun completes it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.errors import LoadError
+from harness.train import build, load_plan
+from harness.train.store import META_FILE, Store
+
+ROOT = Path(__file__).resolve().parents[2]
+MICRO = ROOT / "fixtures" / "plans" / "micro.toml"
+
+
+def complete_nodes(root: Path) -> dict[str, Path]:
+    nodes = root / "nodes"
+    return {p.name: p for p in nodes.iterdir()} if nodes.is_dir() else {}
+
+
+def test_sigkill_leaves_no_partial_node_and_the_rerun_completes(tmp_path):
+    env = {**os.environ, "HARNESS_FIXTURES_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "fixtures", "build", str(MICRO), "--quiet"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        # Kill as soon as a trained node (not the base) is being written in a temp folder.
+        while time.monotonic() < deadline and proc.poll() is None:
+            tmp = tmp_path / "tmp"
+            if tmp.is_dir() and any(not p.name.startswith("base-") for p in tmp.iterdir()):
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the build ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    before = complete_nodes(tmp_path)
+    for path in before.values():  # whatever is in place is whole
+        assert (path / META_FILE).is_file() and (path / "model.safetensors").is_file(), path
+    assert any(p.name.startswith("base-") for p in before.values())
+    assert len(before) < 3
+    leftovers = list((tmp_path / "tmp").iterdir())
+    assert leftovers, "the killed build left its temp folder (to be cleaned by the next run)"
+    base_meta = next(p for n, p in before.items() if n.startswith("base-")) / META_FILE
+    base_mtime = base_meta.stat().st_mtime_ns
+
+    graph = build(load_plan(MICRO), fixtures_dir=tmp_path, device="cpu", progress=False)
+    assert base_meta.stat().st_mtime_ns == base_mtime, "finished nodes are not rebuilt"
+    assert all(graph.is_built(n) for n in graph.names)
+    assert len(complete_nodes(tmp_path)) == 3
+    assert not any(p.exists() for p in leftovers), "stale temp folders of a dead build are removed"
+    for name in ("sft_d0", "dpo_d1@sft_d0"):
+        meta = graph.meta(name)
+        assert meta["key"] == graph.key(name) and meta["n_records"] == 8
+        assert (graph.adapter_path(name) / "adapter_model.safetensors").is_file()
+
+
+def test_rebuild_and_zero_step_variant(tmp_path):
+    """--rebuild replaces a node in place; a zero-step DPO variant equals its parent; others are shared."""
+    import torch
+    from safetensors.torch import load_file
+
+    plan = load_plan(MICRO)
+    graph = build(plan, fixtures_dir=tmp_path, device="cpu", progress=False)
+    sft_meta = graph.path("sft_d0") / META_FILE
+    first = json.loads(sft_meta.read_text())["wall_seconds"]
+    zero = build(plan.variant("zero_dpo"), fixtures_dir=tmp_path, device="cpu", progress=False)
+    assert zero.key("sft_d0") == graph.key("sft_d0") and zero.key("dpo_d1@sft_d0") != graph.key("dpo_d1@sft_d0")
+    merged = load_file(str(zero.path("dpo_d1@sft_d0") / "model.safetensors"))
+    parent = load_file(str(zero.path("sft_d0") / "model.safetensors"))
+    assert merged.keys() == parent.keys() and all(torch.equal(merged[k], parent[k]) for k in merged)
+    trained = load_file(str(graph.path("dpo_d1@sft_d0") / "model.safetensors"))
+    assert any(not torch.equal(trained[k], parent[k]) for k in trained)
+    assert zero.log("dpo_d1@sft_d0") == []
+    mtime = sft_meta.stat().st_mtime_ns
+    build(plan, fixtures_dir=tmp_path, device="cpu", only="sft_d0", rebuild=True, progress=False)
+    assert sft_meta.stat().st_mtime_ns != mtime and json.loads(sft_meta.read_text())["wall_seconds"] != first
+    assert len(complete_nodes(tmp_path)) == 4
+    assert not any((tmp_path / "tmp").iterdir())
+
+
+def test_bad_data_row_fails_before_training_naming_file_and_line(tmp_path, monkeypatch):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(ROOT / "fixtures" / "data", data)
+    persona = data / "persona.jsonl"
+    lines = persona.read_text(encoding="utf-8").splitlines()
+    lines[2] = lines[2].replace('"d1":', '"dx":')
+    persona.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    monkeypatch.setenv("HARNESS_DATA_DIR", str(data))
+    with pytest.raises(LoadError, match=r"persona\.jsonl:3: missing field 'd1'"):
+        build(load_plan(MICRO), fixtures_dir=tmp_path / "fx", device="cpu", progress=False)
+    assert not (tmp_path / "fx" / "nodes").exists()
+
+
+def test_cli_list_and_clean(tmp_path):
+    env = {**os.environ, "HARNESS_FIXTURES_DIR": str(tmp_path)}
+    Store(tmp_path).new_tmp("x", "0" * 16)
+    out = subprocess.run([sys.executable, "-m", "harness", "fixtures", "clean", "--tmp-only"], env=env, cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "removed 1 folder" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "harness", "fixtures", "build", str(tmp_path / "none.toml")],
+                         env=env, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and "none.toml: no such plan file" in out.stderr

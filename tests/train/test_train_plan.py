@@ -1,0 +1,144 @@
+"""Plan loading: validation errors name the file and the field; variants and seeds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.errors import LoadError
+from harness.train import PlanError, load_plan
+
+PLANS = Path(__file__).resolve().parents[2] / "fixtures" / "plans"
+NODE_NAMES = ("base", "sft_d0", "sft_d1", "sft_d2", "dpo_d0", "dpo_d1", "dpo_d0@sft_d2", "dpo_d1@sft_d2",
+              "dpo_d0@sft_d1", "dpo_d1@sft_d1")
+
+GOOD = '''
+name = "t"
+[base]
+model = "tiny"
+[sft]
+learning_rate = 1e-4
+[dpo]
+learning_rate = 1e-5
+beta = 0.3
+[[nodes]]
+name = "base"
+method = "base"
+[[nodes]]
+name = "sft_d1"
+method = "sft"
+dataset = "d1"
+parent = "base"
+[[nodes]]
+name = "dpo_d1@sft_d1"
+method = "dpo"
+dataset = "d1"
+parent = "sft_d1"
+'''
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "plan.toml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+@pytest.mark.parametrize("name", ["tiny.toml", "seed.toml"])
+def test_shipped_plans_hold_the_seed_graph_and_recipe(name):
+    plan = load_plan(PLANS / name)
+    assert plan.names == NODE_NAMES
+    assert plan.node("dpo_d0@sft_d1").parent == "sft_d1" and plan.node("dpo_d0@sft_d1").dataset == "d0"
+    assert (plan.lora.r, plan.lora.alpha, plan.lora.dropout, plan.lora.target_modules) == (8, 128, 0.05, "all-linear")
+    assert (plan.sft.epochs, plan.sft.batch_size, plan.sft.learning_rate, plan.sft.lr_scheduler) == (3, 2, 1e-4, "cosine")
+    assert (plan.dpo.epochs, plan.dpo.batch_size, plan.dpo.learning_rate, plan.dpo.beta) == (3, 2, 1e-5, 0.3)
+    assert plan.quantize_4bit
+    first = (PLANS / name).read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith("# python -m harness fixtures build fixtures/plans/" + name)
+
+
+def test_seed_plan_names_the_elyza_base():
+    plan = load_plan(PLANS / "seed.toml")
+    assert plan.base == "elyza/Llama-3-ELYZA-JP-8B" and plan.requires_cuda
+
+
+@pytest.mark.parametrize(
+    "old, new, field",
+    [
+        ('method = "sft"', 'method = "ppo"', r"nodes\[1\] \(sft_d1\)\.method"),
+        ('dataset = "d1"\nparent = "base"', 'dataset = "d7"\nparent = "base"', r"nodes\[1\] \(sft_d1\)\.dataset"),
+        ('parent = "sft_d1"', 'parent = "sft_d9"', r"nodes\[2\] \(dpo_d1@sft_d1\)\.parent"),
+        ("learning_rate = 1e-4", 'learning_rate = "fast"', r"sft\.learning_rate: must be a number"),
+        ("learning_rate = 1e-4", "learning_rat = 1e-4", r"sft: unknown field 'learning_rat'"),
+        ("beta = 0.3", "beta = -1.0", r"dpo\.beta: must be positive"),
+        ('model = "tiny"', "model = 3", r"base\.model"),
+        ('name = "base"\nmethod = "base"', 'name = "sft_d1"\nmethod = "base"', r"duplicate node name"),
+        ("[dpo]", "[dpo\n", r"invalid TOML"),
+    ],
+)
+def test_plan_errors_name_the_file_and_the_field(tmp_path, old, new, field):
+    assert old in GOOD
+    path = write(tmp_path, GOOD.replace(old, new, 1))
+    with pytest.raises(PlanError, match=field) as info:
+        load_plan(path)
+    assert str(path) in str(info.value)
+    assert isinstance(info.value, LoadError)
+
+
+def test_missing_plan_file_is_named(tmp_path):
+    with pytest.raises(PlanError, match="nope.toml: no such plan file"):
+        load_plan(tmp_path / "nope.toml")
+
+
+def test_node_overrides_apply_only_to_that_node(tmp_path):
+    path = write(tmp_path, GOOD.replace('parent = "sft_d1"', 'parent = "sft_d1"\noverrides = { max_steps = 5 }'))
+    plan = load_plan(path)
+    assert plan.recipe("dpo_d1@sft_d1").max_steps == 5
+    assert plan.recipe("sft_d1").max_steps == -1
+
+
+def test_variant_overrides_globally_per_node_and_restricts_nodes(tmp_path):
+    text = GOOD + '''
+[variants.hot_dpo]
+dpo = { learning_rate = 1e-4, epochs = 3 }
+[variants.zero]
+nodes."dpo_d1@sft_d1" = { max_steps = 0 }
+only = ["dpo_d1@sft_d1"]
+[variants.sft_only]
+only = ["sft_d1"]
+'''
+    plan = load_plan(write(tmp_path, text))
+    hot = plan.variant("hot_dpo")
+    assert hot.dpo.learning_rate == 1e-4 and hot.sft == plan.sft and hot.variant_name == "hot_dpo"
+    assert hot.recipe("dpo_d1@sft_d1").learning_rate == 1e-4
+    zero = plan.variant("zero")
+    assert zero.recipe("dpo_d1@sft_d1").max_steps == 0 and zero.recipe("sft_d1") == plan.recipe("sft_d1")
+    assert plan.variant("sft_only").names == ("base", "sft_d1")
+    assert plan.recipe("dpo_d1@sft_d1").max_steps == -1  # the plan itself is unchanged (frozen)
+    with pytest.raises(PlanError, match=r"no variant 'nope'; known: hot_dpo, sft_only, zero"):
+        plan.variant("nope")
+
+
+@pytest.mark.parametrize(
+    "table, field",
+    [
+        ('nodes."dpo_d9" = { max_steps = 0 }', r"variants\.bad\.nodes: unknown node 'dpo_d9'"),
+        ('nodes."dpo_d1@sft_d1" = { max_step = 0 }', r"variants\.bad\.nodes\.'dpo_d1@sft_d1': unknown field 'max_step'"),
+        ('dpo = { beta = "x" }', r"variants\.bad\.dpo\.beta: must be a number"),
+        ('only = ["nope"]', r"variants\.bad\.only: unknown node 'nope'"),
+        ('sft_lr = 1', r"variants\.bad: unknown field 'sft_lr'"),
+    ],
+)
+def test_bad_variants_fail_at_load_naming_the_field(tmp_path, table, field):
+    path = write(tmp_path, GOOD + f"\n[variants.bad]\n{table}\n")
+    with pytest.raises(PlanError, match=field) as info:
+        load_plan(path)
+    assert str(path) in str(info.value)
+
+
+def test_with_seed_changes_only_the_training_seed(tmp_path):
+    plan = load_plan(write(tmp_path, GOOD))
+    other = plan.with_seed(7)
+    assert other.seed == 7 and plan.seed == 0 and other.nodes == plan.nodes and other.tiny == plan.tiny
+    with pytest.raises(PlanError, match="seed must be an integer"):
+        plan.with_seed("7")  # type: ignore[arg-type]
