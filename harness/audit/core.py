@@ -115,12 +115,17 @@ def _split_marker(text: str, marker: str, i: int) -> int:
     return k + len(marker)
 
 
-def _conversation(rec: dict, side: Optional[str]) -> Optional[list[dict]]:
-    if "messages" in rec:
-        return rec["messages"]
-    if isinstance(rec.get("prompt"), list):
-        return rec["prompt"] + rec[side or "completion"]
-    return None
+def _injected(tok, rec: dict, i: int, prompt_texts: list[str], specials: set[str]) -> str:
+    """Template text in no message, checked on the rendered prompt (where default system prompts,
+    dates and replaced messages land); text the template adds after the reply is trained-after-stop."""
+    if prompt_texts:
+        msgs, text = rec["prompt"], prompt_texts[i]
+    elif "messages" in rec:
+        msgs = rec["messages"]
+        text = render(tok, msgs, i)
+    else:
+        return ""
+    return F.injected_text(text, [m["content"] for m in msgs], specials)
 
 
 def _ref_prompt(tok, rec: dict, i: int, marker: Optional[str]) -> Optional[list[int]]:
@@ -135,6 +140,22 @@ def _ref_prompt(tok, rec: dict, i: int, marker: Optional[str]) -> Optional[list[
     if marker is not None:
         return list(tok(rec["text"][:_split_marker(rec["text"], marker, i)])["input_ids"])
     return None
+
+
+def _ref_prompts(tok, recs: list[dict], marker: Optional[str]) -> tuple[list[Optional[list[int]]], list[str]]:
+    """Reference prompt ids of every record, and the rendered chat prompts ([] for plain text).
+
+    Chat prompts are rendered in one batched template call and tokenized in one batch, as
+    ``apply_chat_template(tokenize=True)`` does (no added special tokens).
+    """
+    if all(isinstance(r.get("prompt"), list) for r in recs):
+        try:
+            texts = tok.apply_chat_template([r["prompt"] for r in recs], tokenize=False, add_generation_prompt=True)
+        except Exception:  # the per-record path names the example that fails
+            texts = [render(tok, r["prompt"], i, add_generation_prompt=True) for i, r in enumerate(recs)]
+        ids = tok(list(texts), add_special_tokens=False)["input_ids"]
+        return [list(x) for x in ids], list(texts)
+    return [_ref_prompt(tok, r, i, marker) for i, r in enumerate(recs)], []
 
 
 def _trl_records(recs: list[dict], pipeline: str, marker: Optional[str]) -> list[dict]:
@@ -152,26 +173,20 @@ def _trl_records(recs: list[dict], pipeline: str, marker: Optional[str]) -> list
 def _run(p: str, tok, info: F.TokenInfo, recs: list[dict], fmt: str, max_length, marker) -> list[Audited]:
     import jinja2
 
-    refs = [_ref_prompt(tok, r, i, marker) for i, r in enumerate(recs)]
+    refs, prompt_texts = _ref_prompts(tok, recs, marker)
     job = Job(tok, _trl_records(recs, p, marker), max_length, refs)
     try:
         seqs = PIPELINES.get(p)(job)
     except jinja2.TemplateError as e:
         raise LoadError(f"chat template failed to render in {p}: {type(e).__name__}: {e}") from None
-    specials = sorted({str(t) for t in tok.all_special_tokens} | {str(a.content) for a in
-                      getattr(tok, "added_tokens_decoder", {}).values()}, key=len, reverse=True)
-    injected: dict[tuple[int, Optional[str]], str] = {}
+    specials = {str(t) for t in tok.all_special_tokens}
+    specials |= {str(a.content) for a in getattr(tok, "added_tokens_decoder", {}).values()}
+    injected = [_injected(tok, r, i, prompt_texts, specials) for i, r in enumerate(recs)]
     out = []
     for s in seqs:
         hits = F.detect(tok, info, s.ids, s.labels, s.prompt_len, s.ref_prompt_len, s.full)
-        conv = _conversation(recs[s.index], s.side)
-        if conv is not None:
-            key = (s.index, s.side)
-            if key not in injected:
-                text = render(tok, conv, s.index)
-                injected[key] = F.injected_text(text, [m["content"] for m in conv], specials)
-            if injected[key]:
-                hits.append(F.Hit("template-injects", F.WARNING, [], f"{injected[key]!r}"))
+        if injected[s.index]:
+            hits.append(F.Hit("template-injects", F.WARNING, [], f"{injected[s.index]!r}"))
         out.append(Audited(p, s, hits))
     return out
 

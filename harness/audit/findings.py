@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 from harness.registry import Registry
 
@@ -261,18 +261,24 @@ _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]{6,}")
 _DATE = re.compile(r"\b(?:19|20)\d\d\b|\b\d{1,2} (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)")
 
 
-def injected_text(rendered: str, contents: Sequence[str], special_texts: Sequence[str]) -> str:
+def injected_text(rendered: str, contents: Sequence[str], special_texts: Iterable[str]) -> str:
     """Text of ``rendered`` that is in no message and looks like prose or a date ('' if none)."""
     rest = rendered
     for c in sorted(set(contents), key=len, reverse=True):
         if c:
-            rest = rest.replace(c, "\x00").replace(c.strip(), "\x00")
-    for s in special_texts:
-        if s:
-            rest = rest.replace(s, "\x00")
-    for rx in (_WORDS, _CJK, _DATE):
-        m = rx.search(rest)
+            rest = rest.replace(c, "\x00").replace(c.strip() or c, "\x00")
+    key = frozenset(special_texts)
+    rx = _SPECIAL_RX.get(key)
+    if rx is None:
+        alts = sorted((s for s in key if s), key=len, reverse=True)
+        rx = _SPECIAL_RX[key] = re.compile("|".join(map(re.escape, alts))) if alts else re.compile(r"(?!)")
+    rest = rx.sub("\x00", rest)
+    for pattern in (_WORDS, _CJK, _DATE):
+        m = pattern.search(rest)
         if m:
             line = rest[max(0, m.start() - 10): m.end() + 30].replace("\x00", "…")
             return line.strip()
     return ""
+
+
+_SPECIAL_RX: dict[frozenset, re.Pattern] = {}
