@@ -218,6 +218,7 @@ def _build_node(graph: Graph, name: str, key_inputs: dict, progress: bool) -> Pa
         meta["params"] = _count_params(tmp)
         meta["data_hashes"] = {"pretrain_texts": key_inputs["base"]["pretrain_texts"]}
         meta["pretrain_final_loss"] = log[-1].get("window_mean_loss", log[-1]["loss"])
+        meta["pretrain_final_eval_loss"] = next((r["eval_loss"] for r in reversed(log) if "eval_loss" in r), None)
         meta["pretrain_steps"] = len(log)
     else:
         from transformers import AutoTokenizer

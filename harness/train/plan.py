@@ -80,7 +80,7 @@ class TinySpec:
     pretrain_seq_len: int = 96
     pretrain_learning_rate: float = 3e-3
     pretrain_eval_every: int = 50
-    pretrain_flat_tolerance: float = 0.01  # stop when the smoothed loss improves less than 1 %
+    pretrain_flat_tolerance: float = 0.01  # stop when the held-out loss improves less than 1 %, twice
     pretrain_seed: int = 0
 
 

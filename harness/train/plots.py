@@ -20,7 +20,11 @@ def plot_log(log: Sequence[dict], path: str | Path, title: str) -> Path | None:
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
     for ax, key in zip(axes[0], panels):
         pts = [(r.get("step", i + 1), r[key]) for i, r in enumerate(rows) if key in r]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1, label="train" if key == "loss" else key)
+        if key == "loss" and any("eval_loss" in r for r in rows):
+            ev = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+            ax.plot([p[0] for p in ev], [p[1] for p in ev], "o-", ms=3, label="held-out")
+            ax.legend()
         ax.set_xlabel("step")
         ax.set_title(key)
         ax.grid(alpha=0.3)

@@ -1,6 +1,6 @@
 """The tiny default base: a Japanese-capable byte-level BPE tokenizer and a small Llama,
 both made here without any network, and the Llama pretrained on D0-style text until its
-loss flattens.
+held-out loss flattens.
 """
 
 from __future__ import annotations
@@ -106,15 +106,20 @@ def pretrain(model: Any, tokenizer: Any, texts: Sequence[str], *, max_steps: int
              batch_size: int = 16, seq_len: int = 96, learning_rate: float = 3e-3, eval_every: int = 50,
              flat_tolerance: float = 0.01, seed: int = 0, device: str = "cpu",
              progress: bool = True) -> list[dict]:
-    """Causal-LM pretraining until the loss flattens; returns the loss curve.
+    """Causal-LM pretraining until the held-out loss flattens; returns the curve.
 
-    Every ``eval_every`` steps the mean loss of that window is compared with the previous
-    window's; after ``min_steps``, a relative improvement under ``flat_tolerance`` stops
-    training. AdamW with a short warmup, then a constant learning rate.
+    Every tenth text is held out. Every ``eval_every`` steps the held-out loss is measured; after
+    ``min_steps``, training stops once it improved by less than ``flat_tolerance`` (relative) over
+    the best so far, twice in a row. AdamW with a short warmup, then a constant learning rate.
+    Each log row has the training ``loss``; evaluation rows add ``eval_loss`` and
+    ``window_mean_loss`` (the mean training loss since the last evaluation).
     """
     from tqdm.auto import tqdm
 
-    data = _pack(tokenizer, texts, seq_len)
+    held = [t for i, t in enumerate(texts) if i % 10 == 9]
+    train_texts = [t for i, t in enumerate(texts) if i % 10 != 9] if len(held) >= 2 else list(texts)
+    data = _pack(tokenizer, train_texts, seq_len)
+    val = _pack(tokenizer, held, seq_len) if len(held) >= 2 else data[:batch_size]
     gen = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -124,39 +129,46 @@ def pretrain(model: Any, tokenizer: Any, texts: Sequence[str], *, max_steps: int
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
     log: list[dict] = []
     window: list[float] = []
-    prev_mean = math.inf
+    best, flat = math.inf, 0
     t0 = time.perf_counter()
     bar = tqdm(range(max_steps), desc="pretrain tiny base", disable=not progress, leave=False)
     for step in bar:
         idx = torch.randint(0, data.shape[0], (batch_size,), generator=gen)
-        batch = data[idx].to(device)
-        # Random crop offsets vary the packing boundaries between epochs.
-        shift = rng.randrange(0, max(1, seq_len // 4))
-        if shift:
-            batch = torch.roll(batch, shifts=-shift, dims=1)
+        # A random rotation varies the packing boundaries between epochs.
+        batch = torch.roll(data[idx], shifts=-rng.randrange(0, max(1, seq_len // 4)), dims=1).to(device)
         out = model(input_ids=batch, labels=batch)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        loss = out.loss.item()
-        window.append(loss)
-        log.append({"step": step + 1, "loss": loss, "learning_rate": sched.get_last_lr()[0],
-                    "elapsed_s": round(time.perf_counter() - t0, 3)})
+        window.append(out.loss.item())
+        row = {"step": step + 1, "loss": window[-1], "learning_rate": sched.get_last_lr()[0],
+               "elapsed_s": round(time.perf_counter() - t0, 3)}
+        log.append(row)
         if (step + 1) % eval_every == 0:
-            mean = sum(window) / len(window)
+            row["window_mean_loss"] = sum(window) / len(window)
             window.clear()
-            bar.set_postfix(loss=f"{mean:.3f}")
-            log[-1]["window_mean_loss"] = mean
-            if step + 1 >= min_steps and prev_mean - mean < flat_tolerance * prev_mean:
-                log[-1]["stopped"] = "flat"
+            row["eval_loss"] = _eval_loss(model, val, device)
+            bar.set_postfix(loss=f"{row['window_mean_loss']:.3f}", eval=f"{row['eval_loss']:.3f}")
+            flat = flat + 1 if row["eval_loss"] > best * (1 - flat_tolerance) else 0
+            best = min(best, row["eval_loss"])
+            if step + 1 >= min_steps and flat >= 2:
+                row["stopped"] = "flat"
                 break
-            prev_mean = mean
+            model.train()
     else:
         log[-1]["stopped"] = "max_steps"
     model.eval()
     return log
+
+
+@torch.no_grad()
+def _eval_loss(model: Any, val: torch.Tensor, device: str) -> float:
+    model.eval()
+    losses = [model(input_ids=val[i:i + 16].to(device), labels=val[i:i + 16].to(device)).loss.item()
+              for i in range(0, val.shape[0], 16)]
+    return sum(losses) / len(losses)
 
 
 def build_tiny_base(out_dir: Path, texts: Sequence[str], tokenizer_texts: Sequence[str], spec: Any,
