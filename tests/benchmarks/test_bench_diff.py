@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -151,10 +150,13 @@ def test_bench_cpu_engine(benchmark, checkpoints):
     naive = _timed(lambda: naive_loop(a, b, r, "cpu"))
     benchmark.pedantic(lambda: compare(a, b, r, device="cpu", progress=False), rounds=ROUNDS, iterations=1)
     best = benchmark.stats.stats.min
-    code = ("import resource,sys; from harness.diff import compare; "
-            "before=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
-            f"compare({str(a)!r},{str(b)!r},{str(r)!r},device='cpu',progress=False); "
-            "after=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; print(before, after)")
+    # Peak RSS of a fresh process during compare(): VmHWM, reset just before (ru_maxrss would
+    # carry the forking pytest process's peak across exec).
+    code = ("import re; from harness.diff import compare\n"
+            "def hwm(): return int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+            "open('/proc/self/clear_refs', 'w').write('5'); before = hwm()\n"
+            f"compare({str(a)!r}, {str(b)!r}, {str(r)!r}, device='cpu', progress=False)\n"
+            "print(before, hwm())")
     before, after = map(int, subprocess.check_output([sys.executable, "-c", code], text=True).split())
     largest = max(n * m if m else n for n, m in ((s[0], s[1] if len(s) > 1 else 0)
                                                   for s in llama_shapes(SCALE).values())) * 2
