@@ -15,6 +15,7 @@ from harness.errors import HarnessError
 
 ADAPTER_DIR = "adapter"
 LOG_FILE = "log.json"
+SUMMARY_FILE = "train_summary.json"
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -124,6 +125,26 @@ def train_log(trainer: Any) -> list[dict]:
             continue
         rows.append({k: v for k, v in entry.items() if isinstance(v, (int, float))})
     return rows
+
+
+def reset_peak_memory(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def train_summary(trainer: Any, log: list[dict], device: str) -> dict:
+    """Steps, runtime, tokens/s and (on CUDA) peak GPU memory of a finished ``trainer.train()``."""
+    final = next((e for e in reversed(trainer.state.log_history) if "train_runtime" in e), {})
+    runtime = float(final.get("train_runtime", 0.0))
+    tokens = float(next((r["num_tokens"] for r in reversed(log) if "num_tokens" in r), 0.0))
+    out = {"steps": int(trainer.state.global_step), "train_runtime_s": runtime, "num_tokens": tokens,
+           "tokens_per_s": tokens / runtime if runtime else None,
+           "steps_per_s": trainer.state.global_step / runtime if runtime else None}
+    if device == "cuda":
+        out["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        out["peak_gpu_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
+    return out
 
 
 def merge_and_save(parent_dir: str | Path, adapter_dir: Path, tokenizer: Any, out_dir: Path, device: str) -> None:

@@ -239,7 +239,7 @@ def _build_node(graph: Graph, name: str, key_inputs: dict, progress: bool) -> Pa
         meta["data_hashes"] = {node.dataset: data.records_hash(records)}
         meta["n_records"] = len(records)
         meta["quantize_4bit"] = common.uses_4bit(device, plan.quantize_4bit)
-        meta["train_seconds"] = float((tmp / "train_seconds.txt").read_text())
+        meta["train"] = json.loads((tmp / common.SUMMARY_FILE).read_text(encoding="utf-8"))
     from harness.train.plots import plot_log
 
     plot_log(log, tmp / "curves.png", f"{plan.name}: {name}")

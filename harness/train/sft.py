@@ -28,6 +28,7 @@ def train_sft(model_dir: str | Path, tokenizer: Any, records: Sequence[dict], re
     adapter_dir = out / common.ADAPTER_DIR
     t0 = time.perf_counter()
     log: list[dict] = []
+    summary: dict = {"device": device, "quantize_4bit": common.uses_4bit(device, quantize_4bit), "steps": 0}
     if recipe.max_steps == 0:
         common.save_untrained_adapter(model_dir, lora, adapter_dir, device)
     else:
@@ -38,13 +39,19 @@ def train_sft(model_dir: str | Path, tokenizer: Any, records: Sequence[dict], re
                          completion_only_loss=True, packing=False)
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(list(records)),
                              processing_class=tokenizer, peft_config=common.lora_config(lora))
+        summary["setup_s"] = time.perf_counter() - t0
         # train
+        common.reset_peak_memory(device)
         trainer.train()
         log = common.train_log(trainer)
+        summary.update(common.train_summary(trainer, log, device))
         # save
         trainer.model.save_pretrained(str(adapter_dir), safe_serialization=True)
         del trainer, model
+    t1 = time.perf_counter()
     common.merge_and_save(model_dir, adapter_dir, tokenizer, out, device)
+    summary["merge_save_s"] = time.perf_counter() - t1
+    summary["total_s"] = time.perf_counter() - t0
     common.write_json(out / common.LOG_FILE, log)
-    (out / "train_seconds.txt").write_text(f"{time.perf_counter() - t0:.3f}\n")
+    common.write_json(out / common.SUMMARY_FILE, summary)
     return out

@@ -1,0 +1,151 @@
+"""Fixture-graph benchmarks (pytest-benchmark): run only when named.
+
+    pytest tests/benchmarks/test_bench_train.py --benchmark-only
+
+- ``tiny`` group: the cold build of ``tiny.toml`` (the naive baseline: retrain everything) and
+  the cached rebuild (hashing only), on the CPU or, when CUDA is present, with QLoRA on the GPU.
+  The ratio cold/cached is in ``extra_info``.
+- ``seed-8b`` group (CUDA only): the seed recipe (QLoRA nf4, r 8, alpha 128, all-linear, batch 2)
+  for ``HARNESS_BENCH_STEPS`` steps (default 30) of SFT and of DPO on a Llama-3-8B-shaped base
+  initialised at random (``HARNESS_BENCH_8B_DIR``, made when absent). Records tokens/s and peak
+  GPU memory, and projects the full seed graph (3 SFT + 6 DPO nodes, 202 examples, 3 epochs).
+  ``HARNESS_BENCH_TOKENIZER`` names a tokenizer folder (a Llama-3 one for realistic lengths).
+  ``HARNESS_BENCH_OUT`` (a folder) receives ``train_bench.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.train import build, load_plan
+
+ROOT = Path(__file__).resolve().parents[2]
+PLANS = ROOT / "fixtures" / "plans"
+RESULTS: dict = {}
+
+
+def _dump() -> None:
+    out = os.environ.get("HARNESS_BENCH_OUT")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "train_bench.json").write_text(json.dumps(RESULTS, indent=1, default=str))
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("fixtures")
+
+
+def test_bench_tiny_cold_build(benchmark, tiny_dir):
+    benchmark.group = "tiny"
+    plan = load_plan(PLANS / "tiny.toml")
+    graph = benchmark.pedantic(lambda: build(plan, fixtures_dir=tiny_dir, progress=False), rounds=1, iterations=1)
+    nodes = {n: {"wall_s": graph.meta(n).get("wall_seconds"), **(graph.meta(n).get("train") or {})}
+             for n in graph.names}
+    RESULTS["tiny_cold"] = {"seconds": benchmark.stats.stats.max, "device": graph.device, "nodes": nodes,
+                            "pretrain_steps": graph.meta("base").get("pretrain_steps"),
+                            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    benchmark.extra_info.update(RESULTS["tiny_cold"])
+    _dump()
+
+
+def test_bench_tiny_cached_build(benchmark, tiny_dir):
+    benchmark.group = "tiny"
+    plan = load_plan(PLANS / "tiny.toml")
+    graph = benchmark.pedantic(lambda: build(plan, fixtures_dir=tiny_dir, progress=False), rounds=3, iterations=1)
+    assert all(graph.is_built(n) for n in graph.names)
+    cached = benchmark.stats.stats.mean
+    cold = RESULTS.get("tiny_cold", {}).get("seconds")
+    RESULTS["tiny_cached"] = {"seconds": cached, "cold_over_cached": cold / cached if cold else None}
+    benchmark.extra_info.update(RESULTS["tiny_cached"])
+    _dump()
+
+
+# ---------------------------------------------------------------------------- 8B-shaped, CUDA
+
+LLAMA3_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                 num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
+                 rope_theta=500000.0, rms_norm_eps=1e-5, bos_token_id=128000, eos_token_id=128009,
+                 tie_word_embeddings=False)
+
+
+def _random_8b(folder: Path) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if (folder / "config.json").is_file():
+        return folder
+    config = LlamaConfig(**LLAMA3_8B)
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.config.dtype = torch.bfloat16
+    model.save_pretrained(str(folder), safe_serialization=True, max_shard_size="5GB")
+    del model
+    torch.cuda.empty_cache()
+    return folder
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (QLoRA on an 8B-shaped base)")
+def test_bench_seed_recipe_8b_shaped(benchmark, tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from harness import data
+    from harness.train.common import SUMMARY_FILE
+    from harness.train.dpo import train_dpo
+    from harness.train.sft import train_sft
+
+    benchmark.group = "seed-8b"
+    steps = int(os.environ.get("HARNESS_BENCH_STEPS", "30"))
+    tmp = tmp_path_factory.mktemp("bench8b")
+    t0 = time.perf_counter()
+    base = _random_8b(Path(os.environ.get("HARNESS_BENCH_8B_DIR", tmp / "llama3-8b-random")))
+    make_s = time.perf_counter() - t0
+    tok_dir = os.environ.get("HARNESS_BENCH_TOKENIZER")
+    if tok_dir:
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    else:  # the tiny tokenizer: ids fit any vocabulary, sequences are shorter than Llama-3's
+        from harness.train.graph import _tiny_texts
+        from harness.train.tiny import make_tiny_tokenizer
+
+        tokenizer = make_tiny_tokenizer(_tiny_texts()[1], 2000)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    plan = load_plan(PLANS / "seed.toml")
+    n_records = len(data.sft_records("d1"))
+
+    def run() -> dict:
+        out = {}
+        for method, train, recs, recipe in (
+            ("sft", train_sft, data.sft_records("d1"), plan.sft),
+            ("dpo", train_dpo, data.dpo_records("d1"), plan.dpo),
+        ):
+            node_dir = tmp / method
+            train(base, tokenizer, recs, replace(recipe, max_steps=steps, logging_steps=5), node_dir, "cuda",
+                  lora=plan.lora, quantize_4bit=True, seed=0, progress=False)
+            out[method] = json.loads((node_dir / SUMMARY_FILE).read_text())
+            shutil.rmtree(node_dir)  # 16 GB of merged weights; the device disk is small
+        return out
+
+    res = benchmark.pedantic(run, rounds=1, iterations=1)
+    full_steps = math.ceil(n_records / plan.sft.batch_size) * int(plan.sft.epochs)
+
+    def node_seconds(s: dict) -> float:  # setup + full training at the measured rate + merge/save
+        return s["setup_s"] + full_steps / s["steps_per_s"] + s["merge_save_s"]
+
+    projection = 3 * node_seconds(res["sft"]) + 6 * node_seconds(res["dpo"])
+    RESULTS["seed_8b"] = {"steps_measured": steps, "full_steps_per_node": full_steps, "make_random_base_s": make_s,
+                          "tokenizer": tok_dir or "tiny", "sft": res["sft"], "dpo": res["dpo"],
+                          "projected_seed_graph_minutes": projection / 60,
+                          "gpu": torch.cuda.get_device_name(0)}
+    benchmark.extra_info.update(RESULTS["seed_8b"])
+    _dump()
+    assert res["sft"]["steps"] == steps and res["dpo"]["steps"] == steps
