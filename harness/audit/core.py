@@ -115,6 +115,21 @@ def _split_marker(text: str, marker: str, i: int) -> int:
     return k + len(marker)
 
 
+def _reply(rec: dict, side: Optional[str], marker: Optional[str]) -> Optional[str]:
+    """The completion's text, as the reference for what must be trained (None when unknown)."""
+    if "messages" in rec:
+        last = rec["messages"][-1] if rec["messages"] else {}
+        return last.get("content") if last.get("role") == "assistant" else None
+    value = rec.get(side or "completion")
+    if isinstance(value, list):
+        return "".join(m.get("content", "") for m in value)
+    if isinstance(value, str):
+        return value
+    if marker is not None and "text" in rec:
+        return rec["text"][rec["text"].rfind(marker) + len(marker):]
+    return None
+
+
 def _injected(tok, rec: dict, i: int, prompt_texts: list[str], specials: set[str]) -> str:
     """Template text in no message, checked on the rendered prompt (where default system prompts,
     dates and replaced messages land); text the template adds after the reply is trained-after-stop."""
@@ -184,7 +199,8 @@ def _run(p: str, tok, info: F.TokenInfo, recs: list[dict], fmt: str, max_length,
     injected = [_injected(tok, r, i, prompt_texts, specials) for i, r in enumerate(recs)]
     out = []
     for s in seqs:
-        hits = F.detect(tok, info, s.ids, s.labels, s.prompt_len, s.ref_prompt_len, s.full)
+        hits = F.detect(tok, info, s.ids, s.labels, s.prompt_len, s.ref_prompt_len, s.full,
+                        reply=_reply(recs[s.index], s.side, marker))
         if injected[s.index]:
             hits.append(F.Hit("template-injects", F.WARNING, [], f"{injected[s.index]!r}"))
         out.append(Audited(p, s, hits))

@@ -176,13 +176,15 @@ def detect(
     prompt_len: Optional[int],
     ref_prompt_len: Optional[int] = None,
     full: Optional[tuple[Sequence[int], Sequence[int]]] = None,
+    reply: Optional[str] = None,
 ) -> list[Hit]:
     """All findings of one trained sequence.
 
     ``prompt_len`` is where the reference says the completion starts (None: unknown, the whole
     sequence counts as completion); ``ref_prompt_len`` is the length of the prompt tokenized
     alone (for ``prefix-mismatch``); ``full`` holds the untruncated ids and labels when the
-    pipeline truncated the sequence.
+    pipeline truncated the sequence; ``reply`` is the completion's text, checked against the
+    decoded trained span independently of the token boundary (whitespace ignored).
     """
     hits: list[Hit] = []
     n = len(ids)
@@ -210,6 +212,8 @@ def detect(
     first_stop = stops[0] if stops else None
     end_text = first_stop if first_stop is not None else n
     cm = [i for i in range(start, end_text) if labels[i] == IGNORE]
+    if not cm and reply and full is None:
+        cm = _reply_masked_before(tok, ids, labels, trained, end_text, reply)
     if cm:
         hits.append(Hit("completion-masked", ERROR, cm, f"{len(cm)} of {end_text - start} completion tokens are masked"))
     trained_stops = [i for i in stops if labels[i] != IGNORE]
@@ -250,6 +254,28 @@ def detect(
         hits.append(Hit("eos-missing", ERROR, [last],
                         f"the trained span ends with {_name(tok, ids[last])}"))
     return hits
+
+
+def _squash(text: str) -> str:
+    return "".join(text.split())
+
+
+def _reply_masked_before(tok, ids, labels, trained, end: int, reply: str) -> list[int]:
+    """Masked positions that hold the start of the reply, when the decoded trained span lacks it.
+
+    The token boundary comes from the pipeline itself, so this checks it from the text side: a
+    generation prompt that swallows the reply's first tokens masks them without any other sign.
+    """
+    want = _squash(reply)
+    first = trained[0]
+    if first >= end or not want:
+        return []
+    if want in _squash(tok.decode([ids[i] for i in range(first, end) if labels[i] != IGNORE])):
+        return []
+    for k in range(first - 1, max(-1, first - 64), -1):
+        if want in _squash(tok.decode(list(ids[k:end]))):
+            return [i for i in range(k, first) if labels[i] == IGNORE]
+    return []
 
 
 def _has_trained_stop(info: TokenInfo, ids: Sequence[int], labels: Sequence[int], start: int, cut: int) -> bool:

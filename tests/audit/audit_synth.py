@@ -34,6 +34,8 @@ WITH_EOS = ("{{ bos_token }}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ 
 NO_BOS = CLEAN.replace("{{ bos_token }}", "")
 DEFAULT_SYSTEM = ("{{ bos_token }}{% if messages[0].role != 'system' %}<|im_start|>system\nYou are a helpful "
                   "assistant made by Example Corp.<|im_end|>{% endif %}" + CLEAN.replace("{{ bos_token }}", ""))
+# The generation prompt already holds the reply's first word: trl's common prefix swallows it.
+SWALLOWS = CLEAN.replace("<|im_start|>assistant\n{% endif %}", "<|im_start|>assistant\nSure{% endif %}")
 FAILS = "{{ raise_exception('this template rejects every conversation') }}"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from audit_synth import (CLEAN, CONV, DEFAULT_SYSTEM, EOT_END, HEADER_AFTER, NEWLINE_AFTER, NO_BOS, NO_END, PAIRS,
-                         WITH_EOS, bpe, conv, seed_text, sp)
+                         SWALLOWS, WITH_EOS, bpe, conv, seed_text, sp)
 from harness.audit import CODES, audit
 
 PREF = [{"prompt": c["prompt"], "chosen": c["completion"],
@@ -45,6 +45,8 @@ CASES = {
                                                                     for c in CONV]), {("prompt-trained", "error")}),
     "completion-masked": (lambda: bpe(CLEAN, pad="。"), dict(pipeline="hf-clm", data=CONV),
                           {("completion-masked", "error"), ("prompt-trained", "error")}),
+    "completion-masked-by-generation-prompt": (
+        lambda: bpe(SWALLOWS), dict(data=[conv(p, "Sure, " + r) for p, r in PAIRS]), {("completion-masked", "error")}),
     "all-masked": (lambda: bpe(CLEAN), dict(data=CONV, max_length=6), {("all-masked", "error")}),
     "prefix-mismatch": (lambda: bpe(CLEAN, add_bos=True), dict(fmt="prompt-completion", data=[{"prompt": "the wor",
                                                                                    "completion": "ld is wide"}]),
