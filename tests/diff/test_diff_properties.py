@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from diff_helpers import random_state, reference, write_checkpoint
 from harness.diff import compare
 
-SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 ARCHS = st.sampled_from(["llama", "neox", "gpt2"])
 SEEDS = st.integers(0, 2**16)
 LAYOUTS = st.sampled_from(["index", "single", "bare"])
