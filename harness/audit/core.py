@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
@@ -45,7 +44,20 @@ def audit(
         PIPELINES.get(p)  # unknown names list the known ones
     if response_marker is not None and fmt != "text":
         raise HarnessError("--response-marker applies to --format text only")
-    tok, name, gen = _load(tokenizer, chat_template, zoo, tokenizer_kwargs)
+    tok, name, gen, old_template = _load(tokenizer, chat_template, zoo, tokenizer_kwargs)
+    try:
+        return _audit(tok, name, gen, fmt=fmt, data=data, pipeline=pipeline, names=names, max_length=max_length,
+                      response_marker=response_marker, generation_eos=generation_eos, limit=limit)
+    finally:
+        if old_template is not _KEEP:
+            tok.chat_template = old_template  # the caller's tokenizer object is left as it was
+
+
+_KEEP = object()
+
+
+def _audit(tok, name: str, gen: list[int], *, fmt, data, pipeline, names, max_length, response_marker,
+           generation_eos, limit) -> AuditReport:
     if generation_eos is not None:
         gen = list(generation_eos)
     check_tokenizer(tok, name)
@@ -72,19 +84,22 @@ def audit(
     return AuditReport(name, pipeline, n_examples, aggregate(audited), audited, notes, tok, info)
 
 
-def _load(tokenizer: Any, chat_template, zoo, kwargs) -> tuple[Any, str, list[int]]:
+def _load(tokenizer: Any, chat_template, zoo, kwargs) -> tuple[Any, str, list[int], Any]:
+    """The tokenizer, its name, its generation EOS ids, and the template to restore afterwards."""
+    old: Any = _KEEP
     if isinstance(tokenizer, (str, Path)):
         where = resolve_tokenizer(tokenizer, zoo)
         tok = load_tokenizer(tokenizer, zoo, **(kwargs or {}))
         name, gen = str(tokenizer), generation_eos_ids(where)
     else:
         tok, name, gen = tokenizer, getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__, []
-        if chat_template is not None:
-            tok = copy.deepcopy(tok)  # do not change the caller's tokenizer
     if chat_template is not None:
         text = str(chat_template)
-        tok.chat_template = text if ("{%" in text or "{{" in text) else read_template(text)
-    return tok, name, gen
+        text = text if ("{%" in text or "{{" in text) else read_template(text)
+        if not isinstance(tokenizer, (str, Path)):
+            old = tok.chat_template
+        tok.chat_template = text
+    return tok, name, gen, old
 
 
 def _records(data, fmt: str, tok, limit: Optional[int]) -> list[dict]:

@@ -121,14 +121,16 @@ def load_records(path: Union[str, Path], fmt: str) -> list[dict]:
     from harness.data import load_jsonl
 
     rows = load_jsonl(path, REQUIRED[fmt], id_field=None)
-    for lineno, row in enumerate(rows, start=1):
+    text = Path(path).read_text(encoding="utf-8").splitlines()
+    line_numbers = [n for n, line in enumerate(text, start=1) if line.strip()]
+    for lineno, row in zip(line_numbers, rows):
         for key in ("prompt", "completion", "messages", "chosen", "rejected"):
             val = row.get(key)
             if isinstance(val, list):
                 for m in val:
                     if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-                        raise LoadError(f"{path}: row {lineno}: field {key!r} must be a list of "
-                                        "{{role, content}} messages")
+                        raise LoadError(f"{path}:{lineno}: field {key!r} must be a list of "
+                                        "{role, content} messages")
     return rows
 
 

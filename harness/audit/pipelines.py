@@ -118,6 +118,7 @@ def _trainer(kind: str, job: Job, first: list[dict], max_length: Optional[int]):
     from datasets import Dataset
 
     ds = Dataset.from_list(first)
+    old_pad = job.tok.pad_token  # the trainers set pad = eos on the tokenizer; it is put back below
     if kind == "sft":
         from trl import SFTConfig, SFTTrainer
 
@@ -129,6 +130,8 @@ def _trainer(kind: str, job: Job, first: list[dict], max_length: Optional[int]):
         args = DPOConfig(**_common_args(), max_length=max_length)
         trainer = DPOTrainer(model=_tiny_model(job.tok), ref_model=_tiny_model(job.tok), args=args,
                              train_dataset=ds, processing_class=job.tok)
+    if old_pad is None:
+        job.tok.pad_token = None
     if len(_TRAINERS) > 32:
         _TRAINERS.clear()
     _TRAINERS[key] = (job.tok, trainer)
@@ -227,9 +230,18 @@ def hf_clm(job: Job) -> list[Trained]:
     from transformers import DataCollatorForLanguageModeling
 
     tok = job.tok
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    collator = DataCollatorForLanguageModeling(tokenizer=tok, mlm=False)
+    had_pad = tok.pad_token is not None
+    if not had_pad:
+        tok.pad_token = tok.eos_token  # put back below: the caller's tokenizer is left as it was
+    try:
+        return _hf_clm(job, DataCollatorForLanguageModeling(tokenizer=tok, mlm=False))
+    finally:
+        if not had_pad:
+            tok.pad_token = None
+
+
+def _hf_clm(job: Job, collator) -> list[Trained]:
+    tok = job.tok
     full_ids = [_clm_ids(tok, r) for r in job.records]
     cut = job.max_length
     out: list[Trained] = []

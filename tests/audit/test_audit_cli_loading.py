@@ -131,3 +131,11 @@ def trained_text_of(report, seq):
     from harness.audit import trained_text
 
     return trained_text(report.tok, seq)
+
+
+def test_the_callers_tokenizer_is_left_as_it_was():
+    tok = bpe(CLEAN)
+    assert tok.pad_token is None
+    for pipeline in ("trl-sft", "hf-clm"):
+        audit(tok, data=CONV, pipeline=pipeline, chat_template=NO_END)
+        assert tok.pad_token is None and tok.chat_template == CLEAN
