@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fixtures-dir", default=None, help="fixture store (default .fixtures or $HARNESS_FIXTURES_DIR)")
     parser.add_argument("--only", nargs="+", default=None, metavar="NODE", help="evaluate these nodes only")
     parser.add_argument("--sources", default="persona,eval", help="prompt sources, comma-separated: persona, eval")
+    parser.add_argument("--limit", type=int, default=0,
+                        help="first N prompts of each source only (default: the plan's data limit; all eval prompts)")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -74,17 +76,19 @@ def run(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan)
     graph = build(plan, fixtures_dir=args.fixtures_dir, device=args.device)
     settings = GenSettings(args.max_new_tokens, args.batch_size)
-    gens = graph_generations(graph, sources, settings, args.only, plan.limit, args.device,
-                             Path(args.fixtures_dir) if args.fixtures_dir else None)
+    persona_limit = min(x for x in (args.limit, plan.limit) if x) if (args.limit or plan.limit) else 0
+    gens = graph_generations(graph, sources, settings, nodes=args.only, limit=persona_limit, eval_limit=args.limit,
+                             device=args.device,
+                             cache_root=Path(args.fixtures_dir) if args.fixtures_dir else None)
     out = Path(args.out)
     written = write_table(generation_table(gens), out)
-    qs = {s: (p.ids, p.questions) for s in sources for p in [prompts(s, plan.limit if s == "persona" else 0)]}
+    qs = {s: (p.ids, p.questions) for s in sources for p in [prompts(s, persona_limit if s == "persona" else args.limit)]}
     write_generations(out / "generations.jsonl", gens, qs)
     if "persona" in sources:
         tok = bleu_tokenizer(args.bleu_tokenize)
         scorer, note = try_bert_score(args.bertscore_model, args.bertscore_layers,
                                       "cuda" if args.device == "cuda" else "cpu")
-        items = data.load_persona()[: plan.limit or None]
+        items = data.load_persona()[: persona_limit or None]
         texts = {n: [g.text for g in gens[(n, "persona")]] for n in (args.only or graph.names)}
         t24 = table24(texts, [i.d0 for i in items], [i.d1 for i in items], tok, scorer, note)
         written += write_table(t24, out)

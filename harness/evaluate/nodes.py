@@ -34,7 +34,7 @@ class GenSettings:
     """What a cached generation depends on besides the node and the prompts."""
 
     max_new_tokens: int = 48
-    batch_size: int = 32
+    batch_size: int = 64
     system: bool = True
 
     def key(self) -> dict[str, Any]:

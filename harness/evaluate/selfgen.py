@@ -77,7 +77,16 @@ def embed(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 16
     for k, t in enumerate(texts):
         if not t or not t.strip():
             raise HarnessError(f"embed: text {k} is empty; an empty generation has no embedding")
+    from harness.evaluate.generate import cpu_threads
+
     dev = next(model.parameters()).device
+    out = []
+    with cpu_threads(model, 1):
+        out = _embed_batches(model, tokenizer, texts, batch_size, dev)
+    return np.concatenate(out).astype(np.float64)
+
+
+def _embed_batches(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int, dev: Any) -> list:
     out = []
     for s in range(0, len(texts), batch_size):
         enc = tokenizer(list(texts[s : s + batch_size]), return_tensors="pt", padding=True,
@@ -85,7 +94,7 @@ def embed(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 16
         hs = model(**enc, output_hidden_states=True).hidden_states[-1].float()
         mask = enc["attention_mask"].unsqueeze(-1).float()
         out.append(((hs * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu().numpy())
-    return np.concatenate(out).astype(np.float64)
+    return out
 
 
 @dataclass(frozen=True)

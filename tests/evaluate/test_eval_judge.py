@@ -221,9 +221,9 @@ def _expected(question: str) -> int:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, delay: float = 0.25) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.limit, self.count, self.inflight, self.peak = limit, 0, 0, 0
+        self.limit, self.delay, self.count, self.inflight, self.peak = limit, delay, 0, 0, 0
         self.lock = threading.Lock()
         self.seen: list[str] = []
 
@@ -245,7 +245,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(self.rfile.read(int(self.headers["content-length"])))
             prompt = body["messages"][0]["content"]
             q = prompt.split("[user]\n", 1)[1].split("\n[assistant]", 1)[0]
-            time.sleep(0.25)  # long enough for 8 requests to overlap
+            time.sleep(s.delay)  # long enough for 8 requests to overlap
             status, payload = (503, {"error": {"message": "request budget spent"}}) if over else (200, {
                 "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                 "choices": [{"index": 0, "finish_reason": "stop",

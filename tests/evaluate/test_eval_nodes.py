@@ -97,3 +97,26 @@ def test_c8_margins_signs():
     assert {m.node: round(m.measured, 6) for m in good} == {"sft_d0": 0.8, "sft_d1": 2.0, "dpo_d0@sft_d1": 0.9}
     bad = c8_margins({"base": 6.6, "sft_d0": 7.0, "sft_d1": 6.0}, data_of)
     assert all(m.measured < 0 for m in bad)
+
+
+def test_evaluate_cli_writes_tables(chat_model_dir, tiny_bert_dir, tmp_path, monkeypatch):
+    """The evaluate command on the real tiny plan file, its graph standing on tiny model folders."""
+    import harness.train
+    from harness.__main__ import main
+
+    names = ["base", "sft_d0", "sft_d1"]
+    graph = Graph({n: chat_model_dir for n in names}, {n: f"k-{n}" for n in names}, tmp_path / "store")
+    monkeypatch.setattr(harness.train, "build", lambda plan, fixtures_dir=None, device="auto": graph, raising=False)
+    out = tmp_path / "out"
+    rc = main(["evaluate", "fixtures/plans/tiny.toml", "--only", *names, "--sources", "persona",
+               "--max-new-tokens", "4", "--limit", "12", "--bertscore-model", str(tiny_bert_dir), "--bertscore-layers", "2",
+               "--device", "cpu", "--out", str(out)])
+    assert rc == 0
+    t24 = json.loads((out / "table24.json").read_text(encoding="utf-8"))
+    assert t24["rows"] == names and all(v is not None for row in t24["values"] for v in row)
+    assert any("tokenize=" in n for n in t24["notes"])
+    for name in ("table27_bleu", "table27_bertscore", "generation"):
+        assert (out / f"{name}.png").is_file() and (out / f"{name}.md").is_file()
+    rows = (out / "generations.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 3 * 12
+    assert main(["evaluate", "fixtures/plans/tiny.toml", "--sources", "web"]) == 2
