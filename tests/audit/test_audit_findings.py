@@ -114,3 +114,12 @@ def test_trl_appends_eos_to_text_completions_but_hf_clm_does_not():
     data = [seed_text(p, r, eos=False) for p, r in PAIRS]
     assert audit(tok, fmt="text", data=data, response_marker="[/INST]").codes == {"double-bos"}
     assert audit(tok, fmt="text", data=data, pipeline="hf-clm").codes == {"double-bos", "eos-missing"}
+
+
+def test_plain_text_preference_pairs_get_trls_eos_per_side():
+    tok = sp()
+    data = [{"prompt": f"[INST] {p} [/INST]", "chosen": f" {r}", "rejected": " no."} for p, r in PAIRS]
+    report = audit(tok, fmt="preference", data=data, pipeline="trl-dpo")
+    assert report.findings == [], [f.to_dict() for f in report.findings]
+    for a in report.sequences:  # trl appends the EOS to each side, and trains it
+        assert a.seq.ids[-1] == tok.eos_token_id and a.seq.labels[-1] == tok.eos_token_id
