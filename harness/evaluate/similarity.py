@@ -159,8 +159,20 @@ def table27(gens: Mapping[str, Sequence[str]], tokenize: str, scorer: Optional[B
                  "(row = hypothesis, column = reference)", names, names, values, _notes(tokenize, scorer, bert_note))
 
 
+def tokenizer_signature(tokenize: str) -> str:
+    """``ja-mecab`` with its MeCab/dictionary version (``ja-mecab-0.996-IPA``), else the name."""
+    if tokenize == "ja-mecab":
+        try:
+            from sacrebleu.tokenizers.tokenizer_ja_mecab import TokenizerJaMecab
+
+            return f"ja-mecab ({TokenizerJaMecab().signature()})"
+        except Exception:
+            pass
+    return tokenize
+
+
 def _notes(tokenize: str, scorer: Optional[BertScore], bert_note: str) -> list[str]:
-    notes = [f"BLEU: sacrebleu corpus BLEU / 100, tokenize={tokenize}"]
+    notes = [f"BLEU: sacrebleu corpus BLEU / 100, tokenize={tokenizer_signature(tokenize)}"]
     notes.append(f"BERTScore: F1, model {scorer.label}" if scorer else (bert_note or "BERTScore off"))
     return notes
 

@@ -33,6 +33,15 @@ def test_char_tokenization_matters_for_japanese():
     assert bleu(hyp, ref, tokenize="char") > 0.5
 
 
+def test_ja_mecab_when_installed():
+    if bleu_tokenizer("auto") != "ja-mecab":
+        pytest.skip("sacrebleu[ja] (MeCab + ipadic) is not installed: the char fallback is tested instead")
+    hyp, ref = ["今日はとても良い天気ですね。"], ["今日はとても良い天気ですわね。"]
+    assert 0.3 < bleu(hyp, ref, tokenize="ja-mecab") < 1.0
+    t = table24({"a": hyp}, ref, ref, "ja-mecab", None)
+    assert "tokenize=ja-mecab (ja-mecab-" in t.markdown()
+
+
 def test_bleu_tokenizer_choice():
     assert bleu_tokenizer("char") == "char"
     assert bleu_tokenizer("auto") in ("ja-mecab", "char")
