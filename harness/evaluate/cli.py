@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if bad or not sources:
         raise HarnessError(f"--sources: unknown source(s) {bad or sources}; known: {', '.join(SOURCES)}")
     plan = load_plan(args.plan)
-    graph = build(plan, fixtures_dir=args.fixtures_dir, device=args.device)
+    graph = build(plan, fixtures_dir=args.fixtures_dir, device=args.device, only=args.only)
     settings = GenSettings(args.max_new_tokens, args.batch_size)
     persona_limit = min(x for x in (args.limit, plan.limit) if x) if (args.limit or plan.limit) else 0
     gens = graph_generations(graph, sources, settings, nodes=args.only, limit=persona_limit, eval_limit=args.limit,

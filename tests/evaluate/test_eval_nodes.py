@@ -106,7 +106,7 @@ def test_evaluate_cli_writes_tables(chat_model_dir, tiny_bert_dir, tmp_path, mon
 
     names = ["base", "sft_d0", "sft_d1"]
     graph = Graph({n: chat_model_dir for n in names}, {n: f"k-{n}" for n in names}, tmp_path / "store")
-    monkeypatch.setattr(harness.train, "build", lambda plan, fixtures_dir=None, device="auto": graph, raising=False)
+    monkeypatch.setattr(harness.train, "build", lambda plan, **kw: graph, raising=False)
     out = tmp_path / "out"
     rc = main(["evaluate", "fixtures/plans/tiny.toml", "--only", *names, "--sources", "persona",
                "--max-new-tokens", "4", "--limit", "12", "--bertscore-model", str(tiny_bert_dir), "--bertscore-layers", "2",
