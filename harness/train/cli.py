@@ -16,6 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--only", action="append", metavar="NODE", help="build only this node (and its ancestors); repeatable")
     b.add_argument("--rebuild", action="store_true", help="retrain the --only nodes, or every trained node")
     b.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    b.add_argument("--jobs", type=int, default=None, help="nodes trained at once (default: up to 5 on CUDA for the tiny base, else 1)")
     b.add_argument("--variant", default=None, help="apply the plan's [variants.NAME] table")
     b.add_argument("--seed", type=int, default=None, help="override the plan's training seed")
     b.add_argument("--fixtures-dir", default=None, help="cache folder (default .fixtures/ or $HARNESS_FIXTURES_DIR)")
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         for name in args.only or []:
             plan.node(name)
         graph = build(plan, fixtures_dir=args.fixtures_dir, device=args.device, only=args.only,
-                      rebuild=args.rebuild, progress=not args.quiet)
+                      rebuild=args.rebuild, progress=not args.quiet, jobs=args.jobs)
         for name in graph.names:
             if graph.is_built(name):
                 print(f"{name:16s} {graph.key(name)[:16]}  {graph.path(name)}")

@@ -145,8 +145,8 @@ def plan_keys(plan: Plan, device: str, base_identity: dict | None = None) -> tup
 
 # ---------------------------------------------------------------------------- the walk
 
-def _choose_threads() -> None:
-    """On a busy shared CPU, fewer torch threads than cores is much faster (no spin-waiting)."""
+def _choose_threads(jobs: int = 1) -> None:
+    """Split the cores between ``jobs`` builders; on a busy shared CPU use fewer threads (no spin-waiting)."""
     import torch
 
     if torch.cuda.is_available():
@@ -156,14 +156,25 @@ def _choose_threads() -> None:
         busy = os.getloadavg()[0]
     except OSError:
         busy = 0.0
-    torch.set_num_threads(max(1, min(cores, int(cores - busy + 0.5)) if busy > 0.5 else cores))
+    free = int(cores - busy + 0.5) if busy > 0.5 else cores
+    torch.set_num_threads(max(1, min(cores, free) // max(1, jobs)))
+
+
+def default_jobs(device: str) -> int:
+    """Nodes built at once: several on a GPU (a tiny trainer is launch-bound and leaves it idle), one on
+    a CPU (each worker pays ~20 s of imports, which small CPUs do not win back)."""
+    cores = os.cpu_count() or 1
+    return min(5, max(1, cores // 3)) if device == "cuda" else 1
 
 
 def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "auto",
-          only: str | Iterable[str] | None = None, rebuild: bool = False, progress: bool = True) -> Graph:
+          only: str | Iterable[str] | None = None, rebuild: bool = False, progress: bool = True,
+          jobs: int | None = None) -> Graph:
     """Build every missing node of ``plan`` (or ``only`` those nodes and their ancestors).
 
     ``rebuild`` retrains the named nodes (``only``) or, without ``only``, every trained node.
+    ``jobs`` nodes whose parents are done train at once in worker processes (default: see
+    :func:`default_jobs`; 1 builds in this process with per-trainer progress bars).
     Returns the :class:`Graph`; cached nodes cost nothing but hashing.
     """
     from tqdm.auto import tqdm
@@ -183,20 +194,71 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
     for name in wanted_names:
         wanted.update(plan.ancestors(name))
     forced = set(wanted_names) if (rebuild and only is not None) else (set(plan.names) if rebuild else set())
-    todo = [n for n in plan.nodes if n.name in wanted
+    todo = [n.name for n in plan.nodes if n.name in wanted
             and not (n.method == "base" and base_dir is not None)
             and (n.name in forced or not store.is_complete(n.name, keys[n.name]))]
     if not todo:
         return graph
-    _choose_threads()
-    bar = tqdm(todo, desc=f"fixtures {plan.name}", unit="node", disable=not progress)
-    for node in bar:
-        bar.set_postfix(node=node.name)
-        with store.lock(node.name, keys[node.name]):
-            # Another process may have built it while this one waited for the lock.
-            if node.name in forced or not store.is_complete(node.name, keys[node.name]):
-                _build_node(graph, node.name, inputs[node.name], progress)
+    jobs = default_jobs(device) if jobs is None else max(1, int(jobs))
+    if device == "cuda" and plan.base != "tiny":
+        jobs = 1  # one 8B QLoRA trainer already needs its GPU
+    jobs = min(jobs, len(todo))
+    bar = tqdm(total=len(todo), desc=f"fixtures {plan.name}", unit="node", disable=not progress)
+    if jobs == 1:
+        _choose_threads(1)
+        for name in todo:
+            bar.set_postfix(node=name)
+            _locked_build(graph, name, inputs[name], name in forced, progress)
+            bar.update()
+    else:
+        _build_parallel(graph, todo, inputs, forced, jobs, bar)
+    bar.close()
     return graph
+
+
+def _locked_build(graph: Graph, name: str, key_inputs: dict, forced: bool, progress: bool) -> None:
+    key = graph.key(name)
+    with graph.store.lock(name, key):
+        # Another process may have built it while this one waited for the lock.
+        if forced or not graph.store.is_complete(name, key):
+            _build_node(graph, name, key_inputs, progress)
+
+
+def _worker_init(jobs: int) -> None:
+    """Die with the parent (a SIGKILLed build leaves no orphans) and share the cores."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    _choose_threads(jobs)
+
+
+def _build_parallel(graph: Graph, todo: list[str], inputs: dict, forced: set[str], jobs: int, bar: Any) -> None:
+    """Run ready nodes (parent finished) in ``jobs`` spawned worker processes."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    pending = list(todo)
+    done = {n for n in graph.names if n not in todo}
+    running: dict[Any, str] = {}
+    ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=(jobs,)) as pool:
+        while pending or running:
+            for name in list(pending):
+                parent = graph.plan.node(name).parent
+                if len(running) < jobs and (parent is None or parent in done):
+                    running[pool.submit(_locked_build, graph, name, inputs[name], name in forced, False)] = name
+                    pending.remove(name)
+            bar.set_postfix(running=",".join(sorted(running.values())))
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in finished:
+                name = running.pop(fut)
+                fut.result()  # re-raises a worker's error
+                done.add(name)
+                bar.update()
 
 
 def _build_node(graph: Graph, name: str, key_inputs: dict, progress: bool) -> Path:

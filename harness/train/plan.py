@@ -12,7 +12,6 @@ import dataclasses
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Mapping
 
 if sys.version_info >= (3, 11):
@@ -31,8 +30,20 @@ class PlanError(LoadError):
     """A plan file is malformed; the message names the file and the field."""
 
 
+class FrozenDict(dict):
+    """A read-only dict that pickles (plans travel to build worker processes)."""
+
+    def _readonly(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("plan tables are read-only; use Plan.variant() or dataclasses.replace()")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _readonly  # type: ignore[assignment]
+
+    def __reduce__(self):
+        return (FrozenDict, (dict(self),))
+
+
 def _freeze(d: Mapping[str, Any]) -> Mapping[str, Any]:
-    return MappingProxyType(dict(d))
+    return FrozenDict({k: _freeze(v) if isinstance(v, dict) else v for k, v in d.items()})
 
 
 @dataclass(frozen=True)
