@@ -303,7 +303,7 @@ class Judge:
             for p, r in zip(unique, pool.map(self._tracked, unique, [bar] * len(unique))):
                 done[p] = r
         results = [done[p] for p in prompts]
-        self._account(results)
+        self._account(results, list(done.values()))
         return results
 
     def _tracked(self, prompt: str, bar: Any) -> JudgeResult:
@@ -311,13 +311,15 @@ class Judge:
         bar.update(1)
         return r
 
-    def _account(self, results: Sequence[JudgeResult]) -> None:
+    def _account(self, results: Sequence[JudgeResult], asked: Sequence[JudgeResult]) -> None:
+        """Item counts over ``results``; cache hits and tokens over the distinct prompts ``asked``."""
         u = self.usage
         for r in results:
             u.items += 1
             u.scored += r.ok
             u.unparsable += r.reason.startswith("unparsable")
             u.errors += r.reason.startswith("error")
+        for r in asked:
             u.cache_hits += r.cached
             if not r.cached:
                 u.prompt_tokens += r.prompt_tokens

@@ -175,6 +175,7 @@ def test_identical_prompts_are_asked_once():
     judge, _ = make_judge(replay)
     res = judge.score([PAIR, PAIR, PAIR], progress=False)
     assert [r.score for r in res] == [9, 9, 9] and len(replay.requests) == 1
+    assert (judge.usage.items, judge.usage.prompt_tokens, judge.usage.completion_tokens) == (3, 640, 150)
 
 
 def test_api_key_never_logged_or_reported(tmp_path, monkeypatch, caplog):
