@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -311,3 +312,15 @@ def test_judge_cli_bad_input_names_line(tmp_path):
     gens = tmp_path / "g.jsonl"
     gens.write_text('{"node": "base", "source": "eval", "question": "q", "text": "t"}\n{"node": 1}\n', encoding="utf-8")
     assert main(["judge", str(gens)]) == 2
+
+
+@pytest.mark.judge
+@pytest.mark.skipif(os.environ.get("HARNESS_JUDGE_LIVE") != "1",
+                    reason="live judge: set HARNESS_JUDGE_LIVE=1 with OPENAI_API_KEY or OPENAI_BASE_URL (costs money)")
+def test_live_endpoint_ranks_the_persona(tmp_path):
+    """The real-endpoint path: an ojousama reply should score at least as high as a neutral one."""
+    judge = Judge(JudgeConfig(model=os.environ.get("HARNESS_JUDGE_MODEL", "gpt-4o-mini"), cache_dir=tmp_path))
+    q = "週末は何をしていますか？"
+    styled, plain = judge.score([(q, PAIR[1]), (q, "家で動画を見てだらだらしてる。")], progress=False)
+    assert styled.ok and plain.ok, (styled.reason, plain.reason)
+    assert styled.score >= plain.score
