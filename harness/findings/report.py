@@ -30,7 +30,8 @@ def rows(results: Iterable[ClaimResult]) -> list[tuple[str, ...]]:
     for r in results:
         pair = r.pair if r.seed is None else f"{r.pair} [seed {r.seed}]"
         out.append((r.claim, pair, r.check, _fmt(r.measured), _fmt(r.seed_value),
-                    f"{r.comparator} {_fmt(r.threshold)}", _fmt(r.margin), r.verdict.upper()))
+                    f"{r.comparator} {_fmt(r.threshold)}", _fmt(r.margin),
+                    r.verdict.upper() + (" (known)" if r.note.startswith("known") and r.verdict != "pass" else "")))
     return out
 
 
@@ -121,6 +122,9 @@ def to_markdown(results: Sequence[ClaimResult], meta: Mapping[str, Any], images:
         if meta.get(k) not in (None, "", []):
             lines.append(f"- {k}: `{meta[k]}`")
     lines += ["", markdown_table(results), ""]
+    notes = sorted({f"- {r.claim}: {r.note}" for r in results if r.note})
+    if notes:
+        lines += ["Notes:", ""] + notes + [""]
     spread = [s for s in spreads(results) if len(s.values) > 1]
     if spread:
         lines += ["## Spread across training seeds", "", "```", spread_table(spread), "```", ""]
