@@ -29,7 +29,6 @@ import string
 import tempfile
 import threading
 import time
-import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -47,7 +46,9 @@ PRICES_PER_MTOK: dict[str, tuple[float, float]] = {
     "gpt-4o": (2.50, 10.00),
     "gpt-4o-2024-08-06": (2.50, 10.00),
 }
-_LONE_INT = re.compile(r"^[*_`\s]*([+-]?\d+)[*_`\s]*$")
+_LONE_INT = re.compile(r"^[*_`\s]*([+-]?[0-9]+)[*_`\s]*$")
+#: Full-width digits and signs (a Japanese reply may write ８) map to ASCII; no other digit counts.
+_FULLWIDTH = str.maketrans("０１２３４５６７８９＋－", "0123456789+-")
 
 
 @dataclass(frozen=True)
@@ -152,12 +153,13 @@ class Rubric:
 def parse_score(reply: str) -> tuple[Optional[int], str]:
     """``(score, "")`` from the last lone-integer line of ``reply``, or ``(None, why)``.
 
-    Lines are NFKC-normalised (full-width ８ is 8) and may carry markdown emphasis (``**8**``).
+    Full-width digits count (８ is 8), no other script's digits do, and a line may carry markdown
+    emphasis (``**8**``).
     The seed asks for the score twice; when the last two lone-integer lines disagree the reply
     is flagged rather than one of them guessed.
     """
     ints = []
-    for line in unicodedata.normalize("NFKC", reply or "").splitlines():
+    for line in (reply or "").translate(_FULLWIDTH).splitlines():
         m = _LONE_INT.match(line)
         if m and line.strip():
             ints.append(int(m.group(1)))

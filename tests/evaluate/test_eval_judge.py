@@ -324,3 +324,20 @@ def test_live_endpoint_ranks_the_persona(tmp_path):
     styled, plain = judge.score([(q, PAIR[1]), (q, "家で動画を見てだらだらしてる。")], progress=False)
     assert styled.ok and plain.ok, (styled.reason, plain.reason)
     assert styled.score >= plain.score
+
+
+from hypothesis import example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.text(max_size=200), st.integers(1, 10))
+def test_parse_score_takes_the_repeated_final_score(prefix, k):
+    assert parse_score(f"{prefix}\n{k}\n{k}") == (k, "")
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_characters="0123456789０１２３４５６７８９"), max_size=200))
+@example("②\n²\n٣")  # circled, superscript and Arabic-Indic digits are not scores
+def test_parse_score_never_guesses_without_digits(reply):
+    assert parse_score(reply)[0] is None
