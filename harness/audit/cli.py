@@ -33,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="audit only the first N examples")
     parser.add_argument("--zoo", metavar="DIR",
                         help="tokenizer zoo folder (default: $HARNESS_TOKENIZER_ZOO or ../shared/tokenizers)")
+    parser.add_argument("--assistant-only-loss", action="store_true",
+                        help="trl-sft with SFTConfig(assistant_only_loss=True) (conversational/messages data)")
     parser.add_argument("--split-special-tokens", action="store_true",
                         help="load the tokenizer with split_special_tokens=True (special texts become pieces)")
 
@@ -61,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     with err.status(f"auditing {args.tokenizer} ({args.pipeline}, {args.fmt})…"):
         report = audit(args.tokenizer, chat_template=args.chat_template, fmt=args.fmt, data=args.data,
                        pipeline=args.pipeline, max_length=args.max_length, response_marker=args.response_marker,
-                       zoo=args.zoo, tokenizer_kwargs=kwargs, limit=args.limit)
+                       zoo=args.zoo, tokenizer_kwargs=kwargs, limit=args.limit,
+                       assistant_only_loss=args.assistant_only_loss)
     if args.json:
         _write_json(report.to_dict(), args.json)
     if args.json != "-":

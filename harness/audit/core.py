@@ -29,6 +29,7 @@ def audit(
     tokenizer_kwargs: Optional[dict] = None,
     generation_eos: Optional[Iterable[int]] = None,
     limit: Optional[int] = None,
+    assistant_only_loss: bool = False,
 ) -> AuditReport:
     """Audit what ``pipeline`` trains on for ``tokenizer`` and a dataset.
 
@@ -36,6 +37,8 @@ def audit(
     ``chat_template`` is a Jinja file path or the template text itself. ``data`` is a JSONL path
     or a list of records in ``fmt`` (default: the persona fixtures). ``max_length=None`` keeps
     trl's own default. ``response_marker`` (text format) marks where the reply begins.
+    ``assistant_only_loss`` sets trl's SFTConfig option (conversational/messages data; the
+    template's ``{% generation %}`` blocks decide what is trained).
     """
     if fmt not in FORMATS:
         raise HarnessError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
@@ -44,10 +47,13 @@ def audit(
         PIPELINES.get(p)  # unknown names list the known ones
     if response_marker is not None and fmt != "text":
         raise HarnessError("--response-marker applies to --format text only")
+    if assistant_only_loss and fmt not in ("conversational", "messages"):
+        raise HarnessError("assistant_only_loss applies to conversational or messages data only")
     tok, name, gen, old_template = _load(tokenizer, chat_template, zoo, tokenizer_kwargs)
     try:
         return _audit(tok, name, gen, fmt=fmt, data=data, pipeline=pipeline, names=names, max_length=max_length,
-                      response_marker=response_marker, generation_eos=generation_eos, limit=limit)
+                      response_marker=response_marker, generation_eos=generation_eos, limit=limit,
+                      assistant_only_loss=assistant_only_loss)
     finally:
         if old_template is not _KEEP:
             tok.chat_template = old_template  # the caller's tokenizer object is left as it was
@@ -57,7 +63,7 @@ _KEEP = object()
 
 
 def _audit(tok, name: str, gen: list[int], *, fmt, data, pipeline, names, max_length, response_marker,
-           generation_eos, limit) -> AuditReport:
+           generation_eos, limit, assistant_only_loss) -> AuditReport:
     if generation_eos is not None:
         gen = list(generation_eos)
     check_tokenizer(tok, name)
@@ -80,7 +86,8 @@ def _audit(tok, name: str, gen: list[int], *, fmt, data, pipeline, names, max_le
                 raise HarnessError(f"format preference needs pipeline trl-dpo, not {p}")
             notes.append(f"{p} skipped: preference data trains only through trl-dpo")
             continue
-        audited += _run(p, tok, info, recs, rfmt, max_length, response_marker)
+        audited += _run(p, tok, info, recs, rfmt, max_length, response_marker,
+                        assistant_only_loss and p == "trl-sft")
     return AuditReport(name, pipeline, n_examples, aggregate(audited), audited, notes, tok, info)
 
 
@@ -200,11 +207,12 @@ def _trl_records(recs: list[dict], pipeline: str, marker: Optional[str]) -> list
     return out
 
 
-def _run(p: str, tok, info: F.TokenInfo, recs: list[dict], fmt: str, max_length, marker) -> list[Audited]:
+def _run(p: str, tok, info: F.TokenInfo, recs: list[dict], fmt: str, max_length, marker,
+         assistant_only_loss: bool = False) -> list[Audited]:
     import jinja2
 
     refs, prompt_texts = _ref_prompts(tok, recs, marker)
-    job = Job(tok, _trl_records(recs, p, marker), max_length, refs)
+    job = Job(tok, _trl_records(recs, p, marker), max_length, refs, assistant_only_loss)
     try:
         seqs = PIPELINES.get(p)(job)
     except jinja2.TemplateError as e:

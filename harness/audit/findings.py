@@ -42,8 +42,9 @@ _code("eos-split", ERROR, "the EOS text appears in the trained labels as ordinar
       "the tokenizer does not parse the EOS text as a special token: append tokenizer.eos_token_id "
       "to the ids instead of the text, or load the tokenizer without split_special_tokens")
 _code("eos-masked", ERROR, "the stop token is present but its label is -100",
-      "pad == eos makes the collator mask the EOS: set a distinct pad token "
-      "(tokenizer.pad_token = an unused special token) or build labels before padding")
+      "pad == eos makes the collator mask the EOS: set a distinct pad token (an unused special "
+      "token) or build labels before padding; with assistant_only_loss, put the end-of-turn token "
+      "inside the template's {% generation %} block")
 _code("stop-not-generation-eos", ERROR,
       "the trained stop token is not one that generation stops on",
       "add the trained end-of-turn token to generation_config.eos_token_id (or set "

@@ -48,6 +48,7 @@ class Job:
     records: list[dict]  # trl records: text | prompt/completion | messages | prompt/chosen/rejected
     max_length: Optional[int]
     ref_prompts: list[Optional[list[int]]]  # reference prompt ids per record (None: unknown)
+    assistant_only_loss: bool = False  # SFTConfig(assistant_only_loss=True): {% generation %} masks
 
 
 PIPELINES: Registry[Callable[[Job], list[Trained]]] = Registry("pipeline")
@@ -111,7 +112,7 @@ def default_max_length(kind: str) -> Optional[int]:
 
 def _trainer(kind: str, job: Job, first: list[dict], max_length: Optional[int]):
     """The cached trl trainer for this tokenizer, record kind and max_length."""
-    key = (kind, id(job.tok), tuple(sorted(first[0])), max_length)
+    key = (kind, id(job.tok), tuple(sorted(first[0])), max_length, job.assistant_only_loss)
     hit = _TRAINERS.get(key)
     if hit is not None and hit[0] is job.tok:
         return hit[1]
@@ -119,17 +120,22 @@ def _trainer(kind: str, job: Job, first: list[dict], max_length: Optional[int]):
 
     ds = Dataset.from_list(first)
     old_pad = job.tok.pad_token  # the trainers set pad = eos on the tokenizer; it is put back below
-    if kind == "sft":
-        from trl import SFTConfig, SFTTrainer
+    try:
+        if kind == "sft":
+            from trl import SFTConfig, SFTTrainer
 
-        args = SFTConfig(**_common_args(), max_length=max_length, shuffle_dataset=False)
-        trainer = SFTTrainer(model=_tiny_model(job.tok), args=args, train_dataset=ds, processing_class=job.tok)
-    else:
-        from trl import DPOConfig, DPOTrainer
+            args = SFTConfig(**_common_args(), max_length=max_length, shuffle_dataset=False,
+                             assistant_only_loss=job.assistant_only_loss)
+            trainer = SFTTrainer(model=_tiny_model(job.tok), args=args, train_dataset=ds, processing_class=job.tok)
+        else:
+            from trl import DPOConfig, DPOTrainer
 
-        args = DPOConfig(**_common_args(), max_length=max_length)
-        trainer = DPOTrainer(model=_tiny_model(job.tok), ref_model=_tiny_model(job.tok), args=args,
-                             train_dataset=ds, processing_class=job.tok)
+            args = DPOConfig(**_common_args(), max_length=max_length)
+            trainer = DPOTrainer(model=_tiny_model(job.tok), ref_model=_tiny_model(job.tok), args=args,
+                                 train_dataset=ds, processing_class=job.tok)
+    except (ValueError, RuntimeError) as e:  # trl refuses the setup itself: say so in one line
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise HarnessError(f"trl {kind} trainer rejected this setup: {first_line}") from None
     if old_pad is None:
         job.tok.pad_token = None
     if len(_TRAINERS) > 32:

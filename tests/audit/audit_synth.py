@@ -36,6 +36,11 @@ DEFAULT_SYSTEM = ("{{ bos_token }}{% if messages[0].role != 'system' %}<|im_star
                   "assistant made by Example Corp.<|im_end|>{% endif %}" + CLEAN.replace("{{ bos_token }}", ""))
 # The generation prompt already holds the reply's first word: trl's common prefix swallows it.
 SWALLOWS = CLEAN.replace("<|im_start|>assistant\n{% endif %}", "<|im_start|>assistant\nSure{% endif %}")
+# {% generation %} blocks for assistant_only_loss: around the reply and its end token, or the reply only.
+GEN = ("{{ bos_token }}{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' %}"
+       "{% generation %}{{ m.content }}<|im_end|>{% endgeneration %}{% else %}{{ m.content }}<|im_end|>{% endif %}"
+       "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+GEN_NO_END = GEN.replace("{{ m.content }}<|im_end|>{% endgeneration %}", "{{ m.content }}{% endgeneration %}<|im_end|>")
 FAILS = "{{ raise_exception('this template rejects every conversation') }}"
 
 

@@ -123,3 +123,18 @@ def test_plain_text_preference_pairs_get_trls_eos_per_side():
     assert report.findings == [], [f.to_dict() for f in report.findings]
     for a in report.sequences:  # trl appends the EOS to each side, and trains it
         assert a.seq.ids[-1] == tok.eos_token_id and a.seq.labels[-1] == tok.eos_token_id
+
+
+def test_assistant_only_loss_follows_the_generation_blocks():
+    from audit_synth import GEN, GEN_NO_END
+
+    msgs = [{"messages": c["prompt"] + c["completion"]} for c in CONV]
+    assert audit(bpe(GEN), fmt="messages", data=msgs).codes == {"prompt-trained"}
+    assert audit(bpe(GEN), fmt="messages", data=msgs, assistant_only_loss=True).findings == []
+    # trl only warns here; the audit names it: the end-of-turn token sits outside the block
+    report = audit(bpe(GEN_NO_END), fmt="messages", data=msgs, assistant_only_loss=True)
+    assert report.finding("eos-masked").examples == [0, 1, 2] and report.exit_code == 1
+    # and a block that ends right after an emoji loses the emoji's last byte tokens (transformers'
+    # assistant mask maps them outside the block): only example 1 ends with one
+    assert report.codes == {"eos-masked", "completion-masked"}
+    assert report.finding("completion-masked").examples == [1]
