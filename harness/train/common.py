@@ -127,6 +127,14 @@ def train_log(trainer: Any) -> list[dict]:
     return rows
 
 
+def quiet_datasets(progress: bool) -> None:
+    """Without progress bars, silence the datasets library's per-map bars too."""
+    if not progress:
+        import datasets
+
+        datasets.disable_progress_bars()
+
+
 def reset_peak_memory(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()

@@ -33,12 +33,17 @@ def train_sft(model_dir: str | Path, tokenizer: Any, records: Sequence[dict], re
         common.save_untrained_adapter(model_dir, lora, adapter_dir, device)
     else:
         # setup
+        common.quiet_datasets(progress)
         model = common.load_model(model_dir, device, quantize_4bit)
         big = common.is_big(model)
         args = SFTConfig(**common.trainer_kwargs(recipe, out, device, seed, progress, big),
                          completion_only_loss=True, packing=False)
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(list(records)),
                              processing_class=tokenizer, peft_config=common.lora_config(lora))
+        if not progress:  # without the bar, the Trainer prints every log line instead
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
         summary["setup_s"] = time.perf_counter() - t0
         # train
         common.reset_peak_memory(device)
