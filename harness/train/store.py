@@ -37,20 +37,17 @@ def cache_key(inputs: Any) -> str:
 
 
 def library_versions(quantized: bool = False) -> dict[str, str]:
-    """Versions of the libraries a trained node depends on."""
-    import peft
-    import tokenizers
-    import torch
-    import transformers
-    import trl
+    """Versions of the libraries a trained node depends on (from package metadata: no imports)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    v = {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
-         "peft": peft.__version__, "tokenizers": tokenizers.__version__}
-    if quantized:
-        import bitsandbytes
-
-        v["bitsandbytes"] = bitsandbytes.__version__
-    return v
+    names = ["torch", "transformers", "trl", "peft", "tokenizers"] + (["bitsandbytes"] if quantized else [])
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = getattr(__import__(name), "__version__", "unknown")
+    return out
 
 
 def _pid_alive(pid: int) -> bool:
