@@ -14,7 +14,7 @@ from harness.errors import LoadError
 TOKENIZERS_TOML = REPO_ROOT / "fixtures" / "tokenizers.toml"
 _PIPELINES = ("trl-sft", "trl-dpo", "hf-clm")
 _KEYS = {"name", "hub", "folder", "format", "pipeline", "template", "response_marker", "system_prompt",
-         "max_length", "split_special_tokens", "limit", "expect", "note"}
+         "max_length", "split_special_tokens", "assistant_only_loss", "limit", "expect", "note"}
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class ZooEntry:
     system_prompt: bool
     max_length: Optional[int]
     split_special_tokens: bool
+    assistant_only_loss: bool
     limit: Optional[int]
     expect: tuple[str, ...]  # () means clean
     note: str = ""
@@ -52,6 +53,7 @@ class ZooEntry:
                 else sft_records("d1", fmt=self.format, system=False)
         return dict(chat_template=template, fmt=self.format, pipeline=self.pipeline, data=data,
                     max_length=self.max_length, response_marker=self.response_marker, limit=self.limit,
+                    assistant_only_loss=self.assistant_only_loss,
                     tokenizer_kwargs={"split_special_tokens": True} if self.split_special_tokens else None)
 
 
@@ -81,7 +83,8 @@ def _entry(raw: dict, where: str) -> ZooEntry:
     return ZooEntry(name=raw["name"], hub=raw["hub"], folder=raw.get("folder"), format=fmt, pipeline=pipe,
                     template=raw.get("template", "own"), response_marker=raw.get("response_marker"),
                     system_prompt=bool(raw.get("system_prompt", True)), max_length=raw.get("max_length"),
-                    split_special_tokens=bool(raw.get("split_special_tokens", False)), limit=raw.get("limit"),
+                    split_special_tokens=bool(raw.get("split_special_tokens", False)),
+                    assistant_only_loss=bool(raw.get("assistant_only_loss", False)), limit=raw.get("limit"),
                     expect=codes, note=raw.get("note", ""))
 
 
