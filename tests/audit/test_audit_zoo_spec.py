@@ -1,0 +1,35 @@
+"""fixtures/tokenizers.toml loads into validated entries; bad entries are named."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.audit.findings import CODES
+from harness.audit.zoo import TOKENIZERS_TOML, load_zoo_spec
+from harness.errors import LoadError
+
+
+def test_the_shipped_list_is_valid_and_holds_the_004_controls():
+    entries = load_zoo_spec(TOKENIZERS_TOML)
+    names = {e.name for e in entries}
+    assert {"llama3-instruct", "qwen2.5-instruct", "llama2-seed-double-bos", "llama2-seed-eos-split",
+            "llama2-seed-no-eos-clm"} <= names
+    expected = {c for e in entries for c in e.expect}
+    assert {"double-bos", "eos-split", "eos-missing"} <= expected <= set(CODES.names())
+    no_eos = next(e for e in entries if e.name == "llama2-seed-no-eos-clm")
+    kwargs = no_eos.audit_kwargs(None)
+    assert "eos_token" not in kwargs["chat_template"] and kwargs["pipeline"] == "hf-clm"
+
+
+@pytest.mark.parametrize("body,needle", [
+    ('name = "x"\nhub = "a/b"\nexpect = ["eos-gone"]', "unknown finding code(s) ['eos-gone']"),
+    ('name = "x"\nhub = "a/b"\nformat = "chat"\nexpect = "clean"', "format 'chat'"),
+    ('name = "x"\nhub = "a/b"\nexpect = "clean"\ncolour = 1', "unknown key(s) ['colour']"),
+    ('name = "x"\nhub = "a/b"', "'expect' must be"),
+])
+def test_bad_entries_name_the_family(tmp_path, body, needle):
+    path = tmp_path / "t.toml"
+    path.write_text("[[family]]\n" + body + "\n", encoding="utf-8")
+    with pytest.raises(LoadError) as e:
+        load_zoo_spec(path)
+    assert "family #1 (x)" in str(e.value) and needle in str(e.value)
