@@ -97,8 +97,22 @@ def _tiny_model(tok):
     return LlamaForCausalLM(cfg)
 
 
+_OUTPUT_DIR: list[str] = []
+
+
+def _output_dir() -> str:
+    """One scratch folder per process for the throwaway trainers (nothing is saved; removed at exit)."""
+    if not _OUTPUT_DIR:
+        import atexit
+        import shutil
+
+        _OUTPUT_DIR.append(tempfile.mkdtemp(prefix="harness-audit-"))
+        atexit.register(shutil.rmtree, _OUTPUT_DIR[0], True)
+    return _OUTPUT_DIR[0]
+
+
 def _common_args() -> dict:
-    return dict(output_dir=tempfile.mkdtemp(prefix="harness-audit-"), report_to=[], use_cpu=True,
+    return dict(output_dir=_output_dir(), report_to=[], use_cpu=True,
                 save_strategy="no", logging_strategy="no", per_device_train_batch_size=BATCH, max_steps=0)
 
 
