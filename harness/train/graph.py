@@ -270,7 +270,7 @@ def _build_node(graph: Graph, name: str, key_inputs: dict, progress: bool) -> Pa
     t0 = time.perf_counter()
     meta: dict[str, Any] = {"node": name, "plan": plan.name, "variant": plan.variant_name, "key": key,
                             "method": node.method, "dataset": node.dataset, "parent": node.parent,
-                            "device": device, "host": platform.node(), "inputs": key_inputs}
+                            "device": device, "host": platform.node(), "pid": os.getpid(), "inputs": key_inputs}
     if node.method == "base":
         from harness.train.tiny import build_tiny_base
 

@@ -31,10 +31,10 @@ def test_sigkill_leaves_no_partial_node_and_the_rerun_completes(tmp_path):
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
-        # Kill as soon as a trained node (not the base) is being written in a temp folder.
+        # Kill as soon as a trained node (not the base) is being written, wherever that is.
         while time.monotonic() < deadline and proc.poll() is None:
-            tmp = tmp_path / "tmp"
-            if tmp.is_dir() and any(not p.name.startswith("base-") for p in tmp.iterdir()):
+            dirs = [d for d in (tmp_path / "tmp", tmp_path / "nodes") if d.is_dir()]
+            if any(not p.name.startswith("base-") and any(p.iterdir()) for d in dirs for p in d.iterdir()):
                 break
             time.sleep(0.02)
         assert proc.poll() is None, "the build ended before it could be killed"
@@ -112,3 +112,15 @@ def test_cli_list_and_clean(tmp_path):
     out = subprocess.run([sys.executable, "-m", "harness", "fixtures", "build", str(tmp_path / "none.toml")],
                          env=env, cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2 and "none.toml: no such plan file" in out.stderr
+
+
+def test_parallel_build_in_worker_processes(tmp_path):
+    """jobs=2: ready nodes train in spawned workers (the CUDA default); the result is the same graph."""
+    plan = load_plan(MICRO)
+    graph = build(plan, fixtures_dir=tmp_path, device="cpu", progress=False, jobs=2)
+    assert all(graph.is_built(n) for n in graph.names)
+    assert all(graph.meta(n)["pid"] != os.getpid() for n in graph.names)  # built by the workers
+    from harness.train.graph import plan_keys
+
+    assert [graph.key(n) for n in graph.names] == list(plan_keys(plan, "cpu")[0].values())
+    assert not any((tmp_path / "tmp").iterdir())
