@@ -19,7 +19,8 @@ One file holds one claim::
     params = { }                         # extra keyword arguments of the statistic
 
     [known_deviations]                   # optional: plan name = why the claim does not hold there
-    tiny = "reason"                      # (rows still say FAIL; the suite marks the check xfail)
+    tiny = "reason"                      # (rows still say FAIL; the suite marks the check xfail),
+                                         # or { reason = "...", pairs = ["sft_d0"] } for some pairs only
 
 Every error is a :class:`~harness.errors.LoadError` naming the file and the field.
 """
@@ -128,11 +129,15 @@ class ClaimSpec:
     checks: tuple[Check, ...]
     source: Path
     zoo: tuple[str, ...] = ()
-    known_deviations: tuple[tuple[str, str], ...] = ()
+    known_deviations: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
 
-    def known_deviation(self, plan_name: str) -> str | None:
-        """Why the claim is known not to hold on that plan (reported, and xfail in the suite), if it is."""
-        return dict(self.known_deviations).get(plan_name)
+    def known_deviation(self, plan_name: str, pair_label: str | None = None) -> str | None:
+        """Why the claim is known not to hold on that plan (for that pair), if it is: the rows are
+        still reported FAIL, and the suite marks the check xfail (not strict)."""
+        for plan, reason, pairs in self.known_deviations:
+            if plan == plan_name and (not pairs or pair_label is None or pair_label in pairs):
+                return reason
+        return None
 
     def runs_on(self, plan_name: str) -> bool:
         return not self.plans or plan_name in self.plans
@@ -226,8 +231,19 @@ def load_spec(path: PathLike, statistics: Any = None) -> ClaimSpec:
     if not isinstance(zoo, list) or not all(isinstance(z, str) for z in zoo):
         raise _err(path, "zoo", "must be an array of tokenizer folder names")
     known = data.get("known_deviations", {})
-    if not isinstance(known, Mapping) or not all(isinstance(v, str) and v.strip() for v in known.values()):
-        raise _err(path, "known_deviations", "must be a table of plan name = reason")
+    if not isinstance(known, Mapping):
+        raise _err(path, "known_deviations", "must be a table of plan name = reason (or {reason, pairs})")
+    deviations = []
+    for plan, value in known.items():
+        where = f"known_deviations.{plan}"
+        reason, pairs = value, []
+        if isinstance(value, Mapping):
+            reason, pairs = value.get("reason"), value.get("pairs", [])
+            if not isinstance(pairs, list) or not all(isinstance(p, str) for p in pairs):
+                raise _err(path, f"{where}.pairs", "must be an array of pair labels")
+        if not isinstance(reason, str) or not reason.strip():
+            raise _err(path, where, "needs a non-empty reason")
+        deviations.append((plan, reason, tuple(pairs)))
     checks_raw = data.get("check")
     if not isinstance(checks_raw, list) or not checks_raw:
         raise _err(path, "check", "at least one [[check]] table is required")
@@ -241,7 +257,7 @@ def load_spec(path: PathLike, statistics: Any = None) -> ClaimSpec:
         checks=tuple(_check(path, c, i, statistics) for i, c in enumerate(checks_raw)),
         source=path,
         zoo=tuple(zoo),
-        known_deviations=tuple(known.items()),
+        known_deviations=tuple(deviations),
     )
 
 

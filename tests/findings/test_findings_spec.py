@@ -83,3 +83,13 @@ def test_bad_toml_and_duplicate_ids(tmp_path):
     write(tmp_path, GOOD, "cx.toml")
     with pytest.raises(LoadError, match="duplicate claim id 'CX'"):
         load_specs(tmp_path, STATISTICS)
+
+
+def test_known_deviations_per_plan_and_pair(tmp_path):
+    text = GOOD + '\n[known_deviations]\ntiny = { reason = "small base", pairs = ["dpo_d0/sft_d0"] }\nseed = "bf16"\n'
+    spec = load_spec(write(tmp_path, text), STATISTICS)
+    assert spec.known_deviation("tiny", "dpo_d0/sft_d0") == "small base"
+    assert spec.known_deviation("tiny", "other") is None
+    assert spec.known_deviation("seed", "other") == "bf16" and spec.known_deviation("micro") is None
+    with pytest.raises(LoadError, match="known_deviations.tiny"):
+        load_spec(write(tmp_path, GOOD + '\n[known_deviations]\ntiny = ""\n'), STATISTICS)
