@@ -135,6 +135,15 @@ def quiet_datasets(progress: bool) -> None:
         datasets.disable_progress_bars()
 
 
+def check_records_used(trainer: Any, n_records: int, recipe: Any, section: str) -> int:
+    """How many records survived trl's preparation; none left (all truncated away) is an error."""
+    used = len(trainer.train_dataset)
+    if used == 0:
+        raise HarnessError(f"[{section}] max_length = {recipe.max_length}: all {n_records} records lost their "
+                           "completion to truncation (or were dropped); raise max_length")
+    return used
+
+
 def reset_peak_memory(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()

@@ -40,6 +40,7 @@ def train_dpo(model_dir: str | Path, tokenizer: Any, records: Sequence[dict], re
                          beta=recipe.beta, precompute_ref_log_probs=recipe.precompute_ref_log_probs)
         trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=Dataset.from_list(list(records)),
                              processing_class=tokenizer, peft_config=common.lora_config(lora))
+        summary["records_used"] = common.check_records_used(trainer, len(records), recipe, "dpo")
         if not progress:  # without the bar, the Trainer prints every log line instead
             from transformers.trainer_callback import PrinterCallback
 

@@ -262,11 +262,20 @@ def _build_parallel(graph: Graph, todo: list[str], inputs: dict, forced: set[str
 
 
 def _build_node(graph: Graph, name: str, key_inputs: dict, progress: bool) -> Path:
+    """Build one node in a temp folder and rename it into place; on an error the temp folder goes."""
+    tmp = graph.store.new_tmp(name, graph.key(name))
+    try:
+        return _build_node_in(graph, name, key_inputs, progress, tmp)
+    except BaseException:
+        shutil_rm(tmp)
+        raise
+
+
+def _build_node_in(graph: Graph, name: str, key_inputs: dict, progress: bool, tmp: Path) -> Path:
     from harness import data
 
     plan, store, device = graph.plan, graph.store, graph.device
     node, key = plan.node(name), graph.key(name)
-    tmp = store.new_tmp(name, key)
     t0 = time.perf_counter()
     meta: dict[str, Any] = {"node": name, "plan": plan.name, "variant": plan.variant_name, "key": key,
                             "method": node.method, "dataset": node.dataset, "parent": node.parent,

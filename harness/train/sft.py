@@ -40,6 +40,7 @@ def train_sft(model_dir: str | Path, tokenizer: Any, records: Sequence[dict], re
                          completion_only_loss=True, packing=False)
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(list(records)),
                              processing_class=tokenizer, peft_config=common.lora_config(lora))
+        summary["records_used"] = common.check_records_used(trainer, len(records), recipe, "sft")
         if not progress:  # without the bar, the Trainer prints every log line instead
             from transformers.trainer_callback import PrinterCallback
 
