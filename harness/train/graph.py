@@ -127,7 +127,10 @@ def plan_keys(plan: Plan, device: str, base_identity: dict | None = None) -> tup
         if node.method == "base":
             if base_identity is None:
                 texts, tok_texts = _tiny_texts()
-                base_identity = {"kind": "tiny", "tiny": dataclasses.asdict(plan.tiny),
+                tiny = dataclasses.asdict(plan.tiny)
+                if tiny["dtype"] == "float32":  # the default before the field existed: keys stay as they were
+                    del tiny["dtype"]
+                base_identity = {"kind": "tiny", "tiny": tiny,
                                  "pretrain_texts": data.records_hash(texts),
                                  "tokenizer_texts": data.records_hash(tok_texts),
                                  "device": device, "versions": versions}

@@ -93,6 +93,9 @@ class TinySpec:
     pretrain_eval_every: int = 50
     pretrain_flat_tolerance: float = 0.01  # stop when the held-out loss improves less than 1 %, twice
     pretrain_seed: int = 0
+    # The saved base's dtype (pretraining runs in float32). "bfloat16" mirrors the seed's bf16
+    # checkpoints: merged children are bf16 too, so LoRA updates under half an ulp vanish.
+    dtype: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -244,11 +247,13 @@ def _validate_section(obj: Any, where: str) -> None:
         if not 0 <= obj.dropout < 1:
             raise PlanError(f"{where}.dropout: must lie in [0, 1), got {obj.dropout}")
     elif isinstance(obj, TinySpec):
+        if obj.dtype not in ("float32", "bfloat16", "float16"):
+            raise PlanError(f"{where}.dtype: must be float32, bfloat16 or float16, got {obj.dtype!r}")
         if obj.hidden_size % obj.num_attention_heads:
             raise PlanError(f"{where}.hidden_size: {obj.hidden_size} is not divisible by num_attention_heads")
         for f in dataclasses.fields(obj):
             v = getattr(obj, f.name)
-            if f.name != "pretrain_seed" and v <= 0:
+            if f.name not in ("pretrain_seed", "dtype") and v <= 0:
                 raise PlanError(f"{where}.{f.name}: must be positive, got {v}")
 
 
@@ -357,9 +362,9 @@ def plan_from_dict(raw: Mapping[str, Any], path: Path | None = None, name: str |
 
 def _apply_variant(plan: Plan, vname: str, table: Mapping[str, Any]) -> Plan:
     where = f"{plan._where()}: variants.{vname}"
-    _check_keys(table, {"lora", "sft", "dpo", "nodes", "only", "limit"}, where)
+    _check_keys(table, {"lora", "sft", "dpo", "tiny", "nodes", "only", "limit"}, where)
     kw: dict[str, Any] = {"variant_name": vname}
-    for key in ("lora", "sft", "dpo"):
+    for key in ("lora", "sft", "dpo", "tiny"):
         if key in table:
             if not isinstance(table[key], Mapping):
                 raise PlanError(f"{where}.{key}: must be a table")

@@ -190,6 +190,10 @@ def build_tiny_base(out_dir: Path, texts: Sequence[str], tokenizer_texts: Sequen
         flat_tolerance=spec.pretrain_flat_tolerance, seed=spec.pretrain_seed, device=device, progress=progress,
     )
     model.to("cpu")
+    dtype = getattr(spec, "dtype", "float32")
+    if dtype != "float32":
+        model.to(getattr(torch, dtype))
+        model.config.dtype = getattr(torch, dtype)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     return log

@@ -124,3 +124,21 @@ def test_parallel_build_in_worker_processes(tmp_path):
 
     assert [graph.key(n) for n in graph.names] == list(plan_keys(plan, "cpu")[0].values())
     assert not any((tmp_path / "tmp").iterdir())
+
+
+def test_bf16_tiny_base_gives_bf16_merged_children(tmp_path):
+    """tiny.dtype = "bfloat16" (the seed's checkpoint dtype): the base and every merged child are bf16."""
+    import torch
+    from safetensors.torch import load_file
+
+    from harness.train.graph import plan_keys
+
+    plan = load_plan(MICRO)
+    bf16 = plan.variant("bf16")
+    k32, k16 = plan_keys(plan, "cpu")[0], plan_keys(bf16, "cpu")[0]
+    assert all(k32[n] != k16[n] for n in k32)
+    graph = build(bf16, fixtures_dir=tmp_path, device="cpu", progress=False, only="sft_d0")
+    for name in ("base", "sft_d0"):
+        weights = load_file(str(graph.path(name) / "model.safetensors"))
+        assert {t.dtype for t in weights.values()} == {torch.bfloat16}, name
+    assert json.loads((graph.path("sft_d0") / "config.json").read_text())["dtype"] == "bfloat16"
