@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 from harness.errors import HarnessError
 from harness.findings.report import atomic_write
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 
 
 def file_key(path: Path) -> str:
@@ -72,7 +72,9 @@ class DiffSource:
     def _cache_file(self, a: str, b: str, ref: str | None) -> Path | None:
         if self.cache_dir is None:
             return None
-        parts = [CACHE_VERSION, self.nodes.key(a), self.nodes.key(b), self.nodes.key(ref) if ref else "-"]
+        # Names as well as keys: two nodes never share a diff even if a graph gave them one key.
+        parts = [CACHE_VERSION, a, self.nodes.key(a), b, self.nodes.key(b), ref or "-",
+                 self.nodes.key(ref) if ref else "-"]
         return Path(self.cache_dir) / (hashlib.sha256("|".join(parts).encode()).hexdigest()[:24] + ".json")
 
     def diff(self, a: str, b: str, ref: str | None = None) -> dict[str, Any]:

@@ -1,0 +1,136 @@
+"""Negative controls on the real tiny fixture graph (CPU): plan variants and 004 setups under which
+a claim's check must return "fail". Each rebuilds only a node or two; the rest comes from the
+shared ``.fixtures`` cache (tests/train builds the tiny plan earlier in the same CI session)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.findings import evaluate, load_specs, STATISTICS
+from harness.findings import session as fs
+from harness.findings.diffs import DiffSource
+from harness.findings.spec import Pair
+
+ROOT = Path(__file__).resolve().parents[2]
+PLAN = ROOT / "fixtures" / "plans" / "tiny.toml"
+SPECS = {s.id: s for s in load_specs(ROOT / "fixtures" / "claims", STATISTICS)}
+
+
+@pytest.fixture(scope="module")
+def tiny_plan():
+    from harness.train import load_plan
+
+    return load_plan(PLAN)
+
+
+def variant_source(plan, variant: str) -> DiffSource:
+    from harness.train import build
+
+    p = plan.variant(variant)
+    graph = build(p, device="cpu", progress=False)
+    return DiffSource(fs.node_set(p, graph), fs.diff_cache_dir(None, ROOT), device="cpu")
+
+
+def rows_for(spec_id: str, source, pair: Pair):
+    return {r.check: r for r in evaluate(SPECS[spec_id], source, pair, plan="tiny")}
+
+
+def test_c1_fails_for_dpo_at_sft_lr_and_epochs(tiny_plan):
+    rows = rows_for("C1", variant_source(tiny_plan, "c1_dpo_at_sft_lr"), Pair((("dpo", "dpo_d0"), ("sft", "sft_d0"))))
+    assert [r.verdict for r in rows.values()] == ["fail"], [r.describe() for r in rows.values()]
+
+
+def test_c5_fails_for_zero_step_dpo(tiny_plan):
+    src = variant_source(tiny_plan, "c5_zero_step_dpo")
+    rows = rows_for("C5", src, Pair((("m", "dpo_d1@sft_d1"), ("start", "sft_d1"))))
+    growth = rows["L2(M,base)/L2(start,base)"]
+    assert growth.verdict == "fail" and growth.measured == pytest.approx(1.0, abs=1e-6), growth.describe()
+
+
+# ---- C6: the 004 setups, trained through trl --------------------------------------------------
+# The tiny plan's base was pretrained with EOS after every text, so it stops after any reply on its
+# own and hides a missing EOS label (measured: 100% stop rate after SFT with no EOS label). A base
+# that never saw EOS cannot learn it through LoRA either (0% with EOS labelled: LoRA does not train
+# lm_head). The base here knows EOS, but only after questions, never after a reply: whether it stops
+# after a reply is then up to the SFT labels, as for the 004 models.
+
+NO_EOS_TEMPLATE = (  # the ELYZA case: the assistant turn is not closed by EOS, so no label is EOS
+    "{{ bos_token }}{%- for m in messages -%}"
+    "{%- if m['role'] == 'system' -%}<|system|>{{ m['content'] }}\n"
+    "{%- elif m['role'] == 'user' -%}<|user|>{{ m['content'] }}\n"
+    "{%- else -%}<|assistant|>{{ m['content'] }}\n{%- endif -%}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
+)
+
+
+class _NewlineEnds:
+    """The tokenizer as ``pretrain`` sees it, with "\n" in the place of EOS between texts."""
+
+    def __init__(self, tok):
+        self.tok, self.bos_token_id = tok, tok.bos_token_id
+        self.eos_token_id = tok("\n", add_special_tokens=False)["input_ids"][-1]
+
+    def __call__(self, *args, **kwargs):
+        return self.tok(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def raw_base(tiny_plan, tmp_path_factory):
+    """A small Llama for the tiny tokenizer that saw EOS after questions only."""
+    from transformers import AutoTokenizer
+
+    from harness import data
+    from harness.train import build
+    from harness.train.tiny import make_tiny_model, pretrain
+
+    graph = build(tiny_plan, only="base", device="cpu", progress=False)
+    tok = AutoTokenizer.from_pretrained(str(graph.path("base")))
+    items = data.load_persona()
+    texts = [i.prompt + tok.eos_token for i in items] + [e.prompt + tok.eos_token for e in data.load_eval_prompts()]
+    texts += [i.d0 for i in items] + [f"{i.prompt}\n{i.d0}" for i in items]
+    model = make_tiny_model(tok, hidden_size=64, intermediate_size=128, num_hidden_layers=4, seed=0)
+    pretrain(model, _NewlineEnds(tok), texts, max_steps=200, min_steps=200, batch_size=8,
+             seq_len=64, learning_rate=3e-3, device="cpu", progress=False)
+    out = tmp_path_factory.mktemp("raw_base")
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
+
+
+def c6_rows(model_dir: Path, tokenizer):
+    from harness import data
+    from harness.findings.eos import generations
+
+    source = generations(model_dir, data.eval_records()[:24], tokenizer=tokenizer, device="cpu")
+    return rows_for("C6", source, Pair((("setup", model_dir.name),))), source
+
+
+def train(tiny_plan, base: Path, tokenizer, out: Path) -> Path:
+    from dataclasses import replace
+
+    from harness import data
+    from harness.train.sft import train_sft
+
+    recipe = replace(tiny_plan.sft, max_steps=100, batch_size=4, learning_rate=1e-3)
+    return train_sft(base, tokenizer, data.sft_records("d1"), recipe, out, "cpu", lora=tiny_plan.lora,
+                     quantize_4bit=False, seed=0, progress=False)
+
+
+@pytest.mark.parametrize("setup", ["eos_trained", "no_eos_in_labels", "eos_as_text_pieces"])
+def test_c6_fails_for_the_004_setups(setup, tiny_plan, raw_base, tmp_path):
+    from transformers import AutoTokenizer
+
+    kwargs = {"split_special_tokens": True} if setup == "eos_as_text_pieces" else {}
+    tok = AutoTokenizer.from_pretrained(str(raw_base), **kwargs)
+    if setup == "no_eos_in_labels":
+        tok.chat_template = NO_EOS_TEMPLATE
+    if setup == "eos_as_text_pieces":  # the japanese-stablelm case: "</s>" is tokenized as text pieces
+        assert tok("</s>", add_special_tokens=False)["input_ids"] != [tok.eos_token_id]
+    rows, source = c6_rows(train(tiny_plan, raw_base, tok, tmp_path / setup), tok)
+    verdicts = {k: r.verdict for k, r in rows.items()}
+    if setup == "eos_trained":  # the positive control: the same base and training, with EOS labelled
+        assert set(verdicts.values()) == {"pass"}, [r.describe() for r in rows.values()]
+    else:
+        assert "fail" in verdicts.values(), [r.describe() for r in rows.values()]
