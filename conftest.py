@@ -10,9 +10,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # and pytest then skips this import.
 pytest_plugins = ["harness.pytest_plugin"]
 
-# Registers the output claims' statistics (C7, C8) before any claim spec is loaded and validated.
-import harness.evaluate.claims  # noqa: E402,F401
-
 
 def pytest_configure(config):
     for name, text in {

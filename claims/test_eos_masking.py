@@ -13,6 +13,7 @@ import pytest
 from harness.audit import audit
 from harness.audit.zoo import load_zoo_spec
 from harness.errors import LoadError
+from harness.findings import ClaimResult
 
 ENTRIES = load_zoo_spec()
 
@@ -25,7 +26,7 @@ def _tokenizer_source(entry, zoo):
 
 @pytest.mark.tokenizers
 @pytest.mark.parametrize("entry", ENTRIES, ids=[e.name for e in ENTRIES])
-def test_audit_verdict_matches_expectation(entry, tokenizer_zoo, record_property):
+def test_audit_verdict_matches_expectation(entry, tokenizer_zoo, record_property, claim_result):
     source = _tokenizer_source(entry, tokenizer_zoo)
     folder = source if not isinstance(source, str) else None
     try:
@@ -37,6 +38,10 @@ def test_audit_verdict_matches_expectation(entry, tokenizer_zoo, record_property
     found = tuple(sorted(report.codes))
     record_property("measured", list(found) or "clean")
     record_property("reference", list(entry.expect) or "clean")
+    # In the findings summary: measured = codes found but not expected plus codes expected but missing.
+    mismatch = len(set(found) ^ set(entry.expect))
+    claim_result(ClaimResult.make("AUDIT", entry.name, mismatch, 0, "<=", seed_value=0, check="codes off expectation",
+                                  note=f"found {', '.join(found) or 'clean'}; expected {', '.join(entry.expect) or 'clean'}"))
     detail = "; ".join(f"{f.code}[{f.severity}] x{f.count}: {f.message}" for f in report.findings)
     assert found == entry.expect, f"{entry.name}: expected {list(entry.expect) or 'clean'}, got {detail or 'clean'}"
     # Every audited example (each DPO side) carries the known findings, not just some of them.

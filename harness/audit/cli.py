@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
+from harness.atomic import write_bytes
 from harness.audit.loading import FORMATS
 
 
@@ -44,12 +43,7 @@ def _write_json(payload: dict, dest: str) -> None:
     if dest == "-":
         sys.stdout.write(text + "\n")
         return
-    path = Path(dest)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text + "\n")
-    os.replace(tmp, path)  # never half-written
+    write_bytes(Path(dest), text + "\n")
 
 
 def run(args: argparse.Namespace) -> int:

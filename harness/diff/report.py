@@ -7,29 +7,20 @@ import io
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 
+from harness.atomic import atomic_path
 from harness.diff.engine import layer_of, module_of
 from harness.diff.stats import FIELDS, Stats
 
 
 def _atomic_write(path: str, write) -> None:
     """Write through a temporary file in the target folder, then rename into place."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path, suffix=os.path.splitext(path)[1]) as tmp, open(tmp, "wb") as fh:
+        write(fh)
 
 
 @dataclass

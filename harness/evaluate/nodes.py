@@ -16,11 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from harness.atomic import write_json
 from harness.errors import HarnessError
 from harness.evaluate.generate import Generation
 
@@ -91,15 +91,7 @@ def cache_path(root: Path, node: str, node_key: str, p: Prompts, settings: GenSe
 
 
 def _write_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(path, obj)
 
 
 def node_generations(graph: Any, node: str, p: Prompts, settings: GenSettings = GenSettings(),

@@ -196,17 +196,6 @@ def generate_candidates(model: Any, tokenizer: Any, items: Sequence[Item], n: in
 
 def write_jsonl(records: Sequence[dict], path: Path) -> None:
     """Write records as JSONL to a temporary file, then rename it into place."""
-    import os
-    import tempfile
+    from harness.atomic import write_bytes
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from harness.atomic import write_bytes
 from harness.errors import HarnessError, LoadError
 
 DEFAULT_BERT = "bert-base-multilingual-cased"
@@ -178,15 +178,7 @@ def _notes(tokenize: str, scorer: Optional[BertScore], bert_note: str) -> list[s
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes(path, data)
 
 
 def write_table(table: Table, out_dir: Path) -> list[Path]:

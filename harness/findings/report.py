@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics as pystats
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from harness.atomic import atomic_path, write_bytes
 from harness.findings.statistics import layer_values
 from harness.findings.verdict import ClaimResult
 
@@ -83,18 +82,7 @@ def spread_table(items: Sequence[Spread]) -> str:
     return "\n".join([line(cols)] + [line(r) for r in body])
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write to a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+atomic_write = write_bytes  # the name this module's callers use
 
 
 def to_json(results: Sequence[ClaimResult], meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -146,15 +134,11 @@ def write(folder: Path, run: str, results: Sequence[ClaimResult], meta: Mapping[
 def _save_fig(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
 
 
 def plot_layer_deviation(diffs: Mapping[str, Mapping[str, Any]], path: Path, title: str) -> Path:

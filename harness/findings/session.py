@@ -4,8 +4,6 @@ diff sources, parametrization cases and the end-of-session findings (files, plot
 from __future__ import annotations
 
 import datetime as _dt
-import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence

@@ -153,3 +153,15 @@ def eos_text_rate(source: GenerationSource, pair: Pair) -> float:
         raise HarnessError("eos_text_rate: no generations")
     marks = [t for t in source.eos_texts if t]
     return sum(any(m in text for m in marks) for text in source.texts) / len(source.texts)
+
+
+#: Modules that register further statistics here when imported (engines outside harness.findings).
+PROVIDERS = ("harness.evaluate.claims",)
+
+
+def load_providers() -> None:
+    """Import every statistics provider, so that specs naming their statistics validate."""
+    import importlib
+
+    for module in PROVIDERS:
+        importlib.import_module(module)

@@ -6,7 +6,6 @@ import math
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import set_head
+from eval_helpers import set_head
 from harness import data
 from harness.errors import HarnessError
 from harness.evaluate.generate import generate, render_prompts, stop_token_ids, summary

@@ -6,9 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
-from conftest import add, dpo_delta, healthy, randn, sft_delta  # tests/findings/conftest.py
+from findings_helpers import add, dpo_delta, healthy, randn, sft_delta
 from harness.findings import evaluate, load_specs, STATISTICS
 
 ROOT = Path(__file__).resolve().parents[2]
