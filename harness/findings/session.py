@@ -151,3 +151,16 @@ def finish(results: Sequence[ClaimResult], *, findings_dir: Path, plan: str, run
     if baseline:
         out.regressions, out.missing = compare_file(results, Path(baseline))
     return out
+
+
+def expect_known_deviation(request: Any, spec: ClaimSpec, plan_name: str, pair_label: str) -> str | None:
+    """Mark the running check xfail (not strict) when its spec declares a known deviation on this
+    plan and pair; the rows are still measured and reported as FAIL (known). Returns the note."""
+    import pytest
+
+    known = spec.known_deviation(plan_name, pair_label)
+    if not known:
+        return None
+    note = f"known deviation on {plan_name}: {known}"
+    request.applymarker(pytest.mark.xfail(reason=note, strict=False))
+    return note
