@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -199,3 +200,52 @@ def set_threads() -> None:
     """Keep torch from oversubscribing a small shared CPU."""
     if not torch.cuda.is_available():
         torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+
+
+def run_recipe(method: str, make_trainer: Callable[[Any, dict, Any], Any], model_dir: str | Path, tokenizer: Any,
+               records: Sequence[dict], recipe: Any, out_dir: str | Path, device: str, *, lora: Any,
+               quantize_4bit: bool, seed: int, progress: bool) -> Path:
+    """The one recipe body, setup → train → save, shared by SFT and DPO.
+
+    ``make_trainer(model, trainer_kwargs, dataset)`` builds the method's trl trainer (its config
+    and trainer class are all that differ). Saves the merged checkpoint, ``adapter/``, the
+    training log and the summary into ``out_dir``; a zero-step recipe saves an untrained adapter.
+    """
+    from datasets import Dataset
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(device)
+    adapter_dir = out / ADAPTER_DIR
+    t0 = time.perf_counter()
+    log: list[dict] = []
+    summary: dict = {"device": device, "quantize_4bit": uses_4bit(device, quantize_4bit), "steps": 0}
+    if recipe.max_steps == 0:
+        save_untrained_adapter(model_dir, lora, adapter_dir, device)
+    else:
+        # setup
+        quiet_datasets(progress)
+        model = load_model(model_dir, device, quantize_4bit)
+        kwargs = trainer_kwargs(recipe, out, device, seed, progress, is_big(model))
+        trainer = make_trainer(model, kwargs, Dataset.from_list(list(records)))
+        summary["records_used"] = check_records_used(trainer, len(records), recipe, method)
+        if not progress:  # without the bar, the Trainer prints every log line instead
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
+        summary["setup_s"] = time.perf_counter() - t0
+        # train
+        reset_peak_memory(device)
+        trainer.train()
+        log = train_log(trainer)
+        summary.update(train_summary(trainer, log, device))
+        # save
+        trainer.model.save_pretrained(str(adapter_dir), safe_serialization=True)
+        del trainer, model
+    t1 = time.perf_counter()
+    merge_and_save(model_dir, adapter_dir, tokenizer, out, device)
+    summary["merge_save_s"] = time.perf_counter() - t1
+    summary["total_s"] = time.perf_counter() - t0
+    write_json(out / LOG_FILE, log)
+    write_json(out / SUMMARY_FILE, summary)
+    return out

@@ -6,7 +6,6 @@ scores the reference with the adapter disabled. On CUDA the start model is 4-bit
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,45 +18,12 @@ def train_dpo(model_dir: str | Path, tokenizer: Any, records: Sequence[dict], re
               progress: bool = True) -> Path:
     """Train preference ``records`` (prompt/chosen/rejected) on ``model_dir`` and save into
     ``out_dir``: the merged checkpoint, ``adapter/`` and ``log.json``. Returns ``out_dir``."""
-    from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = common.resolve_device(device)
-    adapter_dir = out / common.ADAPTER_DIR
-    t0 = time.perf_counter()
-    log: list[dict] = []
-    summary: dict = {"device": device, "quantize_4bit": common.uses_4bit(device, quantize_4bit), "steps": 0}
-    if recipe.max_steps == 0:
-        common.save_untrained_adapter(model_dir, lora, adapter_dir, device)
-    else:
-        # setup
-        common.quiet_datasets(progress)
-        model = common.load_model(model_dir, device, quantize_4bit)
-        big = common.is_big(model)
-        args = DPOConfig(**common.trainer_kwargs(recipe, out, device, seed, progress, big),
-                         beta=recipe.beta, precompute_ref_log_probs=recipe.precompute_ref_log_probs)
-        trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=Dataset.from_list(list(records)),
-                             processing_class=tokenizer, peft_config=common.lora_config(lora))
-        summary["records_used"] = common.check_records_used(trainer, len(records), recipe, "dpo")
-        if not progress:  # without the bar, the Trainer prints every log line instead
-            from transformers.trainer_callback import PrinterCallback
+    def make_trainer(model: Any, kwargs: dict, dataset: Any) -> Any:
+        args = DPOConfig(**kwargs, beta=recipe.beta, precompute_ref_log_probs=recipe.precompute_ref_log_probs)
+        return DPOTrainer(model=model, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer,
+                          peft_config=common.lora_config(lora))
 
-            trainer.remove_callback(PrinterCallback)
-        summary["setup_s"] = time.perf_counter() - t0
-        # train
-        common.reset_peak_memory(device)
-        trainer.train()
-        log = common.train_log(trainer)
-        summary.update(common.train_summary(trainer, log, device))
-        # save
-        trainer.model.save_pretrained(str(adapter_dir), safe_serialization=True)
-        del trainer, model
-    t1 = time.perf_counter()
-    common.merge_and_save(model_dir, adapter_dir, tokenizer, out, device)
-    summary["merge_save_s"] = time.perf_counter() - t1
-    summary["total_s"] = time.perf_counter() - t0
-    common.write_json(out / common.LOG_FILE, log)
-    common.write_json(out / common.SUMMARY_FILE, summary)
-    return out
+    return common.run_recipe("dpo", make_trainer, model_dir, tokenizer, records, recipe, out_dir, device,
+                             lora=lora, quantize_4bit=quantize_4bit, seed=seed, progress=progress)
