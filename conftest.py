@@ -10,6 +10,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # and pytest then skips this import.
 pytest_plugins = ["harness.pytest_plugin"]
 
+# The findings output folder at the root (JSON/MD/PNG) is never collected. This names that one
+# folder only: a norecursedirs pattern would also hide tests/findings.
+collect_ignore = ["findings"]
+
 
 def pytest_configure(config):
     for name, text in {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib.metadata import version
+
 import pytest
 
 from audit_synth import (CLEAN, CONV, DEFAULT_SYSTEM, EOT_END, HEADER_AFTER, NEWLINE_AFTER, NO_BOS, NO_END, PAIRS,
@@ -11,6 +13,7 @@ from harness.audit import CODES, audit
 PREF = [{"prompt": c["prompt"], "chosen": c["completion"],
          "rejected": [{"role": "assistant", "content": "no."}]} for c in CONV]
 SEED = [seed_text(p, r) for p, r in PAIRS]
+TRANSFORMERS_VERSION = tuple(int(x) for x in version("transformers").split(".")[:2])
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +137,12 @@ def test_assistant_only_loss_follows_the_generation_blocks():
     # trl only warns here; the audit names it: the end-of-turn token sits outside the block
     report = audit(bpe(GEN_NO_END), fmt="messages", data=msgs, assistant_only_loss=True)
     assert report.finding("eos-masked").examples == [0, 1, 2] and report.exit_code == 1
-    # and a block that ends right after an emoji loses the emoji's last byte tokens (transformers'
-    # assistant mask maps them outside the block): only example 1 ends with one
-    assert report.codes == {"eos-masked", "completion-masked"}
-    assert report.finding("completion-masked").examples == [1]
+    # A block that ends right after an emoji: transformers < 5.24 mapped the span's end through
+    # char_to_token(end - 1), which leaves the emoji's last byte tokens outside the mask (only
+    # example 1 ends with one). 5.24 masks every token whose offsets overlap the span, so the whole
+    # emoji is trained (tokenization_utils_base.apply_chat_template).
+    if TRANSFORMERS_VERSION >= (5, 24):
+        assert report.codes == {"eos-masked"}
+    else:
+        assert report.codes == {"eos-masked", "completion-masked"}
+        assert report.finding("completion-masked").examples == [1]
