@@ -232,3 +232,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             tr.write_line(f"no regression against {config.getoption('harness_baseline')}", green=True)
         if outcome.missing:
             tr.write_line(f"{len(outcome.missing)} baseline row(s) not in this run (not compared)")
+        if outcome.version_changes:
+            tr.write_line("library versions differ from the baseline's: " + "; ".join(outcome.version_changes),
+                          yellow=True)

@@ -109,6 +109,8 @@ def to_markdown(results: Sequence[ClaimResult], meta: Mapping[str, Any], images:
     for k in ("plan_path", "device", "seeds", "baseline"):
         if meta.get(k) not in (None, "", []):
             lines.append(f"- {k}: `{meta[k]}`")
+    if meta.get("versions"):
+        lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
     lines += ["", markdown_table(results), ""]
     notes = sorted({f"- {r.claim}: {r.note}" for r in results if r.note})
     if notes:

@@ -15,6 +15,7 @@ from harness.findings.report import load_json, plot_conflict_rates, plot_layer_d
 from harness.findings.spec import ClaimSpec, Pair, load_specs
 from harness.findings.statistics import STATISTICS
 from harness.findings.verdict import ClaimResult
+from harness.versions import library_versions, version_changes
 
 DEFAULT_PLAN = Path("fixtures") / "plans" / "tiny.toml"
 CLAIMS_DIR = Path("fixtures") / "claims"
@@ -113,6 +114,7 @@ class Outcome:
     missing: list[tuple[str, str, str]] = field(default_factory=list)
     disagreements: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    version_changes: list[str] = field(default_factory=list)  # library versions, baseline -> this run
 
 
 def plot_graph(source: DiffSource, plan: Any, folder: Path, run: str) -> list[Path]:
@@ -142,14 +144,16 @@ def finish(results: Sequence[ClaimResult], *, findings_dir: Path, plan: str, run
             out.images = plot(folder, run)
         except Exception as exc:  # plots are a report extra: never hide the findings themselves
             out.errors.append(f"plots not written: {exc}")
-    out.json_path, out.md_path = write(folder, run, results, {**meta, "plan": plan, "run": run},
-                                       [str(p) for p in out.images])
+    meta = {**meta, "plan": plan, "run": run, "versions": library_versions()}
+    out.json_path, out.md_path = write(folder, run, results, meta, [str(p) for p in out.images])
     for s in spreads(results):
         if not s.agree:
             out.disagreements.append(f"{s.key[0]} {s.key[2]} [{s.key[1]}]: verdicts {', '.join(s.verdicts)} "
                                      f"for values {', '.join(f'{v:.4g}' for v in s.values)}")
     if baseline:
         out.regressions, out.missing = compare_file(results, Path(baseline))
+        old_meta, _ = load_json(Path(baseline))
+        out.version_changes = version_changes(old_meta.get("versions", {}), meta["versions"])
     return out
 
 

@@ -19,6 +19,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+from harness import versions
+
 ENV = "HARNESS_FIXTURES_DIR"
 META_FILE = "meta.json"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -37,17 +39,9 @@ def cache_key(inputs: Any) -> str:
 
 
 def library_versions(quantized: bool = False) -> dict[str, str]:
-    """Versions of the libraries a trained node depends on (from package metadata: no imports)."""
-    from importlib.metadata import PackageNotFoundError, version
-
+    """Versions of the libraries a trained node depends on (part of its cache key)."""
     names = ["torch", "transformers", "trl", "peft", "tokenizers"] + (["bitsandbytes"] if quantized else [])
-    out = {}
-    for name in names:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = getattr(__import__(name), "__version__", "unknown")
-    return out
+    return versions.library_versions(names)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -90,3 +90,25 @@ def test_plots_are_written(tmp_path):
     b = plot_conflict_rates({"x vs y": rep}, tmp_path / "conf.png", "t")
     assert a.stat().st_size > 1000 and b.stat().st_size > 1000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["conf.png", "dev.png"]
+
+
+def test_findings_record_library_versions_and_baseline_names_changes(tmp_path):
+    from importlib.metadata import version
+
+    from harness.findings.session import finish
+
+    first = finish([row(0.1)], findings_dir=tmp_path, plan="tiny", run="a", meta={}, baseline=None)
+    meta, _ = load_json(first.json_path)
+    assert set(meta["versions"]) >= {"torch", "transformers", "trl", "peft", "bitsandbytes"}
+    assert meta["versions"]["transformers"] == version("transformers")
+    assert "transformers " + version("transformers") in first.md_path.read_text()
+    same = finish([row(0.1)], findings_dir=tmp_path, plan="tiny", run="b", meta={}, baseline=str(first.json_path))
+    assert same.version_changes == []
+    # a baseline recorded with another trl: the comparison names the library and both versions
+    data = json.loads(first.json_path.read_text())
+    data["meta"]["versions"]["trl"] = "0.9.0"
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
+    moved = finish([row(0.1)], findings_dir=tmp_path, plan="tiny", run="c", meta={}, baseline=str(old))
+    assert moved.version_changes == [f"trl 0.9.0 -> {version('trl')}"]
+    assert moved.regressions == []
