@@ -83,24 +83,11 @@ def _tiny_texts() -> tuple[list[str], list[str]]:
     return texts, texts + chats
 
 
-def _resolve_base(plan: Plan) -> tuple[Path | None, dict]:
-    """(local folder, identity) of a non-tiny base: a path, or a hub id found in the local cache."""
-    where = f"{plan.path or plan.name}: base.model"
-    p = Path(plan.base).expanduser()
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise LoadError(f"{where}: {p} has no config.json")
-        files = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in p.iterdir() if f.is_file())
-        return p.resolve(), {"kind": "path", "path": str(p.resolve()), "files": files}
-    try:
-        from huggingface_hub import snapshot_download
+def _resolve_base(plan: Plan, store: Store | None = None, progress: bool = False) -> tuple[Path | None, dict]:
+    """(local folder, identity) of a non-tiny base: see :func:`harness.train.bases.resolve`."""
+    from harness.train.bases import resolve
 
-        local = snapshot_download(plan.base, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1",
-                                  allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
-    except Exception as e:  # noqa: BLE001 - any hub failure means "not available here"
-        raise LoadError(f"{where}: {plan.base!r} is neither a local folder nor a model found on the hub "
-                        f"or in its local cache ({type(e).__name__})") from None
-    return Path(local), {"kind": "hub", "id": plan.base, "snapshot": Path(local).name}
+    return resolve(plan, store if store is not None else Store(), progress)
 
 
 def node_records(plan: Plan, name: str) -> list[dict]:
@@ -188,7 +175,7 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
     store = Store(fixtures_dir)
     store.root.mkdir(parents=True, exist_ok=True)
     store.clean_stale_tmp()
-    base_dir, base_identity = (None, None) if plan.base == "tiny" else _resolve_base(plan)
+    base_dir, base_identity = (None, None) if plan.base == "tiny" else _resolve_base(plan, store, progress)
     keys, inputs = plan_keys(plan, device, base_identity)
     graph = Graph(plan, store, keys, device, base_dir)
 
