@@ -125,12 +125,20 @@ def plan_keys(plan: Plan, device: str, base_identity: dict | None = None) -> tup
         else:
             inp = {"method": node.method, "dataset": node.dataset,
                    "records": data.records_hash(node_records(plan, node.name)),
-                   "recipe": dataclasses.asdict(plan.recipe(node.name)), "lora": dataclasses.asdict(plan.lora),
+                   "recipe": _recipe_key(plan.recipe(node.name)), "lora": dataclasses.asdict(plan.lora),
                    "quantize_4bit": quant, "parent": keys[node.parent], "seed": plan.seed, "device": device,
                    "versions": versions, "recipe_version": RECIPE_VERSION}
         inputs[node.name] = inp
         keys[node.name] = cache_key(inp)
     return keys, inputs
+
+
+def _recipe_key(recipe: Any) -> dict:
+    """The recipe as hashed: options added later enter only when set away from their default."""
+    d = dataclasses.asdict(recipe)
+    if d.get("gradient_checkpointing") == "auto":
+        del d["gradient_checkpointing"]
+    return d
 
 
 # ---------------------------------------------------------------------------- the walk

@@ -72,6 +72,9 @@ class Recipe:
     gradient_accumulation_steps: int = 1
     beta: float = 0.3  # DPO only
     precompute_ref_log_probs: bool = False  # DPO only; the same loss, one reference pass
+    # "auto": on for models of about 1B parameters and up (common.is_big); "on" / "off" force it.
+    # Only a non-default value enters the node key (keys of existing plans stay as they were).
+    gradient_checkpointing: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -271,6 +274,8 @@ def _validate_section(obj: Any, where: str) -> None:
             raise PlanError(f"{where}.lr_scheduler: unknown {obj.lr_scheduler!r}; known: {', '.join(SCHEDULERS)}")
         if obj.beta <= 0:
             raise PlanError(f"{where}.beta: must be positive, got {obj.beta}")
+        if obj.gradient_checkpointing not in ("auto", "on", "off"):
+            raise PlanError(f"{where}.gradient_checkpointing: must be auto, on or off, got {obj.gradient_checkpointing!r}")
     elif isinstance(obj, LoraSpec):
         if obj.r < 1 or obj.alpha <= 0:
             raise PlanError(f"{where}: r and alpha must be positive, got r={obj.r} alpha={obj.alpha}")
