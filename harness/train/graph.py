@@ -144,10 +144,15 @@ def _recipe_key(recipe: Any) -> dict:
 # ---------------------------------------------------------------------------- the walk
 
 def _choose_threads(jobs: int = 1) -> None:
-    """Split the cores between ``jobs`` builders; on a busy shared CPU use fewer threads (no spin-waiting)."""
+    """Split the cores between ``jobs`` builders; on a busy shared CPU use fewer threads (no spin-waiting).
+    On CUDA, concurrent workers get an equal share of the cores (8 workers with a thread pool of all 16
+    cores each oversubscribed the H200 host: a launch-bound step went from 0.34 s alone to 0.6 s)."""
     import torch
 
+    cores = os.cpu_count() or 1
     if torch.cuda.is_available():
+        if jobs > 1:
+            torch.set_num_threads(max(1, cores // jobs))
         return
     cores = os.cpu_count() or 1
     try:
@@ -295,7 +300,7 @@ def _build_parallel(graph: Graph, todo: list[str], inputs: dict, forced: set[str
     running: dict[Any, str] = {}
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
     n_gpus = _gpu_count() if graph.device == "cuda" else 0
-    init = (max(1, jobs // max(1, n_gpus)) if n_gpus else jobs, ctx.Value("i", 0), n_gpus)
+    init = (jobs, ctx.Value("i", 0), n_gpus)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=init) as pool:
         while pending or running:
             for name in list(pending):

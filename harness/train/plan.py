@@ -442,8 +442,10 @@ def _parse_preflight(table: Any, where: str) -> Mapping[str, str]:
 
 def _apply_variant(plan: Plan, vname: str, table: Mapping[str, Any]) -> Plan:
     where = f"{plan._where()}: variants.{vname}"
-    _check_keys(table, {"lora", "sft", "dpo", "tiny", "nodes", "only", "limit"}, where)
+    _check_keys(table, {"lora", "sft", "dpo", "tiny", "nodes", "only", "limit", "quantize_4bit"}, where)
     kw: dict[str, Any] = {"variant_name": vname}
+    if "quantize_4bit" in table:  # QLoRA vs LoRA: part of every trained node's key
+        kw["quantize_4bit"] = _typed(table["quantize_4bit"], bool, f"{where}.quantize_4bit")
     for key in ("lora", "sft", "dpo", "tiny"):
         if key in table:
             if not isinstance(table[key], Mapping):
