@@ -5,9 +5,9 @@
 >>> graph.path("dpo_d1@sft_d1")              # merged checkpoint folder (safetensors)
 """
 
-from harness.train.plan import LoraSpec, Node, Plan, PlanError, Recipe, TinySpec, load_plan, plan_from_dict
+from harness.train.plan import BaseSource, LoraSpec, Node, Plan, PlanError, Recipe, TinySpec, load_plan, plan_from_dict
 
-__all__ = ["Graph", "LoraSpec", "Node", "Plan", "PlanError", "Recipe", "TinySpec", "build", "load_plan",
+__all__ = ["BaseSource", "Graph", "LoraSpec", "Node", "Plan", "PlanError", "Recipe", "TinySpec", "build", "load_plan",
            "plan_from_dict", "default_fixtures_dir"]
 
 

@@ -16,9 +16,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--only", action="append", metavar="NODE", help="build only this node (and its ancestors); repeatable")
     b.add_argument("--rebuild", action="store_true", help="retrain the --only nodes, or every trained node")
     b.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    b.add_argument("--jobs", type=int, default=None, help="nodes trained at once (default: up to 5 on CUDA for the tiny base, else 1)")
+    b.add_argument("--jobs", type=int, default=None,
+                   help="nodes trained at once (default: 1 on the CPU; on CUDA as many as the GPUs' memory holds)")
     b.add_argument("--variant", default=None, help="apply the plan's [variants.NAME] table")
     b.add_argument("--seed", type=int, default=None, help="override the plan's training seed")
+    b.add_argument("--base", default=None, metavar="MODEL",
+                   help="override the plan's base: a hub id[@revision], a model folder, a .gguf file or a folder holding one")
+    b.add_argument("--no-preflight", action="store_true",
+                   help="train even when the pre-flight (label audit, stop tokens) finds an error")
     b.add_argument("--fixtures-dir", default=None, help="cache folder (default .fixtures/ or $HARNESS_FIXTURES_DIR)")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     ls = sub.add_parser("list", help="list the cached nodes")
@@ -40,10 +45,13 @@ def run(args: argparse.Namespace) -> int:
             plan = plan.variant(args.variant)
         if args.seed is not None:
             plan = plan.with_seed(args.seed)
+        if args.base:
+            plan = plan.with_base(args.base)
         for name in args.only or []:
             plan.node(name)
         graph = build(plan, fixtures_dir=args.fixtures_dir, device=args.device, only=args.only,
-                      rebuild=args.rebuild, progress=not args.quiet, jobs=args.jobs)
+                      rebuild=args.rebuild, progress=not args.quiet, jobs=args.jobs,
+                      preflight=not args.no_preflight)
         for name in graph.names:
             if graph.is_built(name):
                 print(f"{name:16s} {graph.key(name)[:16]}  {graph.path(name)}")

@@ -44,7 +44,13 @@ def config_dtype(model_dir: str | Path) -> torch.dtype:
     return getattr(torch, dt) if isinstance(dt, str) else dt
 
 
-def load_model(model_dir: str | Path, device: str, quantize_4bit: bool, for_training: bool = True):
+def checkpointing(model: Any, option: str = "auto") -> bool:
+    """Gradient checkpointing for ``model`` under a recipe's option (auto: :func:`is_big`)."""
+    return {"on": True, "off": False}.get(option, is_big(model))
+
+
+def load_model(model_dir: str | Path, device: str, quantize_4bit: bool, for_training: bool = True,
+               gradient_checkpointing: str = "auto"):
     """Load a causal LM: nf4 + double quant + bf16 compute on CUDA when asked, else in its own dtype."""
     from transformers import AutoModelForCausalLM
 
@@ -70,8 +76,8 @@ def load_model(model_dir: str | Path, device: str, quantize_4bit: bool, for_trai
     if uses_4bit(device, quantize_4bit) and for_training:
         from peft import prepare_model_for_kbit_training
 
-        big = model.config.num_hidden_layers * model.config.hidden_size >= 32 * 1024
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=big)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=checkpointing(model, gradient_checkpointing))
     return model
 
 
@@ -225,8 +231,9 @@ def run_recipe(method: str, make_trainer: Callable[[Any, dict, Any], Any], model
     else:
         # setup
         quiet_datasets(progress)
-        model = load_model(model_dir, device, quantize_4bit)
-        kwargs = trainer_kwargs(recipe, out, device, seed, progress, is_big(model))
+        option = getattr(recipe, "gradient_checkpointing", "auto")
+        model = load_model(model_dir, device, quantize_4bit, gradient_checkpointing=option)
+        kwargs = trainer_kwargs(recipe, out, device, seed, progress, checkpointing(model, option))
         trainer = make_trainer(model, kwargs, Dataset.from_list(list(records)))
         summary["records_used"] = check_records_used(trainer, len(records), recipe, method)
         if not progress:  # without the bar, the Trainer prints every log line instead

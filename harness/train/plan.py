@@ -72,6 +72,9 @@ class Recipe:
     gradient_accumulation_steps: int = 1
     beta: float = 0.3  # DPO only
     precompute_ref_log_probs: bool = False  # DPO only; the same loss, one reference pass
+    # "auto": on for models of about 1B parameters and up (common.is_big); "on" / "off" force it.
+    # Only a non-default value enters the node key (keys of existing plans stay as they were).
+    gradient_checkpointing: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,23 @@ class TinySpec:
     # The saved base's dtype (pretraining runs in float32). "bfloat16" mirrors the seed's bf16
     # checkpoints: merged children are bf16 too, so LoRA updates under half an ulp vanish.
     dtype: str = "float32"
+
+
+@dataclass(frozen=True)
+class BaseSource:
+    """Where a non-tiny base comes from besides ``base.model``, and what the plan adds to it.
+
+    ``offline`` is a GGUF file (``$HARNESS_GGUF_DIR`` expands, default ``~/.cache/harness/gguf``)
+    used when the hub id ``offline_for`` is neither reachable nor cached; ``sha256`` pins a GGUF
+    file. ``chat_template`` (a Jinja file) and ``stop_tokens`` (the generation config's EOS tokens)
+    overlay the base; both enter every key.
+    """
+
+    offline: str | None = None
+    offline_for: str | None = None
+    sha256: str | None = None
+    chat_template: str | None = None
+    stop_tokens: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -137,6 +157,9 @@ class Plan:
     nodes: tuple[Node, ...]
     variants: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: _freeze({}), compare=False)
     variant_name: str | None = None
+    source: BaseSource = field(default_factory=BaseSource)
+    # finding code -> why the plan accepts it (pre-flight errors listed here do not stop the build)
+    preflight_allow: Mapping[str, str] = field(default_factory=lambda: _freeze({}))
 
     # ------------------------------------------------------------------ queries
     @property
@@ -175,6 +198,16 @@ class Plan:
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise PlanError(f"{self._where()}: seed must be an integer, got {seed!r}")
         return replace(self, seed=seed)
+
+    def with_base(self, model: str) -> "Plan":
+        """The same plan (graph, recipe, seeds) on another base: ``"tiny"``, a hub id, a model folder or a
+        GGUF file; relative paths are taken from the working directory."""
+        if not isinstance(model, str) or not model.strip():
+            raise PlanError(f"{self._where()}: base model must be \"tiny\", a hub id or a path, got {model!r}")
+        p = Path(model).expanduser()
+        if model != "tiny" and (p.exists() or model.startswith((".", "/", "~"))):
+            model = str(p.resolve())
+        return replace(self, base=model)
 
     def variant(self, name: str) -> "Plan":
         """The plan with ``[variants.NAME]`` applied; unchanged nodes keep their cache key."""
@@ -241,6 +274,8 @@ def _validate_section(obj: Any, where: str) -> None:
             raise PlanError(f"{where}.lr_scheduler: unknown {obj.lr_scheduler!r}; known: {', '.join(SCHEDULERS)}")
         if obj.beta <= 0:
             raise PlanError(f"{where}.beta: must be positive, got {obj.beta}")
+        if obj.gradient_checkpointing not in ("auto", "on", "off"):
+            raise PlanError(f"{where}.gradient_checkpointing: must be auto, on or off, got {obj.gradient_checkpointing!r}")
     elif isinstance(obj, LoraSpec):
         if obj.r < 1 or obj.alpha <= 0:
             raise PlanError(f"{where}: r and alpha must be positive, got r={obj.r} alpha={obj.alpha}")
@@ -314,19 +349,21 @@ def load_plan(path: str | Path) -> Plan:
 def plan_from_dict(raw: Mapping[str, Any], path: Path | None = None, name: str | None = None) -> Plan:
     """Validate a parsed plan table; ``path`` (or ``name``) is what errors name."""
     where = str(path) if path else f"plan {name or raw.get('name')!r}"
-    _check_keys(raw, {"name", "base", "seed", "data", "tiny", "lora", "sft", "dpo", "nodes", "variants"}, where)
+    _check_keys(raw, {"name", "base", "seed", "data", "tiny", "lora", "sft", "dpo", "nodes", "variants", "preflight"},
+                where)
     pname = raw.get("name") or name or (path.stem if path else None)
     if not isinstance(pname, str) or not pname:
         raise PlanError(f"{where}: field 'name' must be a non-empty string")
     base = raw.get("base")
     if not isinstance(base, dict):
         raise PlanError(f"{where}: missing table [base] (model = \"tiny\" | hub id | path)")
-    _check_keys(base, {"model", "quantize_4bit", "requires_cuda"}, f"{where}: base")
+    _check_keys(base, {"model", "quantize_4bit", "requires_cuda", "offline", "sha256", "chat_template",
+                       "stop_tokens"}, f"{where}: base")
     model = base.get("model")
     if not isinstance(model, str) or not model:
         raise PlanError(f"{where}: base.model must be \"tiny\", a hub id or a path")
-    if model != "tiny" and path is not None and (model.startswith(".") or model.startswith("/")):
-        model = str((path.parent / model).resolve()) if model.startswith(".") else model
+    model = _plan_path(model, path) if model != "tiny" else model
+    source = _parse_source(base, model, path, where)
     q4 = _typed(base.get("quantize_4bit", True), bool, f"{where}: base.quantize_4bit")
     rc = _typed(base.get("requires_cuda", False), bool, f"{where}: base.requires_cuda")
     seed = raw.get("seed", {})
@@ -351,8 +388,10 @@ def plan_from_dict(raw: Mapping[str, Any], path: Path | None = None, name: str |
     variants = raw.get("variants", {})
     if not isinstance(variants, dict):
         raise PlanError(f"{where}: field 'variants' must be a table of tables")
+    allow = _parse_preflight(raw.get("preflight", {}), where)
     plan = Plan(pname, path, model, q4, rc, tseed, dseed, limit, sections["lora"], sections["sft"],
-                sections["dpo"], sections["tiny"], nodes, _freeze({k: _freeze(v) for k, v in variants.items()}))
+                sections["dpo"], sections["tiny"], nodes, _freeze({k: _freeze(v) for k, v in variants.items()}),
+                source=source, preflight_allow=allow)
     for vname, vtable in variants.items():  # validate every variant now, so errors surface at load time
         if not isinstance(vtable, dict):
             raise PlanError(f"{where}: variants.{vname}: must be a table")
@@ -360,10 +399,53 @@ def plan_from_dict(raw: Mapping[str, Any], path: Path | None = None, name: str |
     return plan
 
 
+def _plan_path(value: str, path: Path | None) -> str:
+    """A path relative to the plan file (``./x``, ``../x``) made absolute; hub ids and ``$VAR/x`` kept."""
+    if path is not None and value.startswith("."):
+        return str((path.parent / value).resolve())
+    return value
+
+
+def _parse_source(base: Mapping[str, Any], model: str, path: Path | None, where: str) -> BaseSource:
+    kw: dict[str, Any] = {}
+    for key in ("offline", "sha256", "chat_template"):
+        if key in base:
+            value = _typed(base[key], str, f"{where}: base.{key}")
+            kw[key] = _plan_path(value, path) if key != "sha256" else value.lower()
+    if "sha256" in kw and (len(kw["sha256"]) != 64 or any(c not in "0123456789abcdef" for c in kw["sha256"])):
+        raise PlanError(f"{where}: base.sha256: must be 64 hex digits, got {base['sha256']!r}")
+    if "offline" in kw:
+        if not kw["offline"].endswith(".gguf"):
+            raise PlanError(f"{where}: base.offline: must name a .gguf file, got {kw['offline']!r}")
+        kw["offline_for"] = model
+    stops = base.get("stop_tokens", [])
+    if not isinstance(stops, list) or not all(isinstance(t, str) and t for t in stops):
+        raise PlanError(f"{where}: base.stop_tokens: must be a list of token strings, got {stops!r}")
+    if model == "tiny" and (kw or stops):
+        raise PlanError(f"{where}: base: offline, sha256, chat_template and stop_tokens need a base other than tiny")
+    return BaseSource(stop_tokens=tuple(stops), **kw)
+
+
+def _parse_preflight(table: Any, where: str) -> Mapping[str, str]:
+    """``[preflight] allow = { code = "reason" }``: audit errors the plan accepts, each with its reason."""
+    if not isinstance(table, dict):
+        raise PlanError(f"{where}: field 'preflight' must be a table")
+    _check_keys(table, {"allow"}, f"{where}: preflight")
+    allow = table.get("allow", {})
+    if not isinstance(allow, dict):
+        raise PlanError(f"{where}: preflight.allow: must be a table of finding code = \"reason\"")
+    for code, reason in allow.items():
+        if not isinstance(reason, str) or not reason.strip():
+            raise PlanError(f"{where}: preflight.allow.{code}: needs a reason (a non-empty string)")
+    return _freeze(dict(allow))
+
+
 def _apply_variant(plan: Plan, vname: str, table: Mapping[str, Any]) -> Plan:
     where = f"{plan._where()}: variants.{vname}"
-    _check_keys(table, {"lora", "sft", "dpo", "tiny", "nodes", "only", "limit"}, where)
+    _check_keys(table, {"lora", "sft", "dpo", "tiny", "nodes", "only", "limit", "quantize_4bit"}, where)
     kw: dict[str, Any] = {"variant_name": vname}
+    if "quantize_4bit" in table:  # QLoRA vs LoRA: part of every trained node's key
+        kw["quantize_4bit"] = _typed(table["quantize_4bit"], bool, f"{where}.quantize_4bit")
     for key in ("lora", "sft", "dpo", "tiny"):
         if key in table:
             if not isinstance(table[key], Mapping):

@@ -149,3 +149,127 @@ def test_bench_seed_recipe_8b_shaped(benchmark, tmp_path_factory):
     benchmark.extra_info.update(RESULTS["seed_8b"])
     _dump()
     assert res["sft"]["steps"] == steps and res["dpo"]["steps"] == steps
+
+
+# ---------------------------------------------------------------------------- real shapes, CUDA
+#
+# HARNESS_BENCH_BASE_DIR: a folder with a real model's config.json and tokenizer (SmolLM2-135M or
+# Gemma-3-270M, converted from its GGUF); the weights are drawn at random (the timings depend on
+# the shapes and the tokenizer's lengths, not on the values). HARNESS_BENCH_LIMIT examples per node.
+
+H200_BF16_PEAK = 989e12  # dense bf16 FLOP/s of one H200 (data sheet); MFU = 6 N tokens/s / peak
+
+
+def _random_from_config(src: Path, dest: Path) -> Path:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if (dest / "model.safetensors").is_file():
+        return dest
+    config = AutoConfig.from_pretrained(src)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.config.dtype = torch.bfloat16
+    model.save_pretrained(dest)
+    AutoTokenizer.from_pretrained(src).save_pretrained(dest)
+    for f in ("generation_config.json",):
+        if (src / f).is_file():
+            shutil.copy(src / f, dest / f)
+    return dest
+
+
+def _n_params(folder: Path) -> int:
+    from safetensors import safe_open
+
+    n = 0
+    with safe_open(str(folder / "model.safetensors"), "pt") as st:
+        for k in st.keys():
+            n += math.prod(st.get_slice(k).get_shape())
+    return n
+
+
+def _mfu(tokens_per_s: float | None, n_params: int) -> float | None:
+    return 6 * n_params * tokens_per_s / H200_BF16_PEAK if tokens_per_s else None
+
+
+@pytest.fixture(scope="module")
+def real_shape_base(tmp_path_factory):
+    src = os.environ.get("HARNESS_BENCH_BASE_DIR")
+    if not src or not torch.cuda.is_available():
+        pytest.skip("needs CUDA and HARNESS_BENCH_BASE_DIR (a real model's config and tokenizer)")
+    return _random_from_config(Path(src), tmp_path_factory.mktemp("realshape") / "base")
+
+
+# (name, quantize_4bit, recipe overrides): the seed's method first, then plan options (each one a
+# different node key), then the per-step overhead of logging every step.
+STEP_OPTIONS = (
+    ("seed_qlora_b2_log1", True, {}),
+    ("qlora_b2_log10", True, {"logging_steps": 10}),
+    ("lora_bf16_b2", False, {}),
+    ("lora_bf16_b16", False, {"batch_size": 16}),
+)
+
+
+def test_bench_step_options(benchmark, real_shape_base, tmp_path):
+    """SFT step time and tokens/s on a real-shape base, per plan option."""
+    from transformers import AutoTokenizer
+
+    from harness import data
+    from harness.train.common import SUMMARY_FILE
+    from harness.train.sft import train_sft
+
+    benchmark.group = "real-shape-steps"
+    steps = int(os.environ.get("HARNESS_BENCH_STEPS", "30"))
+    plan = load_plan(PLANS / "smollm2.toml")
+    tok = AutoTokenizer.from_pretrained(real_shape_base)
+    n = _n_params(real_shape_base)
+    out: dict = {}
+
+    def run() -> None:
+        for name, q4, over in STEP_OPTIONS:
+            rec = replace(plan.sft, max_steps=steps, **over)
+            train_sft(real_shape_base, tok, data.sft_records("d1"), rec, tmp_path / name, "cuda", lora=plan.lora,
+                      quantize_4bit=q4, seed=0, progress=False)
+            s = json.loads((tmp_path / name / SUMMARY_FILE).read_text())
+            s["step_s"] = 1 / s["steps_per_s"] if s.get("steps_per_s") else None
+            s["mfu"] = _mfu(s.get("tokens_per_s"), n)
+            out[name] = s
+            shutil.rmtree(tmp_path / name)
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    seed = out["seed_qlora_b2_log1"]
+    RESULTS["real_shape_steps"] = {"base": os.environ.get("HARNESS_BENCH_BASE_DIR"), "params": n, "steps": steps,
+                                   "options": out,
+                                   "tokens_per_s_over_seed": {k: v["tokens_per_s"] / seed["tokens_per_s"]
+                                                              for k, v in out.items()}}
+    benchmark.extra_info.update(RESULTS["real_shape_steps"])
+    _dump()
+
+
+def test_bench_graph_concurrent_vs_sequential(benchmark, real_shape_base, tmp_path):
+    """The smollm2 seed graph on a real-shape base, cold: one node at a time (the old build) against
+    ready nodes trained concurrently on the GPU (default jobs), in the same run."""
+    from harness.train.graph import default_jobs
+
+    benchmark.group = "real-shape-graph"
+    limit = int(os.environ.get("HARNESS_BENCH_LIMIT", "40"))
+    plan = replace(load_plan(PLANS / "smollm2.toml").with_base(str(real_shape_base)), limit=limit)
+    t0 = time.perf_counter()
+    seq = build(plan, fixtures_dir=tmp_path / "seq", jobs=1, progress=False)
+    sequential_s = time.perf_counter() - t0
+    jobs = default_jobs("cuda", real_shape_base)
+    graph = benchmark.pedantic(lambda: build(plan, fixtures_dir=tmp_path / "par", progress=False),
+                               rounds=1, iterations=1)
+    concurrent_s = benchmark.stats.stats.max
+    n = _n_params(real_shape_base)
+    nodes = {}
+    for name in graph.names[1:]:
+        t = graph.meta(name)["train"]
+        nodes[name] = {"wall_s": graph.meta(name)["wall_seconds"], "sequential_wall_s": seq.meta(name)["wall_seconds"],
+                       "steps": t["steps"], "step_s": 1 / t["steps_per_s"], "tokens_per_s": t["tokens_per_s"],
+                       "sequential_tokens_per_s": seq.meta(name)["train"]["tokens_per_s"],
+                       "mfu": _mfu(t["tokens_per_s"], n), "peak_gpu_mem_gib": t.get("peak_gpu_mem_gib")}
+    RESULTS["real_shape_graph"] = {"limit": limit, "jobs": jobs, "sequential_s": sequential_s,
+                                   "concurrent_s": concurrent_s, "speedup": sequential_s / concurrent_s,
+                                   "nodes": nodes}
+    benchmark.extra_info.update(RESULTS["real_shape_graph"])
+    _dump()

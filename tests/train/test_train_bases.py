@@ -34,8 +34,12 @@ def test_a_local_folder_base_is_used_in_place(tmp_path):
     raw["nodes"] = raw["nodes"][:2]
     raw.pop("variants")
     raw["sft"]["max_length"] = 16
-    with pytest.raises(HarnessError, match=r"\[sft\] max_length = 16: all 8 records lost their completion"):
+    with pytest.raises(HarnessError, match=r"plan\.toml: sft_d0 \[trl-sft\]: all-masked: .* in 8 of 8 examples"):
         build(plan_from_dict(raw, tmp_path / "plan.toml"), fixtures_dir=tmp_path / "fx", device="cpu", progress=False)
+    # without the pre-flight, the trainer's own check stops it
+    with pytest.raises(HarnessError, match=r"\[sft\] max_length = 16: all 8 records lost their completion"):
+        build(plan_from_dict(raw, tmp_path / "plan.toml"), fixtures_dir=tmp_path / "fx", device="cpu", progress=False,
+              preflight=False)
     assert not list((tmp_path / "fx" / "nodes").glob("sft_d0-*"))
     assert not any((tmp_path / "fx" / "tmp").iterdir()), "a failed node leaves no temp folder"
     raw["sft"]["max_length"] = 512

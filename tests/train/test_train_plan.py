@@ -142,3 +142,39 @@ def test_with_seed_changes_only_the_training_seed(tmp_path):
     assert other.seed == 7 and plan.seed == 0 and other.nodes == plan.nodes and other.tiny == plan.tiny
     with pytest.raises(PlanError, match="seed must be an integer"):
         plan.with_seed("7")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- base sources, pre-flight, options
+
+def _base_plan(tmp_path: Path, base_lines: str, extra: str = "") -> Path:
+    p = tmp_path / "b.toml"
+    p.write_text(f'name = "b"\n[base]\n{base_lines}\n{extra}\n[[nodes]]\nname = "base"\nmethod = "base"\n'
+                 '[[nodes]]\nname = "s"\nmethod = "sft"\ndataset = "d0"\nparent = "base"\n', encoding="utf-8")
+    return p
+
+
+@pytest.mark.parametrize("lines, extra, match", [
+    ('model = "org/m"\nsha256 = "abc"', "", r"b\.toml: base\.sha256: must be 64 hex digits"),
+    ('model = "org/m"\noffline = "x.bin"', "", r"b\.toml: base\.offline: must name a \.gguf file"),
+    ('model = "org/m"\nstop_tokens = "<eos>"', "", r"b\.toml: base\.stop_tokens: must be a list"),
+    ('model = "tiny"\nchat_template = "t.jinja"', "", r"b\.toml: base: offline, sha256, chat_template"),
+    ('model = "org/m"', '[preflight]\nallow = { eos-missing = "" }', r"b\.toml: preflight\.allow\.eos-missing: needs a reason"),
+    ('model = "org/m"', '[sft]\ngradient_checkpointing = "maybe"', r"b\.toml: sft\.gradient_checkpointing: must be auto"),
+    ('model = "org/m"', '[variants.v]\nquantize_4bit = "no"', r"b\.toml: variants\.v\.quantize_4bit: must be true or false"),
+])
+def test_base_source_and_option_errors_name_file_and_field(tmp_path, lines, extra, match):
+    with pytest.raises(PlanError, match=match):
+        load_plan(_base_plan(tmp_path, lines, extra))
+
+
+def test_base_source_fields_load(tmp_path):
+    (tmp_path / "t.jinja").write_text("{{ x }}")
+    plan = load_plan(_base_plan(tmp_path, 'model = "org/m@rev1"\noffline = "$HARNESS_GGUF_DIR/m.gguf"\n'
+                                          f'sha256 = "{"A" * 64}"\nchat_template = "./t.jinja"\nstop_tokens = ["<eos>"]',
+                                '[preflight]\nallow = { trained-after-stop = "why" }\n[variants.v]\nquantize_4bit = false'))
+    src = plan.source
+    assert (src.offline, src.offline_for, src.sha256) == ("$HARNESS_GGUF_DIR/m.gguf", "org/m@rev1", "a" * 64)
+    assert src.chat_template == str(tmp_path / "t.jinja") and src.stop_tokens == ("<eos>",)
+    assert dict(plan.preflight_allow) == {"trained-after-stop": "why"}
+    assert plan.quantize_4bit and not plan.variant("v").quantize_4bit
+    assert plan.with_base("other/model").base == "other/model"

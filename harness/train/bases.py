@@ -1,0 +1,302 @@
+"""Bases from anywhere: a hub id (``id@revision``), a local folder, a ``.gguf`` file or a folder holding one.
+
+A GGUF file is loaded through transformers' own gguf support, dequantized once and saved into the
+fixture cache as a bf16 safetensors folder (config, tokenizer, chat template, generation config),
+keyed by the file's sha256: ``<fixtures>/bases/gguf-<sha16>/``. The converted tokenizer's BOS, EOS
+and PAD are checked against the GGUF's own metadata first. A plan's ``chat_template`` and
+``stop_tokens`` overlay any base into ``<fixtures>/bases/overlay-<key16>/`` (weights hard-linked).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from harness.errors import LoadError
+
+GGUF_ENV = "HARNESS_GGUF_DIR"
+DEFAULT_GGUF_DIR = "~/.cache/harness/gguf"
+#: Bump when the conversion changes what it writes; part of the converted folder's key.
+CONVERT_VERSION = 1
+INFO_FILE = "base_info.json"  # written last: its presence marks a converted folder complete
+_WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json")
+
+
+def gguf_dir() -> Path:
+    """``$HARNESS_GGUF_DIR``, else ``~/.cache/harness/gguf`` (where ``.ci/fetch-gguf`` puts the files)."""
+    return Path(os.environ.get(GGUF_ENV) or DEFAULT_GGUF_DIR).expanduser()
+
+
+def expand(spec: str) -> str:
+    """``$HARNESS_GGUF_DIR`` (set or not) and ``~`` expanded; other text unchanged."""
+    for token in ("${" + GGUF_ENV + "}", "$" + GGUF_ENV):
+        if token in spec:
+            spec = spec.replace(token, str(gguf_dir()))
+    return os.path.expanduser(os.path.expandvars(spec)) if spec.startswith(("~", "$")) else spec
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def find_gguf(spec: str) -> Path | None:
+    """The GGUF file ``spec`` names (a ``.gguf`` path, or a folder holding exactly one), else None."""
+    p = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        return p
+    if p.is_dir() and not (p / "config.json").is_file():
+        found = sorted(p.glob("*.gguf"))
+        if len(found) > 1:
+            raise LoadError(f"{p}: holds {len(found)} .gguf files ({', '.join(f.name for f in found)}); name one")
+        return found[0] if found else None
+    return None
+
+
+# ---------------------------------------------------------------------------- GGUF metadata
+
+def gguf_tokens(path: Path) -> dict[str, Any]:
+    """The GGUF's architecture and its BOS/EOS/PAD token ids (from the file's own metadata)."""
+    try:
+        import gguf
+
+        reader = gguf.GGUFReader(str(path))
+    except Exception as e:  # noqa: BLE001 - any parse failure means the file is not a usable GGUF
+        raise LoadError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
+    fields = reader.fields
+
+    def get(key: str) -> Any:
+        f = fields.get(key)
+        return None if f is None else f.contents()
+
+    return {"architecture": get("general.architecture"), "bos": get("tokenizer.ggml.bos_token_id"),
+            "eos": get("tokenizer.ggml.eos_token_id"), "pad": get("tokenizer.ggml.padding_token_id"),
+            "has_chat_template": get("tokenizer.chat_template") is not None}
+
+
+def check_special_tokens(tok: Any, meta: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The converted tokenizer's BOS/EOS/PAD ids must equal the GGUF's; one error names both on a mismatch."""
+    out = {}
+    for role in ("bos", "eos", "pad"):
+        want = meta.get(role)
+        got = getattr(tok, f"{role}_token_id")
+        got_text = getattr(tok, f"{role}_token")
+        if want is not None and got != want:
+            want_text = tok.convert_ids_to_tokens(int(want)) if 0 <= int(want) < len(tok) else "?"
+            raise LoadError(f"{path}: the converted tokenizer's {role}_token is {got_text!r} (id {got}) but the "
+                            f"GGUF's tokenizer.ggml.{_GGUF_KEY[role]} is {want} ({want_text!r}); this transformers "
+                            "version converts the tokenizer wrongly")
+        out[role] = {"id": got, "token": got_text}
+    return out
+
+
+_GGUF_KEY = {"bos": "bos_token_id", "eos": "eos_token_id", "pad": "padding_token_id"}
+
+
+# ---------------------------------------------------------------------------- conversion
+
+def convert_gguf(path: Path, store: Any, *, sha256: str | None = None, progress: bool = True) -> tuple[Path, dict]:
+    """The bf16 safetensors folder of GGUF ``path`` in the cache (converted once), and its identity."""
+    if not path.is_file():
+        raise LoadError(f"{path}: no such GGUF file")
+    digest = sha256_file(path)
+    if sha256 is not None and digest != sha256:
+        raise LoadError(f"{path}: sha256 {digest} does not match the pinned {sha256}")
+    key = f"{digest[:16]}-v{CONVERT_VERSION}"
+    final = store.root / "bases" / f"gguf-{key}"
+    identity = {"kind": "gguf", "sha256": digest, "file": path.name, "convert_version": CONVERT_VERSION}
+    if (final / INFO_FILE).is_file():
+        return final, identity
+    with store.lock("gguf", key):
+        if (final / INFO_FILE).is_file():
+            return final, identity
+        tmp = store.new_tmp("gguf", key)
+        try:
+            info = _convert_into(path, tmp, progress)
+            info.update(identity)
+            _write_json(tmp / INFO_FILE, info)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.exists():  # a half-written folder from an older layout: replace it
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return final, identity
+
+
+def _convert_into(path: Path, out: Path, progress: bool) -> dict:
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    meta = gguf_tokens(path)
+    if progress:
+        print(f"converting {path.name} (GGUF, {meta['architecture']}) to a bf16 folder, once", flush=True)
+    folder, name = str(path.parent), path.name
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    except Exception as e:  # noqa: BLE001
+        raise LoadError(f"{path}: transformers cannot read its tokenizer ({type(e).__name__}: {e})") from None
+    tokens = check_special_tokens(tok, meta, path)
+    kwargs: dict[str, Any] = {"gguf_file": name, "dtype": torch.float32}
+    try:
+        from transformers import GgufConfig  # transformers >= 5.2x keeps blocks packed unless told
+
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
+    except ImportError:
+        pass
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise LoadError(f"{path}: transformers cannot load its weights ({type(e).__name__}: {e})") from None
+    # A GGUF-loaded model refuses save_pretrained: rebuild it from its config in bf16.
+    config = loaded.config
+    config.dtype = torch.bfloat16
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    state = {k: v.to(torch.bfloat16) for k, v in loaded.state_dict().items()}
+    missing, unexpected = fresh.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if set(missing) - tied or unexpected:
+        raise LoadError(f"{path}: the dequantized weights do not fit {type(fresh).__name__} "
+                        f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})")
+    fresh.tie_weights()
+    fresh.generation_config = GenerationConfig(bos_token_id=meta["bos"], eos_token_id=meta["eos"],
+                                               pad_token_id=meta["pad"])
+    fresh.save_pretrained(str(out), safe_serialization=True, max_shard_size="5GB")
+    tok.save_pretrained(str(out))
+    del loaded, fresh, state
+    return {"architecture": meta["architecture"], "tokens": tokens, "transformers": transformers.__version__,
+            "has_chat_template": bool(getattr(tok, "chat_template", None))}
+
+
+# ---------------------------------------------------------------------------- overlay
+
+def overlay(base_dir: Path, identity: dict, source: Any, store: Any, where: str) -> tuple[Path, dict]:
+    """``base_dir`` with the plan's chat template and stop tokens, as a cached folder (weights hard-linked)."""
+    template = None
+    if source.chat_template:
+        tp = Path(expand(source.chat_template))
+        if not tp.is_file():
+            raise LoadError(f"{where}: base.chat_template: {tp} does not exist")
+        template = tp.read_text(encoding="utf-8")
+    ident = {**identity, "chat_template": hashlib.sha256(template.encode()).hexdigest() if template else None,
+             "stop_tokens": list(source.stop_tokens)}
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    final = store.root / "bases" / f"overlay-{key}"
+    if (final / INFO_FILE).is_file():
+        return final, ident
+    with store.lock("overlay", key):
+        if (final / INFO_FILE).is_file():
+            return final, ident
+        tmp = store.new_tmp("overlay", key)
+        try:
+            _overlay_into(base_dir, tmp, template, source.stop_tokens, where)
+            _write_json(tmp / INFO_FILE, {"from": str(base_dir), **ident})
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return final, ident
+
+
+def _overlay_into(base_dir: Path, out: Path, template: str | None, stops: tuple[str, ...], where: str) -> None:
+    from transformers import AutoTokenizer, GenerationConfig
+
+    for f in base_dir.iterdir():
+        if f.is_file() and any(f.match(p) for p in _WEIGHT_FILES):
+            try:
+                os.link(f, out / f.name)
+            except OSError:
+                shutil.copy2(f, out / f.name)
+        elif f.is_file() and f.name != INFO_FILE:
+            shutil.copy2(f, out / f.name)
+    tok = AutoTokenizer.from_pretrained(str(base_dir))
+    if template is not None:
+        tok.chat_template = template
+    tok.save_pretrained(str(out))
+    if stops:
+        ids = []
+        for t in stops:
+            i = tok.convert_tokens_to_ids(t)
+            if i is None or i == tok.unk_token_id or tok.convert_ids_to_tokens(i) != t:
+                raise LoadError(f"{where}: base.stop_tokens: {t!r} is not a token of {base_dir.name}'s tokenizer")
+            ids.append(int(i))
+        try:
+            gen = GenerationConfig.from_pretrained(str(base_dir))
+        except OSError:
+            gen = GenerationConfig(bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)
+        gen.eos_token_id = ids if len(ids) > 1 else ids[0]
+        gen.save_pretrained(str(out))
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    from harness.atomic import write_json
+
+    write_json(path, obj, indent=1)
+
+
+# ---------------------------------------------------------------------------- resolution
+
+def resolve(plan: Any, store: Any, progress: bool = True) -> tuple[Path, dict]:
+    """(local folder, identity) of a plan's non-tiny base; the identity enters every node's key.
+
+    A hub id that is neither reachable nor cached falls back to the plan's ``base.offline`` GGUF
+    (said on stderr and recorded in the identity), and only for the hub id the plan names.
+    """
+    where = f"{plan.path or plan.name}: base.model"
+    src = plan.source
+    spec = expand(plan.base)
+    gg = find_gguf(spec)
+    if gg is not None:
+        folder, ident = convert_gguf(gg, store, sha256=src.sha256 if not src.offline else None, progress=progress)
+    elif Path(spec).expanduser().is_dir():
+        folder, ident = _local_folder(Path(spec).expanduser(), where)
+    elif spec.startswith(("/", ".", "~")):
+        raise LoadError(f"{where}: {spec} does not exist")
+    else:
+        try:
+            folder, ident = _hub(spec, where)
+        except LoadError as e:
+            if not (src.offline and src.offline_for == plan.base):
+                raise
+            off = Path(expand(src.offline))
+            import sys
+
+            print(f"base: {plan.base} is not available ({e}); using the plan's offline source {off}", file=sys.stderr)
+            folder, ident = convert_gguf(off, store, sha256=src.sha256, progress=progress)
+            ident = {**ident, "offline_for": plan.base}
+    if src.chat_template or src.stop_tokens:
+        folder, ident = overlay(folder, ident, src, store, f"{plan.path or plan.name}")
+    return folder, ident
+
+
+def _local_folder(p: Path, where: str) -> tuple[Path, dict]:
+    if not (p / "config.json").is_file():
+        raise LoadError(f"{where}: {p} has no config.json (and no .gguf file)")
+    files = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in p.iterdir() if f.is_file())
+    return p.resolve(), {"kind": "path", "path": str(p.resolve()), "files": files}
+
+
+def _hub(spec: str, where: str) -> tuple[Path, dict]:
+    repo, _, revision = spec.partition("@")
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(repo, revision=revision or None,
+                                  local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1",
+                                  allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
+    except Exception as e:  # noqa: BLE001 - any hub failure means "not available here"
+        raise LoadError(f"{where}: {spec!r} is neither a local folder nor a model found on the hub "
+                        f"or in its local cache ({type(e).__name__})") from None
+    return Path(local), {"kind": "hub", "id": repo, "revision": revision or None, "snapshot": Path(local).name}

@@ -1,0 +1,126 @@
+"""Pre-flight before a node trains: its real records through its real pipeline, and the stop tokens.
+
+Two checks, both on the tokenizer the node trains with:
+
+- the label audit (:func:`harness.audit.audit`) on the node's training records, with the pipeline
+  it trains through (``trl-sft`` or ``trl-dpo``), its ``max_length`` and the generation EOS ids;
+- the stop tokens: the tokenizer's EOS, the generation config's EOS ids and the token that ends an
+  assistant turn in the chat template must agree (the template's end-of-turn and the tokenizer's
+  EOS must both be ones generation stops on).
+
+An error stops the build with one line, unless the plan's ``[preflight] allow`` names its code
+with a reason. The result goes into the node's ``meta.json`` under ``preflight``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from harness.errors import HarnessError
+
+PIPELINE = {"sft": ("trl-sft", "conversational"), "dpo": ("trl-dpo", "preference")}
+
+
+class PreflightError(HarnessError):
+    """A node's training setup would train a broken model; the message names the node and the finding."""
+
+
+@dataclass
+class PreflightResult:
+    """What the pre-flight found for one node (``status``: clean, allowed, warning or error)."""
+
+    node: str
+    pipeline: str
+    status: str
+    generation_eos: list[int]
+    tokenizer_eos: int | None
+    end_of_turn: int | None
+    findings: list[dict] = field(default_factory=list)
+    allowed: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def generation_eos(model_dir: str | Path) -> list[int]:
+    """The generation config's EOS ids (falling back to the model config's)."""
+    from harness.audit.loading import generation_eos_ids
+
+    ids = generation_eos_ids(Path(model_dir))
+    if not ids:
+        import json
+
+        cfg = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+        eos = cfg.get("eos_token_id")
+        ids = [] if eos is None else [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+    return ids
+
+
+def end_of_turn(tok: Any) -> int | None:
+    """The first special token the chat template writes after an assistant reply (None if none)."""
+    reply = "Zq9 reply"
+    msgs = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": reply}]
+    try:
+        text = tok.apply_chat_template(msgs, tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that cannot render is the audit's to report
+        return None
+    k = text.rfind(reply)
+    if k < 0:
+        return None
+    ids = tok(text[k + len(reply):], add_special_tokens=False)["input_ids"]
+    special = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
+    return next((int(i) for i in ids if i in special), None)
+
+
+def stop_token_findings(tok: Any, gen: Sequence[int]) -> tuple[int | None, list[dict]]:
+    """The template's end-of-turn id, and errors where tokenizer EOS / end-of-turn / generation EOS disagree."""
+    out: list[dict] = []
+    eot = end_of_turn(tok)
+    eos = tok.eos_token_id
+    if gen and eos is not None and eos not in gen:
+        out.append({"code": "tokenizer-eos-not-generation-eos", "severity": "error",
+                    "message": f"the tokenizer's eos_token {tok.eos_token!r} (id {eos}) is not among the "
+                               f"generation config's eos_token_id {list(gen)} ({_names(tok, gen)})"})
+    if eot is None:
+        out.append({"code": "template-no-end-of-turn", "severity": "error",
+                    "message": "the chat template ends an assistant turn with no special token: nothing "
+                               "trains the model to stop"})
+    elif gen and eot not in gen:
+        out.append({"code": "end-of-turn-not-generation-eos", "severity": "error",
+                    "message": f"the chat template ends a turn with {tok.convert_ids_to_tokens(eot)!r} (id {eot}), "
+                               f"which generation does not stop on (eos_token_id {list(gen)})"})
+    return eot, out
+
+
+def _names(tok: Any, ids: Sequence[int]) -> str:
+    return ", ".join(repr(t) for t in tok.convert_ids_to_tokens(list(ids)))
+
+
+def run(node: str, method: str, tok: Any, model_dir: str | Path, records: Sequence[dict], max_length: int,
+        allow: Mapping[str, str] | None = None, where: str = "") -> PreflightResult:
+    """Pre-flight one node; raises :class:`PreflightError` on an error the plan does not allow."""
+    from harness.audit import audit
+
+    pipeline, fmt = PIPELINE[method]
+    gen = generation_eos(model_dir)
+    eot, found = stop_token_findings(tok, gen)
+    report = audit(tok, data=list(records), fmt=fmt, pipeline=pipeline, max_length=max_length,
+                   generation_eos=gen or None)
+    for f in report.findings:
+        found.append({"code": f.code, "severity": f.severity, "count": f.count, "side": f.side,
+                      "examples": f.examples[:5], "message": f.message, "hint": f.hint})
+    allow = dict(allow or {})
+    errors = [f for f in found if f["severity"] == "error" and f["code"] not in allow]
+    allowed = {f["code"]: allow[f["code"]] for f in found if f["code"] in allow}
+    status = "error" if errors else "allowed" if allowed else "warning" if found else "clean"
+    result = PreflightResult(node, pipeline, status, list(gen), tok.eos_token_id, eot, found, allowed)
+    if errors:
+        e = errors[0]
+        n = f" in {e['count']} of {len(records)} examples (e.g. #{e['examples'][0]})" if e.get("count") else ""
+        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise PreflightError(f"pre-flight {where}{node} [{pipeline}]: {e['code']}: {e['message']}{n}{more}; "
+                             "fix the base or template, allow the code in the plan's [preflight] allow "
+                             "with a reason, or pass --no-preflight")
+    return result

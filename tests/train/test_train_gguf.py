@@ -1,0 +1,173 @@
+"""GGUF bases on the CPU: the real SmolLM2-135M-Instruct GGUF (from .ci/fetch-gguf) converted once into
+a bf16 folder, its special tokens and chat template, the pre-flight on its tokenizer, the smollm2 plan's
+ci variant built on the CPU, and bad GGUF inputs refused with exit 2 and one line naming the file."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.__main__ import main
+from harness.errors import LoadError
+from harness.train import build, load_plan
+from harness.train.bases import check_special_tokens, convert_gguf, gguf_dir, gguf_tokens
+from harness.train.store import Store
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOL_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+@pytest.fixture(scope="module")
+def smol_file() -> Path:
+    f = gguf_dir() / SMOL
+    if not f.is_file():
+        pytest.skip(f"{f} is absent: run .ci/fetch-gguf smollm2 (HARNESS_GGUF_DIR names the folder)")
+    return f
+
+
+@pytest.fixture(scope="module")
+def fx(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fx-gguf")
+
+
+@pytest.fixture(scope="module")
+def converted(smol_file, fx) -> Path:
+    folder, ident = convert_gguf(smol_file, Store(fx), sha256=SMOL_SHA, progress=False)
+    assert ident == {"kind": "gguf", "sha256": SMOL_SHA, "file": SMOL, "convert_version": 1}
+    return folder
+
+
+def test_smollm2_converts_to_a_bf16_folder_once(converted, smol_file, fx):
+    from safetensors import safe_open
+
+    names = {p.name for p in converted.iterdir()}
+    assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+            "tokenizer_config.json", "chat_template.jinja", "base_info.json"} <= names
+    cfg = json.loads((converted / "config.json").read_text())
+    assert cfg["model_type"] == "llama" and cfg["dtype"] == "bfloat16" and "quantization_config" not in cfg
+    with safe_open(str(converted / "model.safetensors"), "pt") as st:
+        keys = list(st.keys())
+        assert {str(st.get_slice(k).get_dtype()) for k in keys} == {"BF16"}
+        n = sum(_numel(st.get_slice(k).get_shape()) for k in keys)
+    assert n == 134_515_008  # SmolLM2-135M, embeddings tied to the LM head
+    t0, mtime = time.perf_counter(), (converted / "model.safetensors").stat().st_mtime_ns
+    again, _ = convert_gguf(smol_file, Store(fx), progress=False)
+    assert again == converted and (converted / "model.safetensors").stat().st_mtime_ns == mtime
+    assert time.perf_counter() - t0 < 30, "the second call hashes the file, it does not convert again"
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def test_smollm2_special_tokens_and_chat_template(converted):
+    from transformers import AutoTokenizer, GenerationConfig
+
+    tok = AutoTokenizer.from_pretrained(converted)
+    assert (tok.bos_token, tok.bos_token_id) == ("<|im_start|>", 1)
+    assert (tok.eos_token, tok.eos_token_id) == ("<|im_end|>", 2)
+    assert tok.pad_token_id == 2
+    assert GenerationConfig.from_pretrained(converted).eos_token_id == 2
+    text = tok.apply_chat_template([{"role": "system", "content": "S"}, {"role": "user", "content": "U"}],
+                                   tokenize=False, add_generation_prompt=True)
+    assert text == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_a_tokenizer_that_disagrees_with_the_gguf_is_named(converted, smol_file):
+    """transformers 5.17 converted this GGUF with eos_token <|im_start|> (id 1): caught here, both named."""
+    from transformers import AutoTokenizer
+
+    meta = gguf_tokens(smol_file)
+    assert (meta["bos"], meta["eos"], meta["pad"]) == (1, 2, 2)
+    tok = AutoTokenizer.from_pretrained(converted)
+    assert check_special_tokens(tok, meta, smol_file)["eos"] == {"id": 2, "token": "<|im_end|>"}
+    tok.eos_token = "<|im_start|>"
+    with pytest.raises(LoadError, match=r"SmolLM2-135M-Instruct\.Q4_1\.gguf: the converted tokenizer's eos_token "
+                                        r"is '<\|im_start\|>' \(id 1\) but the GGUF's tokenizer\.ggml\.eos_token_id "
+                                        r"is 2 \('<\|im_end\|>'\)"):
+        check_special_tokens(tok, meta, smol_file)
+
+
+def test_preflight_refuses_a_tokenizer_eos_generation_does_not_stop_on(converted):
+    """The same trap one step later: tokenizer EOS id 1, generation config stops on 2."""
+    from transformers import AutoTokenizer
+
+    from harness import data
+    from harness.train.preflight import PreflightError, run
+
+    tok = AutoTokenizer.from_pretrained(converted)
+    recs = data.sft_records("d0")[:2]
+    ok = run("sft_d0", "sft", tok, converted, recs, 256)
+    assert ok.status in ("clean", "warning") and ok.generation_eos == [2] and ok.end_of_turn == 2
+    tok.eos_token = "<|im_start|>"
+    with pytest.raises(PreflightError, match=r"sft_d0 \[trl-sft\]: tokenizer-eos-not-generation-eos: the "
+                                             r"tokenizer's eos_token '<\|im_start\|>' \(id 1\)"):
+        run("sft_d0", "sft", tok, converted, recs, 256)
+
+
+def test_smollm2_ci_variant_builds_on_the_cpu(converted, fx, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    plan = load_plan(ROOT / "fixtures" / "plans" / "smollm2.toml").variant("ci")
+    graph = build(plan, fixtures_dir=fx, device="cpu", progress=False)
+    assert graph.path("base") == converted
+    for name, steps in (("sft_d0", 2), ("dpo_d1", 1)):
+        meta = graph.meta(name)
+        assert meta["train"]["steps"] == steps and meta["quantize_4bit"] is False
+        assert meta["preflight"]["generation_eos"] == [2] and meta["preflight"]["end_of_turn"] == 2
+        assert meta["preflight"]["status"] in ("clean", "warning")
+        assert meta["inputs"]["parent"] == graph.key("base")
+    assert graph.meta("base")["key"] == graph.key("base")
+    assert json.loads((graph.path("dpo_d1") / "config.json").read_text())["model_type"] == "llama"
+
+
+# ---------------------------------------------------------------------------- bad inputs, exit 2
+
+def _cli(capsys, *args: str) -> tuple[int, str]:
+    rc = main(["fixtures", "build", str(ROOT / "fixtures" / "plans" / "micro.toml"), "--quiet", *args])
+    return rc, capsys.readouterr().err.strip()
+
+
+def test_a_missing_gguf_file_exits_2_naming_it(tmp_path, capsys):
+    rc, err = _cli(capsys, "--base", str(tmp_path / "nope.gguf"), "--fixtures-dir", str(tmp_path / "fx"))
+    assert rc == 2 and err == f"error: {tmp_path / 'nope.gguf'}: no such GGUF file"
+
+
+def test_a_corrupt_gguf_file_exits_2_naming_it(tmp_path, capsys):
+    bad = tmp_path / "models" / "broken.gguf"
+    bad.parent.mkdir()
+    bad.write_bytes(b"GGUF" + b"\x00" * 64)
+    rc, err = _cli(capsys, "--base", str(bad.parent), "--fixtures-dir", str(tmp_path / "fx"))
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert err.startswith(f"error: {bad}: not a readable GGUF file")
+    assert not list((tmp_path / "fx" / "bases").glob("*")) if (tmp_path / "fx" / "bases").exists() else True
+    assert not any((tmp_path / "fx" / "tmp").iterdir()), "a failed conversion leaves no temp folder"
+
+
+def test_a_gguf_that_does_not_match_its_pinned_sha256_exits_2(tmp_path, capsys):
+    f = tmp_path / "x.gguf"
+    f.write_bytes(b"not the pinned file")
+    plan = tmp_path / "plan.toml"
+    text = (ROOT / "fixtures" / "plans" / "micro.toml").read_text()
+    plan.write_text(text.replace('model = "tiny"', f'model = "{f}"\nsha256 = "{SMOL_SHA}"'))
+    rc = main(["fixtures", "build", str(plan), "--quiet", "--fixtures-dir", str(tmp_path / "fx")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith(f"error: {f}: sha256 ") and err.endswith(f"does not match the pinned {SMOL_SHA}")
+
+
+def test_the_gguf_dir_follows_the_environment(tmp_path, monkeypatch):
+    from harness.train.bases import expand
+
+    monkeypatch.setenv("HARNESS_GGUF_DIR", str(tmp_path))
+    assert expand("$HARNESS_GGUF_DIR/a.gguf") == f"{tmp_path}/a.gguf"
+    monkeypatch.delenv("HARNESS_GGUF_DIR")
+    assert expand("${HARNESS_GGUF_DIR}/a.gguf") == str(Path("~/.cache/harness/gguf/a.gguf").expanduser())
+    plan = load_plan(ROOT / "fixtures" / "plans" / "gemma3.toml")
+    assert plan.base == "$HARNESS_GGUF_DIR/gemma-3-270m-q4_k_m.gguf"
+    assert plan.source.chat_template == str(ROOT / "fixtures" / "templates" / "gemma3.jinja")

@@ -1,0 +1,108 @@
+"""Pre-flight: a node whose chat template ends turns in no stop token is refused before it trains, with
+one line naming the plan, the node and the finding; --no-preflight trains it anyway; a sound setup's
+result lands in the node's meta."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from harness.__main__ import main
+from harness.train import build, plan_from_dict
+from harness.train.preflight import PreflightError
+from harness.train.tiny import CHAT_TEMPLATE
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> Path:
+    from harness.train.graph import _tiny_texts
+    from harness.train.tiny import make_tiny_model, make_tiny_tokenizer
+
+    folder = tmp_path_factory.mktemp("base") / "tiny-base"
+    tok = make_tiny_tokenizer(_tiny_texts()[1][:200], 400)
+    make_tiny_model(tok, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                    num_key_value_heads=2).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def _plan(tmp_path: Path, folder: Path, template: str | None) -> Path:
+    """A one-node plan (limit 8, one SFT step) on ``folder``, with ``template`` as the plan's chat template."""
+    extra = ""
+    if template is not None:
+        (tmp_path / "turns.jinja").write_text(template, encoding="utf-8")
+        extra = 'chat_template = "./turns.jinja"\n'
+    path = tmp_path / "plan.toml"
+    path.write_text(f"""name = "pf"
+[base]
+model = "{folder}"
+{extra}
+[data]
+limit = 8
+
+[sft]
+max_steps = 1
+max_length = 512
+
+[[nodes]]
+name = "base"
+method = "base"
+
+[[nodes]]
+name = "sft_d0"
+method = "sft"
+dataset = "d0"
+parent = "base"
+""", encoding="utf-8")
+    return path
+
+
+# the tiny template with the EOS after each reply removed: nothing teaches the model to stop
+NO_STOP = CHAT_TEMPLATE.replace("{{ eos_token }}", "")
+
+
+def test_a_template_without_a_stop_token_is_refused_before_training(tmp_path, tiny_folder, capsys):
+    assert NO_STOP != CHAT_TEMPLATE
+    plan = _plan(tmp_path, tiny_folder, NO_STOP)
+    rc = main(["fixtures", "build", str(plan), "--quiet", "--fixtures-dir", str(tmp_path / "fx")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert err.startswith(f"error: pre-flight {plan}: sft_d0 [trl-sft]: template-no-end-of-turn: the chat "
+                          "template ends an assistant turn with no special token")
+    assert "--no-preflight" in err
+    assert not list((tmp_path / "fx" / "nodes").glob("*")), "nothing was trained"
+
+
+def test_the_audit_alone_refuses_it_too(tmp_path, tiny_folder):
+    """Without the stop-token check, the label audit of the node's records finds the missing EOS."""
+    from harness import data
+    from harness.audit import audit
+    from harness.train.graph import _load_tokenizer
+
+    tok = _load_tokenizer(tiny_folder)
+    tok.chat_template = NO_STOP
+    report = audit(tok, data=data.sft_records("d0")[:8], fmt="conversational", pipeline="trl-sft",
+                   max_length=128, generation_eos=[tok.eos_token_id])
+    assert "eos-missing" in report.codes
+
+
+def test_no_preflight_trains_the_broken_setup_and_says_so(tmp_path, tiny_folder):
+    raw = tomllib.loads(_plan(tmp_path, tiny_folder, NO_STOP).read_text(encoding="utf-8"))
+    graph = build(plan_from_dict(raw, tmp_path / "plan.toml"), fixtures_dir=tmp_path / "fx", device="cpu",
+                  progress=False, preflight=False)
+    assert graph.meta("sft_d0")["preflight"] == {"status": "skipped", "reason": "--no-preflight"}
+    assert graph.meta("sft_d0")["train"]["steps"] == 1
+
+
+def test_a_sound_setup_records_its_preflight(tmp_path, tiny_folder):
+    raw = tomllib.loads(_plan(tmp_path, tiny_folder, None).read_text(encoding="utf-8"))
+    graph = build(plan_from_dict(raw, tmp_path / "plan.toml"), fixtures_dir=tmp_path / "fx", device="cpu",
+                  progress=False)
+    pf = graph.meta("sft_d0")["preflight"]
+    eos = pf["tokenizer_eos"]
+    assert pf["status"] == "clean" and pf["pipeline"] == "trl-sft"
+    assert pf["generation_eos"] == [eos] and pf["end_of_turn"] == eos
