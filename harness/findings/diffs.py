@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from harness.errors import HarnessError
-from harness.findings.report import atomic_write
+from harness.atomic import write_bytes as atomic_write
 
 CACHE_VERSION = "2"
 
@@ -53,6 +53,13 @@ class NodeSet:
         self.path(node)
         return self.parents.get(node)
 
+    def base(self) -> str:
+        """The node with no parent (the graph's base)."""
+        roots = [n for n in self.paths if self.parents.get(n) is None]
+        if len(roots) != 1:
+            raise HarnessError(f"the node set has {len(roots)} nodes without a parent; one base is expected")
+        return roots[0]
+
 
 @dataclass
 class DiffSource:
@@ -68,6 +75,9 @@ class DiffSource:
 
     def parent(self, node: str) -> str | None:
         return self.nodes.parent(node)
+
+    def base(self) -> str:
+        return self.nodes.base()
 
     def _cache_file(self, a: str, b: str, ref: str | None) -> Path | None:
         if self.cache_dir is None:

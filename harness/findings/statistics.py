@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from harness.errors import HarnessError
-from harness.findings.spec import Pair
+from harness.findings.kinds import statistic
+from harness.findings.spec import BASE_REF, Pair
 from harness.registry import Registry
 
 Statistic = Callable[..., float]
@@ -44,8 +45,13 @@ class GenerationSource:
     meta: Mapping[str, Any] = field(default_factory=dict)
 
 
+class NotMeasured(Exception):
+    """Raised by a statistic whose source cannot measure it here (e.g. no BERTScore model loaded):
+    the runner leaves the check out of the findings, with a warning that says why."""
+
+
 def resolve(source: Any, pair: Pair, ref: str) -> str:
-    """Turn a role, ``parent(role)`` or node name into a node name."""
+    """Turn a role, ``parent(role)`` or ``base`` (the graph's base node) into a node name."""
     m = _PARENT.match(ref)
     if m:
         node = resolve(source, pair, m.group(1))
@@ -53,7 +59,10 @@ def resolve(source: Any, pair: Pair, ref: str) -> str:
         if parent is None:
             raise HarnessError(f"node {node!r} has no parent, so {ref!r} cannot be resolved")
         return parent
-    return pair.get(ref) or ref
+    node = pair.get(ref)
+    if node is None and ref == BASE_REF and hasattr(source, "base"):
+        return source.base()
+    return node or ref
 
 
 def _nodes(source: Any, pair: Pair, refs: Sequence[str], what: str) -> list[str]:
@@ -91,13 +100,13 @@ def layer_values(report: Mapping[str, Any], key: str) -> list[tuple[int, float]]
     return sorted((i, float("nan") if v is None else float(v)) for i, v in rows)
 
 
-@STATISTICS.register("l2_ratio")
+@statistic("weights", "l2_ratio")
 def l2_ratio(source: WeightSource, pair: Pair, *, num: Sequence[str], den: Sequence[str]) -> float:
     """Total L2 of the ``num`` diff over the total L2 of the ``den`` diff."""
     return _ratio(_diff(source, pair, num, "num")["total"]["l2"], _diff(source, pair, den, "den")["total"]["l2"])
 
 
-@STATISTICS.register("conflict_ratio")
+@statistic("weights", "conflict_ratio")
 def conflict_ratio(source: WeightSource, pair: Pair, *, num: Sequence[str], den: Sequence[str],
                    field: str = "conflict_rate") -> float:
     """A conflict field (``conflict_rate`` or ``conflict_l2``) of ``num`` over that of ``den``.
@@ -118,7 +127,7 @@ def _quarters(values: list[float]) -> tuple[list[float], list[float]]:
     return values[:q], values[-q:]
 
 
-@STATISTICS.register("depth_quarter_ratio")
+@statistic("weights", "depth_quarter_ratio")
 def depth_quarter_ratio(source: WeightSource, pair: Pair, *, diff: Sequence[str] = ("node", "parent(node)")) -> float:
     """Mean layer L2 of the last quarter of layers over that of the first quarter."""
     values = [v for _, v in layer_values(_diff(source, pair, diff, "diff"), "l2")]
@@ -126,7 +135,7 @@ def depth_quarter_ratio(source: WeightSource, pair: Pair, *, diff: Sequence[str]
     return _ratio(sum(last) / len(last), sum(first) / len(first))
 
 
-@STATISTICS.register("depth_spearman")
+@statistic("weights", "depth_spearman")
 def depth_spearman(source: WeightSource, pair: Pair, *, diff: Sequence[str] = ("node", "parent(node)")) -> float:
     """Spearman rank correlation of layer index with layer L2."""
     from scipy.stats import spearmanr
@@ -138,7 +147,7 @@ def depth_spearman(source: WeightSource, pair: Pair, *, diff: Sequence[str] = ("
     return float(rho)
 
 
-@STATISTICS.register("stop_rate")
+@statistic("generations", "stop_rate")
 def stop_rate(source: GenerationSource, pair: Pair) -> float:
     """Fraction of generations that ended on a stop token (not at ``max_new_tokens``)."""
     if not source.stopped:
@@ -146,7 +155,7 @@ def stop_rate(source: GenerationSource, pair: Pair) -> float:
     return sum(bool(s) for s in source.stopped) / len(source.stopped)
 
 
-@STATISTICS.register("eos_text_rate")
+@statistic("generations", "eos_text_rate")
 def eos_text_rate(source: GenerationSource, pair: Pair) -> float:
     """Fraction of generations whose text contains the literal text of an EOS/stop token."""
     if not source.texts:
@@ -155,13 +164,9 @@ def eos_text_rate(source: GenerationSource, pair: Pair) -> float:
     return sum(any(m in text for m in marks) for text in source.texts) / len(source.texts)
 
 
-#: Modules that register further statistics here when imported (engines outside harness.findings).
-PROVIDERS = ("harness.evaluate.claims",)
-
-
 def load_providers() -> None:
-    """Import every statistics provider, so that specs naming their statistics validate."""
-    import importlib
+    """Import every kind's statistics provider (specs load their own kind's provider lazily)."""
+    from harness.findings.kinds import KINDS
 
-    for module in PROVIDERS:
-        importlib.import_module(module)
+    for name in KINDS.names():
+        KINDS.get(name).load()

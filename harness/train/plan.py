@@ -176,6 +176,16 @@ class Plan:
             raise PlanError(f"{self._where()}: seed must be an integer, got {seed!r}")
         return replace(self, seed=seed)
 
+    def with_base(self, model: str) -> "Plan":
+        """The same plan (graph, recipe, seeds) on another base: ``"tiny"``, a hub id, a model folder or a
+        GGUF file; relative paths are taken from the working directory."""
+        if not isinstance(model, str) or not model.strip():
+            raise PlanError(f"{self._where()}: base model must be \"tiny\", a hub id or a path, got {model!r}")
+        p = Path(model).expanduser()
+        if model != "tiny" and (p.exists() or model.startswith((".", "/", "~"))):
+            model = str(p.resolve())
+        return replace(self, base=model)
+
     def variant(self, name: str) -> "Plan":
         """The plan with ``[variants.NAME]`` applied; unchanged nodes keep their cache key."""
         if name not in self.variants:
