@@ -171,6 +171,13 @@ class FindingsSession(Collector):
             self._plan = plan.with_base(self.options.base) if self.options.base else plan
         return self._plan
 
+    def plan_or_none(self) -> Any:
+        """The plan, or None when it cannot load (rows recorded by plain checks still get written)."""
+        try:
+            return self.plan
+        except HarnessError:
+            return None
+
     @property
     def base(self) -> str:
         return base_name(self.plan.base)
@@ -178,9 +185,11 @@ class FindingsSession(Collector):
     @property
     def label(self) -> str:
         """The findings folder's name: the plan, and the base when ``--harness-base`` swapped it."""
+        plan = self.plan_or_none()
+        name = plan.name if plan is not None else self.options.plan_path.stem
         if not self.options.base:
-            return self.plan.name
-        return f"{self.plan.name}@{re.sub(r'[^A-Za-z0-9._-]+', '_', self.base)}"
+            return name
+        return f"{name}@{re.sub(r'[^A-Za-z0-9._-]+', '_', base_name(self.options.base))}"
 
     # ------------------------------------------------------------------ claims
     def specs(self) -> list[ClaimSpec]:
@@ -278,10 +287,9 @@ class FindingsSession(Collector):
         o = self.options
         meta: dict[str, Any] = {"plan_path": str(o.plan_path), "device": o.device, "seeds": self.seeds,
                                 "baseline": o.baseline, "claims_dir": str(o.claims)}
-        try:
-            plan = self.plan
-        except HarnessError as exc:
-            return {**meta, "plan_error": str(exc)}
+        plan = self.plan_or_none()
+        if plan is None:
+            return {**meta, "plan": self.options.plan_path.stem}
         meta.update(plan=plan.name, base=self.base, base_model=plan.base,
                     recipe={"lora": dataclasses.asdict(plan.lora), "sft": dataclasses.asdict(plan.sft),
                             "dpo": dataclasses.asdict(plan.dpo), "seed": plan.seed, "data_seed": plan.data_seed,
@@ -295,7 +303,9 @@ class FindingsSession(Collector):
 
     def plot(self, folder: Path, run: str) -> list[Path]:
         sources = self._memo.get(("diffs",))
-        return plot_graph(sources[0][1], self.plan, folder, run) if sources else []
+        if not sources:
+            return []
+        return plot_graph(sources[0][1], self.plan, folder, run)
 
     def finish(self) -> Outcome | None:
         """Write the findings (when any row was recorded), compare with the baseline."""
