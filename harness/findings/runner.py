@@ -56,6 +56,7 @@ def run_case(session: FindingsSession, case: Case, request: Any) -> list[ClaimRe
     if known:
         request.applymarker(pytest.mark.xfail(reason=f"known deviation on {plan.name} / {session.base}: {known}",
                                               strict=False))
+    session.prepare(case)
     builder = KINDS.get(spec.kind).builder()
     sources = builder(session, spec, pair, control)
     rows: list[ClaimResult] = []
@@ -69,7 +70,7 @@ def run_case(session: FindingsSession, case: Case, request: Any) -> list[ClaimRe
     elif known:
         rows = [dataclasses.replace(r, note=f"known deviation: {known}") for r in rows]
     session.record(rows)
-    _, graph = session.graph(control)
+    _, graph = session.graph(control, [])
     if control is not None:
         if all(r.passed for r in rows):
             raise AssertionError(f"negative control {control.variant!r} of {spec.id}: the claim still holds, so its "

@@ -232,47 +232,62 @@ class FindingsSession(Collector):
                 for h, level in saved:
                     h.setLevel(level)
 
-    def build(self, plan: Any) -> Any:
-        """Build (or load) ``plan``'s graph node by node, one progress line per node on the terminal."""
+    def build(self, plan: Any, nodes: Sequence[str] | None = None) -> Any:
+        """Build (or load) ``nodes`` of ``plan`` and their ancestors (default: every node), one node at a
+        time, with a progress line on the terminal for each node that took time. Returns the Graph."""
         from harness.train import build
 
+        wanted: set[str] = set()
+        for n in (plan.names if nodes is None else nodes):
+            wanted.update(plan.ancestors(n))
         key = ("graph", plan.name, plan.variant_name, plan.seed, plan.base)
-        if key in self._memo:
-            return self._memo[key]
+        done = self._memo.setdefault(("built",) + key, set())
+        todo = [n for n in plan.names if n in wanted and n not in done]
         what = f"{plan.name}" + (f" [variant {plan.variant_name}]" if plan.variant_name else "") + f" seed {plan.seed}"
-        graph = None
-        for i, name in enumerate(plan.names, 1):
+        for i, name in enumerate(todo, 1):
             t0 = time.monotonic()
             with self.quiet():
-                graph = build(plan, only=name, fixtures_dir=self.options.fixtures_dir, device=self.options.device,
-                              progress=False)
+                self._memo[key] = build(plan, only=name, fixtures_dir=self.options.fixtures_dir,
+                                        device=self.options.device, progress=False)
             took = time.monotonic() - t0
             if took > 2:
-                self.say(f"fixtures {what}: [{i}/{len(plan.names)}] {name} built in {took:.0f} s (log: {self.log_path})")
-        self._memo[key] = graph
-        return graph
+                self.say(f"fixtures {what}: [{i}/{len(todo)}] {name} built in {took:.0f} s (log: {self.log_path})")
+            done.add(name)
+        if key not in self._memo:
+            self._memo[key] = build(plan, only=plan.names[0], fixtures_dir=self.options.fixtures_dir,
+                                    device=self.options.device, progress=False)
+        return self._memo[key]
 
-    def graphs(self) -> list[tuple[int, Any]]:
-        """``[(training seed, Graph)]``, one per ``--harness-seeds``."""
+    def graphs(self, nodes: Sequence[str] | None = None) -> list[tuple[int, Any]]:
+        """``[(training seed, Graph)]``, one per ``--harness-seeds`` (with ``nodes`` and their ancestors built)."""
         plan = self.plan
         self.seeds = training_seeds(plan, self.options.seeds)
-        return [(s, self.build(plan if s == plan.seed else plan.with_seed(s))) for s in self.seeds]
+        return [(s, self.build(plan if s == plan.seed else plan.with_seed(s), nodes)) for s in self.seeds]
 
-    def graph(self, control: Control | None = None) -> tuple[Any, Any]:
+    def graph(self, control: Control | None = None, nodes: Sequence[str] | None = None) -> tuple[Any, Any]:
         """(plan, graph) of the plan itself or of a negative control's variant."""
         if control is None:
-            return self.plan, self.graphs()[0][1]
+            return self.plan, self.graphs(nodes)[0][1]
         plan = self.plan.variant(control.variant)
-        return plan, self.build(plan)
+        return plan, self.build(plan, nodes)
+
+    def prepare(self, case: Case) -> None:
+        """Build the nodes the case names (and their ancestors) under every training seed it reads."""
+        plan = self.plan.variant(case.control.variant) if case.control else self.plan
+        nodes = [case.pair[r] for r in case.spec.roles if case.pair[r] in plan.names]
+        if case.control is None and case.spec.kind == "weights":
+            self.graphs(nodes)
+        else:
+            self.graph(case.control, nodes)
 
     def diff_sources(self, control: Control | None = None) -> list[tuple[int | None, DiffSource]]:
         cache = diff_cache_dir(self.options.fixtures_dir, self.options.root)
         if control is not None:
-            plan, graph = self.graph(control)
+            plan, graph = self.graph(control, [])
             return [(None, DiffSource(node_set(plan, graph), cache, self.options.device))]
 
         def make() -> list[tuple[int | None, DiffSource]]:
-            graphs = self.graphs()
+            graphs = self.graphs([])  # the nodes each case reads are built by prepare()
             multi = len(graphs) > 1
             return [(s if multi else None, DiffSource(node_set(self.plan, g), cache, self.options.device))
                     for s, g in graphs]
@@ -319,7 +334,8 @@ class FindingsSession(Collector):
 
 def plot_graph(source: DiffSource, plan: Any, folder: Path, run: str) -> list[Path]:
     """Per-layer L2 deviation for every SFT and DPO node (against its start), and conflict rates per layer."""
-    trained = [n for n in plan.names if plan.node(n).method != "base"]
+    trained = [n for n in plan.names if plan.node(n).method != "base"
+               and (source.nodes.path(n) / "config.json").is_file()]  # a partial run (-k) built only some
     sft = {n: source.diff(plan.node(n).parent, n) for n in trained if plan.node(n).method == "sft"}
     dpo = {n: source.diff(plan.node(n).parent, n) for n in trained if plan.node(n).method == "dpo"}
     base = next(n for n in plan.names if plan.node(n).method == "base")

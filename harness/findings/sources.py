@@ -25,8 +25,8 @@ def generations(session: Any, spec: ClaimSpec, pair: Pair, control: Control | No
     """The pair's node's greedy generations on the held-out prompts (cached in the fixture store)."""
     from harness.findings.eos import node_source
 
-    _, graph = session.graph(control)
     node = pair[spec.roles[0]]
+    _, graph = session.graph(control, [node])
     key = ("generations", control.variant if control else None, node)
     with session.quiet():
         src = session.memo(key, lambda: node_source(graph, node, device=session.options.device))
@@ -46,8 +46,9 @@ def similarity(session: Any, spec: ClaimSpec, pair: Pair, control: Control | Non
         from harness.evaluate.nodes import GenSettings, graph_generations
         from harness.evaluate.similarity import DEFAULT_BERT, bleu_tokenizer, table24, try_bert_score
 
-        plan, graph = session.graph(control)
-        nodes = [n for n in sft_nodes_by_data(plan) if n in graph.names]
+        plan = session.plan.variant(control.variant) if control else session.plan
+        nodes = [n for n in sft_nodes_by_data(plan) if n in plan.names]
+        _, graph = session.graph(control, nodes)
         with session.quiet():
             gens = graph_generations(graph, ["persona"], GenSettings(), nodes, limit=plan.limit,
                                      device=session.options.device, cache_root=_cache_root(session), progress=False)
@@ -68,8 +69,9 @@ def judge(session: Any, spec: ClaimSpec, pair: Pair, control: Control | None) ->
         from harness.evaluate.judge import Judge, JudgeConfig, mean_score
         from harness.evaluate.nodes import GenSettings, fixtures_dir, graph_generations, prompts
 
-        plan, graph = session.graph(control)
-        nodes = sorted({p[r] for p in spec.pairs for r in spec.roles if p[r] in graph.names})
+        plan = session.plan.variant(control.variant) if control else session.plan
+        nodes = sorted({p[r] for p in spec.pairs for r in spec.roles if p[r] in plan.names})
+        _, graph = session.graph(control, nodes)
         limit = int(os.environ.get("HARNESS_JUDGE_LIMIT", "0"))
         persona_limit = min(limit, plan.limit) if limit and plan.limit else (limit or plan.limit)
         with session.quiet():

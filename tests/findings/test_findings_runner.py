@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +20,14 @@ ROOT = Path(__file__).resolve().parents[2]
 CLAIMS = ROOT / "fixtures" / "claims"
 
 
-def child(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def cache() -> Path:
+    return Path(os.environ.get("HARNESS_FIXTURES_DIR") or ROOT / ".fixtures")
+
+
+def child(tmp_path: Path, *args: str, fixtures: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("HARNESS_FINDINGS_DIR", None)
-    fixtures = os.environ.get("HARNESS_FIXTURES_DIR") or str(ROOT / ".fixtures")
+    fixtures = str(fixtures or cache())
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", str(ROOT / "claims" / "test_claims.py"),
                            "--rootdir", str(ROOT), "--fixtures-dir", fixtures, "--harness-device", "cpu",
                            "--findings-dir", str(tmp_path / "out"), *args],
@@ -61,15 +66,30 @@ def test_own_claims_folder_runs_under_a_plan_with_another_name(tmp_path):
 
 
 def test_a_failing_check_shows_rows_reason_and_logs_not_training_output(tmp_path):
-    # A threshold no DPO/SFT ratio meets: the check fails, on purpose, to read its report.
+    # A threshold no DPO/SFT ratio meets: the check fails, on purpose, to read its report. The plan
+    # trains on 4 rows (seconds; the tiny base is shared), so the session really trains two nodes.
     folder = own_claims(tmp_path, threshold="0.001")
-    r = child(tmp_path, "--claims-dir", str(folder), "-k", "MY1 and dpo_d0/sft_d0 and not control")
+    plan = tmp_path / "small.toml"
+    text = (ROOT / "fixtures" / "plans" / "tiny.toml").read_text(encoding="utf-8")
+    plan.write_text(text.replace('name = "tiny"', 'name = "small"\n\n[data]\nlimit = 4'), encoding="utf-8")
+    from harness.train import build, load_plan
+
+    build(load_plan(ROOT / "fixtures" / "plans" / "tiny.toml"), only="base", device="cpu", progress=False,
+          fixtures_dir=cache())  # the shared tiny base (cached after its first build)
+    store = tmp_path / "fixtures"
+    for base in (cache() / "nodes").glob("base-*"):  # the shared tiny base(s); the trained nodes are new
+        shutil.copytree(base, store / "nodes" / base.name)
+    r = child(tmp_path, "--claims-dir", str(folder), "--harness-plan", str(plan), "--harness-run-id", "fail1",
+              "-k", "MY1 and dpo_d0/sft_d0 and not control", fixtures=store)
     assert r.returncode == 1, r.stdout[-3000:]
     out = r.stdout
+    log = store / "logs" / "fail1.log"
+    assert f"logs: {log}" in out and "Loading weights" in log.read_text(encoding="utf-8")
+    assert "small seed 0: [" in out  # the build's progress, on the terminal while pytest captures output
     assert "FAILED" in out and "test_claim[MY1-dpo_d0/sft_d0]" in out  # the short summary names it
     assert "claim does not hold" in out and "needs < 0.001" in out
     assert "reason for L2(dpo)/L2(sft)'s threshold" in out and "logs:" in out
-    assert "'loss':" not in out and "train_runtime" not in out  # training output went to the log file
+    assert "Loading weights" not in out and "'loss':" not in out  # training output went to the log file
 
 
 def test_k_matching_no_claim_lists_the_claim_ids(tmp_path):
