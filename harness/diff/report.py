@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from harness.atomic import atomic_path
-from harness.diff.engine import layer_of, module_of
+from harness.diff.names import layer_of, module_of
 from harness.diff.stats import FIELDS, Stats
 
 
