@@ -166,13 +166,10 @@ def cpu_backend(jobs: list[TensorJob], bar, workers: Optional[int] = None) -> di
 
 
 def pick_device(device: str) -> str:
-    if device not in ("auto", "cpu", "cuda"):
-        raise HarnessError(f"unknown device {device!r}; known: auto, cpu, cuda")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise HarnessError("--device cuda was asked for but no CUDA device is available")
-    return device
+    """The diff's device (:func:`harness.device.resolve_device`)."""
+    from harness.device import resolve_device
+
+    return resolve_device(device)
 
 
 def compare(a, b, base=None, *, device: str = "auto", progress: bool = True,
