@@ -9,15 +9,9 @@ tables) or per node (``nodes."NAME" = {...}``) and may restrict the nodes to bui
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 from harness.errors import HarnessError, LoadError
 
@@ -311,14 +305,10 @@ def _parse_nodes(raw: Any, where: str) -> tuple[Node, ...]:
 
 def load_plan(path: str | Path) -> Plan:
     """Load and validate a plan TOML file."""
+    from harness.tomlfile import load_toml
+
     p = Path(path)
-    if not p.is_file():
-        raise PlanError(f"{p}: no such plan file")
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise PlanError(f"{p}: invalid TOML: {e}") from None
-    return plan_from_dict(raw, p)
+    return plan_from_dict(load_toml(p, "plan file", PlanError), p)
 
 
 def plan_from_dict(raw: Mapping[str, Any], path: Path | None = None, name: str | None = None) -> Plan:
