@@ -1,13 +1,14 @@
 """Statistics: named functions computing a claim's measured value.
 
-A statistic is ``fn(source, pair, **params) -> float``, registered in :data:`STATISTICS`.
+A statistic is ``fn(source, pair, **params) -> float``, registered for a claim kind
+(:func:`harness.findings.kinds.register_statistic`) in :data:`STATISTICS`.
 
-- Weight statistics take a :class:`WeightSource` (``diff(a, b, ref) -> dict`` in the
-  ``harness.diff`` JSON layout, ``parent(node)``); see :class:`harness.findings.diffs.DiffSource`.
-- Generation statistics take a :class:`GenerationSource` (the outputs of greedy generation).
+- ``weights`` statistics take a :class:`WeightSource` (``diff(a, b, ref)`` -> a typed
+  :class:`harness.diff.DiffReport`, ``parent(node)``, ``base()``); see :class:`harness.findings.diffs.DiffSource`.
+- ``generations`` statistics take a :class:`GenerationSource` (the outputs of greedy generation).
 
 Node references in ``params`` are a role of the pair (``"dpo"``), ``"parent(dpo)"`` for the
-node that role's node was trained from, or a plain node name (``"base"``).
+node that role's node was trained from, or ``"base"`` (the graph's base node).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ _LAYER = re.compile(r"(\d+)\s*$")
 
 
 class WeightSource(Protocol):
-    def diff(self, a: str, b: str, ref: str | None = None) -> Mapping[str, Any]: ...
+    def diff(self, a: str, b: str, ref: str | None = None) -> Any: ...  # a harness.diff.DiffReport
 
     def parent(self, node: str) -> str | None: ...
 
@@ -71,7 +72,7 @@ def _nodes(source: Any, pair: Pair, refs: Sequence[str], what: str) -> list[str]
     return [resolve(source, pair, r) for r in refs]
 
 
-def _diff(source: WeightSource, pair: Pair, refs: Sequence[str], what: str) -> Mapping[str, Any]:
+def _diff(source: WeightSource, pair: Pair, refs: Sequence[str], what: str) -> Any:
     nodes = _nodes(source, pair, refs, what)
     return source.diff(nodes[0], nodes[1], nodes[2] if len(nodes) == 3 else None)
 
@@ -92,9 +93,16 @@ def layer_index(layer: Any) -> int:
     return int(m.group(1))
 
 
-def layer_values(report: Mapping[str, Any], key: str) -> list[tuple[int, float]]:
-    """``(block index, value)`` for each decoder layer, sorted by index."""
-    rows = [(layer_index(r["layer"]), r[key]) for r in report["layers"]]
+def typed(report: Any) -> Any:
+    """A :class:`harness.diff.DiffReport` (a stored JSON dict is read into one)."""
+    from harness.diff.report import DiffReport
+
+    return report if isinstance(report, DiffReport) else DiffReport.from_dict(dict(report))
+
+
+def layer_values(report: Any, key: str) -> list[tuple[int, float]]:
+    """``(block index, value)`` for each decoder layer of a DiffReport, sorted by index."""
+    rows = [(layer_index(s.layer), getattr(s, key)) for s in typed(report).layers]
     if not rows:
         raise HarnessError("diff report has no decoder layers")
     return sorted((i, float("nan") if v is None else float(v)) for i, v in rows)
@@ -103,7 +111,7 @@ def layer_values(report: Mapping[str, Any], key: str) -> list[tuple[int, float]]
 @statistic("weights", "l2_ratio")
 def l2_ratio(source: WeightSource, pair: Pair, *, num: Sequence[str], den: Sequence[str]) -> float:
     """Total L2 of the ``num`` diff over the total L2 of the ``den`` diff."""
-    return _ratio(_diff(source, pair, num, "num")["total"]["l2"], _diff(source, pair, den, "den")["total"]["l2"])
+    return _ratio(_diff(source, pair, num, "num").total.l2, _diff(source, pair, den, "den").total.l2)
 
 
 @statistic("weights", "conflict_ratio")
@@ -115,8 +123,8 @@ def conflict_ratio(source: WeightSource, pair: Pair, *, num: Sequence[str], den:
     """
     if field not in ("conflict_rate", "conflict_l2", "conflicts"):
         raise HarnessError(f"conflict_ratio: unknown field {field!r}; known: conflict_rate, conflict_l2, conflicts")
-    n = _diff(source, pair, num, "num")["total"][field]
-    d = _diff(source, pair, den, "den")["total"][field]
+    n = getattr(_diff(source, pair, num, "num").total, field)
+    d = getattr(_diff(source, pair, den, "den").total, field)
     if n is None or d is None:
         raise HarnessError("conflict_ratio needs diffs with a reference checkpoint (3 node references)")
     return _ratio(float(n), float(d))
