@@ -106,3 +106,27 @@ def test_a_bad_spec_in_the_claims_dir_names_file_and_field(tmp_path):
     r = child(tmp_path, "--claims-dir", str(folder), "--co")
     assert r.returncode != 0
     assert f"{bad}: field 'check[0].comparator'" in r.stdout + r.stderr
+
+
+def test_harness_base_swaps_the_base_without_editing_the_plan(tmp_path):
+    """``--harness-base FOLDER``: the tiny plan's recipe on another base (here a model folder: the tiny
+    base saved elsewhere), on 4 training rows so that the two nodes train in seconds."""
+    from harness.train import build, load_plan
+
+    tiny = load_plan(ROOT / "fixtures" / "plans" / "tiny.toml")
+    base = build(tiny, only="base", device="cpu", progress=False, fixtures_dir=cache()).path("base")
+    other = tmp_path / "My-Base-1"
+    shutil.copytree(base, other, ignore=shutil.ignore_patterns("adapter", "log.json", "meta.json", "*.png"))
+    plan = tmp_path / "tiny.toml"
+    plan.write_text((ROOT / "fixtures" / "plans" / "tiny.toml").read_text(encoding="utf-8")
+                    .replace('name = "tiny"', 'name = "tiny"\n\n[data]\nlimit = 4'), encoding="utf-8")
+    r = child(tmp_path, "--harness-plan", str(plan), "--harness-base", str(other), "--harness-run-id", "swap",
+              "-k", "C2 and sft_d0", fixtures=tmp_path / "fixtures")
+    out = r.stdout
+    # C2 on sft_d0 is a known deviation of the tiny plan on the tiny base: on another base it is not.
+    assert "XFAIL" not in out and "known deviation" not in out, out[-3000:]
+    data = json.loads((tmp_path / "out" / "tiny@My-Base-1" / "swap.json").read_text())
+    assert data["meta"]["plan"] == "tiny" and data["meta"]["base"] == "My-Base-1"
+    assert data["meta"]["base_model"] == str(other) and data["meta"]["base_identity"]["key"]
+    assert {x["claim"] for x in data["results"]} == {"C2"}
+    assert (ROOT / "fixtures" / "plans" / "tiny.toml").read_text(encoding="utf-8").count('model = "tiny"') == 1
