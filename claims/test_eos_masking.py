@@ -40,7 +40,7 @@ def test_audit_verdict_matches_expectation(entry, tokenizer_zoo, record_property
     record_property("reference", list(entry.expect) or "clean")
     # In the findings summary: measured = codes found but not expected plus codes expected but missing.
     mismatch = len(set(found) ^ set(entry.expect))
-    claim_result(ClaimResult.make("AUDIT", entry.name, mismatch, 0, "<=", seed_value=0, check="codes off expectation",
+    claim_result(ClaimResult.make("AUDIT", entry.name, mismatch, 0, "<=", reference_value=0, check="codes off expectation",
                                   note=f"found {', '.join(found) or 'clean'}; expected {', '.join(entry.expect) or 'clean'}"))
     detail = "; ".join(f"{f.code}[{f.severity}] x{f.count}: {f.message}" for f in report.findings)
     assert found == entry.expect, f"{entry.name}: expected {list(entry.expect) or 'clean'}, got {detail or 'clean'}"

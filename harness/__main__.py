@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("harness.evaluate.cli", "generate with every node and score BLEU/BERTScore"),
     "judge": ("harness.evaluate.judge_cli", "score generations with an LLM judge (openai client)"),
     "selfgen": ("harness.evaluate.selfgen_cli", "build SFT/DPO data from a model's own generations"),
+    "findings": ("harness.findings.cli", "compare findings runs side by side (Markdown, JSON, PNG heat map)"),
 }
 
 

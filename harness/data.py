@@ -130,10 +130,12 @@ def _json_type(value: Any) -> str:
     return _type_name(type(value))
 
 
-def load_jsonl(path: PathLike, required: Mapping[str, type], id_field: Optional[str] = "id") -> list[dict]:
+def load_jsonl(path: PathLike, required: Mapping[str, type], id_field: Optional[str] = "id",
+               allow_empty: Sequence[str] = ()) -> list[dict]:
     """Read a JSONL file whose rows must be objects holding ``required`` fields of the given types.
 
-    Blank lines are skipped. Strings must be non-empty (after stripping), ``id_field`` (when it
+    Blank lines are skipped. Strings must be non-empty (after stripping; except the fields named in
+    ``allow_empty``, e.g. a generation that produced nothing), ``id_field`` (when it
     is one of the required fields) must be unique, and extra fields are kept as they are. Any
     bad row raises :class:`LoadError` naming the file, the 1-based line number and the field.
     """
@@ -168,7 +170,7 @@ def load_jsonl(path: PathLike, required: Mapping[str, type], id_field: Optional[
                 raise LoadError(
                     f"{where}: field {field!r} must be a {_type_name(ftype)}, got {_json_type(value)}"
                 )
-            if isinstance(value, str) and not value.strip():
+            if isinstance(value, str) and not value.strip() and field not in allow_empty:
                 raise LoadError(f"{where}: field {field!r} is an empty string")
         if id_field is not None and id_field in required:
             key = row[id_field]

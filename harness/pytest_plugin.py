@@ -3,10 +3,17 @@
 The logic lives in plain modules (``harness.train``, ``harness.diff``, ``harness.findings``);
 this file only wires them into pytest.
 
+The claims are data: ``claims/test_claims.py`` is one test parametrized (here, in
+``pytest_generate_tests``) with every case of every spec in the claims folder (``--claims-dir``,
+default ``fixtures/claims``); :mod:`harness.findings.runner` runs a case. One
+:class:`harness.findings.session.FindingsSession` in pytest's stash owns the options, the graphs,
+the rows and the end-of-session work.
+
 Fixtures for claim files:
 
-- ``harness_plan``: the loaded plan (``--harness-plan``, default ``fixtures/plans/tiny.toml``);
-  a plan that needs CUDA skips its tests with the reason when torch sees none.
+- ``findings_session``: that session object.
+- ``harness_plan``: the loaded plan (``--harness-plan``, default ``fixtures/plans/tiny.toml``, with
+  ``--harness-base`` applied); a plan that needs CUDA skips its tests with the reason when torch sees none.
 - ``harness_graphs``: ``[(training seed, Graph)]``, one per ``--harness-seeds``; ``harness_graph``: the first.
 - ``claim_sources``: ``[(training seed, DiffSource)]``: diffs computed once per session, cached on
   disk under ``<fixtures dir>/diffs`` keyed by the node keys.
@@ -16,6 +23,7 @@ Fixtures for claim files:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -27,13 +35,17 @@ MARKERS = {
     "tokenizers": "needs real tokenizer files (the tokenizer zoo folder or the hub)",
 }
 
-_STATE = pytest.StashKey[dict]()
+_SESSION = pytest.StashKey["FindingsSession"]()  # noqa: F821 - harness.findings.session
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("harness", "fine-tuning claims harness")
     group.addoption("--harness-plan", dest="harness_plan", default=os.environ.get("HARNESS_PLAN"),
                     help="plan TOML whose fixture graph the claims run on (default: fixtures/plans/tiny.toml)")
+    group.addoption("--harness-base", dest="harness_base", default=os.environ.get("HARNESS_BASE"),
+                    help="swap the plan's base model (hub id, model folder or GGUF file) without editing the plan")
+    group.addoption("--claims-dir", dest="harness_claims_dir", default=os.environ.get("HARNESS_CLAIMS_DIR"),
+                    help="folder of claim spec TOML files to run (default: fixtures/claims)")
     group.addoption("--harness-fixtures-dir", "--fixtures-dir", dest="harness_fixtures_dir",
                     default=os.environ.get("HARNESS_FIXTURES_DIR"),
                     help="fixture cache folder (default: .fixtures/ in the project; env HARNESS_FIXTURES_DIR)")
@@ -46,16 +58,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     default=os.environ.get("HARNESS_FINDINGS_DIR"),
                     help="where findings JSON/Markdown/PNG are written (default: findings/)")
     group.addoption("--harness-baseline", "--findings-baseline", dest="harness_baseline", default=None,
-                    help="a stored findings JSON to compare this run against (regression check)")
+                    help="a findings JSON (this model's, or another base's or plan's) to compare the shared checks with")
+    group.addoption("--findings-strict", dest="harness_strict", action="store_true", default=False,
+                    help="with --findings-baseline: improvements (fail -> pass) and moves across models fail too")
     group.addoption("--harness-seeds", dest="harness_seeds", type=int, default=1,
                     help="build the plan under N training seeds and check that verdicts agree")
     group.addoption("--harness-run-id", dest="harness_run_id", default=None,
                     help="name of this run's findings files (default: a UTC timestamp)")
 
 
+def _say(config: pytest.Config):
+    """Write a progress line on the terminal even while pytest captures output."""
+
+    def say(msg: str) -> None:
+        tr = config.pluginmanager.get_plugin("terminalreporter")
+        cap = config.pluginmanager.get_plugin("capturemanager")
+        if tr is None:
+            return
+        ctx = cap.global_and_fixture_disabled() if cap is not None else contextlib.nullcontext()
+        with ctx:
+            tr.write_line(msg)
+
+    return say
+
+
 def pytest_configure(config: pytest.Config) -> None:
     from harness.errors import HarnessError
-    from harness.findings import session
+    from harness.findings.session import FindingsSession, Options, default_run_id, plan_path
 
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
@@ -67,20 +96,22 @@ def pytest_configure(config: pytest.Config) -> None:
     root = Path(str(config.rootpath))
     opt_plan = config.getoption("harness_plan", None)
     findings = config.getoption("harness_findings_dir", None)
-    state = {
-        "root": root,
-        "plan_path": session.plan_path(opt_plan, root),
-        "findings_dir": Path(findings) if findings else root / "findings",
-        "run": config.getoption("harness_run_id", None) or session.default_run_id(),
-    }
+    claims = config.getoption("harness_claims_dir", None)
+    options = Options(
+        root=root, plan_path=plan_path(opt_plan, root), plan_given=bool(opt_plan),
+        base=config.getoption("harness_base", None),
+        claims_dir=Path(claims).resolve() if claims else None,
+        findings_dir=Path(findings) if findings else None,
+        fixtures_dir=config.getoption("harness_fixtures_dir", None),
+        run=config.getoption("harness_run_id", None) or default_run_id(),
+        baseline=config.getoption("harness_baseline", None), strict=config.getoption("harness_strict", False),
+        seeds=config.getoption("harness_seeds", 1), device=config.getoption("harness_device", "auto"))
+    session = FindingsSession(options, say=_say(config))
     try:
-        state["plan"] = session.check_options(
-            plan=state["plan_path"], plan_given=bool(opt_plan), seeds=config.getoption("harness_seeds", 1),
-            baseline=config.getoption("harness_baseline", None), findings_dir=state["findings_dir"],
-            device=config.getoption("harness_device", "auto"))
+        session.check()
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None
-    config.stash[_STATE] = state
+    config.stash[_SESSION] = session
 
 
 def _zoo_dir(config: pytest.Config) -> Path | None:
@@ -111,34 +142,69 @@ def tokenizer_zoo(pytestconfig: pytest.Config) -> Path:
     return zoo
 
 
-# ---- claims fixtures -----------------------------------------------------------------------
+# ---- claims: parametrization and fixtures --------------------------------------------------
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "claim_case" not in metafunc.fixturenames:
+        return
+    from harness.errors import HarnessError
+    from harness.findings.runner import params
+
+    try:
+        cases = params(metafunc.config.stash[_SESSION])
+    except HarnessError as exc:  # a bad spec: one collection error naming the file and the field
+        raise pytest.UsageError(str(exc)) from None
+    metafunc.parametrize("claim_case", cases)
+
+
+def _is_claim_case(item: pytest.Item) -> bool:
+    return "claim_case" in getattr(item, "fixturenames", ())
+
+
+def pytest_deselected(items: list) -> None:
+    if items and any(_is_claim_case(i) for i in items):
+        fs = items[0].config.stash.get(_SESSION, None)
+        if fs is not None:
+            fs.claims_deselected = True
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """``-k`` that selects no claim case while claim cases were collected: list the claim ids."""
+    keyword = session.config.getoption("keyword", "")
+    fs = session.config.stash.get(_SESSION, None)
+    if not keyword or fs is None or not getattr(fs, "claims_deselected", False):
+        return
+    if not any(_is_claim_case(i) for i in session.items):
+        from harness.findings.runner import no_match_message
+
+        fs.no_match = no_match_message(fs, keyword)
+
 
 @pytest.fixture(scope="session")
-def harness_plan(pytestconfig: pytest.Config):
-    """The loaded plan; skips (with the reason) when it needs CUDA and torch sees none."""
-    state = pytestconfig.stash[_STATE]
-    if state.get("plan") is None:
-        from harness.train import load_plan
+def findings_session(pytestconfig: pytest.Config):
+    """The session's :class:`harness.findings.session.FindingsSession`."""
+    return pytestconfig.stash[_SESSION]
 
-        state["plan"] = load_plan(state["plan_path"])
-    plan = state["plan"]
+
+def _skip_without_cuda(plan) -> None:
     if getattr(plan, "requires_cuda", False):
         import torch
 
         if not torch.cuda.is_available():
             pytest.skip(f"gpu: plan {plan.name!r} trains in 4-bit (bitsandbytes QLoRA) and needs CUDA; torch sees none")
-    return plan
 
 
 @pytest.fixture(scope="session")
-def harness_graphs(pytestconfig: pytest.Config, harness_plan) -> list:
-    """``[(training seed, Graph)]``: the plan built under each of ``--harness-seeds`` seeds."""
-    from harness.findings import session
+def harness_plan(findings_session):
+    """The loaded plan; skips (with the reason) when it needs CUDA and torch sees none."""
+    _skip_without_cuda(findings_session.plan)
+    return findings_session.plan
 
-    seeds = session.training_seeds(harness_plan, pytestconfig.getoption("harness_seeds"))
-    pytestconfig.stash[_STATE]["seeds"] = seeds
-    return session.build_graphs(harness_plan, seeds, fixtures_dir=pytestconfig.getoption("harness_fixtures_dir"),
-                                device=pytestconfig.getoption("harness_device"))
+
+@pytest.fixture(scope="session")
+def harness_graphs(findings_session, harness_plan) -> list:
+    """``[(training seed, Graph)]``: the plan built under each of ``--harness-seeds`` seeds."""
+    return findings_session.graphs()
 
 
 @pytest.fixture(scope="session")
@@ -148,69 +214,52 @@ def harness_graph(harness_graphs):
 
 
 @pytest.fixture(scope="session")
-def claim_sources(pytestconfig: pytest.Config, harness_plan, harness_graphs) -> list:
+def claim_sources(findings_session, harness_plan) -> list:
     """``[(training seed or None, DiffSource)]``; the seed is None for a single-seed run."""
-    from harness.findings import session
-    from harness.findings.diffs import DiffSource
-
-    state = pytestconfig.stash[_STATE]
-    cache = session.diff_cache_dir(pytestconfig.getoption("harness_fixtures_dir"), state["root"])
-    multi = len(harness_graphs) > 1
-    sources = [(seed if multi else None,
-                DiffSource(session.node_set(harness_plan, g), cache, pytestconfig.getoption("harness_device")))
-               for seed, g in harness_graphs]
-    state["sources"] = sources
-    return sources
+    return findings_session.diff_sources()
 
 
 @pytest.fixture
-def claim_result():
+def claim_result(findings_session):
     """Call with a ClaimResult (or a list of them) to report it in the findings."""
-    from harness.findings import record
-
-    return record
+    return findings_session.record
 
 
 # ---- findings: collect, write, compare, summarise -------------------------------------------
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    from harness.findings.verdict import push_session
+    from harness.findings.verdict import activate
 
-    push_session()
+    fs = session.config.stash.get(_SESSION, None)
+    if fs is not None:
+        activate(fs)  # harness.findings.record() goes to this session
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    from harness.findings import session as fs
-    from harness.findings.verdict import pop_session
+    from harness.findings.verdict import deactivate
 
-    results = pop_session()
-    state = session.config.stash.get(_STATE, None)
-    if not results or state is None:
+    fs = session.config.stash.get(_SESSION, None)
+    if fs is None:
         return
-    plan = state.get("plan")
-    sources = state.get("sources") or []
-    plot = None
-    if plan is not None and sources:
-        plot = lambda folder, run: fs.plot_graph(sources[0][1], plan, folder, run)  # noqa: E731
-    meta = {"plan_path": str(state["plan_path"]), "device": session.config.getoption("harness_device"),
-            "seeds": state.get("seeds", []), "baseline": session.config.getoption("harness_baseline")}
-    outcome = fs.finish(results, findings_dir=state["findings_dir"], plan=fs.plan_name(state["plan_path"]),
-                        run=state["run"], meta=meta, baseline=session.config.getoption("harness_baseline"),
-                        plot=plot)
-    state["results"], state["outcome"] = results, outcome
-    if (outcome.regressions or outcome.disagreements) and session.exitstatus == 0:
+    deactivate(fs)
+    outcome = fs.finish()
+    if outcome is not None and outcome.failed and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    from harness.findings.baseline import format_failure
+    from harness.findings.baseline import format_report
     from harness.findings.report import spread_table, spreads, table
 
-    state = config.stash.get(_STATE, None)
-    if not state or not state.get("results"):
+    fs = config.stash.get(_SESSION, None)
+    if fs is None:
         return
-    results, outcome = state["results"], state["outcome"]
     tr = terminalreporter
+    if getattr(fs, "no_match", None):
+        tr.write_line(fs.no_match, yellow=True)
+    if fs.outcome is None:
+        return
+    results, outcome = fs.results, fs.outcome
     tr.write_sep("=", "harness findings")
     for line in table(results).splitlines():
         tr.write_line(line)
@@ -225,11 +274,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         tr.write_line(e, yellow=True)
     tr.write_line(f"findings written: {outcome.json_path} and {outcome.md_path}"
                   + (f" (+{len(outcome.images)} PNG)" if outcome.images else ""))
-    if config.getoption("harness_baseline"):
-        if outcome.regressions:
-            tr.write_line(format_failure(outcome.regressions, config.getoption("harness_baseline")), red=True)
-        else:
-            tr.write_line(f"no regression against {config.getoption('harness_baseline')}", green=True)
+    if outcome.comparison is not None:
+        for line, colour in format_report(outcome.comparison, fs.options.baseline):
+            tr.write_line(line, **({colour: True} if colour else {}))
         if outcome.missing:
             tr.write_line(f"{len(outcome.missing)} baseline row(s) not in this run (not compared)")
         if outcome.version_changes:

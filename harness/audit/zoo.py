@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -90,13 +89,10 @@ def _entry(raw: dict, where: str) -> ZooEntry:
 
 def load_zoo_spec(path: Union[str, Path] = TOKENIZERS_TOML) -> list[ZooEntry]:
     """All ``[[family]]`` entries of the tokenizer list; errors name the file and the entry."""
+    from harness.tomlfile import load_toml
+
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LoadError(f"{p}: no such file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise LoadError(f"{p}: invalid TOML ({e})") from None
+    raw = load_toml(p, "file")
     entries = []
     seen = set()
     for k, item in enumerate(raw.get("family", [])):

@@ -3,7 +3,8 @@
 ``compare(a, b, base=None)`` returns a :class:`DiffReport`; see the README's "Weight diff".
 """
 
-from harness.diff.engine import compare, layer_of, module_of
+from harness.diff.engine import compare
+from harness.diff.names import layer_of, module_of
 from harness.diff.report import DiffReport
 from harness.diff.stats import STATISTICS, Stats
 

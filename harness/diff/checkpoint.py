@@ -2,7 +2,7 @@
 
 A checkpoint is a Hugging Face model folder (sharded with ``model.safetensors.index.json``,
 or one or more ``*.safetensors``), a bare ``.safetensors`` file, a PEFT LoRA adapter folder
-(its base plus the adapter; see :mod:`harness.diff.lora`), or a hub id resolved through
+(its base plus the adapter; see :mod:`harness.diff.lora`; the dispatch is :mod:`harness.diff.loading`), or a hub id resolved through
 huggingface_hub's cache. Only headers are read up front. Each shard is checked with
 safetensors' ``safe_open``; tensors are then read with ``pread`` in row blocks, one shard per
 checkpoint open at a time, only when asked for.
@@ -221,22 +221,22 @@ def _resolve_hub(spec: str) -> Path:
                         f"hub id (offline and not cached, or unreachable): {reason}") from None
 
 
-def load_checkpoint(spec: "str | os.PathLike", adapter_base: "Optional[str | os.PathLike]" = None):
-    """Open ``spec`` lazily: a folder, a ``.safetensors`` file, an adapter folder or a hub id."""
+def resolve_path(spec: "str | os.PathLike") -> Path:
+    """The local path of ``spec``: a file or folder, or a hub id resolved through the local cache."""
     text = os.fspath(spec)
     path = Path(text).expanduser()
     if not path.exists():
         if HUB_ID.match(text) and "/" in text and not text.startswith("."):
-            path = _resolve_hub(text)
-        else:
-            raise LoadError(f"no such file or folder: {text}")
+            return _resolve_hub(text)
+        raise LoadError(f"no such file or folder: {text}")
+    return path
+
+
+def open_checkpoint(path: Path) -> "Checkpoint":
+    """Open a ``.safetensors`` file or a model folder (single or sharded) lazily."""
     if path.is_file():
         if path.suffix != ".safetensors":
             raise LoadError(f"{path} is not a .safetensors file")
         return Checkpoint(str(path), [str(path)])
-    if (path / "adapter_config.json").is_file():
-        from harness.diff.lora import AdapterCheckpoint
-
-        return AdapterCheckpoint(path, adapter_base)
     shards, weight_map = _folder_shards(path)
     return Checkpoint(str(path), shards, weight_map)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -13,27 +12,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from harness.diff.checkpoint import load_checkpoint
+from harness.diff.loading import load_checkpoint
+from harness.diff.names import LAYER_RE, NUMBERED_RE, layer_of, module_of  # noqa: F401 - re-exported
 from harness.diff.stats import NRAW, chunk_stats, combine_raw
 from harness.errors import HarnessError
 
-# Decoder-block naming of the common architectures: model.layers.N., gpt_neox.layers.N.,
-# transformer.h.N., model.decoder.layers.N., encoder.layer.N., blocks.N.
-LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
-NUMBERED_RE = re.compile(r"(?:^|\.)(\d+)\.")
 CHUNK_ELEMS = 1 << 18  # elements per CPU chunk: fits in L2, big enough to amortise op overhead
-
-
-def layer_of(name: str) -> Optional[int]:
-    """The decoder-block index in a tensor name, or ``None`` outside the blocks."""
-    m = LAYER_RE.search(name)
-    return int(m.group(1)) if m else None
-
-
-def module_of(name: str) -> str:
-    """The module type of a tensor: ``...self_attn.q_proj.weight`` -> ``q_proj``."""
-    parts = [p for p in name.split(".") if p not in ("weight", "bias")]
-    return parts[-1] if parts else name
 
 
 def _warn_unknown_blocks(names: Iterable[str]) -> None:
@@ -182,13 +166,10 @@ def cpu_backend(jobs: list[TensorJob], bar, workers: Optional[int] = None) -> di
 
 
 def pick_device(device: str) -> str:
-    if device not in ("auto", "cpu", "cuda"):
-        raise HarnessError(f"unknown device {device!r}; known: auto, cpu, cuda")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise HarnessError("--device cuda was asked for but no CUDA device is available")
-    return device
+    """The diff's device (:func:`harness.device.resolve_device`)."""
+    from harness.device import resolve_device
+
+    return resolve_device(device)
 
 
 def compare(a, b, base=None, *, device: str = "auto", progress: bool = True,

@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from harness.diff.checkpoint import Checkpoint, load_checkpoint, read_header
+from harness.diff.checkpoint import Checkpoint, open_checkpoint, read_header, resolve_path
 from harness.errors import LoadError
 
 PREFIX = "base_model.model."
@@ -132,10 +132,10 @@ class AdapterCheckpoint:
         base_spec = adapter_base or cfg.get("base_model_name_or_path")
         if not base_spec:
             raise LoadError(f"adapter {folder} names no base model; pass --adapter-base")
-        base = load_checkpoint(base_spec)
-        if base.is_adapter:
+        base_path = resolve_path(base_spec)
+        if base_path.is_dir() and (base_path / "adapter_config.json").is_file():
             raise LoadError(f"the base {base_spec} of adapter {folder} is itself an adapter")
-        self.base: Checkpoint = base
+        self.base: Checkpoint = open_checkpoint(base_path)
         self.adapter_file = str(weights)
         self.use_rslora = bool(cfg.get("use_rslora", False))
         self.fan_in_fan_out = bool(cfg.get("fan_in_fan_out", False))

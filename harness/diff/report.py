@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from harness.atomic import atomic_path
-from harness.diff.engine import layer_of, module_of
+from harness.diff.names import layer_of, module_of
 from harness.diff.stats import FIELDS, Stats
 
 
@@ -72,6 +72,12 @@ class DiffReport:
     def top_layers(self, k: int = 10) -> list[int]:
         """The ``k`` layers with the largest L2, largest first."""
         return [s.layer for s in sorted(self.layers, key=lambda s: -s.l2)[:k]]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DiffReport":
+        """A report read back from :meth:`to_dict` (e.g. a cached JSON); per-tensor data is not stored."""
+        return cls([Stats.from_dict(x) for x in d.get("layers", [])], [Stats.from_dict(x) for x in d.get("modules", [])],
+                   Stats.from_dict(d.get("other", {})), Stats.from_dict(d.get("total", {})), meta=dict(d.get("meta", {})))
 
     # -- outputs -------------------------------------------------------------------------
     def to_dict(self) -> dict:

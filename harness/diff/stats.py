@@ -106,6 +106,12 @@ class Stats:
         return cls.from_raw(combine_raw(p.raw for p in parts), sum(p.numel for p in parts),
                             has_ref, **labels)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Stats":
+        """The statistics of a :meth:`to_dict` (a stored report); raw sums are not kept in JSON."""
+        known = {f for f in FIELDS} | {"layer", "module"}
+        return cls(**{k: v for k, v in d.items() if k in known}, has_ref=d.get("conflict_rate") is not None)
+
     def to_dict(self) -> dict:
         d: dict = {}
         if self.layer is not None:

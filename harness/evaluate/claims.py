@@ -89,7 +89,8 @@ def _register() -> None:
     import math
 
     from harness.errors import HarnessError
-    from harness.findings.statistics import STATISTICS
+    from harness.findings.kinds import register_statistic
+    from harness.findings.statistics import NotMeasured
 
     def own_data_margin(source: Any, pair: Any, metric: str = "BLEU") -> float:
         """C7: ``metric(own dataset) - metric(other dataset)`` of the pair's node in a table 24."""
@@ -97,7 +98,9 @@ def _register() -> None:
         if own not in ("d0", "d1"):
             raise HarnessError(f"C7 pair {pair.label}: 'own' must be d0 or d1, got {own!r}")
         [m] = [m for m in c7_margins(source, {node: own}) if m.metric == metric] or [None]
-        return math.nan if m is None else m.measured
+        if m is None:
+            raise NotMeasured("; ".join(getattr(source, "notes", ())) or f"the table has no {metric} for {node}")
+        return m.measured
 
     def judge_margin(source: Any, pair: Any, prompts: str = "eval") -> float:
         """C8: the node's mean judge score minus the base's, sign-flipped for D0 nodes (so > 0 holds)."""
@@ -108,9 +111,8 @@ def _register() -> None:
         diff = means[node] - means[base]
         return diff if ds == "d1" else -diff
 
-    for name, fn in (("own_data_margin", own_data_margin), ("judge_margin", judge_margin)):
-        if name not in STATISTICS:
-            STATISTICS.add(name, fn)
+    register_statistic("similarity", "own_data_margin", own_data_margin)
+    register_statistic("judge", "judge_margin", judge_margin)
 
 
 _register()

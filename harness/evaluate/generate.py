@@ -64,12 +64,10 @@ class Generation:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` is CUDA when torch sees one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise HarnessError(f"device {device!r} was asked for but torch sees no CUDA device")
-    return torch.device(device)
+    """``auto`` is CUDA when torch sees one, else the CPU (:func:`harness.device.resolve_device`)."""
+    from harness.device import resolve_device as resolve
+
+    return torch.device(resolve(device))
 
 
 def load_model(path: Union[str, Path], device: str = "auto") -> tuple[Any, Any]:

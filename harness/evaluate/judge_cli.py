@@ -6,10 +6,8 @@ The endpoint comes from ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL``; the key is nev
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from harness.errors import HarnessError
 from harness.evaluate.judge import DEFAULT_MODEL, Judge, JudgeConfig, Rubric, table25
 
 
@@ -29,26 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_generations(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise HarnessError(f"{path}: no such file")
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise HarnessError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-        for k in ("node", "source", "question", "text"):
-            if not isinstance(row.get(k), str):
-                raise HarnessError(f"{path}:{lineno}: field {k!r} missing or not a string")
-        rows.append(row)
-    if not rows:
-        raise HarnessError(f"{path}: no rows")
-    return rows
+    """The rows of a generations JSONL (``harness.data.load_jsonl``: errors name file:line:field)."""
+    from harness import data
+
+    return data.load_jsonl(path, {"node": str, "source": str, "question": str, "text": str}, id_field=None,
+                           allow_empty=("text",))
 
 
 def run(args: argparse.Namespace) -> int:
+    from harness.atomic import write_json
     from harness.evaluate.selfgen import write_jsonl
     from harness.evaluate.similarity import write_table
 
@@ -68,6 +55,6 @@ def run(args: argparse.Namespace) -> int:
     write_jsonl([{"node": r["node"], "source": r["source"], "id": r.get("id"), "score": res.score,
                   "reason": res.reason, "cached": res.cached, "attempts": res.attempts, "reply": res.reply}
                  for r, res in zip(rows, results)], out / "judgements.jsonl")
-    (out / "usage.json").write_text(json.dumps(judge.usage.to_json(), indent=1), encoding="utf-8")
+    write_json(out / "usage.json", judge.usage.to_json(), indent=1)
     print(table.markdown())
     return 0

@@ -1,30 +1,26 @@
-"""Findings: claim specs, statistics, verdicts, the findings report and the regression baseline.
+"""Findings: claim specs, statistics, verdicts, the findings report and the baseline comparison.
 
-How a claim file reports a result (the terminal summary and the findings files pick it up):
+Claims are data (``fixtures/claims/*.toml``, see :mod:`harness.findings.spec`) run by one
+spec-driven runner (:mod:`harness.findings.runner`). A check computed another way builds its row
+and records it, through the ``claim_result`` fixture of the pytest plugin or :func:`record`::
 
-- Weight claims go through a spec: ``results = evaluate(spec, source, pair, plan=...)``, then
-  ``record(results)`` and ``assert_holds(results)``.
-- Any other check builds its row and records it, through the ``claim_result`` fixture of the
-  pytest plugin (it returns :func:`record`) or by calling :func:`record` directly::
+    from harness.findings import ClaimResult, assert_holds, record
 
-      from harness.findings import ClaimResult, assert_holds, record
+    def test_c9(claim_result):
+        row = ClaimResult.make("C9", "sft_d0", measured=bleu, threshold=0.0, comparator=">",
+                               reference_value=0.107, check="bleu_own_minus_other")
+        claim_result(row)          # or record(row)
+        assert_holds([row])
 
-      def test_c7(claim_result):
-          row = ClaimResult.make("C7", "sft_d0", measured=bleu, threshold=0.0, comparator=">",
-                                 seed_value=0.107, check="bleu_own_minus_other")
-          claim_result(row)          # or record(row)
-          assert_holds([row])
-
-``ClaimResult.make`` computes the margin (positive = holds) and the verdict.
+``ClaimResult.make`` computes the margin (positive = holds) and the verdict. Importing this package
+imports no engine: a kind's statistics provider is imported when a spec of that kind loads.
 """
 
 from harness.findings.spec import Check, ClaimSpec, Pair, load_spec, load_specs
-from harness.findings.statistics import STATISTICS, GenerationSource, load_providers
+from harness.findings.statistics import STATISTICS, GenerationSource, NotMeasured, load_providers
 from harness.findings.verdict import ClaimResult, assert_holds, clear, evaluate, record, recorded
 
 __all__ = [
-    "Check", "ClaimSpec", "Pair", "load_spec", "load_specs", "STATISTICS", "GenerationSource",
-    "ClaimResult", "assert_holds", "clear", "evaluate", "record", "recorded",
+    "Check", "ClaimSpec", "Pair", "load_spec", "load_specs", "STATISTICS", "GenerationSource", "NotMeasured",
+    "ClaimResult", "assert_holds", "clear", "evaluate", "load_providers", "record", "recorded",
 ]
-
-load_providers()  # the output claims' statistics (C7, C8) live in harness.evaluate.claims

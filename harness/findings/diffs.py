@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from harness.errors import HarnessError
-from harness.findings.report import atomic_write
+from harness.atomic import write_bytes as atomic_write
 
 CACHE_VERSION = "2"
 
@@ -53,6 +53,13 @@ class NodeSet:
         self.path(node)
         return self.parents.get(node)
 
+    def base(self) -> str:
+        """The node with no parent (the graph's base)."""
+        roots = [n for n in self.paths if self.parents.get(n) is None]
+        if len(roots) != 1:
+            raise HarnessError(f"the node set has {len(roots)} nodes without a parent; one base is expected")
+        return roots[0]
+
 
 @dataclass
 class DiffSource:
@@ -63,11 +70,14 @@ class DiffSource:
     device: str = "auto"
     progress: bool = False
     computed: int = 0
-    _memo: dict[tuple[str, str, str | None], dict[str, Any]] = field(default_factory=dict)
+    _memo: dict[tuple[str, str, str | None], Any] = field(default_factory=dict)
     compare: Callable[..., Any] | None = None
 
     def parent(self, node: str) -> str | None:
         return self.nodes.parent(node)
+
+    def base(self) -> str:
+        return self.nodes.base()
 
     def _cache_file(self, a: str, b: str, ref: str | None) -> Path | None:
         if self.cache_dir is None:
@@ -77,8 +87,10 @@ class DiffSource:
                  self.nodes.key(ref) if ref else "-"]
         return Path(self.cache_dir) / (hashlib.sha256("|".join(parts).encode()).hexdigest()[:24] + ".json")
 
-    def diff(self, a: str, b: str, ref: str | None = None) -> dict[str, Any]:
-        """The ``harness.diff`` JSON of checkpoint ``b`` against ``a`` (task vectors against ``ref``)."""
+    def diff(self, a: str, b: str, ref: str | None = None) -> Any:
+        """The :class:`harness.diff.DiffReport` of checkpoint ``b`` against ``a`` (task vectors against ``ref``)."""
+        from harness.diff.report import DiffReport
+
         memo_key = (a, b, ref)
         if memo_key in self._memo:
             return self._memo[memo_key]
@@ -89,16 +101,16 @@ class DiffSource:
             except json.JSONDecodeError:
                 report = None  # a foreign or damaged file: recompute and overwrite
             if report is not None:
-                self._memo[memo_key] = report
-                return report
+                self._memo[memo_key] = DiffReport.from_dict(report)
+                return self._memo[memo_key]
         compare = self.compare
         if compare is None:
             from harness.diff import compare
         base = self.nodes.path(ref) if ref else None
         result = compare(self.nodes.path(a), self.nodes.path(b), base, device=self.device, progress=self.progress)
-        report = result.to_dict() if hasattr(result, "to_dict") else dict(result)
+        report = result if isinstance(result, DiffReport) else DiffReport.from_dict(dict(result))
         self.computed += 1
         if cache is not None:
-            atomic_write(cache, json.dumps(report))
+            atomic_write(cache, json.dumps(report.to_dict()))
         self._memo[memo_key] = report
         return report

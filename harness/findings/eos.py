@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from harness.findings.report import atomic_write
+from harness.atomic import write_bytes as atomic_write
 from harness.findings.statistics import GenerationSource
 
 MAX_NEW_TOKENS = 64

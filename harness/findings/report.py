@@ -13,7 +13,7 @@ from harness.atomic import atomic_path, write_bytes
 from harness.findings.statistics import layer_values
 from harness.findings.verdict import ClaimResult
 
-COLUMNS = ("claim", "pair", "check", "measured", "seed value", "threshold", "margin", "verdict")
+COLUMNS = ("claim", "pair", "check", "measured", "reference", "threshold", "margin", "verdict")
 
 
 def _fmt(x: float | None) -> str:
@@ -28,10 +28,15 @@ def rows(results: Iterable[ClaimResult]) -> list[tuple[str, ...]]:
     out = []
     for r in results:
         pair = r.pair if r.seed is None else f"{r.pair} [seed {r.seed}]"
-        out.append((r.claim, pair, r.check, _fmt(r.measured), _fmt(r.seed_value),
-                    f"{r.comparator} {_fmt(r.threshold)}", _fmt(r.margin),
-                    r.verdict.upper() + (" (known)" if r.note.startswith("known") and r.verdict != "pass" else "")))
+        out.append((r.claim, pair, r.check, _fmt(r.measured), _fmt(r.reference_value),
+                    f"{r.comparator} {_fmt(r.threshold)}", _fmt(r.margin), r.verdict.upper() + _tag(r)))
     return out
+
+
+def _tag(r: ClaimResult) -> str:
+    if r.note.startswith("negative control"):
+        return " (control: must fail)"
+    return " (known)" if r.note.startswith("known") and r.verdict != "pass" else ""
 
 
 def table(results: Sequence[ClaimResult]) -> str:
@@ -106,7 +111,7 @@ def load_json(path: Path) -> tuple[dict[str, Any], list[ClaimResult]]:
 
 def to_markdown(results: Sequence[ClaimResult], meta: Mapping[str, Any], images: Sequence[str] = ()) -> str:
     lines = [f"# Findings: plan `{meta.get('plan', '?')}`, run {meta.get('run', '?')}", ""]
-    for k in ("plan_path", "device", "seeds", "baseline"):
+    for k in ("base", "base_model", "base_identity", "plan_path", "claims_dir", "device", "seeds", "baseline"):
         if meta.get(k) not in (None, "", []):
             lines.append(f"- {k}: `{meta[k]}`")
     if meta.get("versions"):

@@ -1,79 +1,50 @@
-"""What the pytest plugin does for the claims, as plain functions: option checks, graph building,
-diff sources, parametrization cases and the end-of-session findings (files, plots, baseline)."""
+"""The findings session: one object (kept in pytest's stash by the plugin) that owns the options, the
+plan and its graphs, the claim cases, the recorded rows and the end-of-session work (files, plots,
+baseline comparison). Plain Python: the plugin only wires it into pytest's hooks.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as _dt
+import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from harness.errors import HarnessError
-from harness.findings.baseline import Regression, compare_file
+from harness.findings.baseline import Comparison, compare
 from harness.findings.diffs import DiffSource, NodeSet
 from harness.findings.report import load_json, plot_conflict_rates, plot_layer_deviation, spreads, write
-from harness.findings.spec import ClaimSpec, Pair, load_specs
-from harness.findings.statistics import STATISTICS
-from harness.findings.verdict import ClaimResult
+from harness.findings.spec import ClaimSpec, Control, Pair, load_specs
+from harness.findings.verdict import ClaimResult, Collector
 from harness.versions import library_versions, version_changes
 
 DEFAULT_PLAN = Path("fixtures") / "plans" / "tiny.toml"
 CLAIMS_DIR = Path("fixtures") / "claims"
-WEIGHT_CLAIMS = ("C1", "C2", "C3", "C4", "C5")
 
 
 def plan_path(option: str | None, root: Path) -> Path:
-    """The plan file from ``--harness-plan`` (relative to the root when relative), else tiny.toml."""
+    """The plan file from ``--harness-plan`` (relative to the cwd, else the root), else tiny.toml."""
     p = Path(option) if option else root / DEFAULT_PLAN
     return p if p.is_absolute() or option is None else (Path.cwd() / p if (Path.cwd() / p).exists() else root / p)
 
 
-def plan_name(path: Path) -> str:
-    return path.stem
+def base_name(base: str) -> str:
+    """A plan base's readable identity: ``tiny``, a hub id, or a folder's or GGUF file's name."""
+    p = Path(base)
+    return p.name if (p.is_absolute() or p.exists()) else base
 
 
-def check_options(*, plan: Path, plan_given: bool, seeds: int, baseline: str | None, findings_dir: Path,
-                  device: str) -> Any:
-    """Validate option combinations; raises HarnessError naming the options. Returns the plan when loaded."""
-    if seeds < 1:
-        raise HarnessError("--harness-seeds must be at least 1")
-    if findings_dir.exists() and not findings_dir.is_dir():
-        raise HarnessError(f"--findings-dir {findings_dir} exists and is not a folder")
-    if plan_given and not plan.is_file():
-        raise HarnessError(f"--harness-plan {plan}: no such plan file")
-    if baseline is not None:
-        bpath = Path(baseline)
-        if not bpath.is_file():
-            raise HarnessError(f"--findings-baseline {baseline}: no such findings file")
-        meta, _ = load_json(bpath)
-        if meta.get("plan") and meta["plan"] != plan_name(plan):
-            raise HarnessError(f"--findings-baseline {baseline} was recorded on plan {meta['plan']!r}, "
-                               f"but this run uses plan {plan_name(plan)!r}")
-    if not (plan_given or seeds > 1 or device == "cpu"):
-        return None
-    from harness.train import load_plan
-
-    loaded = load_plan(plan)
-    if seeds > 1 and not any(n.method != "base" for n in loaded.nodes):
-        raise HarnessError(f"--harness-seeds {seeds}: plan {plan} trains no node, so it cannot be reseeded")
-    if device == "cpu" and getattr(loaded, "requires_cuda", False):
-        raise HarnessError(f"--harness-device cpu conflicts with plan {plan}, which needs CUDA (4-bit QLoRA)")
-    return loaded
+def default_run_id() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
-def training_seeds(plan: Any, n: int) -> list[int]:
-    return [plan.seed + i for i in range(n)]
-
-
-def build_graphs(plan: Any, seeds: Sequence[int], *, fixtures_dir: str | None, device: str) -> list[tuple[int, Any]]:
-    """Build (or load from the cache) the plan's graph under each training seed."""
-    from harness.train import build
-
-    out = []
-    for s in seeds:
-        p = plan if s == plan.seed else plan.with_seed(s)
-        out.append((s, build(p, fixtures_dir=fixtures_dir, device=device)))
-    return out
+def diff_cache_dir(fixtures_dir: str | Path | None, root: Path) -> Path:
+    base = Path(fixtures_dir) if fixtures_dir else root / ".fixtures"
+    return base / "diffs"
 
 
 def node_set(plan: Any, graph: Any) -> NodeSet:
@@ -83,26 +54,48 @@ def node_set(plan: Any, graph: Any) -> NodeSet:
                    keys={n: str(graph.key(n)) for n in names})
 
 
-def diff_cache_dir(fixtures_dir: str | None, root: Path) -> Path:
-    base = Path(fixtures_dir) if fixtures_dir else root / ".fixtures"
-    return base / "diffs"
+def training_seeds(plan: Any, n: int) -> list[int]:
+    return [plan.seed + i for i in range(n)]
 
 
-def specs(root: Path, ids: Sequence[str] | None = None) -> list[ClaimSpec]:
-    return load_specs(root / CLAIMS_DIR, STATISTICS, ids)
+@dataclass(frozen=True)
+class Options:
+    """What the command line asked for."""
+
+    root: Path
+    plan_path: Path
+    plan_given: bool = False
+    base: str | None = None
+    claims_dir: Path | None = None
+    findings_dir: Path | None = None
+    fixtures_dir: str | None = None
+    run: str = ""
+    baseline: str | None = None
+    strict: bool = False
+    seeds: int = 1
+    device: str = "auto"
+
+    @property
+    def claims(self) -> Path:
+        return self.claims_dir or self.root / CLAIMS_DIR
+
+    @property
+    def findings(self) -> Path:
+        return self.findings_dir or self.root / "findings"
 
 
-def cases(root: Path, ids: Sequence[str]) -> list[tuple[ClaimSpec, Pair]]:
-    """(spec, pair) for each claim id and each of its pairs: the checks' parametrization."""
-    return [(s, p) for s in specs(root, ids) for p in s.pairs]
+@dataclass(frozen=True)
+class Case:
+    """One parametrized claim case: a spec's pair, on the plan or under a negative control's variant."""
 
+    spec: ClaimSpec
+    pair: Pair
+    control: Control | None = None
 
-def case_id(case: tuple[ClaimSpec, Pair]) -> str:
-    return f"{case[0].id}-{case[1].label}"
-
-
-def default_run_id() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    @property
+    def id(self) -> str:
+        tail = f"-control:{self.control.variant}" if self.control else ""
+        return f"{self.spec.id}-{self.pair.label}{tail}"
 
 
 @dataclass
@@ -110,16 +103,239 @@ class Outcome:
     json_path: Path | None = None
     md_path: Path | None = None
     images: list[Path] = field(default_factory=list)
-    regressions: list[Regression] = field(default_factory=list)
-    missing: list[tuple[str, str, str]] = field(default_factory=list)
+    comparison: Comparison | None = None
     disagreements: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     version_changes: list[str] = field(default_factory=list)  # library versions, baseline -> this run
 
+    @property
+    def regressions(self) -> list:
+        return self.comparison.failing if self.comparison else []
+
+    @property
+    def missing(self) -> list:
+        return self.comparison.missing if self.comparison else []
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.regressions or self.disagreements)
+
+
+class FindingsSession(Collector):
+    """Options, plan, graphs, sources, rows and the end-of-session work of one pytest session."""
+
+    def __init__(self, options: Options, say: Callable[[str], None] = print) -> None:
+        super().__init__()
+        self.options = options
+        self.say = say
+        self.outcome: Outcome | None = None
+        self._plan: Any = None
+        self._specs: list[ClaimSpec] | None = None
+        self._memo: dict[Any, Any] = {}
+        self.seeds: list[int] = []
+        self.no_match: str | None = None  # what -k matching no claim case says
+        self.claims_deselected = False
+        self.log_path = Path(options.fixtures_dir or options.root / ".fixtures") / "logs" / f"{options.run}.log"
+
+    # ------------------------------------------------------------------ options
+    def check(self) -> None:
+        """Validate option combinations; raises HarnessError naming the option."""
+        o = self.options
+        if o.seeds < 1:
+            raise HarnessError("--harness-seeds must be at least 1")
+        if o.findings.exists() and not o.findings.is_dir():
+            raise HarnessError(f"--findings-dir {o.findings} exists and is not a folder")
+        if o.plan_given and not o.plan_path.is_file():
+            raise HarnessError(f"--harness-plan {o.plan_path}: no such plan file")
+        if o.claims_dir is not None and not o.claims_dir.is_dir():
+            raise HarnessError(f"--claims-dir {o.claims_dir}: no such folder")
+        if o.baseline is not None:
+            if not Path(o.baseline).is_file():
+                raise HarnessError(f"--findings-baseline {o.baseline}: no such findings file")
+            load_json(Path(o.baseline))
+        if not (o.plan_given or o.base or o.seeds > 1 or o.device == "cpu"):
+            return
+        plan = self.plan
+        if o.seeds > 1 and not any(n.method != "base" for n in plan.nodes):
+            raise HarnessError(f"--harness-seeds {o.seeds}: plan {o.plan_path} trains no node, so it cannot be reseeded")
+        if o.device == "cpu" and getattr(plan, "requires_cuda", False):
+            raise HarnessError(f"--harness-device cpu conflicts with plan {o.plan_path}, which needs CUDA (4-bit QLoRA)")
+
+    @property
+    def plan(self) -> Any:
+        """The plan, with ``--harness-base`` applied."""
+        if self._plan is None:
+            from harness.train import load_plan
+
+            plan = load_plan(self.options.plan_path)
+            self._plan = plan.with_base(self.options.base) if self.options.base else plan
+        return self._plan
+
+    def plan_or_none(self) -> Any:
+        """The plan, or None when it cannot load (rows recorded by plain checks still get written)."""
+        try:
+            return self.plan
+        except HarnessError:
+            return None
+
+    @property
+    def base(self) -> str:
+        return base_name(self.plan.base)
+
+    @property
+    def label(self) -> str:
+        """The findings folder's name: the plan, and the base when ``--harness-base`` swapped it."""
+        plan = self.plan_or_none()
+        name = plan.name if plan is not None else self.options.plan_path.stem
+        if not self.options.base:
+            return name
+        return f"{name}@{re.sub(r'[^A-Za-z0-9._-]+', '_', base_name(self.options.base))}"
+
+    # ------------------------------------------------------------------ claims
+    def specs(self) -> list[ClaimSpec]:
+        if self._specs is None:
+            self._specs = load_specs(self.options.claims)
+        return self._specs
+
+    def cases(self) -> list[Case]:
+        """Every spec's pairs, then its negative controls' pairs: the runner's parametrization."""
+        out = []
+        for s in self.specs():
+            out += [Case(s, p) for p in s.pairs]
+            out += [Case(s, p, c) for c in s.controls for p in s.pairs if c.covers(p.label)]
+        return out
+
+    # ------------------------------------------------------------------ graphs and sources
+    def memo(self, key: Any, make: Callable[[], Any]) -> Any:
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
+    @contextlib.contextmanager
+    def quiet(self):
+        """Training and generation output goes to the session's log file, not to pytest's captured output."""
+        import logging
+
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a", encoding="utf-8") as log:
+            handler = logging.StreamHandler(log)
+            root = logging.getLogger()
+            saved = [(h, h.level) for h in root.handlers]
+            for h, _ in saved:
+                h.setLevel(logging.CRITICAL + 1)
+            root.addHandler(handler)
+            try:
+                with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                    yield
+            finally:
+                root.removeHandler(handler)
+                for h, level in saved:
+                    h.setLevel(level)
+
+    def build(self, plan: Any, nodes: Sequence[str] | None = None) -> Any:
+        """Build (or load) ``nodes`` of ``plan`` and their ancestors (default: every node), one node at a
+        time, with a progress line on the terminal for each node that took time. Returns the Graph."""
+        from harness.train import build
+
+        wanted: set[str] = set()
+        for n in (plan.names if nodes is None else nodes):
+            wanted.update(plan.ancestors(n))
+        key = ("graph", plan.name, plan.variant_name, plan.seed, plan.base)
+        done = self._memo.setdefault(("built",) + key, set())
+        todo = [n for n in plan.names if n in wanted and n not in done]
+        what = f"{plan.name}" + (f" [variant {plan.variant_name}]" if plan.variant_name else "") + f" seed {plan.seed}"
+        for i, name in enumerate(todo, 1):
+            t0 = time.monotonic()
+            with self.quiet():
+                self._memo[key] = build(plan, only=name, fixtures_dir=self.options.fixtures_dir,
+                                        device=self.options.device, progress=False)
+            took = time.monotonic() - t0
+            if took > 2:
+                self.say(f"fixtures {what}: [{i}/{len(todo)}] {name} built in {took:.0f} s (log: {self.log_path})")
+            done.add(name)
+        if key not in self._memo:
+            self._memo[key] = build(plan, only=plan.names[0], fixtures_dir=self.options.fixtures_dir,
+                                    device=self.options.device, progress=False)
+        return self._memo[key]
+
+    def graphs(self, nodes: Sequence[str] | None = None) -> list[tuple[int, Any]]:
+        """``[(training seed, Graph)]``, one per ``--harness-seeds`` (with ``nodes`` and their ancestors built)."""
+        plan = self.plan
+        self.seeds = training_seeds(plan, self.options.seeds)
+        return [(s, self.build(plan if s == plan.seed else plan.with_seed(s), nodes)) for s in self.seeds]
+
+    def graph(self, control: Control | None = None, nodes: Sequence[str] | None = None) -> tuple[Any, Any]:
+        """(plan, graph) of the plan itself or of a negative control's variant."""
+        if control is None:
+            return self.plan, self.graphs(nodes)[0][1]
+        plan = self.plan.variant(control.variant)
+        return plan, self.build(plan, nodes)
+
+    def prepare(self, case: Case) -> None:
+        """Build the nodes the case names (and their ancestors) under every training seed it reads."""
+        plan = self.plan.variant(case.control.variant) if case.control else self.plan
+        nodes = [case.pair[r] for r in case.spec.roles if case.pair[r] in plan.names]
+        if case.control is None and case.spec.kind == "weights":
+            self.graphs(nodes)
+        else:
+            self.graph(case.control, nodes)
+
+    def diff_sources(self, control: Control | None = None) -> list[tuple[int | None, DiffSource]]:
+        cache = diff_cache_dir(self.options.fixtures_dir, self.options.root)
+        if control is not None:
+            plan, graph = self.graph(control, [])
+            return [(None, DiffSource(node_set(plan, graph), cache, self.options.device))]
+
+        def make() -> list[tuple[int | None, DiffSource]]:
+            graphs = self.graphs([])  # the nodes each case reads are built by prepare()
+            multi = len(graphs) > 1
+            return [(s if multi else None, DiffSource(node_set(self.plan, g), cache, self.options.device))
+                    for s, g in graphs]
+
+        return self.memo(("diffs",), make)
+
+    def known_deviation(self, spec: ClaimSpec, pair: Pair) -> str | None:
+        return spec.known_deviation(self.plan.name, self.base, pair.label)
+
+    # ------------------------------------------------------------------ end of session
+    def meta(self) -> dict[str, Any]:
+        o = self.options
+        meta: dict[str, Any] = {"plan_path": str(o.plan_path), "device": o.device, "seeds": self.seeds,
+                                "baseline": o.baseline, "claims_dir": str(o.claims)}
+        plan = self.plan_or_none()
+        if plan is None:
+            return {**meta, "plan": self.options.plan_path.stem}
+        meta.update(plan=plan.name, base=self.base, base_model=plan.base,
+                    recipe={"lora": dataclasses.asdict(plan.lora), "sft": dataclasses.asdict(plan.sft),
+                            "dpo": dataclasses.asdict(plan.dpo), "seed": plan.seed, "data_seed": plan.data_seed,
+                            "limit": plan.limit})
+        graph = self._memo.get(("graph", plan.name, None, plan.seed, plan.base))
+        if graph is not None:
+            base = plan.names[0]
+            meta["base_identity"] = {"key": str(graph.key(base)), **{k: v for k, v in graph.meta(base).items()
+                                                                     if k in ("identity", "base", "sha256", "revision")}}
+        return meta
+
+    def plot(self, folder: Path, run: str) -> list[Path]:
+        sources = self._memo.get(("diffs",))
+        if not sources:
+            return []
+        return plot_graph(sources[0][1], self.plan, folder, run)
+
+    def finish(self) -> Outcome | None:
+        """Write the findings (when any row was recorded), compare with the baseline."""
+        if not self.results:
+            return None
+        self.outcome = finish(self.results, findings_dir=self.options.findings, plan=self.label,
+                              run=self.options.run, meta=self.meta(), baseline=self.options.baseline,
+                              plot=self.plot, strict=self.options.strict)
+        return self.outcome
+
 
 def plot_graph(source: DiffSource, plan: Any, folder: Path, run: str) -> list[Path]:
     """Per-layer L2 deviation for every SFT and DPO node (against its start), and conflict rates per layer."""
-    trained = [n for n in plan.names if plan.node(n).method != "base"]
+    trained = [n for n in plan.names if plan.node(n).method != "base"
+               and (source.nodes.path(n) / "config.json").is_file()]  # a partial run (-k) built only some
     sft = {n: source.diff(plan.node(n).parent, n) for n in trained if plan.node(n).method == "sft"}
     dpo = {n: source.diff(plan.node(n).parent, n) for n in trained if plan.node(n).method == "dpo"}
     base = next(n for n in plan.names if plan.node(n).method == "base")
@@ -135,7 +351,7 @@ def plot_graph(source: DiffSource, plan: Any, folder: Path, run: str) -> list[Pa
 
 
 def finish(results: Sequence[ClaimResult], *, findings_dir: Path, plan: str, run: str, meta: dict[str, Any],
-           baseline: str | None, plot: Any = None) -> Outcome:
+           baseline: str | None, plot: Any = None, strict: bool = False) -> Outcome:
     """Write the findings files (and plots), compare with the baseline, check seed agreement."""
     out = Outcome()
     folder = Path(findings_dir) / plan
@@ -144,27 +360,14 @@ def finish(results: Sequence[ClaimResult], *, findings_dir: Path, plan: str, run
             out.images = plot(folder, run)
         except Exception as exc:  # plots are a report extra: never hide the findings themselves
             out.errors.append(f"plots not written: {exc}")
-    meta = {**meta, "plan": plan, "run": run, "versions": library_versions()}
+    meta = {"plan": plan, **meta, "run": run, "versions": library_versions()}
     out.json_path, out.md_path = write(folder, run, results, meta, [str(p) for p in out.images])
     for s in spreads(results):
         if not s.agree:
             out.disagreements.append(f"{s.key[0]} {s.key[2]} [{s.key[1]}]: verdicts {', '.join(s.verdicts)} "
                                      f"for values {', '.join(f'{v:.4g}' for v in s.values)}")
     if baseline:
-        out.regressions, out.missing = compare_file(results, Path(baseline))
-        old_meta, _ = load_json(Path(baseline))
+        old_meta, old = load_json(Path(baseline))
+        out.comparison = compare(results, old, old_meta=old_meta, new_meta=meta, strict=strict)
         out.version_changes = version_changes(old_meta.get("versions", {}), meta["versions"])
     return out
-
-
-def expect_known_deviation(request: Any, spec: ClaimSpec, plan_name: str, pair_label: str) -> str | None:
-    """Mark the running check xfail (not strict) when its spec declares a known deviation on this
-    plan and pair; the rows are still measured and reported as FAIL (known). Returns the note."""
-    import pytest
-
-    known = spec.known_deviation(plan_name, pair_label)
-    if not known:
-        return None
-    note = f"known deviation on {plan_name}: {known}"
-    request.applymarker(pytest.mark.xfail(reason=note, strict=False))
-    return note

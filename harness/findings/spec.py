@@ -1,27 +1,38 @@
-"""Claim specs: TOML files in ``fixtures/claims/`` loaded into frozen, validated dataclasses.
+"""Claim specs: TOML files (``fixtures/claims/`` or ``--claims-dir``) loaded into frozen, validated dataclasses.
 
-One file holds one claim::
+One file holds one claim; a new claim is one file::
 
     id = "C1"
+    kind = "weights"                     # what its statistics read: weights, generations, similarity, judge
     statement = "DPO changes weights far less than SFT"
-    seed_table = "Table 4"
-    plans = ["tiny", "seed"]            # plan names (file stems) the claim runs on
-    negative_control = "c1_dpo_at_sft_lr"  # a plan variant (or a named setup) under which it must fail
-    pairs = [{ dpo = "dpo_d0", sft = "sft_d0" }]   # the comparable node pairs, role -> node
+    reference_table = "Table 4"          # where the study's numbers come from
+    roles = ["dpo", "sft"]               # node roles every pair names (the plan's graph must have those nodes)
+    data_roles = []                      # roles that name a dataset, not a node (e.g. C7's "own")
+    pairs = [{ dpo = "dpo_d0", sft = "sft_d0" }]   # the comparable cases, role -> node
+
+    negative_control = "text"            # a control run elsewhere (described), or tables the runner runs:
+    [[negative_control]]
+    variant = "c1_dpo_at_sft_lr"         # a [variants.NAME] of the plan; skipped on plans without it
+    expect = "fail"                      # the claim must not hold there
+    pairs = ["dpo_d0/sft_d0"]            # pair labels (default: every pair)
 
     [[check]]                            # one or more; the claim holds when every check holds
-    statistic = "update_l2_ratio"        # a name in harness.findings.statistics.STATISTICS
+    statistic = "l2_ratio"               # registered for the spec's kind (harness.findings.kinds)
     comparator = "<"                     # <, <=, >, >=
     threshold = 0.5
-    seed_value = 0.04                    # what the seed reported (optional; or a table pair label -> value)
-    tolerance = 0.5                      # relative move allowed against a baseline run
     reason = "why this threshold"        # required: thresholds carry their reason
-    params = { }                         # extra keyword arguments of the statistic
+    reference_value = 0.04               # the study's value (or a table: pair label -> value)
+    tolerance = 0.5                      # relative move allowed against a baseline run
+    floor = 0.01                         # absolute move below which a baseline never flags (values near 0)
+    params = { num = ["parent(dpo)", "dpo"], den = ["parent(sft)", "sft"] }   # roles, parent(role) or "base"
 
-    [known_deviations]                   # optional: plan name = why the claim does not hold there
-    tiny = "reason"                      # (rows still say FAIL; the suite marks the check xfail),
-                                         # or { reason = "...", pairs = ["sft_d0"] } for some pairs only
+    [[known_deviation]]                  # measured on one plan AND base: rows still say FAIL, the test xfails
+    plan = "tiny"
+    base = "tiny"                        # the plan's base.model (hub id, folder or file name)
+    pairs = ["sft_d0"]                   # optional: only these pairs
+    reason = "what was measured, and why"
 
+"Seed" in this project means the training seed only; the study's numbers are reference values.
 Every error is a :class:`~harness.errors.LoadError` naming the file and the field.
 """
 
@@ -29,12 +40,13 @@ from __future__ import annotations
 
 import math
 import operator
-import tomllib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, Union
 
 from harness.errors import LoadError
+from harness.tomlfile import load_toml
 
 PathLike = Union[str, Path]
 
@@ -45,14 +57,21 @@ COMPARATORS: Mapping[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
 }
 
-CLAIM_KEYS = {"id", "statement", "seed_table", "plans", "negative_control", "pairs", "check", "zoo",
-              "known_deviations"}
-CHECK_KEYS = {"statistic", "comparator", "threshold", "seed_value", "tolerance", "reason", "params", "label"}
+CLAIM_KEYS = {"id", "kind", "statement", "reference_table", "roles", "data_roles", "negative_control", "pairs",
+              "check", "zoo", "known_deviation"}
+CHECK_KEYS = {"statistic", "comparator", "threshold", "reference_value", "tolerance", "floor", "reason", "params",
+              "label"}
+CONTROL_KEYS = {"variant", "expect", "pairs", "about"}
+DEVIATION_KEYS = {"plan", "base", "pairs", "reason"}
+RENAMED = {"seed_value": "reference_value", "seed_table": "reference_table", "plans": None,
+           "known_deviations": "known_deviation"}
+_PARENT = re.compile(r"^parent\((\w+)\)$")
+BASE_REF = "base"  # a node reference naming the graph's base node
 
 
 @dataclass(frozen=True)
 class Pair:
-    """Named roles mapped to node names, e.g. ``dpo=dpo_d0, sft=sft_d0``."""
+    """Named roles mapped to node (or dataset) names, e.g. ``dpo=dpo_d0, sft=sft_d0``."""
 
     roles: tuple[tuple[str, str], ...]
 
@@ -74,7 +93,7 @@ class Pair:
 
     @property
     def label(self) -> str:
-        """Short id used in test ids and report rows: the node names joined by ``/``."""
+        """Short id used in test ids and report rows: the values joined by ``/``."""
         return "/".join(self.nodes)
 
 
@@ -86,15 +105,16 @@ class Check:
     comparator: str
     threshold: float
     reason: str
-    seed_value: float | None = None
+    reference_value: float | None = None
     tolerance: float = 0.25
     params: tuple[tuple[str, Any], ...] = ()
     label: str = ""
-    seed_values: tuple[tuple[str, float], ...] = ()
+    reference_values: tuple[tuple[str, float], ...] = ()
+    floor: float = 0.0
 
-    def seed_for(self, pair_label: str) -> float | None:
-        """The seed's value for this pair (a per-pair table entry), else the single ``seed_value``."""
-        return dict(self.seed_values).get(pair_label, self.seed_value)
+    def reference_for(self, pair_label: str) -> float | None:
+        """The study's value for this pair (a per-pair table entry), else the single ``reference_value``."""
+        return dict(self.reference_values).get(pair_label, self.reference_value)
 
     @property
     def name(self) -> str:
@@ -117,30 +137,60 @@ class Check:
 
 
 @dataclass(frozen=True)
+class Control:
+    """A negative control the runner runs: the plan's variant under which the claim must fail."""
+
+    variant: str
+    expect: str = "fail"
+    pairs: tuple[str, ...] = ()
+    about: str = ""
+
+    def covers(self, pair_label: str) -> bool:
+        return not self.pairs or pair_label in self.pairs
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """A measured known deviation: on this plan and base the claim does not hold (for these pairs)."""
+
+    plan: str
+    base: str
+    reason: str
+    pairs: tuple[str, ...] = ()
+
+    def applies(self, plan: str, base: str, pair_label: str | None) -> bool:
+        return (self.plan == plan and self.base == base
+                and (not self.pairs or pair_label is None or pair_label in self.pairs))
+
+
+@dataclass(frozen=True)
 class ClaimSpec:
     """A research claim as data; see the module docstring for the file format."""
 
     id: str
+    kind: str
     statement: str
-    seed_table: str
-    plans: tuple[str, ...]
+    reference_table: str
+    roles: tuple[str, ...]
     negative_control: str
     pairs: tuple[Pair, ...]
     checks: tuple[Check, ...]
     source: Path
+    data_roles: tuple[str, ...] = ()
+    controls: tuple[Control, ...] = ()
     zoo: tuple[str, ...] = ()
-    known_deviations: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+    known_deviations: tuple[Deviation, ...] = ()
 
-    def known_deviation(self, plan_name: str, pair_label: str | None = None) -> str | None:
-        """Why the claim is known not to hold on that plan (for that pair), if it is: the rows are
-        still reported FAIL, and the suite marks the check xfail (not strict)."""
-        for plan, reason, pairs in self.known_deviations:
-            if plan == plan_name and (not pairs or pair_label is None or pair_label in pairs):
-                return reason
+    def known_deviation(self, plan: str, base: str, pair_label: str | None = None) -> str | None:
+        """Why the claim is known not to hold on that plan and base (for that pair), if it is."""
+        for d in self.known_deviations:
+            if d.applies(plan, base, pair_label):
+                return d.reason
         return None
 
-    def runs_on(self, plan_name: str) -> bool:
-        return not self.plans or plan_name in self.plans
+    def missing_nodes(self, pair: Pair, nodes: Sequence[str]) -> list[str]:
+        """The pair's node-role values that are not nodes of a graph with ``nodes``."""
+        return [pair[r] for r in self.roles if pair[r] not in nodes]
 
 
 def _err(path: Path, field: str, msg: str) -> LoadError:
@@ -162,16 +212,46 @@ def _num(path: Path, value: Any, field: str) -> float:
     return float(value)
 
 
-def _check(path: Path, raw: Any, i: int, statistics: Any) -> Check:
+def _names(path: Path, data: Mapping[str, Any], key: str, field: str, what: str) -> tuple[str, ...]:
+    value = data.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise _err(path, field, f"must be an array of {what}")
+    return tuple(value)
+
+
+def _unknown(path: Path, raw: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    for key in sorted(set(raw) - allowed):
+        field = f"{where}.{key}" if where else key
+        if where == "" and key in RENAMED:
+            new = RENAMED[key]
+            hint = (f"renamed to {new!r} (\"seed\" means the training seed only)" if new
+                    else "removed: a claim runs on every plan whose graph has its roles")
+            raise _err(path, field, hint)
+        if where.startswith("check[") and key == "seed_value":
+            raise _err(path, field, "renamed to 'reference_value' (\"seed\" means the training seed only)")
+        raise _err(path, field, f"unknown key; known: {', '.join(sorted(allowed))}")
+
+
+def _node_ref(path: Path, ref: Any, roles: Sequence[str], field: str) -> None:
+    if not isinstance(ref, str):
+        raise _err(path, field, f"must be a node reference (a role, parent(role) or {BASE_REF!r}), got {ref!r}")
+    m = _PARENT.match(ref)
+    role = m.group(1) if m else ref
+    if role not in roles and not (ref == BASE_REF and not m):
+        raise _err(path, field, f"{ref!r} names no role; roles: {', '.join(roles)} (or parent(role), {BASE_REF!r})")
+
+
+def _check(path: Path, raw: Any, i: int, spec: Mapping[str, Any], labels: Sequence[str]) -> Check:
     where = f"check[{i}]"
     if not isinstance(raw, Mapping):
         raise _err(path, where, "must be a table ([[check]])")
-    unknown = set(raw) - CHECK_KEYS
-    if unknown:
-        raise _err(path, f"{where}.{sorted(unknown)[0]}", f"unknown key; known: {', '.join(sorted(CHECK_KEYS))}")
+    _unknown(path, raw, CHECK_KEYS, where)
     stat = _str(path, raw, "statistic", f"{where}.statistic")
-    if statistics is not None and stat not in statistics:
-        raise _err(path, f"{where}.statistic", f"unknown statistic {stat!r}; known: {', '.join(statistics.names())}")
+    from harness.findings.kinds import check_statistic
+
+    problem = check_statistic(spec["kind"], stat)
+    if problem:
+        raise _err(path, f"{where}.statistic", problem)
     comp = _str(path, raw, "comparator", f"{where}.comparator")
     if comp not in COMPARATORS:
         raise _err(path, f"{where}.comparator", f"{comp!r} is not one of {', '.join(COMPARATORS)}")
@@ -179,85 +259,143 @@ def _check(path: Path, raw: Any, i: int, statistics: Any) -> Check:
         raise _err(path, f"{where}.threshold", "is missing")
     threshold = _num(path, raw["threshold"], f"{where}.threshold")
     reason = _str(path, raw, "reason", f"{where}.reason")
-    seed_value, seed_values = raw.get("seed_value"), ()
-    if isinstance(seed_value, Mapping):
-        seed_values = tuple((str(k), _num(path, v, f"{where}.seed_value.{k}")) for k, v in seed_value.items())
-        seed_value = None
-    elif seed_value is not None:
-        seed_value = _num(path, seed_value, f"{where}.seed_value")
+    ref, refs = raw.get("reference_value"), ()
+    if isinstance(ref, Mapping):
+        for k in ref:
+            if k not in labels:
+                raise _err(path, f"{where}.reference_value.{k}", f"is no pair label; labels: {', '.join(labels)}")
+        refs = tuple((str(k), _num(path, v, f"{where}.reference_value.{k}")) for k, v in ref.items())
+        ref = None
+    elif ref is not None:
+        ref = _num(path, ref, f"{where}.reference_value")
     tolerance = _num(path, raw.get("tolerance", 0.25), f"{where}.tolerance")
-    if tolerance < 0:
-        raise _err(path, f"{where}.tolerance", f"must be >= 0, got {tolerance}")
+    floor = _num(path, raw.get("floor", 0.0), f"{where}.floor")
+    for name, v in (("tolerance", tolerance), ("floor", floor)):
+        if v < 0:
+            raise _err(path, f"{where}.{name}", f"must be >= 0, got {v}")
     params = raw.get("params", {})
     if not isinstance(params, Mapping):
         raise _err(path, f"{where}.params", "must be a table")
+    for k, v in params.items():
+        if isinstance(v, list):
+            for j, ref_ in enumerate(v):
+                _node_ref(path, ref_, spec["roles"], f"{where}.params.{k}[{j}]")
     label = raw.get("label", "")
     if not isinstance(label, str):
         raise _err(path, f"{where}.label", "must be a string")
-    return Check(stat, comp, threshold, reason, seed_value, tolerance,
-                 tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in params.items())), label, seed_values)
+    return Check(stat, comp, threshold, reason, ref, tolerance,
+                 tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in params.items())), label, refs,
+                 floor)
 
 
-def _pairs(path: Path, raw: Any) -> tuple[Pair, ...]:
+def _pairs(path: Path, raw: Any, roles: Sequence[str], data_roles: Sequence[str]) -> tuple[Pair, ...]:
     if not isinstance(raw, list) or not raw:
         raise _err(path, "pairs", "must be a non-empty array of tables (role = node)")
+    want = set(roles) | set(data_roles)
     out = []
     for i, item in enumerate(raw):
         if not isinstance(item, Mapping) or not item:
             raise _err(path, f"pairs[{i}]", "must be a non-empty table of role = node name")
         for role, node in item.items():
+            if role not in want:
+                raise _err(path, f"pairs[{i}].{role}", f"is not a declared role; roles: {', '.join(sorted(want))}")
             if not isinstance(node, str) or not node:
                 raise _err(path, f"pairs[{i}].{role}", f"must be a node name, got {node!r}")
+        missing = sorted(want - set(item))
+        if missing:
+            raise _err(path, f"pairs[{i}].{missing[0]}", "is missing (every pair names every role)")
         out.append(Pair(tuple(item.items())))
+    labels = [p.label for p in out]
+    dup = next((x for x in labels if labels.count(x) > 1), None)
+    if dup:
+        raise _err(path, "pairs", f"pair {dup!r} is listed twice")
+    return tuple(out)
+
+
+def _label_list(path: Path, raw: Mapping[str, Any], field: str, labels: Sequence[str]) -> tuple[str, ...]:
+    pairs = raw.get("pairs", [])
+    if not isinstance(pairs, list) or not all(isinstance(p, str) for p in pairs):
+        raise _err(path, f"{field}.pairs", "must be an array of pair labels")
+    for p in pairs:
+        if p not in labels:
+            raise _err(path, f"{field}.pairs", f"{p!r} is no pair label; labels: {', '.join(labels)}")
+    return tuple(pairs)
+
+
+def _controls(path: Path, raw: Any, labels: Sequence[str]) -> tuple[str, tuple[Control, ...]]:
+    if isinstance(raw, str) and raw.strip():
+        return raw, ()
+    if not isinstance(raw, list) or not raw:
+        raise _err(path, "negative_control", "must be a description or an array of tables ([[negative_control]])")
+    out = []
+    for i, t in enumerate(raw):
+        where = f"negative_control[{i}]"
+        if not isinstance(t, Mapping):
+            raise _err(path, where, "must be a table")
+        _unknown(path, t, CONTROL_KEYS, where)
+        variant = _str(path, t, "variant", f"{where}.variant")
+        expect = t.get("expect", "fail")
+        if expect != "fail":
+            raise _err(path, f"{where}.expect", f"must be \"fail\" (a negative control), got {expect!r}")
+        about = t.get("about", "")
+        if not isinstance(about, str):
+            raise _err(path, f"{where}.about", "must be a string")
+        out.append(Control(variant, expect, _label_list(path, t, where, labels), about))
+    text = "; ".join(f"{c.variant}: {c.about}" if c.about else c.variant for c in out)
+    return text, tuple(out)
+
+
+def _deviations(path: Path, raw: Any, labels: Sequence[str]) -> tuple[Deviation, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise _err(path, "known_deviation", "must be an array of tables ([[known_deviation]])")
+    out = []
+    for i, t in enumerate(raw):
+        where = f"known_deviation[{i}]"
+        if not isinstance(t, Mapping):
+            raise _err(path, where, "must be a table")
+        _unknown(path, t, DEVIATION_KEYS, where)
+        out.append(Deviation(_str(path, t, "plan", f"{where}.plan"), _str(path, t, "base", f"{where}.base"),
+                             _str(path, t, "reason", f"{where}.reason"), _label_list(path, t, where, labels)))
     return tuple(out)
 
 
 def load_spec(path: PathLike, statistics: Any = None) -> ClaimSpec:
-    """Load one claim TOML; ``statistics`` (a Registry) validates the statistic names."""
+    """Load one claim TOML; the statistic names are checked against the spec's kind.
+
+    ``statistics`` is accepted for older callers and ignored: the kind's provider is imported here."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise LoadError(f"{path}: claim spec file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise LoadError(f"{path}: not valid TOML: {exc}") from None
-    unknown = set(data) - CLAIM_KEYS
-    if unknown:
-        raise _err(path, sorted(unknown)[0], f"unknown key; known: {', '.join(sorted(CLAIM_KEYS))}")
-    plans = data.get("plans", [])
-    if not isinstance(plans, list) or not all(isinstance(p, str) for p in plans):
-        raise _err(path, "plans", "must be an array of plan names")
-    zoo = data.get("zoo", [])
-    if not isinstance(zoo, list) or not all(isinstance(z, str) for z in zoo):
-        raise _err(path, "zoo", "must be an array of tokenizer folder names")
-    known = data.get("known_deviations", {})
-    if not isinstance(known, Mapping):
-        raise _err(path, "known_deviations", "must be a table of plan name = reason (or {reason, pairs})")
-    deviations = []
-    for plan, value in known.items():
-        where = f"known_deviations.{plan}"
-        reason, pairs = value, []
-        if isinstance(value, Mapping):
-            reason, pairs = value.get("reason"), value.get("pairs", [])
-            if not isinstance(pairs, list) or not all(isinstance(p, str) for p in pairs):
-                raise _err(path, f"{where}.pairs", "must be an array of pair labels")
-        if not isinstance(reason, str) or not reason.strip():
-            raise _err(path, where, "needs a non-empty reason")
-        deviations.append((plan, reason, tuple(pairs)))
+    data = load_toml(path, "claim spec")
+    _unknown(path, data, CLAIM_KEYS, "")
+    kind = _str(path, data, "kind", "kind")
+    from harness.findings.kinds import KINDS
+
+    if kind not in KINDS:
+        raise _err(path, "kind", f"unknown kind {kind!r}; known: {', '.join(KINDS.names())}")
+    roles = _names(path, data, "roles", "roles", "node role names")
+    if not roles:
+        raise _err(path, "roles", "is missing: name the node roles every pair gives")
+    data_roles = _names(path, data, "data_roles", "data_roles", "dataset role names")
+    pairs = _pairs(path, data.get("pairs"), roles, data_roles)
+    labels = [p.label for p in pairs]
+    text, controls = _controls(path, data.get("negative_control"), labels)
     checks_raw = data.get("check")
     if not isinstance(checks_raw, list) or not checks_raw:
         raise _err(path, "check", "at least one [[check]] table is required")
+    ctx = {"kind": kind, "roles": roles}
+    checks = tuple(_check(path, c, i, ctx, labels) for i, c in enumerate(checks_raw))
+    names = [c.name for c in checks]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise _err(path, "check", f"two checks are labelled {dup!r}; give each a distinct label")
     return ClaimSpec(
-        id=_str(path, data, "id", "id"),
+        id=_str(path, data, "id", "id"), kind=kind,
         statement=_str(path, data, "statement", "statement"),
-        seed_table=_str(path, data, "seed_table", "seed_table"),
-        plans=tuple(plans),
-        negative_control=_str(path, data, "negative_control", "negative_control"),
-        pairs=_pairs(path, data.get("pairs")),
-        checks=tuple(_check(path, c, i, statistics) for i, c in enumerate(checks_raw)),
-        source=path,
-        zoo=tuple(zoo),
-        known_deviations=tuple(deviations),
+        reference_table=_str(path, data, "reference_table", "reference_table"),
+        roles=roles, negative_control=text, pairs=pairs, checks=checks, source=path, data_roles=data_roles,
+        controls=controls, zoo=_names(path, data, "zoo", "zoo", "tokenizer folder names"),
+        known_deviations=_deviations(path, data.get("known_deviation"), labels),
     )
 
 
@@ -268,7 +406,7 @@ def load_specs(folder: PathLike, statistics: Any = None, ids: Sequence[str] | No
         raise LoadError(f"{folder}: claim spec folder not found")
     specs: dict[str, ClaimSpec] = {}
     for path in sorted(folder.glob("*.toml")):
-        spec = load_spec(path, statistics)
+        spec = load_spec(path)
         if spec.id in specs:
             raise _err(path, "id", f"duplicate claim id {spec.id!r} (also in {specs[spec.id].source})")
         specs[spec.id] = spec

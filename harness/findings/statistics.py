@@ -1,13 +1,14 @@
 """Statistics: named functions computing a claim's measured value.
 
-A statistic is ``fn(source, pair, **params) -> float``, registered in :data:`STATISTICS`.
+A statistic is ``fn(source, pair, **params) -> float``, registered for a claim kind
+(:func:`harness.findings.kinds.register_statistic`) in :data:`STATISTICS`.
 
-- Weight statistics take a :class:`WeightSource` (``diff(a, b, ref) -> dict`` in the
-  ``harness.diff`` JSON layout, ``parent(node)``); see :class:`harness.findings.diffs.DiffSource`.
-- Generation statistics take a :class:`GenerationSource` (the outputs of greedy generation).
+- ``weights`` statistics take a :class:`WeightSource` (``diff(a, b, ref)`` -> a typed
+  :class:`harness.diff.DiffReport`, ``parent(node)``, ``base()``); see :class:`harness.findings.diffs.DiffSource`.
+- ``generations`` statistics take a :class:`GenerationSource` (the outputs of greedy generation).
 
 Node references in ``params`` are a role of the pair (``"dpo"``), ``"parent(dpo)"`` for the
-node that role's node was trained from, or a plain node name (``"base"``).
+node that role's node was trained from, or ``"base"`` (the graph's base node).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from harness.errors import HarnessError
-from harness.findings.spec import Pair
+from harness.findings.kinds import statistic
+from harness.findings.spec import BASE_REF, Pair
 from harness.registry import Registry
 
 Statistic = Callable[..., float]
@@ -29,7 +31,7 @@ _LAYER = re.compile(r"(\d+)\s*$")
 
 
 class WeightSource(Protocol):
-    def diff(self, a: str, b: str, ref: str | None = None) -> Mapping[str, Any]: ...
+    def diff(self, a: str, b: str, ref: str | None = None) -> Any: ...  # a harness.diff.DiffReport
 
     def parent(self, node: str) -> str | None: ...
 
@@ -44,8 +46,13 @@ class GenerationSource:
     meta: Mapping[str, Any] = field(default_factory=dict)
 
 
+class NotMeasured(Exception):
+    """Raised by a statistic whose source cannot measure it here (e.g. no BERTScore model loaded):
+    the runner leaves the check out of the findings, with a warning that says why."""
+
+
 def resolve(source: Any, pair: Pair, ref: str) -> str:
-    """Turn a role, ``parent(role)`` or node name into a node name."""
+    """Turn a role, ``parent(role)`` or ``base`` (the graph's base node) into a node name."""
     m = _PARENT.match(ref)
     if m:
         node = resolve(source, pair, m.group(1))
@@ -53,7 +60,10 @@ def resolve(source: Any, pair: Pair, ref: str) -> str:
         if parent is None:
             raise HarnessError(f"node {node!r} has no parent, so {ref!r} cannot be resolved")
         return parent
-    return pair.get(ref) or ref
+    node = pair.get(ref)
+    if node is None and ref == BASE_REF and hasattr(source, "base"):
+        return source.base()
+    return node or ref
 
 
 def _nodes(source: Any, pair: Pair, refs: Sequence[str], what: str) -> list[str]:
@@ -62,7 +72,7 @@ def _nodes(source: Any, pair: Pair, refs: Sequence[str], what: str) -> list[str]
     return [resolve(source, pair, r) for r in refs]
 
 
-def _diff(source: WeightSource, pair: Pair, refs: Sequence[str], what: str) -> Mapping[str, Any]:
+def _diff(source: WeightSource, pair: Pair, refs: Sequence[str], what: str) -> Any:
     nodes = _nodes(source, pair, refs, what)
     return source.diff(nodes[0], nodes[1], nodes[2] if len(nodes) == 3 else None)
 
@@ -83,21 +93,28 @@ def layer_index(layer: Any) -> int:
     return int(m.group(1))
 
 
-def layer_values(report: Mapping[str, Any], key: str) -> list[tuple[int, float]]:
-    """``(block index, value)`` for each decoder layer, sorted by index."""
-    rows = [(layer_index(r["layer"]), r[key]) for r in report["layers"]]
+def typed(report: Any) -> Any:
+    """A :class:`harness.diff.DiffReport` (a stored JSON dict is read into one)."""
+    from harness.diff.report import DiffReport
+
+    return report if isinstance(report, DiffReport) else DiffReport.from_dict(dict(report))
+
+
+def layer_values(report: Any, key: str) -> list[tuple[int, float]]:
+    """``(block index, value)`` for each decoder layer of a DiffReport, sorted by index."""
+    rows = [(layer_index(s.layer), getattr(s, key)) for s in typed(report).layers]
     if not rows:
         raise HarnessError("diff report has no decoder layers")
     return sorted((i, float("nan") if v is None else float(v)) for i, v in rows)
 
 
-@STATISTICS.register("l2_ratio")
+@statistic("weights", "l2_ratio")
 def l2_ratio(source: WeightSource, pair: Pair, *, num: Sequence[str], den: Sequence[str]) -> float:
     """Total L2 of the ``num`` diff over the total L2 of the ``den`` diff."""
-    return _ratio(_diff(source, pair, num, "num")["total"]["l2"], _diff(source, pair, den, "den")["total"]["l2"])
+    return _ratio(_diff(source, pair, num, "num").total.l2, _diff(source, pair, den, "den").total.l2)
 
 
-@STATISTICS.register("conflict_ratio")
+@statistic("weights", "conflict_ratio")
 def conflict_ratio(source: WeightSource, pair: Pair, *, num: Sequence[str], den: Sequence[str],
                    field: str = "conflict_rate") -> float:
     """A conflict field (``conflict_rate`` or ``conflict_l2``) of ``num`` over that of ``den``.
@@ -106,8 +123,8 @@ def conflict_ratio(source: WeightSource, pair: Pair, *, num: Sequence[str], den:
     """
     if field not in ("conflict_rate", "conflict_l2", "conflicts"):
         raise HarnessError(f"conflict_ratio: unknown field {field!r}; known: conflict_rate, conflict_l2, conflicts")
-    n = _diff(source, pair, num, "num")["total"][field]
-    d = _diff(source, pair, den, "den")["total"][field]
+    n = getattr(_diff(source, pair, num, "num").total, field)
+    d = getattr(_diff(source, pair, den, "den").total, field)
     if n is None or d is None:
         raise HarnessError("conflict_ratio needs diffs with a reference checkpoint (3 node references)")
     return _ratio(float(n), float(d))
@@ -118,7 +135,7 @@ def _quarters(values: list[float]) -> tuple[list[float], list[float]]:
     return values[:q], values[-q:]
 
 
-@STATISTICS.register("depth_quarter_ratio")
+@statistic("weights", "depth_quarter_ratio")
 def depth_quarter_ratio(source: WeightSource, pair: Pair, *, diff: Sequence[str] = ("node", "parent(node)")) -> float:
     """Mean layer L2 of the last quarter of layers over that of the first quarter."""
     values = [v for _, v in layer_values(_diff(source, pair, diff, "diff"), "l2")]
@@ -126,7 +143,7 @@ def depth_quarter_ratio(source: WeightSource, pair: Pair, *, diff: Sequence[str]
     return _ratio(sum(last) / len(last), sum(first) / len(first))
 
 
-@STATISTICS.register("depth_spearman")
+@statistic("weights", "depth_spearman")
 def depth_spearman(source: WeightSource, pair: Pair, *, diff: Sequence[str] = ("node", "parent(node)")) -> float:
     """Spearman rank correlation of layer index with layer L2."""
     from scipy.stats import spearmanr
@@ -138,7 +155,7 @@ def depth_spearman(source: WeightSource, pair: Pair, *, diff: Sequence[str] = ("
     return float(rho)
 
 
-@STATISTICS.register("stop_rate")
+@statistic("generations", "stop_rate")
 def stop_rate(source: GenerationSource, pair: Pair) -> float:
     """Fraction of generations that ended on a stop token (not at ``max_new_tokens``)."""
     if not source.stopped:
@@ -146,7 +163,7 @@ def stop_rate(source: GenerationSource, pair: Pair) -> float:
     return sum(bool(s) for s in source.stopped) / len(source.stopped)
 
 
-@STATISTICS.register("eos_text_rate")
+@statistic("generations", "eos_text_rate")
 def eos_text_rate(source: GenerationSource, pair: Pair) -> float:
     """Fraction of generations whose text contains the literal text of an EOS/stop token."""
     if not source.texts:
@@ -155,13 +172,9 @@ def eos_text_rate(source: GenerationSource, pair: Pair) -> float:
     return sum(any(m in text for m in marks) for text in source.texts) / len(source.texts)
 
 
-#: Modules that register further statistics here when imported (engines outside harness.findings).
-PROVIDERS = ("harness.evaluate.claims",)
-
-
 def load_providers() -> None:
-    """Import every statistics provider, so that specs naming their statistics validate."""
-    import importlib
+    """Import every kind's statistics provider (specs load their own kind's provider lazily)."""
+    from harness.findings.kinds import KINDS
 
-    for module in PROVIDERS:
-        importlib.import_module(module)
+    for name in KINDS.names():
+        KINDS.get(name).load()

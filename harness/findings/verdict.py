@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from harness.findings.spec import COMPARATORS, Check, ClaimSpec, Pair
 
@@ -27,27 +27,33 @@ class ClaimResult:
     measured: float
     threshold: float
     comparator: str
-    seed_value: float | None
+    reference_value: float | None
     margin: float
     verdict: str
     plan: str = ""
-    seed: int | None = None
+    seed: int | None = None  # the training seed (None: a single-seed run)
     tolerance: float = 0.25
     note: str = ""
+    floor: float = 0.0  # absolute move a baseline comparison ignores (values near zero)
 
     @classmethod
     def make(cls, claim: str, pair: str, measured: float, threshold: float, comparator: str, *,
-             seed_value: float | None = None, check: str = "", plan: str = "", seed: int | None = None,
-             tolerance: float = 0.25, note: str = "") -> "ClaimResult":
-        """Build a row, computing margin (positive = holds) and verdict from the comparison."""
+             reference_value: float | None = None, check: str = "", plan: str = "", seed: int | None = None,
+             tolerance: float = 0.25, note: str = "", floor: float = 0.0,
+             seed_value: float | None = None) -> "ClaimResult":
+        """Build a row, computing margin (positive = holds) and verdict from the comparison.
+
+        ``seed_value`` is the old name of ``reference_value`` (kept for existing callers)."""
+        if reference_value is None:
+            reference_value = seed_value
         if comparator not in COMPARATORS:
             raise ValueError(f"comparator {comparator!r} is not one of {', '.join(COMPARATORS)}")
         c = Check(statistic=check or claim, comparator=comparator, threshold=float(threshold), reason="-")
         measured = float(measured)
         ok = c.holds(measured)
         margin = c.margin(measured) if not math.isnan(measured) else math.nan
-        return cls(claim, pair, check or claim, measured, float(threshold), comparator, seed_value, margin,
-                   PASS if ok else FAIL, plan, seed, tolerance, note)
+        return cls(claim, pair, check or claim, measured, float(threshold), comparator, reference_value, margin,
+                   PASS if ok else FAIL, plan, seed, tolerance, note, floor)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -68,6 +74,9 @@ class ClaimResult:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ClaimResult":
         names = {f.name for f in fields(cls)}
+        d = dict(d)
+        if "seed_value" in d and "reference_value" not in d:  # findings files written before the rename
+            d["reference_value"] = d.pop("seed_value")
         kw = {k: v for k, v in d.items() if k in names}
         for k in ("measured", "margin"):
             if isinstance(kw.get(k), str):
@@ -75,59 +84,86 @@ class ClaimResult:
         return cls(**kw)
 
     def describe(self) -> str:
-        seed = f" (seed value {self.seed_value:g})" if self.seed_value is not None else ""
-        return (f"{self.claim} {self.check} on {self.pair}: measured {self.measured:.4g}, "
-                f"needs {self.comparator} {self.threshold:g}{seed}: {self.verdict}")
+        ref = f" (reference value {self.reference_value:g})" if self.reference_value is not None else ""
+        seed = f" [training seed {self.seed}]" if self.seed is not None else ""
+        return (f"{self.claim} {self.check} on {self.pair}{seed}: measured {self.measured:.4g}, "
+                f"needs {self.comparator} {self.threshold:g}{ref}: {self.verdict}")
 
 
-def evaluate(spec: ClaimSpec, source: Any, pair: Pair, *, plan: str = "", seed: int | None = None) -> list[ClaimResult]:
-    """Run every check of ``spec`` on ``pair``; a statistic's error propagates (names the claim)."""
-    from harness.findings.statistics import STATISTICS
+def evaluate(spec: ClaimSpec, source: Any, pair: Pair, *, plan: str = "", seed: int | None = None,
+             warn: Callable[[str], None] | None = None) -> list[ClaimResult]:
+    """Run every check of ``spec`` on ``pair``; a statistic's error propagates (names the claim).
+
+    A statistic raising :class:`~harness.findings.statistics.NotMeasured` leaves its check out; ``warn``
+    (default: ``warnings.warn``) is told why, so it is said out loud and not dropped in silence."""
+    from harness.findings.statistics import STATISTICS, NotMeasured
 
     rows = []
     for check in spec.checks:
         fn = STATISTICS.get(check.statistic)
-        measured = float(fn(source, pair, **check.kwargs()))
+        try:
+            measured = float(fn(source, pair, **check.kwargs()))
+        except NotMeasured as exc:
+            msg = f"{spec.id} {check.name} on {pair.label}: not measured ({exc})"
+            if warn is None:
+                import warnings
+
+                warnings.warn(msg, stacklevel=2)
+            else:
+                warn(msg)
+            continue
         rows.append(ClaimResult.make(spec.id, pair.label, measured, check.threshold, check.comparator,
-                                     seed_value=check.seed_for(pair.label), check=check.name, plan=plan, seed=seed,
-                                     tolerance=check.tolerance))
+                                     reference_value=check.reference_for(pair.label), check=check.name, plan=plan,
+                                     seed=seed, tolerance=check.tolerance, floor=check.floor))
     return rows
 
 
-# ---- session collector -------------------------------------------------------------------
-# A stack, so that a pytest session run inside another one (pytester) keeps its own rows.
+# ---- where rows go -------------------------------------------------------------------------
+# The pytest plugin's FindingsSession (in pytest's stash) collects the rows; it makes itself the
+# target of record() while its session runs and hands the target back to the one before it.
 
-_STACK: list[list[ClaimResult]] = [[]]
+class Collector:
+    """Something rows can be recorded into (the findings session)."""
+
+    def __init__(self) -> None:
+        self.results: list[ClaimResult] = []
+        self._previous: Collector | None = None
+
+    def record(self, results: ClaimResult | Iterable[ClaimResult]) -> None:
+        self.results.extend([results] if isinstance(results, ClaimResult) else results)
+
+
+class _Target:
+    current: Collector = Collector()  # rows recorded outside any harness pytest session
+
+
+def activate(collector: Collector) -> None:
+    """Send :func:`record` to ``collector`` until :func:`deactivate`."""
+    collector._previous, _Target.current = _Target.current, collector
+
+
+def deactivate(collector: Collector) -> None:
+    if _Target.current is collector and collector._previous is not None:
+        _Target.current, collector._previous = collector._previous, None
 
 
 def record(results: ClaimResult | Iterable[ClaimResult]) -> None:
     """Add result rows to this session's findings (terminal summary, JSON/Markdown files)."""
-    if isinstance(results, ClaimResult):
-        results = [results]
-    _STACK[-1].extend(results)
+    _Target.current.record(results)
 
 
 def recorded() -> list[ClaimResult]:
     """The rows recorded in the current session so far."""
-    return list(_STACK[-1])
+    return list(_Target.current.results)
 
 
 def clear() -> None:
-    _STACK[-1].clear()
+    _Target.current.results.clear()
 
 
-def push_session() -> None:
-    """Start collecting for a new (possibly nested) session."""
-    _STACK.append([])
-
-
-def pop_session() -> list[ClaimResult]:
-    """Stop collecting for the innermost session and return its rows."""
-    return _STACK.pop() if len(_STACK) > 1 else list(_STACK[0])
-
-
-def assert_holds(results: Iterable[ClaimResult]) -> None:
-    """Fail the calling test, naming each failing check, unless every row passes."""
+def assert_holds(results: Iterable[ClaimResult], detail: str = "") -> None:
+    """Fail the calling test, naming each failing check (and ``detail``), unless every row passes."""
     bad = [r for r in results if not r.passed]
     if bad:
-        raise AssertionError("claim does not hold:\n  " + "\n  ".join(r.describe() for r in bad))
+        raise AssertionError("claim does not hold:\n  " + "\n  ".join(r.describe() for r in bad)
+                             + (f"\n{detail}" if detail else ""))

@@ -20,14 +20,10 @@ SUMMARY_FILE = "train_summary.json"
 
 
 def resolve_device(device: str = "auto") -> str:
-    """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without one is an error."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise HarnessError(f"unknown device {device!r}; known: auto, cpu, cuda")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise HarnessError("device 'cuda' was asked for but torch sees no CUDA device")
-    return device
+    """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu`` (:func:`harness.device.resolve_device`)."""
+    from harness.device import resolve_device as resolve
+
+    return resolve(device)
 
 
 def uses_4bit(device: str, quantize_4bit: bool) -> bool:

@@ -95,7 +95,13 @@ def node_records(plan: Plan, name: str) -> list[dict]:
     from harness import data
 
     node = plan.node(name)
-    if node.method == "sft":
+    if node.source:  # the node's own JSONL file (harness.userdata); the key hashes its records
+        from harness.userdata import Source, load_records
+
+        src = Source(Path(node.source["path"]), node.source.get("format"), node.source["chosen"],
+                     node.source["rejected"])
+        recs = load_records(src, node.method, data.system_prompt())
+    elif node.method == "sft":
         recs = data.sft_records(node.dataset, seed=plan.data_seed)
     else:
         recs = data.dpo_records(node.dataset, seed=plan.data_seed)

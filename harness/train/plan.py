@@ -9,15 +9,9 @@ tables) or per node (``nodes."NAME" = {...}``) and may restrict the nodes to bui
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 from harness.errors import HarnessError, LoadError
 
@@ -124,18 +118,21 @@ class Node:
 
     name: str
     method: str
-    dataset: str | None = None
+    dataset: str | None = None  # d0, d1, d2, or the resolved path of the node's own JSONL file
     parent: str | None = None
     overrides: Mapping[str, Any] = field(default_factory=lambda: _freeze({}), compare=False, hash=False)
+    # own data only: {"path", "format", "chosen", "rejected"} (see harness.userdata)
+    source: Mapping[str, Any] = field(default_factory=lambda: _freeze({}), compare=False, hash=False)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Node):
             return NotImplemented
-        return (self.name, self.method, self.dataset, self.parent, dict(self.overrides)) == (
-            other.name, other.method, other.dataset, other.parent, dict(other.overrides))
+        return (self.name, self.method, self.dataset, self.parent, dict(self.overrides), dict(self.source)) == (
+            other.name, other.method, other.dataset, other.parent, dict(other.overrides), dict(other.source))
 
     def __hash__(self) -> int:
-        return hash((self.name, self.method, self.dataset, self.parent, tuple(sorted(self.overrides.items()))))
+        return hash((self.name, self.method, self.dataset, self.parent, tuple(sorted(self.overrides.items())),
+                     tuple(sorted(self.source.items()))))
 
 
 @dataclass(frozen=True)
@@ -292,7 +289,37 @@ def _validate_section(obj: Any, where: str) -> None:
                 raise PlanError(f"{where}.{f.name}: must be positive, got {v}")
 
 
-def _parse_nodes(raw: Any, where: str) -> tuple[Node, ...]:
+def _own_data(dataset: Any, method: str, where: str, base_dir: Path | None) -> dict:
+    """A node's own data file: ``"path.jsonl"`` or ``{ path, format, chosen, rejected }``; {} for d0/d1/d2."""
+    if isinstance(dataset, str) and dataset.endswith(".jsonl"):
+        dataset = {"path": dataset}
+    if not isinstance(dataset, dict):
+        return {}
+    _check_keys(dataset, {"path", "format", "chosen", "rejected"}, f"{where}.dataset")
+    for key, value in dataset.items():
+        if not isinstance(value, str) or not value:
+            raise PlanError(f"{where}.dataset.{key}: must be a non-empty string, got {value!r}")
+    if "path" not in dataset:
+        raise PlanError(f"{where}.dataset.path: missing")
+    from harness.userdata import FORMATS
+
+    if dataset.get("format", FORMATS[0]) not in FORMATS:
+        raise PlanError(f"{where}.dataset.format: must be one of {', '.join(FORMATS)}, got {dataset['format']!r}")
+    if method == "sft" and ("chosen" in dataset or "rejected" in dataset):
+        raise PlanError(f"{where}.dataset: chosen/rejected name a DPO node's preference fields; this node is SFT")
+    p = Path(dataset["path"]).expanduser()
+    if not p.is_absolute() and base_dir is not None:
+        p = base_dir / p
+    if not p.is_file():
+        raise PlanError(f"{where}.dataset.path: no such data file {str(p)!r}")
+    out = {"path": str(p.resolve()), "chosen": dataset.get("chosen", "chosen"),
+           "rejected": dataset.get("rejected", "rejected")}
+    if "format" in dataset:
+        out["format"] = dataset["format"]
+    return out
+
+
+def _parse_nodes(raw: Any, where: str, base_dir: Path | None = None) -> tuple[Node, ...]:
     if not isinstance(raw, list) or not raw:
         raise PlanError(f"{where}: field 'nodes' must be a non-empty array of tables ([[nodes]])")
     nodes: list[Node] = []
@@ -312,12 +339,17 @@ def _parse_nodes(raw: Any, where: str) -> tuple[Node, ...]:
         if method not in METHODS:
             raise PlanError(f"{w}.method: must be one of {', '.join(METHODS)}, got {method!r}")
         dataset, parent = t.get("dataset"), t.get("parent")
+        source: dict = {}
         if method == "base":
             if dataset is not None or parent is not None:
                 raise PlanError(f"{w}: the base node takes no dataset or parent")
         else:
-            if dataset not in DATASET_NAMES:
-                raise PlanError(f"{w}.dataset: must be one of {', '.join(DATASET_NAMES)}, got {dataset!r}")
+            source = _own_data(dataset, method, w, base_dir)
+            if source:
+                dataset = source["path"]
+            elif dataset not in DATASET_NAMES:
+                raise PlanError(f"{w}.dataset: must be one of {', '.join(DATASET_NAMES)}, a .jsonl file or a "
+                                f"table {{ path, format, chosen, rejected }}, got {dataset!r}")
             if not isinstance(parent, str):
                 raise PlanError(f"{w}.parent: missing; a trained node names the node it starts from")
             if parent not in seen:
@@ -325,7 +357,8 @@ def _parse_nodes(raw: Any, where: str) -> tuple[Node, ...]:
         overrides = t.get("overrides", {})
         if not isinstance(overrides, dict):
             raise PlanError(f"{w}.overrides: must be a table")
-        node = Node(name, method, dataset, parent, _freeze(overrides))
+        node = Node(name, method, dataset, parent, _freeze(overrides),
+                    _freeze(source) if method != "base" and source else _freeze({}))
         nodes.append(node)
         seen.add(name)
     bases = [n for n in nodes if n.method == "base"]
@@ -336,14 +369,10 @@ def _parse_nodes(raw: Any, where: str) -> tuple[Node, ...]:
 
 def load_plan(path: str | Path) -> Plan:
     """Load and validate a plan TOML file."""
+    from harness.tomlfile import load_toml
+
     p = Path(path)
-    if not p.is_file():
-        raise PlanError(f"{p}: no such plan file")
-    try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise PlanError(f"{p}: invalid TOML: {e}") from None
-    return plan_from_dict(raw, p)
+    return plan_from_dict(load_toml(p, "plan file", PlanError), p)
 
 
 def plan_from_dict(raw: Mapping[str, Any], path: Path | None = None, name: str | None = None) -> Plan:
@@ -384,7 +413,7 @@ def plan_from_dict(raw: Mapping[str, Any], path: Path | None = None, name: str |
         if not isinstance(table, dict):
             raise PlanError(f"{where}: field {key!r} must be a table")
         sections[key] = _apply(obj, table, f"{where}: {key}")
-    nodes = _parse_nodes(raw.get("nodes"), where)
+    nodes = _parse_nodes(raw.get("nodes"), where, path.parent if path is not None else None)
     variants = raw.get("variants", {})
     if not isinstance(variants, dict):
         raise PlanError(f"{where}: field 'variants' must be a table of tables")

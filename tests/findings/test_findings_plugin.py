@@ -19,7 +19,7 @@ from harness.findings import ClaimResult, assert_holds
 @pytest.mark.parametrize("seed", [0, 1])
 def test_c9(claim_result, seed):
     value = float(os.environ.get("C9_VALUE_%d" % seed, os.environ.get("C9_VALUE", "0.1")))
-    row = ClaimResult.make("C9", "a/b", value, 0.25, "<", seed_value=0.04, check="ratio", tolerance=0.5,
+    row = ClaimResult.make("C9", "a/b", value, 0.25, "<", reference_value=0.04, check="ratio", tolerance=0.5,
                            seed=seed if os.environ.get("C9_SEEDS") else None)
     claim_result(row)
     if not os.environ.get("C9_SEEDS"):
@@ -55,8 +55,17 @@ def test_baseline_compare_fail(tmp_path):
     ok = run(tmp_path, "--findings-baseline", base, "--harness-run-id", "r2", C9_VALUE="0.12")
     assert ok.returncode == 0 and "no regression against" in ok.stdout, ok.stdout
     moved = run(tmp_path, "--findings-baseline", base, "--harness-run-id", "r3", C9_VALUE="0.2")
-    assert moved.returncode == 1, moved.stdout  # every test passed: the baseline fails the session
-    assert "Findings have regressed" in moved.stdout and "+100.0%, tolerance 50%" in moved.stdout
+    assert moved.returncode == 1, moved.stdout  # every test passed: the baseline fails the session, and says so
+    assert "Findings have regressed" in moved.stdout and "although the tests passed" in moved.stdout
+    assert "+100.0%; tolerance 50%" in moved.stdout
+    # fail -> pass is an improvement: reported, the session passes unless --findings-strict
+    bad = run(tmp_path, "--harness-run-id", "bad", C9_VALUE="0.3")
+    assert bad.returncode == 1 and "FAILED test_c9.py::test_c9" in bad.stdout, bad.stdout  # -rf names it
+    worse = str(tmp_path / "out" / "tiny" / "bad.json")
+    better = run(tmp_path, "--findings-baseline", worse, "--harness-run-id", "r4", C9_VALUE="0.1")
+    assert better.returncode == 0 and "improved: C9 ratio [a/b]: verdict fail -> pass" in better.stdout, better.stdout
+    strict = run(tmp_path, "--findings-baseline", worse, "--findings-strict", "--harness-run-id", "r5", C9_VALUE="0.1")
+    assert strict.returncode == 1 and "(--findings-strict)" in strict.stdout, strict.stdout
 
 
 def test_seed_disagreement_fails_the_session(tmp_path):
@@ -76,14 +85,19 @@ def test_conflicting_options_are_usage_errors(tmp_path, args, message):
     assert message in r.stderr
 
 
-def test_baseline_of_another_plan_is_a_usage_error(tmp_path):
-    assert run(tmp_path, "--harness-run-id", "base").returncode == 0
+def test_baseline_of_another_plan_is_compared_and_named(tmp_path):
+    plan = str(Path(__file__).resolve().parents[2] / "fixtures" / "plans" / "tiny.toml")
+    assert run(tmp_path, "--harness-run-id", "base", "--harness-plan", plan).returncode == 0
     other = tmp_path / "other.json"
     data = json.loads((tmp_path / "out" / "tiny" / "base.json").read_text())
-    data["meta"]["plan"] = "seed"
+    assert data["meta"]["base"] == "tiny" and data["meta"]["recipe"]["dpo"]["learning_rate"] == 1e-5
+    data["meta"].update(plan="smollm2", base="SmolLM2-135M-Instruct-Q8_0.gguf")
+    data["results"][0]["measured"] = 0.3  # another model measured 0.3: a move, the finding, not a failure
     other.write_text(json.dumps(data))
-    r = run(tmp_path, "--findings-baseline", str(other))
-    assert r.returncode == 4 and "recorded on plan 'seed'" in r.stderr
+    r = run(tmp_path, "--findings-baseline", str(other), "--harness-run-id", "x", "--harness-plan", plan)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "plan 'tiny' on base 'tiny'" in r.stdout and "plan 'smollm2' on base 'SmolLM2-135M" in r.stdout
+    assert "moved beyond tolerance: C9 ratio [a/b]: measured 0.3 -> 0.1" in r.stdout
 
 
 def test_seeds_with_a_plan_that_trains_nothing_is_a_usage_error(tmp_path):

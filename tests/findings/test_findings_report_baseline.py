@@ -15,7 +15,7 @@ from harness.findings.report import (atomic_write, load_json, plot_conflict_rate
 
 
 def row(measured, claim="C1", pair="dpo_d0/sft_d0", seed=None, tol=0.5):
-    return ClaimResult.make(claim, pair, measured, 0.25, "<", seed_value=0.04, check="ratio", plan="tiny",
+    return ClaimResult.make(claim, pair, measured, 0.25, "<", reference_value=0.04, check="ratio", plan="tiny",
                             seed=seed, tolerance=tol)
 
 
@@ -29,10 +29,19 @@ def test_make_computes_margin_and_verdict():
         ClaimResult.make("C5", "m", 1.0, 1.0, "=>")
 
 
+@pytest.mark.parametrize("comparator,at_threshold", [("<", "fail"), ("<=", "pass"), (">", "fail"), (">=", "pass")])
+def test_comparators_at_the_threshold(comparator, at_threshold):
+    """Equality decides strict against non-strict: a "<" that behaves as "<=" turns this red."""
+    for t in (0.25, 0.0, 1.0, -3.5):
+        assert ClaimResult.make("C", "p", t, t, comparator).verdict == at_threshold, (comparator, t)
+    below, above = ClaimResult.make("C", "p", 0.2, 0.25, comparator), ClaimResult.make("C", "p", 0.3, 0.25, comparator)
+    assert (below.passed, above.passed) == ((True, False) if "<" in comparator else (False, True))
+
+
 def test_table_has_every_column_and_row():
     text = table([row(0.1), row(0.3, pair="dpo_d1/sft_d1")])
     head = text.splitlines()[0]
-    for col in ("claim", "pair", "measured", "seed value", "threshold", "margin", "verdict"):
+    for col in ("claim", "pair", "measured", "reference", "threshold", "margin", "verdict"):
         assert col in head
     assert "PASS" in text and "FAIL" in text and "< 0.25" in text and "0.04" in text
 
@@ -74,13 +83,42 @@ def test_spread_flags_disagreeing_seeds():
 def test_baseline_flags_verdict_flip_and_moves_beyond_tolerance(tmp_path):
     old = [row(0.10), row(0.10, pair="p2"), row(0.10, pair="p3"), row(0.1, pair="gone")]
     new = [row(0.30), row(0.16, pair="p2"), row(0.14, pair="p3")]
-    regs, missing = compare(new, old)
-    assert [(r.key[1], r.kind) for r in regs] == [("dpo_d0/sft_d0", "verdict"), ("p2", "value")]
-    assert missing == [("C1", "gone", "ratio")]
-    msg = format_failure(regs, tmp_path / "b.json")
-    assert "verdict flipped pass -> fail" in msg and "+60.0%, tolerance 50%" in msg
+    c = compare(new, old)
+    assert [(r.key[1], r.kind) for r in c.changes] == [("dpo_d0/sft_d0", "regression"), ("p2", "move")]
+    assert [r.key[1] for r in c.failing] == ["dpo_d0/sft_d0", "p2"]  # the same model: both fail the session
+    assert c.missing == [("C1", "gone", "ratio")] and c.shared == 3
+    msg = format_failure(c.failing, tmp_path / "b.json")
+    assert "verdict pass -> fail (regression" in msg and "+60.0%; tolerance 50%" in msg
     js, _ = write(tmp_path, "b", old, {"plan": "tiny"})
-    assert compare_file(old, js) == ([], [])
+    assert compare_file(old, js).changes == []
+
+
+def test_fail_to_pass_is_an_improvement_and_fails_only_when_strict():
+    old, new = [row(0.30)], [row(0.10)]
+    c = compare(new, old)
+    assert [ch.kind for ch in c.changes] == ["improvement"] and c.failing == []
+    assert [ch.kind for ch in compare(new, old, strict=True).failing] == ["improvement"]
+
+
+def test_moves_near_zero_use_the_absolute_floor():
+    """-0.00024 -> -0.00006 is +75 % relative but far below a floor of 0.01: no move."""
+    def r(v, floor):
+        return ClaimResult.make("C7", "sft_d1/d1", v, 0.0, ">", check="BLEU", tolerance=0.5, floor=floor)
+
+    assert compare([r(-0.00006, 0.01)], [r(-0.00024, 0.01)]).changes == []
+    assert [ch.kind for ch in compare([r(-0.00006, 0.0)], [r(-0.00024, 0.0)]).changes] == ["move"]
+    assert [ch.kind for ch in compare([r(-0.02, 0.01)], [r(-0.00024, 0.01)]).changes] == ["move"]
+
+
+def test_baseline_of_another_model_names_both_and_reports_moves_without_failing():
+    old_meta = {"plan": "smollm2", "base": "SmolLM2-135M-Instruct-Q8_0.gguf", "run": "a"}
+    new_meta = {"plan": "gemma3", "base": "gemma-3-270m-it-Q8_0.gguf", "run": "b"}
+    old, new = [row(0.10), row(0.10, pair="p2")], [row(0.20), row(0.30, pair="p2")]
+    c = compare(new, old, old_meta=old_meta, new_meta=new_meta)
+    assert "gemma3" in c.header and "smollm2" in c.header and "gemma-3-270m" in c.header
+    assert [(ch.key[1], ch.kind) for ch in c.changes] == [("dpo_d0/sft_d0", "move"), ("p2", "regression")]
+    assert [ch.key[1] for ch in c.failing] == ["p2"]  # across models a move is the finding, a lost claim fails
+    assert len(compare(new, old, old_meta=old_meta, new_meta=new_meta, strict=True).failing) == 2
 
 
 def test_plots_are_written(tmp_path):
@@ -112,3 +150,4 @@ def test_findings_record_library_versions_and_baseline_names_changes(tmp_path):
     moved = finish([row(0.1)], findings_dir=tmp_path, plan="tiny", run="c", meta={}, baseline=str(old))
     assert moved.version_changes == [f"trl 0.9.0 -> {version('trl')}"]
     assert moved.regressions == []
+    assert '"reference_value": 0.04' in first.json_path.read_text()

@@ -14,9 +14,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 GOOD = '''
 id = "CX"
+kind = "weights"
 statement = "something holds"
-seed_table = "Table 1"
-plans = ["tiny"]
+reference_table = "Table 1"
+roles = ["a", "b"]
 negative_control = "v"
 pairs = [{ a = "dpo_d0", b = "sft_d0" }]
 
@@ -24,7 +25,7 @@ pairs = [{ a = "dpo_d0", b = "sft_d0" }]
 statistic = "l2_ratio"
 comparator = "<"
 threshold = 0.5
-seed_value = { "dpo_d0/sft_d0" = 0.04 }
+reference_value = { "dpo_d0/sft_d0" = 0.04 }
 reason = "because"
 params = { num = ["base", "a"], den = ["base", "b"] }
 '''
@@ -46,7 +47,7 @@ def test_shipped_specs_load_with_reasons():
 
 def test_good_spec_is_frozen(tmp_path):
     spec = load_spec(write(tmp_path, GOOD), STATISTICS)
-    assert spec.checks[0].seed_for("dpo_d0/sft_d0") == 0.04
+    assert spec.checks[0].reference_for("dpo_d0/sft_d0") == 0.04
     assert spec.checks[0].kwargs() == {"den": ("base", "b"), "num": ("base", "a")}
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.id = "C9"  # type: ignore[misc]
@@ -58,10 +59,21 @@ def test_good_spec_is_frozen(tmp_path):
     ('statistic = "l2_ratio"', 'statistic = "l3_ratio"', "check[0].statistic"),
     ("threshold = 0.5", 'threshold = "half"', "check[0].threshold"),
     ('reason = "because"\n', "", "check[0].reason"),
-    ('plans = ["tiny"]', 'plans = "tiny"', "'plans'"),
+    ('roles = ["a", "b"]', 'roles = "a"', "'roles'"),
     ('pairs = [{ a = "dpo_d0", b = "sft_d0" }]', "pairs = []", "'pairs'"),
-    ('seed_table = "Table 1"', 'seed_table = "Table 1"\ncolour = "red"', "'colour'"),
+    ('reference_table = "Table 1"', 'reference_table = "Table 1"\ncolour = "red"', "'colour'"),
     ("threshold = 0.5", "threshold = 0.5\ntolerance = -1", "check[0].tolerance"),
+    ("threshold = 0.5", "threshold = 0.5\nfloor = -0.1", "check[0].floor"),
+    ('kind = "weights"', 'kind = "vibes"', "'kind'"),
+    ('kind = "weights"', 'kind = "judge"', "check[0].statistic"),  # l2_ratio is a weights statistic
+    ('{ a = "dpo_d0", b = "sft_d0" }', '{ a = "dpo_d0", c = "sft_d0" }', "pairs[0].c"),
+    ('{ a = "dpo_d0", b = "sft_d0" }', '{ a = "dpo_d0" }', "pairs[0].b"),
+    ('den = ["base", "b"]', 'den = ["base", "parent(z)"]', "check[0].params.den[1]"),
+    ('{ "dpo_d0/sft_d0" = 0.04 }', '{ "dpo_d0/sft_d1" = 0.04 }', "check[0].reference_value.dpo_d0/sft_d1"),
+    ('reference_value =', 'seed_value =', "check[0].seed_value"),
+    ('reference_table = "Table 1"', 'seed_table = "Table 1"', "'seed_table'"),
+    ('negative_control = "v"', 'negative_control = [{ variant = "v", expect = "pass" }]', "negative_control[0].expect"),
+    ('negative_control = "v"', 'negative_control = [{ variant = "v", pairs = ["x/y"] }]', "negative_control[0].pairs"),
 ])
 def test_bad_field_is_named(tmp_path, old, new, field):
     assert old in GOOD
@@ -77,7 +89,7 @@ def test_unknown_statistic_lists_known_names(tmp_path):
 
 
 def test_bad_toml_and_duplicate_ids(tmp_path):
-    with pytest.raises(LoadError, match="cx.toml: not valid TOML"):
+    with pytest.raises(LoadError, match="cx.toml: invalid TOML"):
         load_spec(write(tmp_path, GOOD + "\n[[check]\n"))
     write(tmp_path, GOOD, "a.toml")
     write(tmp_path, GOOD, "cx.toml")
@@ -85,11 +97,51 @@ def test_bad_toml_and_duplicate_ids(tmp_path):
         load_specs(tmp_path, STATISTICS)
 
 
-def test_known_deviations_per_plan_and_pair(tmp_path):
-    text = GOOD + '\n[known_deviations]\ntiny = { reason = "small base", pairs = ["dpo_d0/sft_d0"] }\nseed = "bf16"\n'
-    spec = load_spec(write(tmp_path, text), STATISTICS)
-    assert spec.known_deviation("tiny", "dpo_d0/sft_d0") == "small base"
-    assert spec.known_deviation("tiny", "other") is None
-    assert spec.known_deviation("seed", "other") == "bf16" and spec.known_deviation("micro") is None
-    with pytest.raises(LoadError, match="known_deviations.tiny"):
-        load_spec(write(tmp_path, GOOD + '\n[known_deviations]\ntiny = ""\n'), STATISTICS)
+DEVIATIONS = """
+[[known_deviation]]
+plan = "tiny"
+base = "tiny"
+pairs = ["dpo_d0/sft_d0"]
+reason = "small base"
+
+[[known_deviation]]
+plan = "seed"
+base = "meta-llama/Llama-3.1-8B-Instruct"
+reason = "bf16"
+"""
+
+
+def test_known_deviations_are_keyed_by_plan_base_and_pair(tmp_path):
+    spec = load_spec(write(tmp_path, GOOD + DEVIATIONS), STATISTICS)
+    assert spec.known_deviation("tiny", "tiny", "dpo_d0/sft_d0") == "small base"
+    assert spec.known_deviation("tiny", "tiny", "other") is None
+    # the same plan on another base: the tiny base's measured deviation does not carry over
+    assert spec.known_deviation("tiny", "HuggingFaceTB/SmolLM2-135M", "dpo_d0/sft_d0") is None
+    # another plan on the same base
+    assert spec.known_deviation("tiny_wide", "tiny", "dpo_d0/sft_d0") is None
+    assert spec.known_deviation("seed", "meta-llama/Llama-3.1-8B-Instruct", "other") == "bf16"
+    bad = GOOD + DEVIATIONS.replace('pairs = ["dpo_d0/sft_d0"]', 'pairs = ["dpo_d0/sft_d9"]')
+    with pytest.raises(LoadError, match=r"known_deviation\[0\].pairs.*'dpo_d0/sft_d9' is no pair label"):
+        load_spec(write(tmp_path, bad), STATISTICS)
+    with pytest.raises(LoadError, match=r"known_deviation\[1\].base.*missing"):
+        load_spec(write(tmp_path, GOOD + DEVIATIONS.replace('base = "meta-llama/Llama-3.1-8B-Instruct"\n', "")))
+    with pytest.raises(LoadError, match="'known_deviations'.*renamed to 'known_deviation'"):
+        load_spec(write(tmp_path, GOOD + '\n[known_deviations]\ntiny = "x"\n'), STATISTICS)
+
+
+def test_negative_controls_are_data(tmp_path):
+    text = GOOD.replace('negative_control = "v"\n', "") + (
+        '\n[[negative_control]]\nvariant = "c1_dpo_at_sft_lr"\nexpect = "fail"\nabout = "gap closes"\n')
+    spec = load_spec(write(tmp_path, text))
+    [c] = spec.controls
+    assert (c.variant, c.expect, c.covers("dpo_d0/sft_d0")) == ("c1_dpo_at_sft_lr", "fail", True)
+    assert "gap closes" in spec.negative_control
+
+
+def test_shipped_specs_keep_every_measured_known_deviation():
+    specs = {s.id: s for s in load_specs(ROOT / "fixtures" / "claims")}
+    measured = {("C2", "sft_d0"): "-0.05 and -0.24", ("C3", None): "0.94", ("C4", None): "ratio 2.3",
+                ("C7", "sft_d1/d1"): "-2.1e-06"}
+    for (cid, pair), text in measured.items():
+        assert text in specs[cid].known_deviation("tiny", "tiny", pair), cid
+    assert {c.variant for s in specs.values() for c in s.controls} == {"c1_dpo_at_sft_lr", "c5_zero_step_dpo"}

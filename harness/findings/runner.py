@@ -1,0 +1,93 @@
+"""The spec-driven claim runner: one case = one spec's pair on the plan's graph (or under a negative
+control's variant). The pytest plugin parametrizes ``claims/test_claims.py`` with :func:`params`
+and calls :func:`run_case`; nothing here is specific to one claim.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+from harness.findings.kinds import KINDS
+from harness.findings.session import Case, FindingsSession
+from harness.findings.verdict import ClaimResult, assert_holds, evaluate
+
+
+def params(session: FindingsSession) -> list[Any]:
+    """``pytest.param(case, id=..., marks=...)`` for every case of every spec in the claims folder."""
+    import pytest
+
+    out = []
+    for case in session.cases():
+        marks = [getattr(pytest.mark, m) for m in KINDS.get(case.spec.kind).marks]
+        out.append(pytest.param(case, id=case.id, marks=marks))
+    return out
+
+
+def _logs(session: FindingsSession, graph: Any, case: Case) -> str:
+    nodes = [case.pair[r] for r in case.spec.roles if case.pair[r] in graph.names]
+    dirs = [f"{n}: {Path(graph.path(n))}" for n in nodes]
+    return (f"logs: {session.log_path} (build and generation output); node folders (log.json, curves.png): "
+            + "; ".join(dirs))
+
+
+def _detail(case: Case, rows: list[ClaimResult], session: FindingsSession, graph: Any) -> str:
+    reasons = {c.name: c.reason.strip().splitlines()[0] for c in case.spec.checks}
+    failing = {r.check for r in rows if not r.passed}
+    lines = [f"  reason for {name}'s threshold: {reasons[name]} ..." for name in sorted(failing) if name in reasons]
+    return "\n".join(lines + ["  " + _logs(session, graph, case), f"  spec: {case.spec.source}"])
+
+
+def run_case(session: FindingsSession, case: Case, request: Any) -> list[ClaimResult]:
+    """Measure one case, record its rows and assert the expectation (holds; or fails, for a control)."""
+    import pytest
+
+    spec, pair, control = case.spec, case.pair, case.control
+    plan = session.plan
+    if control is not None and control.variant not in plan.variants:
+        pytest.skip(f"{spec.id}: plan {plan.name!r} has no variant {control.variant!r} (negative control)")
+    vplan = plan.variant(control.variant) if control else plan
+    missing = spec.missing_nodes(pair, vplan.names)
+    if missing:
+        pytest.skip(f"{spec.id}: plan {vplan.name!r} has no node {', '.join(missing)} (roles: {', '.join(spec.roles)})")
+    known = None if control else session.known_deviation(spec, pair)
+    if known:
+        request.applymarker(pytest.mark.xfail(reason=f"known deviation on {plan.name} / {session.base}: {known}",
+                                              strict=False))
+    session.prepare(case)
+    builder = KINDS.get(spec.kind).builder()
+    sources = builder(session, spec, pair, control)
+    rows: list[ClaimResult] = []
+    for seed, source in sources:
+        rows += evaluate(spec, source, pair, plan=vplan.name, seed=seed)
+    if not rows:
+        pytest.skip(f"{spec.id} {pair.label}: no check could be measured here (see the warnings)")
+    if control is not None:
+        note = f"negative control {control.variant}: expected to fail"
+        rows = [dataclasses.replace(r, pair=f"{r.pair} [{control.variant}]", note=note) for r in rows]
+    elif known:
+        rows = [dataclasses.replace(r, note=f"known deviation: {known}") for r in rows]
+    session.record(rows)
+    _, graph = session.graph(control, [])
+    if control is not None:
+        if all(r.passed for r in rows):
+            raise AssertionError(f"negative control {control.variant!r} of {spec.id}: the claim still holds, so its "
+                                 "checks cannot tell a broken setup from a healthy one:\n  "
+                                 + "\n  ".join(r.describe() for r in rows) + "\n" + _detail(case, rows, session, graph))
+        return rows
+    assert_holds(rows, _detail(case, rows, session, graph))
+    return rows
+
+
+def no_match_message(session: FindingsSession, keyword: str) -> str:
+    """What ``-k`` matched no claim says: the ids (and one case id) that exist."""
+    try:
+        specs = session.specs()
+    except HarnessError as exc:
+        return f"-k {keyword!r} matched no claim case; the claims could not be loaded: {exc}"
+    ids = ", ".join(s.id for s in specs)
+    example = session.cases()[0].id if specs else "-"
+    return (f"-k {keyword!r} matched no claim case. Claims in {session.options.claims}: {ids} "
+            f"(case ids look like {example!r})")

@@ -1,0 +1,90 @@
+"""Source builders, one per claim kind (named in :mod:`harness.findings.kinds`).
+
+``builder(session, spec, pair, control) -> [(training seed or None, source)]``: what the kind's
+statistics read, for the plan's graph (or a negative control's variant). The engines are imported
+inside the functions, never when ``harness.findings`` is imported.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from harness.findings.spec import ClaimSpec, Control, Pair
+
+Sources = list[tuple[Any, Any]]
+
+
+def weights(session: Any, spec: ClaimSpec, pair: Pair, control: Control | None) -> Sources:
+    """The graph's diffs (computed once, cached on disk by node keys), one source per training seed."""
+    return session.diff_sources(control)
+
+
+def generations(session: Any, spec: ClaimSpec, pair: Pair, control: Control | None) -> Sources:
+    """The pair's node's greedy generations on the held-out prompts (cached in the fixture store)."""
+    from harness.findings.eos import node_source
+
+    node = pair[spec.roles[0]]
+    _, graph = session.graph(control, [node])
+    key = ("generations", control.variant if control else None, node)
+    with session.quiet():
+        src = session.memo(key, lambda: node_source(graph, node, device=session.options.device))
+    return [(None, src)]
+
+
+def _cache_root(session: Any) -> Path | None:
+    return Path(session.options.fixtures_dir) if session.options.fixtures_dir else None
+
+
+def similarity(session: Any, spec: ClaimSpec, pair: Pair, control: Control | None) -> Sources:
+    """Seed table 24 for the plan's SFT nodes: BLEU (and BERTScore when a model loads) against D0 and D1."""
+
+    def make() -> Any:
+        from harness import data
+        from harness.evaluate.claims import sft_nodes_by_data
+        from harness.evaluate.nodes import GenSettings, graph_generations
+        from harness.evaluate.similarity import DEFAULT_BERT, bleu_tokenizer, table24, try_bert_score
+
+        plan = session.plan.variant(control.variant) if control else session.plan
+        nodes = [n for n in sft_nodes_by_data(plan) if n in plan.names]
+        _, graph = session.graph(control, nodes)
+        with session.quiet():
+            gens = graph_generations(graph, ["persona"], GenSettings(), nodes, limit=plan.limit,
+                                     device=session.options.device, cache_root=_cache_root(session), progress=False)
+            layers = os.environ.get("HARNESS_BERTSCORE_LAYERS")
+            scorer, note = try_bert_score(os.environ.get("HARNESS_BERTSCORE_MODEL", DEFAULT_BERT),
+                                          int(layers) if layers else None)
+        items = data.load_persona()[: plan.limit or None]
+        texts = {n: [g.text for g in gens[(n, "persona")]] for n in nodes}
+        return table24(texts, [i.d0 for i in items], [i.d1 for i in items], bleu_tokenizer(), scorer, note)
+
+    return [(None, session.memo(("similarity", control.variant if control else None), make))]
+
+
+def judge(session: Any, spec: ClaimSpec, pair: Pair, control: Control | None) -> Sources:
+    """Mean LLM-judge scores per node and prompt source (``HARNESS_JUDGE_MODEL``, ``HARNESS_JUDGE_LIMIT``)."""
+
+    def make() -> Any:
+        from harness.evaluate.judge import Judge, JudgeConfig, mean_score
+        from harness.evaluate.nodes import GenSettings, fixtures_dir, graph_generations, prompts
+
+        plan = session.plan.variant(control.variant) if control else session.plan
+        nodes = sorted({p[r] for p in spec.pairs for r in spec.roles if p[r] in plan.names})
+        _, graph = session.graph(control, nodes)
+        limit = int(os.environ.get("HARNESS_JUDGE_LIMIT", "0"))
+        persona_limit = min(limit, plan.limit) if limit and plan.limit else (limit or plan.limit)
+        with session.quiet():
+            gens = graph_generations(graph, ["persona", "eval"], GenSettings(), nodes, limit=persona_limit,
+                                     eval_limit=limit, device=session.options.device,
+                                     cache_root=_cache_root(session), progress=False)
+        root = _cache_root(session) or fixtures_dir(graph)
+        j = Judge(JudgeConfig(model=os.environ.get("HARNESS_JUDGE_MODEL", "gpt-4o-mini"), cache_dir=root / "judge"))
+        means: dict[str, dict[str, Any]] = {}
+        for source in ("persona", "eval"):
+            qs = prompts(source).questions  # zip stops at the (limited) generations
+            means[source] = {n: mean_score(j.score([(q, g.text) for q, g in zip(qs, gens[(n, source)])],
+                                                   progress=False)) for n in nodes}
+        return means
+
+    return [(None, session.memo(("judge", control.variant if control else None), make))]

@@ -1,0 +1,39 @@
+"""``python -m harness findings compare``: two runs (two bases) side by side, as Markdown, JSON and PNG."""
+
+from __future__ import annotations
+
+import json
+
+from harness.__main__ import main
+from harness.findings import ClaimResult
+from harness.findings.report import write
+
+
+def rows(l2: float, bleu: float) -> list[ClaimResult]:
+    return [ClaimResult.make("C1", "dpo_d0/sft_d0", l2, 0.25, "<", reference_value=0.0395, check="L2(dpo)/L2(sft)"),
+            ClaimResult.make("C7", "sft_d1/d1", bleu, 0.0, ">", reference_value=0.07527, check="BLEU")]
+
+
+def test_compare_prints_and_writes_the_table_of_two_runs(tmp_path, capsys):
+    a, _ = write(tmp_path / "smollm2", "r1", rows(0.11, 0.02), {"plan": "smollm2", "base": "SmolLM2-135M.gguf"})
+    b, _ = write(tmp_path / "gemma3", "r2", rows(0.31, -0.01)[:1], {"plan": "gemma3", "base": "gemma-3-270m.gguf"})
+    assert main(["findings", "compare", str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    out = capsys.readouterr().out
+    assert "| claim | pair | check | threshold | smollm2 / SmolLM2-135M.gguf (r1) | gemma3 / gemma-3-270m.gguf (r2) " \
+           "| reference |" in out
+    assert "| C1 | dpo_d0/sft_d0 | L2(dpo)/L2(sft) | < 0.25 | 0.11 PASS | 0.31 FAIL | 0.0395 |" in out
+    assert "| C7 | sft_d1/d1 | BLEU | > 0 | 0.02 PASS | — | 0.07527 |" in out  # not measured in the second run
+    data = json.loads((tmp_path / "cmp.json").read_text())
+    assert [r["plan"] for r in data["runs"]] == ["smollm2", "gemma3"]
+    assert data["rows"][0]["cells"] == [{"measured": 0.11, "verdict": "pass"}, {"measured": 0.31, "verdict": "fail"}]
+    assert data["rows"][1]["cells"][1] is None
+    assert (tmp_path / "cmp.png").stat().st_size > 5000 and (tmp_path / "cmp.md").read_text().count("| C") == 2
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["cmp.json", "cmp.md", "cmp.png"]
+
+
+def test_compare_errors_name_the_file_and_exit_2(tmp_path, capsys):
+    a, _ = write(tmp_path, "r1", rows(0.1, 0.1), {"plan": "tiny"})
+    assert main(["findings", "compare", str(a), str(tmp_path / "nope.json")]) == 2
+    assert "nope.json: findings file not found" in capsys.readouterr().err
+    assert main(["findings", "compare", str(a)]) == 2
+    assert "at least two findings files" in capsys.readouterr().err
