@@ -65,8 +65,8 @@ def snapshot(report: AuditReport, fmt: str, name: Optional[str] = None) -> dict[
     for a in report.sequences:
         seq = a.seq
         key = run_key(name or report.tokenizer, a.pipeline, fmt if a.pipeline != "trl-dpo" else "preference")
-        name = f"{seq.index}" + (f"/{seq.side}" if seq.side else "")
-        runs.setdefault(key, {})[name] = {"ids": list(seq.ids), "trained": _ranges(list(seq.labels))}
+        example = f"{seq.index}" + (f"/{seq.side}" if seq.side else "")
+        runs.setdefault(key, {})[example] = {"ids": list(seq.ids), "trained": _ranges(list(seq.labels))}
     return {"schema": SCHEMA, "versions": library_versions(), "runs": runs}
 
 
