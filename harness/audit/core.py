@@ -292,3 +292,31 @@ def _run(p: str, tok, info: F.TokenInfo, recs: list[dict], fmt: str, max_length,
 def trained_text(tok, seq: Trained) -> str:
     """The decoded trained span of a sequence (special tokens kept)."""
     return tok.decode([t for t, lab in zip(seq.ids, seq.labels) if lab != F.IGNORE])
+
+
+def preflight(
+    tokenizer: Any,
+    records: Sequence[dict],
+    *,
+    pipeline: str = "trl-sft",
+    chat_template: Union[str, Path, None] = None,
+    max_length: Optional[int] = None,
+    assistant_only_loss: bool = False,
+    generation_eos: Optional[Iterable[int]] = None,
+    tokenizer_kwargs: Optional[dict] = None,
+) -> AuditReport:
+    """Pre-flight audit of the records a training run is about to use, with its pipeline and tokenizer.
+
+    The format is read off the first record (preference pairs go through ``trl-dpo``). Bad input
+    raises :class:`harness.errors.HarnessError`; an error-level finding leaves ``report.ok`` False
+    (``report.errors`` names them; ``report.exit_code == 1``).
+    """
+    recs = [dict(r) for r in records]
+    if not recs:
+        raise LoadError("pre-flight: no training records")
+    fmt = detect_format(recs[0])
+    if fmt == "preference" and pipeline == "trl-sft":
+        pipeline = "trl-dpo"
+    return audit(tokenizer, data=recs, fmt=fmt, pipeline=pipeline, chat_template=chat_template,
+                 max_length=max_length, assistant_only_loss=assistant_only_loss, generation_eos=generation_eos,
+                 tokenizer_kwargs=tokenizer_kwargs)

@@ -121,6 +121,7 @@ def load_tokenizer(spec: Union[str, Path], zoo: Union[str, Path, None] = None, *
 
             where = gguf_tokenizer_folder(where)
         _check_folder(where)
+        kwargs.setdefault("trust_remote_code", False)  # never the interactive [y/N] prompt
         try:
             tok = AutoTokenizer.from_pretrained(str(where), **kwargs)
         except (OSError, ValueError, EnvironmentError, ImportError) as e:
