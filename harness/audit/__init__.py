@@ -5,11 +5,11 @@ transformers' DataCollatorForLanguageModeling for plain causal LM) on a dataset 
 named findings (see :data:`harness.audit.findings.CODES`).
 """
 
-from harness.audit.core import audit, trained_text
+from harness.audit.core import audit, preflight, trained_text
 from harness.audit.findings import CODES, ERROR, WARNING
 from harness.audit.loading import FORMATS, load_tokenizer, zoo_dir
 from harness.audit.pipelines import PIPELINES, Trained, clear_cache
 from harness.audit.report import AuditReport, Finding
 
-__all__ = ["audit", "AuditReport", "Finding", "Trained", "CODES", "ERROR", "WARNING", "FORMATS",
+__all__ = ["audit", "preflight", "AuditReport", "Finding", "Trained", "CODES", "ERROR", "WARNING", "FORMATS",
            "PIPELINES", "load_tokenizer", "zoo_dir", "clear_cache", "trained_text"]

@@ -36,6 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="trl-sft with SFTConfig(assistant_only_loss=True) (conversational/messages data)")
     parser.add_argument("--split-special-tokens", action="store_true",
                         help="load the tokenizer with split_special_tokens=True (special texts become pieces)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run the tokenizer's own Python code (e.g. GLM-4); only for folders you trust")
+    parser.add_argument("--fold-system", action="store_true",
+                        help="fold a system message into the first user turn (templates that reject the system role)")
+    parser.add_argument("--snapshot", metavar="PATH",
+                        help="write a label snapshot (ids and trained positions per example, library versions)")
+    parser.add_argument("--against", metavar="PATH",
+                        help="compare with a label snapshot: list examples whose trained tokens changed (exit 1)")
 
 
 def _write_json(payload: dict, dest: str) -> None:
@@ -46,21 +54,61 @@ def _write_json(payload: dict, dest: str) -> None:
     write_bytes(Path(dest), text + "\n")
 
 
+def _quiet_libraries() -> None:
+    """Keep library import chatter out of the output (bitsandbytes' kernels warning, transformers' notices)."""
+    import logging
+
+    for name in ("bitsandbytes", "transformers", "trl", "datasets", "peft"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import warnings
+
+    warnings.filterwarnings("ignore")
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from harness.errors import HarnessError
+
+    if args.max_length is not None and args.max_length < 1:
+        raise HarnessError(f"--max-length must be a positive number of tokens, not {args.max_length}")
+    if args.show < 0:
+        raise HarnessError(f"--show must be 0 or more, not {args.show}")
+    _quiet_libraries()
     from harness.audit.core import audit
     from harness.audit.view import show
 
     err = Console(stderr=True)
-    kwargs = {"split_special_tokens": True} if args.split_special_tokens else None
+    kwargs = {}
+    if args.split_special_tokens:
+        kwargs["split_special_tokens"] = True
+    if args.trust_remote_code:
+        kwargs["trust_remote_code"] = True
     with err.status(f"auditing {args.tokenizer} ({args.pipeline}, {args.fmt})…"):
         report = audit(args.tokenizer, chat_template=args.chat_template, fmt=args.fmt, data=args.data,
                        pipeline=args.pipeline, max_length=args.max_length, response_marker=args.response_marker,
-                       zoo=args.zoo, tokenizer_kwargs=kwargs, limit=args.limit,
-                       assistant_only_loss=args.assistant_only_loss)
+                       zoo=args.zoo, tokenizer_kwargs=kwargs or None, limit=args.limit,
+                       assistant_only_loss=args.assistant_only_loss, fold_system=args.fold_system)
     if args.json:
         _write_json(report.to_dict(), args.json)
+    out = Console(stderr=args.json == "-")
     if args.json != "-":
         show(report, report.tok, report.info, n=max(args.show, 0))
-    return report.exit_code
+    code = report.exit_code
+    if args.snapshot:
+        from harness.audit.snapshot import write_snapshot
+
+        out.print(f"label snapshot written to {write_snapshot(report, args.fmt, args.snapshot)}")
+    if args.against:
+        from harness.audit.snapshot import compare
+
+        diff = compare(report, args.fmt, args.against)
+        out.print(diff.versions_line())
+        for c in diff.changes:
+            out.print(c.line(), markup=False, highlight=False)
+        for k in diff.missing_runs:
+            out.print(f"not in the snapshot: {k}", markup=False)
+        out.print(f"{len(diff.changes)} of {diff.compared} sequences changed their trained tokens")
+        if diff.changes:
+            code = max(code, 1)
+    return code

@@ -8,8 +8,9 @@ from typing import Any, Iterable, Optional, Sequence, Union
 from harness.audit import findings as F
 from harness.audit.loading import (FORMATS, check_tokenizer, default_records, detect_format,
                                    generation_eos_ids, load_records, load_tokenizer, read_template,
-                                   render, resolve_tokenizer, tokenize_messages)
+                                   render, resolve_tokenizer, system_hint, tokenize_messages)
 from harness.audit.pipelines import PIPELINES, Job, Trained
+from harness.audit.thinking import think_hits
 from harness.audit.report import Audited, AuditReport, aggregate
 from harness.errors import HarnessError, LoadError
 
@@ -30,6 +31,7 @@ def audit(
     generation_eos: Optional[Iterable[int]] = None,
     limit: Optional[int] = None,
     assistant_only_loss: bool = False,
+    fold_system: bool = False,
 ) -> AuditReport:
     """Audit what ``pipeline`` trains on for ``tokenizer`` and a dataset.
 
@@ -38,7 +40,8 @@ def audit(
     or a list of records in ``fmt`` (default: the persona fixtures). ``max_length=None`` keeps
     trl's own default. ``response_marker`` (text format) marks where the reply begins.
     ``assistant_only_loss`` sets trl's SFTConfig option (conversational/messages data; the
-    template's ``{% generation %}`` blocks decide what is trained).
+    template's ``{% generation %}`` blocks decide what is trained). ``fold_system`` folds a
+    system message into the first user turn (for templates that reject the system role).
     """
     if fmt not in FORMATS:
         raise HarnessError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
@@ -49,11 +52,15 @@ def audit(
         raise HarnessError("--response-marker applies to --format text only")
     if assistant_only_loss and fmt not in ("conversational", "messages"):
         raise HarnessError("assistant_only_loss applies to conversational or messages data only")
+    if max_length is not None and (not isinstance(max_length, int) or max_length < 1):
+        raise HarnessError(f"max_length must be a positive number of tokens, not {max_length!r}")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise HarnessError(f"limit must be a positive number of examples, not {limit!r}")
     tok, name, gen, old_template = _load(tokenizer, chat_template, zoo, tokenizer_kwargs)
     try:
         return _audit(tok, name, gen, fmt=fmt, data=data, pipeline=pipeline, names=names, max_length=max_length,
                       response_marker=response_marker, generation_eos=generation_eos, limit=limit,
-                      assistant_only_loss=assistant_only_loss)
+                      assistant_only_loss=assistant_only_loss, fold_system=fold_system)
     finally:
         if old_template is not _KEEP:
             tok.chat_template = old_template  # the caller's tokenizer object is left as it was
@@ -63,11 +70,14 @@ _KEEP = object()
 
 
 def _audit(tok, name: str, gen: list[int], *, fmt, data, pipeline, names, max_length, response_marker,
-           generation_eos, limit, assistant_only_loss) -> AuditReport:
+           generation_eos, limit, assistant_only_loss, fold_system=False) -> AuditReport:
     if generation_eos is not None:
         gen = list(generation_eos)
     check_tokenizer(tok, name)
     records = _records(data, fmt, tok, limit)
+    if fold_system:
+        records = [fold_system_prompt(r) for r in records]
+    check_encodes(tok, name, records)
     info = F.token_info(tok, gen)
     audited: list[Audited] = []
     notes: list[str] = []
@@ -87,8 +97,46 @@ def _audit(tok, name: str, gen: list[int], *, fmt, data, pipeline, names, max_le
             notes.append(f"{p} skipped: preference data trains only through trl-dpo")
             continue
         audited += _run(p, tok, info, recs, rfmt, max_length, response_marker,
-                        assistant_only_loss and p == "trl-sft")
+                        assistant_only_loss and p == "trl-sft", gen)
     return AuditReport(name, pipeline, n_examples, aggregate(audited), audited, notes, tok, info)
+
+
+def fold_system_prompt(rec: dict) -> dict:
+    """The record with a leading system message folded into the first user turn (``system\n\nuser``)."""
+    key = "messages" if "messages" in rec else "prompt"
+    msgs = rec.get(key)
+    if not (isinstance(msgs, list) and msgs and msgs[0].get("role") == "system"):
+        return rec
+    rest = [dict(m) for m in msgs[1:]]
+    if rest and rest[0].get("role") == "user":
+        rest[0]["content"] = f"{msgs[0]['content']}\n\n{rest[0]['content']}"
+    else:
+        rest.insert(0, {"role": "user", "content": msgs[0]["content"]})
+    return {**rec, key: rest}
+
+
+def _texts(rec: dict) -> list[str]:
+    out = []
+    for key in ("text", "prompt", "completion", "messages", "chosen", "rejected"):
+        v = rec.get(key)
+        if isinstance(v, str):
+            out.append(v)
+        elif isinstance(v, list):
+            out += [m.get("content", "") for m in v if isinstance(m, dict) and isinstance(m.get("content"), str)]
+    return [t for t in out if t.strip()]
+
+
+def check_encodes(tok, name: str, records: list[dict]) -> None:
+    """No verdict on a tokenizer that cannot encode the data: text must give tokens, not only unknowns."""
+    texts = [t for r in records[:8] for t in _texts(r)][:16]
+    if not texts:
+        return
+    ids = tok(texts, add_special_tokens=False)["input_ids"]
+    unk = tok.unk_token_id
+    for text, row in zip(texts, ids):
+        if not row or (unk is not None and all(t == unk for t in row)):
+            raise LoadError(f"tokenizer {name!r} cannot encode the data: {text[:40]!r} gives "
+                            f"{'no tokens' if not row else 'only unknown tokens'} (vocabulary size {len(tok)})")
 
 
 def _load(tokenizer: Any, chat_template, zoo, kwargs) -> tuple[Any, str, list[int], Any]:
@@ -208,7 +256,7 @@ def _trl_records(recs: list[dict], pipeline: str, marker: Optional[str]) -> list
 
 
 def _run(p: str, tok, info: F.TokenInfo, recs: list[dict], fmt: str, max_length, marker,
-         assistant_only_loss: bool = False) -> list[Audited]:
+         assistant_only_loss: bool = False, gen: Sequence[int] = ()) -> list[Audited]:
     import jinja2
 
     refs, prompt_texts = _ref_prompts(tok, recs, marker)
@@ -216,16 +264,27 @@ def _run(p: str, tok, info: F.TokenInfo, recs: list[dict], fmt: str, max_length,
     try:
         seqs = PIPELINES.get(p)(job)
     except jinja2.TemplateError as e:
-        raise LoadError(f"chat template failed to render in {p}: {type(e).__name__}: {e}") from None
+        hint = system_hint(next((r.get("prompt") or r.get("messages") or [] for r in recs
+                                 if isinstance(r.get("prompt") or r.get("messages"), list)), []))
+        raise LoadError(f"chat template failed to render in {p}: {type(e).__name__}: {e}{hint}") from None
     specials = {str(t) for t in tok.all_special_tokens}
     specials |= {str(a.content) for a in getattr(tok, "added_tokens_decoder", {}).values()}
     injected = [_injected(tok, r, i, prompt_texts, specials) for i, r in enumerate(recs)]
+    mismatch = None
+    if gen and info.eos_id not in gen:
+        mismatch = F.Hit("eos-config-mismatch", F.WARNING, [],
+                         f"tokenizer EOS {F._name(tok, info.eos_id)}; generation_config.eos_token_id "
+                         f"{sorted(gen)} ({', '.join(F._name(tok, g) for g in sorted(gen))})")
     out = []
     for s in seqs:
         hits = F.detect(tok, info, s.ids, s.labels, s.prompt_len, s.ref_prompt_len, s.full,
                         reply=_reply(recs[s.index], s.side, marker))
         if injected[s.index]:
             hits.append(F.Hit("template-injects", F.WARNING, [], f"{injected[s.index]!r}"))
+        if mismatch is not None:
+            hits.append(mismatch)
+        if not s.dropped:
+            hits += think_hits(tok, info, s, recs[s.index])
         out.append(Audited(p, s, hits))
     return out
 
@@ -233,3 +292,31 @@ def _run(p: str, tok, info: F.TokenInfo, recs: list[dict], fmt: str, max_length,
 def trained_text(tok, seq: Trained) -> str:
     """The decoded trained span of a sequence (special tokens kept)."""
     return tok.decode([t for t, lab in zip(seq.ids, seq.labels) if lab != F.IGNORE])
+
+
+def preflight(
+    tokenizer: Any,
+    records: Sequence[dict],
+    *,
+    pipeline: str = "trl-sft",
+    chat_template: Union[str, Path, None] = None,
+    max_length: Optional[int] = None,
+    assistant_only_loss: bool = False,
+    generation_eos: Optional[Iterable[int]] = None,
+    tokenizer_kwargs: Optional[dict] = None,
+) -> AuditReport:
+    """Pre-flight audit of the records a training run is about to use, with its pipeline and tokenizer.
+
+    The format is read off the first record (preference pairs go through ``trl-dpo``). Bad input
+    raises :class:`harness.errors.HarnessError`; an error-level finding leaves ``report.ok`` False
+    (``report.errors`` names them; ``report.exit_code == 1``).
+    """
+    recs = [dict(r) for r in records]
+    if not recs:
+        raise LoadError("pre-flight: no training records")
+    fmt = detect_format(recs[0])
+    if fmt == "preference" and pipeline == "trl-sft":
+        pipeline = "trl-dpo"
+    return audit(tokenizer, data=recs, fmt=fmt, pipeline=pipeline, chat_template=chat_template,
+                 max_length=max_length, assistant_only_loss=assistant_only_loss, generation_eos=generation_eos,
+                 tokenizer_kwargs=tokenizer_kwargs)

@@ -77,6 +77,17 @@ _code("trained-after-stop", ERROR, "tokens after the stop token carry labels",
       "use a template that ends the conversation at the stop token")
 _code("bos-missing", WARNING, "the tokenizer defines a BOS but no BOS opens the sequence",
       "check whether the model was trained with a BOS; add bos_token to the template if so")
+_code("eos-config-mismatch", WARNING, "the tokenizer's EOS is not among the generation config's EOS ids",
+      "at training time transformers aligns the configs to the tokenizer (the model config's single "
+      "eos_token_id is replaced by the tokenizer's EOS and the generation config gains it): set "
+      "tokenizer.eos_token to the token the model stops on, or add it to generation_config.json")
+_code("think-injected", WARNING, "the trained span holds a <think> block that is in no message",
+      "the template writes an empty reasoning block into the final assistant turn (Qwen3 with "
+      "enable_thinking): the model learns to answer without reasoning; put the reasoning in the data "
+      "(reasoning_content) or train with the template's non-thinking mode knowingly")
+_code("think-dropped", WARNING, "reasoning given in the data is not in the trained sequence",
+      "the template strips <think> content / reasoning_content from earlier turns (or all turns): "
+      "split multi-turn reasoning data into one example per assistant turn, or use a template that keeps it")
 
 
 @dataclass
@@ -100,6 +111,8 @@ class TokenInfo:
     special_ids: frozenset[int]
     stop_strings: tuple[str, ...]
     id_to_text: dict  # id -> decoded text, filled lazily
+    role_stops: frozenset[int] = frozenset()  # role markers that end a turn (GLM: the next <|user|>)
+    think_ids: tuple[Optional[int], Optional[int]] = (None, None)  # <think>, </think> when the vocabulary has them
 
 
 _STOP_NAME = re.compile(r"eot|eos|end|</s>|stop", re.IGNORECASE)
@@ -119,13 +132,23 @@ def token_info(tok, generation_eos: Sequence[int] = ()) -> TokenInfo:
         name = str(added.content)
         if _STOP_NAME.search(name) and not _NOT_STOP.search(name):
             stop_ids.add(int(tid))
-    stop_ids.discard(tok.bos_token_id)
+    if tok.bos_token_id != eos_id:  # GPT-2 style BOS == EOS stays a stop token
+        stop_ids.discard(tok.bos_token_id)
     if tok.pad_token_id is not None and tok.pad_token_id not in gen:
         stop_ids.discard(tok.pad_token_id)
     strings = {tok.convert_ids_to_tokens(i) for i in stop_ids}
     strings = tuple(sorted(s for s in strings if isinstance(s, str) and len(s) >= 3))
+    roles = frozenset(i for i in stop_ids if _ROLE.search(str(tok.convert_ids_to_tokens(i))))
     return TokenInfo(tok.bos_token_id, int(eos_id), frozenset(gen), frozenset(stop_ids),
-                     frozenset(special), strings, {})
+                     frozenset(special), strings, {}, roles, _think_ids(tok))
+
+
+_ROLE = re.compile(r"user|observation|human", re.IGNORECASE)
+
+
+def _think_ids(tok) -> tuple[Optional[int], Optional[int]]:
+    vocab = {str(a.content): int(i) for i, a in getattr(tok, "added_tokens_decoder", {}).items()}
+    return vocab.get("<think>"), vocab.get("</think>")
 
 
 def _text(tok, info: TokenInfo, tid: int) -> str:
@@ -190,7 +213,8 @@ def detect(
     hits: list[Hit] = []
     n = len(ids)
     bos = info.bos_id
-    if bos is not None and n:
+    bos_is_eos = bos is not None and bos == info.eos_id
+    if bos is not None and n and not bos_is_eos:  # GPT-2 style tokenizers open with no BOS
         if n >= 2 and ids[0] == bos and ids[1] == bos:
             hits.append(Hit("double-bos", ERROR, [0, 1], f"the sequence opens {ids[0]}, {ids[1]}"))
         elif ids[0] != bos:
@@ -209,10 +233,12 @@ def detect(
         pt = [i for i in trained if i < prompt_len]
         if pt:
             hits.append(Hit("prompt-trained", ERROR, pt, f"{len(pt)} of {prompt_len} prompt tokens are trained"))
-    stops = [i for i in range(start, n) if ids[i] in info.stop_ids]
+    # A BOS that is also the EOS opens the sequence; it stops nothing.
+    first = 1 if bos_is_eos and n and ids[0] == bos else 0
+    stops = [i for i in range(max(start, first), n) if ids[i] in info.stop_ids]
     first_stop = stops[0] if stops else None
     end_text = first_stop if first_stop is not None else n
-    cm = [i for i in range(start, end_text) if labels[i] == IGNORE]
+    cm = [i for i in range(max(start, first), end_text) if labels[i] == IGNORE]
     if not cm and reply and full is None:
         cm = _reply_masked_before(tok, ids, labels, trained, end_text, reply)
     if cm:
@@ -252,8 +278,12 @@ def detect(
                         f"max_length={n} cut the sequence of {len(full[0])} tokens before its stop token"))
     elif not split:
         last = trained[-1]
-        hits.append(Hit("eos-missing", ERROR, [last],
-                        f"the trained span ends with {_name(tok, ids[last])}"))
+        detail = f"the trained span ends with {_name(tok, ids[last])}"
+        if info.role_stops:
+            marks = ", ".join(_name(tok, r) for r in sorted(info.role_stops))
+            detail += (f"; this template ends a turn with the next role marker ({marks}), which it writes only "
+                       "when another turn follows: train it after the reply")
+        hits.append(Hit("eos-missing", ERROR, [last], detail))
     return hits
 
 
@@ -283,7 +313,8 @@ def _has_trained_stop(info: TokenInfo, ids: Sequence[int], labels: Sequence[int]
     return any(ids[i] in info.stop_ids and labels[i] != IGNORE for i in range(max(start, cut), len(ids)))
 
 
-_WORDS = re.compile(r"[A-Za-z]{2,}(?:[ ,.'-]+[A-Za-z]{2,}){3,}")
+# Four words or more of prose; short words count ("You are a helpful assistant.").
+_WORDS = re.compile(r"\b[A-Za-z]+(?:[ ,.'-]+[A-Za-z]+){3,}")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]{6,}")
 _DATE = re.compile(r"\b(?:19|20)\d\d\b|\b\d{1,2} (?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)")
 

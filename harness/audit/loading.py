@@ -42,9 +42,13 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def resolve_tokenizer(spec: Union[str, Path], zoo: Union[str, Path, None] = None) -> Union[str, Path]:
-    """A local folder for ``spec`` (a path or a zoo folder name), or the hub id itself."""
+    """A local folder (or ``.gguf`` file) for ``spec`` (a path or a zoo folder name), or the hub id itself.
+
+    A name without ``/`` that is close to a zoo folder name is taken for a typo and answered at
+    once with the folder it resembles, before any hub lookup.
+    """
     p = Path(spec).expanduser()
-    if p.is_dir():
+    if p.is_dir() or (p.is_file() and p.suffix == ".gguf"):
         return p
     z = zoo_dir(zoo)
     if z is not None and "/" not in str(spec) and (z / str(spec)).is_dir():
@@ -52,7 +56,56 @@ def resolve_tokenizer(spec: Union[str, Path], zoo: Union[str, Path, None] = None
     if isinstance(spec, Path) or _looks_like_path(str(spec)) or p.exists():
         raise LoadError(f"tokenizer folder {str(spec)!r} does not exist" if not p.exists()
                         else f"tokenizer path {str(spec)!r} is not a folder")
+    if z is not None and "/" not in str(spec) and z.is_dir():
+        import difflib
+
+        names = sorted(d.name for d in z.iterdir() if d.is_dir())
+        close = difflib.get_close_matches(str(spec), names, n=1, cutoff=0.75)
+        if close:
+            raise LoadError(f"no tokenizer {str(spec)!r} in the zoo {str(z)!r}; did you mean {close[0]}? "
+                            f"(known: {', '.join(names)})")
     return str(spec)
+
+
+def hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` is set."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
+
+
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    """One connection attempt to the hub endpoint (no retries)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _from_hub(hub_id: str, **kwargs: Any):
+    """A hub tokenizer: from the local cache first; else one reachability check, then the hub."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(hub_id, local_files_only=True, **kwargs)
+    except (OSError, ValueError):
+        pass
+    if hub_offline():
+        why = "the hub is offline (HF_HUB_OFFLINE=1)"
+    elif not _hub_reachable():
+        why = "the hub could not be reached (one attempt; set HF_HUB_OFFLINE=1 to work from local folders)"
+    else:
+        try:
+            return AutoTokenizer.from_pretrained(hub_id, **kwargs)
+        except (OSError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise LoadError(f"cannot load tokenizer {hub_id!r} from the hub: {first}") from None
+    raise LoadError(f"cannot load tokenizer {hub_id!r}: not a local folder, not in the Hugging Face cache, and {why}")
 
 
 def load_tokenizer(spec: Union[str, Path], zoo: Union[str, Path, None] = None, **kwargs: Any):
@@ -60,24 +113,45 @@ def load_tokenizer(spec: Union[str, Path], zoo: Union[str, Path, None] = None, *
     from transformers import AutoTokenizer
 
     where = resolve_tokenizer(spec, zoo)
-    try:
-        tok = AutoTokenizer.from_pretrained(str(where), **kwargs)
-    except (OSError, ValueError, EnvironmentError) as e:
-        if isinstance(where, str):
-            offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no")
-            why = ("the hub is offline (HF_HUB_OFFLINE=1)" if offline else "the hub could not be reached")
-            raise LoadError(f"cannot load tokenizer {where!r}: not a local folder, not in the Hugging Face "
-                            f"cache, and {why}") from None
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LoadError(f"cannot load tokenizer from {str(where)!r}: {first}") from None
-    tok.name_or_path = str(where)
+    if isinstance(where, str):
+        tok = _from_hub(where, **kwargs)
+    else:
+        if where.is_file():  # a .gguf file: its tokenizer, converted once and cached as a folder
+            from harness.audit.gguf import gguf_tokenizer_folder
+
+            where = gguf_tokenizer_folder(where)
+        _check_folder(where)
+        kwargs.setdefault("trust_remote_code", False)  # never the interactive [y/N] prompt
+        try:
+            tok = AutoTokenizer.from_pretrained(str(where), **kwargs)
+        except (OSError, ValueError, EnvironmentError, ImportError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if "trust_remote_code" in str(e) and not kwargs.get("trust_remote_code"):
+                first = "it ships its own tokenizer code; pass --trust-remote-code to run it"
+            raise LoadError(f"cannot load tokenizer from {str(where)!r}: {first}") from None
+    tok.name_or_path = str(spec if isinstance(where, str) else where)
     return tok
+
+
+_VOCAB_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model",
+                "sentencepiece.bpe.model", "tekken.json", "vocab.model")
+
+
+def _check_folder(folder: Path) -> None:
+    """A folder without any vocabulary file makes transformers build an empty tokenizer: refuse it."""
+    if not any((folder / f).is_file() for f in _VOCAB_FILES) and not any(folder.glob("*.tiktoken")):
+        raise LoadError(f"tokenizer folder {str(folder)!r} has no vocabulary file (none of "
+                        f"{', '.join(_VOCAB_FILES)}); only {', '.join(sorted(f.name for f in folder.iterdir())) or 'nothing'}")
 
 
 def generation_eos_ids(where: Union[str, Path, None]) -> list[int]:
     """``generation_config.eos_token_id`` of a folder or cached hub id ([] when there is none)."""
     if where is None:
         return []
+    if str(where).endswith(".gguf") and Path(str(where)).is_file():
+        from harness.audit.gguf import gguf_tokenizer_folder
+
+        where = gguf_tokenizer_folder(Path(str(where)))
     p = Path(str(where)) / "generation_config.json"
     cfg: Optional[dict] = None
     if p.is_file():
@@ -89,13 +163,18 @@ def generation_eos_ids(where: Union[str, Path, None]) -> list[int]:
         try:
             from transformers import GenerationConfig
 
-            cfg = GenerationConfig.from_pretrained(str(where)).to_dict()
+            cfg = GenerationConfig.from_pretrained(str(where), local_files_only=True).to_dict()
         except Exception:  # no generation config cached: the tokenizer's EOS is all there is
             cfg = None
+    if cfg is not None and not isinstance(cfg, dict):
+        raise LoadError(f"{p}: unreadable generation config (expected a JSON object)")
     eos = (cfg or {}).get("eos_token_id")
     if eos is None:
         return []
-    return [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+    ids = eos if isinstance(eos, list) else [eos]
+    if not all(isinstance(e, int) and not isinstance(e, bool) and e >= 0 for e in ids):
+        raise LoadError(f"{p}: field 'eos_token_id' must be a token id or a list of token ids, not {eos!r}")
+    return [int(e) for e in ids]
 
 
 def read_template(path: Union[str, Path]) -> str:
@@ -120,6 +199,8 @@ def load_records(path: Union[str, Path], fmt: str) -> list[dict]:
     """A user JSONL file in ``fmt``; a bad row raises LoadError naming the file and line."""
     from harness.data import load_jsonl
 
+    if Path(path).is_dir():
+        raise LoadError(f"data path {str(path)!r} is a folder, not a JSONL file")
     rows = load_jsonl(path, REQUIRED[fmt], id_field=None)
     text = Path(path).read_text(encoding="utf-8").splitlines()
     line_numbers = [n for n, line in enumerate(text, start=1) if line.strip()]
@@ -157,7 +238,16 @@ def render(tok, messages: Sequence[dict], index: int, **kw: Any) -> str:
     try:
         return tok.apply_chat_template(list(messages), tokenize=False, **kw)
     except Exception as e:  # jinja2 TemplateError, raise_exception(...) or a missing template
-        raise LoadError(f"chat template failed to render example {index}: {type(e).__name__}: {e}") from None
+        raise LoadError(f"chat template failed to render example {index}: {type(e).__name__}: {e}"
+                        f"{system_hint(messages)}") from None
+
+
+def system_hint(messages: Sequence[dict]) -> str:
+    """A hint for templates that reject the system role (Mistral v0.2, Gemma), when there is one."""
+    if any(isinstance(m, dict) and m.get("role") == "system" for m in messages):
+        return ("; the template may reject the system role: --fold-system (fold_system=True) folds the "
+                "system prompt into the first user turn, as users of such models do")
+    return ""
 
 
 def tokenize_messages(tok, messages: Sequence[dict], index: int, **kw: Any) -> list[int]:
@@ -165,7 +255,8 @@ def tokenize_messages(tok, messages: Sequence[dict], index: int, **kw: Any) -> l
     try:
         return list(tok.apply_chat_template(list(messages), tokenize=True, return_dict=True, **kw)["input_ids"])
     except Exception as e:
-        raise LoadError(f"chat template failed to render example {index}: {type(e).__name__}: {e}") from None
+        raise LoadError(f"chat template failed to render example {index}: {type(e).__name__}: {e}"
+                        f"{system_hint(messages)}") from None
 
 
 def detect_format(rec: dict) -> str:

@@ -70,8 +70,16 @@ def quiet() -> Iterator[None]:
     import datasets
     import transformers
 
+    import datasets.arrow_dataset as arrow_dataset
+    import datasets.fingerprint as fingerprint
+
     was_on = datasets.is_progress_bar_enabled()
     level = transformers.logging.get_verbosity()
+    # The audit's datasets live in memory (Dataset.from_list) and write no cache files, so their
+    # fingerprints name nothing; computing them pickles the whole tokenizer on every map (seconds
+    # for a 256k vocabulary). A random fingerprint is what datasets itself uses when hashing fails.
+    hashers = fingerprint.update_fingerprint, arrow_dataset.update_fingerprint
+    fingerprint.update_fingerprint = arrow_dataset.update_fingerprint = _random_fingerprint
     trl_logger = logging.getLogger("trl")
     trl_level = trl_logger.level
     datasets.disable_progress_bars()
@@ -82,10 +90,17 @@ def quiet() -> Iterator[None]:
             warnings.simplefilter("ignore")
             yield
     finally:
+        fingerprint.update_fingerprint, arrow_dataset.update_fingerprint = hashers
         if was_on:
             datasets.enable_progress_bars()
         transformers.logging.set_verbosity(level)
         trl_logger.setLevel(trl_level)
+
+
+def _random_fingerprint(*_args, **_kwargs) -> str:
+    from datasets.fingerprint import generate_random_fingerprint
+
+    return generate_random_fingerprint()
 
 
 def _tiny_model(tok):

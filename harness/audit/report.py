@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from harness.audit.findings import CODES, ERROR, Hit
+from harness.audit.findings import CODES, ERROR, IGNORE, Hit
 from harness.audit.pipelines import Trained
 
 MAX_LISTED = 50  # example indices (and their positions) kept per finding
@@ -52,6 +52,50 @@ class Audited:
     hits: list[Hit]
 
 
+@dataclass(frozen=True)
+class RunStats:
+    """Whole-dataset statistics of one pipeline (and DPO side)."""
+
+    pipeline: str
+    side: Optional[str]
+    sequences: int
+    trained_min: int  # trained tokens per example
+    trained_median: float
+    trained_max: int
+    truncated: int  # sequences cut by max_length
+    dropped: int  # examples the pipeline dropped
+    share: dict  # finding code -> share of sequences that have it
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("pipeline", "sequences", "trained_min", "trained_median", "trained_max",
+                                           "truncated", "dropped", "share")}
+        if self.side:
+            d["side"] = self.side
+        return d
+
+
+def run_stats(audited: list[Audited]) -> list[RunStats]:
+    """Statistics per (pipeline, side) over every audited sequence."""
+    import statistics
+
+    groups: dict[tuple, list[Audited]] = {}
+    for a in audited:
+        groups.setdefault((a.pipeline, a.seq.side), []).append(a)
+    out = []
+    for (pipe, side), items in groups.items():
+        counts = [sum(1 for lab in a.seq.labels if lab != IGNORE) for a in items]
+        codes: dict[str, int] = {}
+        for a in items:
+            for c in {h.code for h in a.hits}:
+                codes[c] = codes.get(c, 0) + 1
+        n = len(items)
+        out.append(RunStats(pipe, side, n, min(counts), float(statistics.median(counts)), max(counts),
+                            sum(1 for a in items if a.seq.full is not None),
+                            sum(1 for a in items if a.seq.dropped),
+                            {c: round(k / n, 4) for c, k in sorted(codes.items())}))
+    return out
+
+
 @dataclass
 class AuditReport:
     """Result of :func:`harness.audit.audit`; ``to_dict()`` is the ``--json`` schema."""
@@ -89,9 +133,20 @@ class AuditReport:
     def finding(self, code: str, side: Optional[str] = None) -> Optional[Finding]:
         return next((f for f in self.findings if f.code == code and (side is None or f.side == side)), None)
 
+    @property
+    def ok(self) -> bool:
+        """True when no error-level finding was made (warnings allowed): what a pre-flight gates on."""
+        return not self.errors
+
+    @property
+    def stats(self) -> list[RunStats]:
+        """Whole-dataset statistics per pipeline (and DPO side)."""
+        return run_stats(self.sequences)
+
     def to_dict(self) -> dict[str, Any]:
         return {"tokenizer": self.tokenizer, "pipeline": self.pipeline, "examples": self.examples,
-                "findings": [f.to_dict() for f in self.findings], "notes": self.notes}
+                "findings": [f.to_dict() for f in self.findings], "notes": self.notes,
+                "stats": [s.to_dict() for s in self.stats]}
 
 
 def aggregate(audited: list[Audited]) -> list[Finding]:

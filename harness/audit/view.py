@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from rich.console import Console
-from rich.table import Table
+from rich.console import Console, Group
+from rich.padding import Padding
 from rich.text import Text
 
 from harness.audit.findings import ERROR, IGNORE, TokenInfo
@@ -37,23 +37,43 @@ def token_line(tok, info: TokenInfo, a: Audited) -> Text:
     return text
 
 
-def summary_table(report: AuditReport) -> Table:
-    """One row per finding: severity, code, pipeline/side, count, example indices, message and hint."""
-    table = Table(title=f"audit of {report.tokenizer} — {report.pipeline}, {report.examples} examples",
-                  show_lines=True)
-    for col in ("severity", "code", "where", "count", "examples"):
-        table.add_column(col, no_wrap=col != "examples")
-    table.add_column("message / hint", overflow="fold", ratio=1)
+def summary(report: AuditReport) -> Group:
+    """One block per finding: a short header row (severity, code, where, count, examples), then the
+    message and hint wrapped at the console width under it (readable at 80 columns)."""
+    rows: list = [Text(f"audit of {report.tokenizer} — {report.pipeline}, {report.examples} examples", style="bold")]
     for f in report.findings:
-        sev = Text(f.severity, style="bold red" if f.severity == ERROR else "yellow")
         where = f.pipeline + (f"/{f.side}" if f.side else "")
         ex = ", ".join(map(str, f.examples[:8])) + (" …" if len(f.examples) > 8 else "")
-        table.add_row(sev, f.code, where, str(f.count), ex, f"{f.message}\n[dim]hint: {f.hint}[/dim]")
-    return table
+        head = Text.assemble((f"{f.severity:<7}", "bold red" if f.severity == ERROR else "yellow"), " ",
+                             (f.code, "bold"), f"  {where}  {f.count} of {_total(report, f)} (examples {ex})")
+        rows.append(head)
+        rows.append(Padding(Text(f.message), (0, 0, 0, 4)))
+        rows.append(Padding(Text(f"hint: {f.hint}", style="dim"), (0, 0, 0, 4)))
+    return Group(*rows)
+
+
+def _total(report: AuditReport, f) -> int:
+    return sum(1 for a in report.sequences if a.pipeline == f.pipeline and a.seq.side == f.side)
+
+
+def stats_lines(report: AuditReport) -> list[Text]:
+    """Whole-dataset statistics, one line per pipeline (and DPO side)."""
+    out = []
+    for st in report.stats:
+        where = st.pipeline + (f"/{st.side}" if st.side else "")
+        line = (f"{where}: {st.sequences} sequences; trained tokens per example min {st.trained_min}, "
+                f"median {st.trained_median:g}, max {st.trained_max}; truncated {st.truncated}; dropped {st.dropped}")
+        if st.share:
+            line += "; with findings: " + ", ".join(f"{c} {v:.0%}" for c, v in st.share.items())
+        out.append(Text(line, style="dim"))
+    return out
 
 
 def show(report: AuditReport, tok, info: TokenInfo, n: int = 2, console: Optional[Console] = None) -> None:
-    """Print the first ``n`` examples of each pipeline/side as tokens, then the findings table."""
+    """Print the first ``n`` examples of each pipeline/side as tokens, then the findings and statistics.
+
+    The colour legend is printed only on a terminal (colours mean nothing in a file or a pipe).
+    """
     console = console or Console()
     shown: dict[tuple, int] = {}
     for a in report.sequences:
@@ -68,11 +88,14 @@ def show(report: AuditReport, tok, info: TokenInfo, n: int = 2, console: Optiona
             console.print("[red](dropped by the pipeline: it trains nothing)[/red]")
             continue
         console.print(token_line(tok, info, a))
-    console.print(Text.assemble(("trained", TRAINED), "  ", ("masked", MASKED), "  ",
-                                ("stop token", STOP), "  ", ("flagged", FLAGGED)))
+    if console.is_terminal and any(shown.values()):
+        console.print(Text.assemble(("trained", TRAINED), "  ", ("masked", MASKED), "  ",
+                                    ("stop token", STOP), "  ", ("flagged", FLAGGED)))
     if report.findings:
-        console.print(summary_table(report))
+        console.print(summary(report))
     else:
         console.print(f"[bold green]clean[/bold green]: no findings for {report.tokenizer} ({report.pipeline})")
+    for line in stats_lines(report):
+        console.print(line)
     for note in report.notes:
         console.print(f"[dim]note: {note}[/dim]")

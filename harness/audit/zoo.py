@@ -13,7 +13,9 @@ from harness.errors import LoadError
 TOKENIZERS_TOML = REPO_ROOT / "fixtures" / "tokenizers.toml"
 _PIPELINES = ("trl-sft", "trl-dpo", "hf-clm")
 _KEYS = {"name", "hub", "folder", "format", "pipeline", "template", "response_marker", "system_prompt",
-         "max_length", "split_special_tokens", "assistant_only_loss", "limit", "expect", "note"}
+         "max_length", "split_special_tokens", "assistant_only_loss", "limit", "expect", "note",
+         "gguf", "trust_remote_code", "special_tokens", "fold_system", "snapshot"}
+_SPECIAL_KEYS = {"bos_token", "eos_token", "pad_token", "unk_token"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,24 @@ class ZooEntry:
     limit: Optional[int]
     expect: tuple[str, ...]  # () means clean
     note: str = ""
+    gguf: Optional[str] = None  # a GGUF file name in $HARNESS_GGUF_DIR: its tokenizer is audited
+    trust_remote_code: bool = False
+    special_tokens: tuple[tuple[str, str], ...] = ()  # tokenizer overrides, e.g. bos_token = eos_token
+    fold_system: bool = False
+    snapshot: Optional[str] = None  # label snapshot file, relative to the repository root
+
+    def source(self, zoo: Optional[Path]) -> Union[Path, str]:
+        """The GGUF file, the zoo folder, or the hub id to load (GGUF: LoadError when the file is absent)."""
+        if self.gguf:
+            from harness.audit.gguf import gguf_dir
+
+            path = gguf_dir() / self.gguf
+            if not path.is_file():
+                raise LoadError(f"{self.name}: GGUF file {str(path)!r} is absent (fetch it with .ci/fetch-gguf)")
+            return path
+        if self.folder and zoo is not None and (zoo / self.folder).is_dir():
+            return zoo / self.folder
+        return self.hub
 
     def audit_kwargs(self, folder: Optional[Path]) -> dict[str, Any]:
         """Keyword arguments of :func:`harness.audit.audit` for this entry (``folder``: resolved path or None)."""
@@ -50,10 +70,38 @@ class ZooEntry:
         if not self.system_prompt:
             data = dpo_records("d1", system=False) if self.format == "preference" \
                 else sft_records("d1", fmt=self.format, system=False)
+        kwargs: dict[str, Any] = dict(self.special_tokens)
+        if self.split_special_tokens:
+            kwargs["split_special_tokens"] = True
+        if self.trust_remote_code:
+            kwargs["trust_remote_code"] = True
         return dict(chat_template=template, fmt=self.format, pipeline=self.pipeline, data=data,
                     max_length=self.max_length, response_marker=self.response_marker, limit=self.limit,
-                    assistant_only_loss=self.assistant_only_loss,
-                    tokenizer_kwargs={"split_special_tokens": True} if self.split_special_tokens else None)
+                    assistant_only_loss=self.assistant_only_loss, fold_system=self.fold_system,
+                    tokenizer_kwargs=kwargs or None)
+
+    def snapshot_changes(self, report) -> list[str]:
+        """Lines naming the sequences whose trained tokens differ from the pinned snapshot ([] if none is pinned).
+
+        ``HARNESS_UPDATE_SNAPSHOTS=1`` rewrites the pinned file instead (after a deliberate upgrade).
+        """
+        import os
+
+        from harness.audit.snapshot import compare, write_snapshot
+
+        if not self.snapshot:
+            return []
+        path = REPO_ROOT / self.snapshot
+        if os.environ.get("HARNESS_UPDATE_SNAPSHOTS") == "1" or not path.is_file():
+            if path.is_file():
+                path.unlink()
+            write_snapshot(report, self.format, path, self.name)
+            return []
+        diff = compare(report, self.format, path, self.name)
+        if not diff.changes and not diff.missing_runs:
+            return []
+        return [diff.versions_line()] + [c.line() for c in diff.changes] + \
+            [f"not in the snapshot: {k}" for k in diff.missing_runs]
 
 
 def _entry(raw: dict, where: str) -> ZooEntry:
@@ -79,12 +127,19 @@ def _entry(raw: dict, where: str) -> ZooEntry:
         codes = tuple(sorted(set(expect)))
     else:
         raise LoadError(f"{where}: 'expect' must be \"clean\" or a non-empty list of finding codes")
+    special = raw.get("special_tokens", {})
+    if not isinstance(special, dict) or set(special) - _SPECIAL_KEYS or \
+            not all(isinstance(v, str) and v for v in special.values()):
+        raise LoadError(f"{where}: 'special_tokens' must be a table of {sorted(_SPECIAL_KEYS)} to token strings")
     return ZooEntry(name=raw["name"], hub=raw["hub"], folder=raw.get("folder"), format=fmt, pipeline=pipe,
                     template=raw.get("template", "own"), response_marker=raw.get("response_marker"),
                     system_prompt=bool(raw.get("system_prompt", True)), max_length=raw.get("max_length"),
                     split_special_tokens=bool(raw.get("split_special_tokens", False)),
                     assistant_only_loss=bool(raw.get("assistant_only_loss", False)), limit=raw.get("limit"),
-                    expect=codes, note=raw.get("note", ""))
+                    expect=codes, note=raw.get("note", ""), gguf=raw.get("gguf"),
+                    trust_remote_code=bool(raw.get("trust_remote_code", False)),
+                    special_tokens=tuple(sorted(special.items())), fold_system=bool(raw.get("fold_system", False)),
+                    snapshot=raw.get("snapshot"))
 
 
 def load_zoo_spec(path: Union[str, Path] = TOKENIZERS_TOML) -> list[ZooEntry]:

@@ -42,6 +42,24 @@ GEN = ("{{ bos_token }}{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.
        "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 GEN_NO_END = GEN.replace("{{ m.content }}<|im_end|>{% endgeneration %}", "{{ m.content }}{% endgeneration %}<|im_end|>")
 FAILS = "{{ raise_exception('this template rejects every conversation') }}"
+# Qwen2-style default system prompt of short words.
+SHORT_SYSTEM = ("{% if messages[0].role != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>"
+                "{% endif %}" + NO_BOS)
+# Qwen3-style: an empty think block written into the final assistant turn; earlier turns' reasoning stripped.
+THINK = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' %}"
+         "{% set parts = m.content.split('</think>') %}{% set c = parts[-1].lstrip('\n') %}"
+         "{% set r = parts[0].split('<think>')[-1].strip('\n') if parts | length > 1 else '' %}"
+         "{% if loop.last %}<think>\n{{ r }}\n</think>\n\n{% endif %}"
+         "{{ c }}{% else %}{{ m.content }}{% endif %}<|im_end|>{% endfor %}"
+         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+# GLM-style: no end-of-turn token; a turn ends where the next role marker begins.
+ROLE_MARKERS = ("{% for m in messages %}<|{{ m.role }}|>\n{{ m.content }}{% endfor %}"
+                "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+# Mistral v0.2 style: the system role is rejected.
+NO_SYSTEM = ("{{ bos_token }}{% for m in messages %}{% if m.role == 'system' %}"
+             "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+             "<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>{% endfor %}"
+             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 @functools.lru_cache(maxsize=1)
@@ -62,6 +80,10 @@ def bpe(template: str | None = CLEAN, eos: str | None = "<|im_end|>", bos: str |
         tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 0)])
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=bos, eos_token=eos, pad_token=pad, **kw)
     tok.chat_template = template
+    if template in (THINK,):  # Qwen3 adds <think>/</think> as ordinary (special: false) added tokens
+        tok.add_tokens(["<think>", "</think>"])
+    if template in (ROLE_MARKERS,):  # GLM's role markers are special tokens
+        tok.add_special_tokens({"additional_special_tokens": ["<|system|>", "<|user|>", "<|assistant|>"]})
     tok.name_or_path = "synthetic-bpe"
     return tok
 
@@ -99,3 +121,9 @@ def seed_text(prompt: str, reply: str, eos: bool = True) -> dict:
 PAIRS = [("hello", "ごきげんよう、清々しい朝でございますわね。"), ("how are you?", "the world is wide 😀"),
          ("こんにちは", "お会いできて嬉しいですわ。")]
 CONV = [conv(p, r, "be polite") for p, r in PAIRS]
+
+
+def think_conv(prompt: str, reply: str, reasoning: str | None = None) -> dict:
+    """A conversational record; ``reasoning`` goes into the reply as a <think> block."""
+    content = f"<think>\n{reasoning}\n</think>\n\n{reply}" if reasoning else reply
+    return {"prompt": [{"role": "user", "content": prompt}], "completion": [{"role": "assistant", "content": content}]}

@@ -76,7 +76,9 @@ def test_bug_class_gives_its_code(name):
 
 
 def test_every_code_is_covered():
-    covered = {c for _, _, exp in CASES.values() for c, _ in exp} | {"eos-truncated"}
+    # eos-truncated below; the issue-12 codes in test_audit_bug_classes.py
+    others = {"eos-truncated", "eos-config-mismatch", "think-injected", "think-dropped"}
+    covered = {c for _, _, exp in CASES.values() for c, _ in exp} | others
     assert covered == set(CODES.names())
 
 
@@ -100,7 +102,9 @@ def test_dpo_findings_are_per_side():
 def test_generation_eos_that_includes_the_stop_clears_the_finding():
     tok = bpe(EOT_END, eos="</s>")
     eot = tok.convert_tokens_to_ids("<|eot|>")
-    assert audit(tok, data=CONV, generation_eos=[eot]).findings == []
+    assert audit(tok, data=CONV, generation_eos=[eot, tok.eos_token_id]).findings == []
+    # without the tokenizer's own EOS among them, only the config mismatch is left
+    assert audit(tok, data=CONV, generation_eos=[eot]).codes == {"eos-config-mismatch"}
 
 
 def test_eos_split_positions_spell_the_eos_text():
