@@ -37,6 +37,9 @@ def test_bos_equal_eos_opening_the_sequence_is_not_its_stop():
     tok = bpe(None, eos="</s>", bos="</s>")
     data = [{"text": f"</s>Q: {p}\nA: {r}"} for p, r in PAIRS]  # no EOS after the reply
     assert _codes(audit(tok, fmt="text", data=data, pipeline="hf-clm")) == {("eos-missing", "error")}
+    # opened and closed by the same token, pad == eos: the closing one is the masked stop
+    data = [{"text": f"</s>Q: {p}\nA: {r}</s>"} for p, r in PAIRS]
+    assert _codes(audit(tok, fmt="text", data=data, pipeline="hf-clm")) == {("eos-masked", "error")}
 
 
 def test_default_system_prompt_of_short_words_is_flagged():
