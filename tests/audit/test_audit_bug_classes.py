@@ -206,3 +206,22 @@ def test_snapshot_json_names_versions(clean_folder, tmp_path, capsys):
     assert code == 0, cap.err
     doc = json.loads(snap.read_text(encoding="utf-8"))
     assert {"trl", "transformers", "tokenizers"} <= set(doc["versions"])
+
+
+def test_corrupt_tokenizer_json_exits_2(clean_folder, capsys):
+    (clean_folder / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": 3}}', encoding="utf-8")
+    code, cap = _run(["--tokenizer", clean_folder], capsys)
+    assert code == 2
+    _one_error_line(cap, str(clean_folder))
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe{{ not utf-8 \xff", None])
+def test_unreadable_template_file_exits_2(clean_folder, tmp_path, capsys, content):
+    path = tmp_path / "t.jinja"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    code, cap = _run(["--tokenizer", clean_folder, "--chat-template", path], capsys)
+    assert code == 2
+    _one_error_line(cap, str(path))
