@@ -175,7 +175,7 @@ def test_data_path_that_is_a_folder_exits_2(clean_folder, tmp_path, capsys):
 def test_max_length_0_exits_2(clean_folder, capsys):
     code, cap = _run(["--tokenizer", clean_folder, "--max-length", "0"], capsys)
     assert code == 2
-    _one_error_line(cap, "max_length")
+    _one_error_line(cap, "--max-length", "positive")
 
 
 def test_zoo_name_typo_answers_did_you_mean_at_once(tmp_path, capsys, monkeypatch):
