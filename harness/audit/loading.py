@@ -124,7 +124,7 @@ def load_tokenizer(spec: Union[str, Path], zoo: Union[str, Path, None] = None, *
         kwargs.setdefault("trust_remote_code", False)  # never the interactive [y/N] prompt
         try:
             tok = AutoTokenizer.from_pretrained(str(where), **kwargs)
-        except (OSError, ValueError, EnvironmentError, ImportError) as e:
+        except Exception as e:  # tokenizers' Rust errors are plain Exceptions: one line for any of them
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             if "trust_remote_code" in str(e) and not kwargs.get("trust_remote_code"):
                 first = "it ships its own tokenizer code; pass --trust-remote-code to run it"
@@ -157,7 +157,7 @@ def generation_eos_ids(where: Union[str, Path, None]) -> list[int]:
     if p.is_file():
         try:
             cfg = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise LoadError(f"{p}: unreadable generation config ({e})") from None
     elif not Path(str(where)).exists():
         try:
@@ -180,9 +180,14 @@ def generation_eos_ids(where: Union[str, Path, None]) -> list[int]:
 def read_template(path: Union[str, Path]) -> str:
     """The text of a Jinja chat-template file."""
     p = Path(path)
+    if p.is_dir():
+        raise LoadError(f"chat template {str(p)!r} is a folder, not a Jinja file")
     if not p.is_file():
         raise LoadError(f"chat template {str(p)!r} does not exist")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise LoadError(f"chat template {str(p)!r} is unreadable ({e})") from None
     if not text.strip():
         raise LoadError(f"chat template {str(p)!r} is empty")
     return text

@@ -24,6 +24,7 @@ from harness.registry import Registry
 IGNORE = -100
 INDEX_COLUMN = "_audit_idx"
 BATCH = 64
+HASH_FINGERPRINTS = False  # True: let datasets hash the tokenizer on every map (the benchmark's baseline)
 
 
 @dataclass
@@ -79,7 +80,8 @@ def quiet() -> Iterator[None]:
     # fingerprints name nothing; computing them pickles the whole tokenizer on every map (seconds
     # for a 256k vocabulary). A random fingerprint is what datasets itself uses when hashing fails.
     hashers = fingerprint.update_fingerprint, arrow_dataset.update_fingerprint
-    fingerprint.update_fingerprint = arrow_dataset.update_fingerprint = _random_fingerprint
+    if not HASH_FINGERPRINTS:
+        fingerprint.update_fingerprint = arrow_dataset.update_fingerprint = _random_fingerprint
     trl_logger = logging.getLogger("trl")
     trl_level = trl_logger.level
     datasets.disable_progress_bars()

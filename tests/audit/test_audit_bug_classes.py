@@ -37,6 +37,9 @@ def test_bos_equal_eos_opening_the_sequence_is_not_its_stop():
     tok = bpe(None, eos="</s>", bos="</s>")
     data = [{"text": f"</s>Q: {p}\nA: {r}"} for p, r in PAIRS]  # no EOS after the reply
     assert _codes(audit(tok, fmt="text", data=data, pipeline="hf-clm")) == {("eos-missing", "error")}
+    # opened and closed by the same token, pad == eos: the closing one is the masked stop
+    data = [{"text": f"</s>Q: {p}\nA: {r}</s>"} for p, r in PAIRS]
+    assert _codes(audit(tok, fmt="text", data=data, pipeline="hf-clm")) == {("eos-masked", "error")}
 
 
 def test_default_system_prompt_of_short_words_is_flagged():
@@ -172,7 +175,7 @@ def test_data_path_that_is_a_folder_exits_2(clean_folder, tmp_path, capsys):
 def test_max_length_0_exits_2(clean_folder, capsys):
     code, cap = _run(["--tokenizer", clean_folder, "--max-length", "0"], capsys)
     assert code == 2
-    _one_error_line(cap, "max_length")
+    _one_error_line(cap, "--max-length", "positive")
 
 
 def test_zoo_name_typo_answers_did_you_mean_at_once(tmp_path, capsys, monkeypatch):
@@ -203,3 +206,22 @@ def test_snapshot_json_names_versions(clean_folder, tmp_path, capsys):
     assert code == 0, cap.err
     doc = json.loads(snap.read_text(encoding="utf-8"))
     assert {"trl", "transformers", "tokenizers"} <= set(doc["versions"])
+
+
+def test_corrupt_tokenizer_json_exits_2(clean_folder, capsys):
+    (clean_folder / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": 3}}', encoding="utf-8")
+    code, cap = _run(["--tokenizer", clean_folder], capsys)
+    assert code == 2
+    _one_error_line(cap, str(clean_folder))
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe{{ not utf-8 \xff", None])
+def test_unreadable_template_file_exits_2(clean_folder, tmp_path, capsys, content):
+    path = tmp_path / "t.jinja"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    code, cap = _run(["--tokenizer", clean_folder, "--chat-template", path], capsys)
+    assert code == 2
+    _one_error_line(cap, str(path))

@@ -19,13 +19,12 @@ def smol_path():
     return path
 
 
-def test_cached_folder_tokenizes_as_the_gguf_loader(smol_path, tmp_path, monkeypatch):
+def test_cached_folder_tokenizes_as_the_gguf_loader(smol_path):
     from transformers import AutoTokenizer
 
-    monkeypatch.setenv("HARNESS_GGUF_TOKENIZER_CACHE", str(tmp_path))
     direct = AutoTokenizer.from_pretrained(str(smol_path.parent), gguf_file=smol_path.name)
-    cached = load_tokenizer(smol_path)
-    assert cached.name_or_path.startswith(str(tmp_path))
+    cached = load_tokenizer(smol_path)  # the folder in the cache (built here on first use)
+    assert "gguf-tokenizers" in cached.name_or_path or "HARNESS_GGUF_TOKENIZER_CACHE" in __import__("os").environ
     text = "Hello there <|im_start|>user\nこんにちは 😀<|im_end|>\n"
     assert cached(text)["input_ids"] == direct(text)["input_ids"]
     assert (cached.eos_token_id, cached.bos_token_id, cached.chat_template) == \

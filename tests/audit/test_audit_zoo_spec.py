@@ -21,11 +21,31 @@ def test_the_shipped_list_is_valid_and_holds_the_004_controls():
     assert "eos_token" not in kwargs["chat_template"] and kwargs["pipeline"] == "hf-clm"
 
 
+def test_the_zoo_covers_every_shared_family_and_twelve_or_more():
+    from pathlib import Path
+
+    from harness.audit.loading import REPO_ROOT
+
+    entries = load_zoo_spec(TOKENIZERS_TOML)
+    families = {e.gguf or e.folder for e in entries}
+    assert len(families - {None}) + 1 >= 12  # + the BOS == EOS family built on the qwen2.5 vocabulary
+    shared = REPO_ROOT.parent / "shared" / "tokenizers"
+    for zoo in (shared, Path("/work/shared/tokenizers")):
+        if zoo.is_dir():
+            missing = {d.name for d in zoo.iterdir() if d.is_dir()} - families
+            assert not missing, f"families in {zoo} with no zoo entry: {sorted(missing)}"
+    glm = next(e for e in entries if e.folder == "glm4-chat")
+    assert glm.audit_kwargs(None)["tokenizer_kwargs"] == {"trust_remote_code": True}
+    same = next(e for e in entries if e.name == "bos-eos-same-sft")
+    assert same.audit_kwargs(None)["tokenizer_kwargs"] == {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}
+
+
 @pytest.mark.parametrize("body,needle", [
     ('name = "x"\nhub = "a/b"\nexpect = ["eos-gone"]', "unknown finding code(s) ['eos-gone']"),
     ('name = "x"\nhub = "a/b"\nformat = "chat"\nexpect = "clean"', "format 'chat'"),
     ('name = "x"\nhub = "a/b"\nexpect = "clean"\ncolour = 1', "unknown key(s) ['colour']"),
     ('name = "x"\nhub = "a/b"', "'expect' must be"),
+    ('name = "x"\nhub = "a/b"\nexpect = "clean"\nspecial_tokens = { sep_token = "x" }', "'special_tokens' must be"),
 ])
 def test_bad_entries_name_the_family(tmp_path, body, needle):
     path = tmp_path / "t.toml"

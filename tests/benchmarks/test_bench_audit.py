@@ -57,3 +57,31 @@ def test_bench_audit_1000_persona_examples(benchmark, tokenizer, records):
                                 ratio=round(rate / naive_rate, 2))
     print(f"\naudit: {rate:.0f} examples/s wall, {cpu_rate:.0f} examples per CPU-second (batched), naive per-example loop {naive_rate:.0f} examples/s, "
           f"ratio {rate / naive_rate:.1f}x")
+
+
+def test_bench_audit_large_vocabulary_gemma2(benchmark):
+    """32 persona examples on Gemma 2's 256k vocabulary, trainer cached: the audit skips datasets'
+    fingerprint hashing of in-memory datasets (which pickles the whole tokenizer on every map).
+    Baseline in the same run: the same audit with datasets' hashing (HASH_FINGERPRINTS = True)."""
+    from harness.audit import load_tokenizer, pipelines
+
+    zoo = zoo_dir()
+    if zoo is None or not (Path(zoo) / "gemma2-it").is_dir():
+        pytest.skip("needs the tokenizer zoo (gemma2-it): --harness-zoo or HARNESS_TOKENIZER_ZOO")
+    tok = load_tokenizer(Path(zoo) / "gemma2-it")
+    data = sft_records("d1", system=False)[:32]
+    first = audit(tok, data=data)  # build the cached throwaway trainer once
+    report = benchmark.pedantic(audit, args=(tok,), kwargs={"data": data}, rounds=3, iterations=1)
+    assert report.codes == first.codes and report.examples == 32
+    fast = benchmark.stats.stats.mean
+    pipelines.HASH_FINGERPRINTS = True
+    try:
+        t0 = time.perf_counter()
+        hashed = audit(tok, data=data)
+        naive = time.perf_counter() - t0
+    finally:
+        pipelines.HASH_FINGERPRINTS = False
+    assert [a.seq.labels for a in hashed.sequences] == [a.seq.labels for a in report.sequences]
+    benchmark.extra_info.update(seconds=round(fast, 3), hashed_seconds=round(naive, 2), ratio=round(naive / fast, 1))
+    print(f"\naudit of 32 examples on a 256k vocabulary: {fast:.2f} s; with datasets' fingerprint hashing "
+          f"{naive:.2f} s; ratio {naive / fast:.0f}x")
