@@ -51,6 +51,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="build the plan under N training seeds and check that verdicts agree")
     group.addoption("--harness-run-id", dest="harness_run_id", default=None,
                     help="name of this run's findings files (default: a UTC timestamp)")
+    group.addoption("--judge-serve", dest="judge_serve", default=os.environ.get("HARNESS_JUDGE_SERVE"),
+                    metavar="MODEL", help="serve MODEL (folder, hub id, .gguf file or plan node) with `transformers "
+                    "serve` on loopback as the LLM judge (env HARNESS_JUDGE_SERVE)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -94,8 +97,10 @@ def _zoo_dir(config: pytest.Config) -> Path | None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("judge") and not (
         os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL")
+        or item.config.getoption("judge_serve", None)
     ):
-        pytest.skip("judge: no LLM judge endpoint configured (set OPENAI_API_KEY or OPENAI_BASE_URL)")
+        pytest.skip("judge: no LLM judge endpoint configured (set OPENAI_API_KEY or OPENAI_BASE_URL, "
+                    "or pass --judge-serve MODEL)")
     if item.get_closest_marker("tokenizers"):
         zoo = _zoo_dir(item.config)
         if zoo is None or not zoo.is_dir():
@@ -161,6 +166,26 @@ def claim_sources(pytestconfig: pytest.Config, harness_plan, harness_graphs) -> 
                for seed, g in harness_graphs]
     state["sources"] = sources
     return sources
+
+
+@pytest.fixture(scope="session")
+def judge_endpoint(pytestconfig: pytest.Config, request: pytest.FixtureRequest):
+    """The LLM judge's :class:`~harness.evaluate.serve.JudgeEndpoint`; with ``--judge-serve`` the
+    session serves it on loopback (a plan node name builds the graph first) and stops it at the end."""
+    from harness.evaluate.serve import session_endpoint
+
+    spec = pytestconfig.getoption("judge_serve")
+    graph = None
+    if spec and spec in {n.name for n in request.getfixturevalue("harness_plan").nodes}:
+        graph = request.getfixturevalue("harness_graph")
+    fixtures = pytestconfig.getoption("harness_fixtures_dir")
+    state = pytestconfig.stash[_STATE]
+    endpoint, server = session_endpoint(spec, graph, device=pytestconfig.getoption("harness_device"),
+                                        cache_root=Path(fixtures) if fixtures else None,
+                                        log_path=state["findings_dir"] / f"{state['run']}-judge-serve.log")
+    if server is not None:
+        request.addfinalizer(server.stop)
+    return endpoint
 
 
 @pytest.fixture
