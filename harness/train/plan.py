@@ -23,6 +23,11 @@ from harness.errors import HarnessError, LoadError
 
 METHODS = ("base", "sft", "dpo")
 DATASET_NAMES = ("d0", "d1", "d2")
+#: A node whose data its parent makes by seed 003's loop (``selfgen = {...}`` on the node).
+SELFGEN = "selfgen"
+SELFGEN_METHODS = ("reuse", "pick", "drop_low", "keep_low")
+SELFGEN_KEYS = {"source": str, "method": str, "n": int, "temperature": float, "top_p": float,
+                "max_new_tokens": int, "low_fraction": float}
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts")
 
 
@@ -107,15 +112,18 @@ class Node:
     dataset: str | None = None
     parent: str | None = None
     overrides: Mapping[str, Any] = field(default_factory=lambda: _freeze({}), compare=False, hash=False)
+    #: For ``dataset = "selfgen"``: source, method, n, ... (see ``harness.evaluate.selfgen.SelfgenSpec``).
+    selfgen: Mapping[str, Any] = field(default_factory=lambda: _freeze({}), compare=False, hash=False)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Node):
             return NotImplemented
-        return (self.name, self.method, self.dataset, self.parent, dict(self.overrides)) == (
-            other.name, other.method, other.dataset, other.parent, dict(other.overrides))
+        return (self.name, self.method, self.dataset, self.parent, dict(self.overrides), dict(self.selfgen)) == (
+            other.name, other.method, other.dataset, other.parent, dict(other.overrides), dict(other.selfgen))
 
     def __hash__(self) -> int:
-        return hash((self.name, self.method, self.dataset, self.parent, tuple(sorted(self.overrides.items()))))
+        return hash((self.name, self.method, self.dataset, self.parent, tuple(sorted(self.overrides.items())),
+                     tuple(sorted(self.selfgen.items()))))
 
 
 @dataclass(frozen=True)
@@ -266,7 +274,7 @@ def _parse_nodes(raw: Any, where: str) -> tuple[Node, ...]:
         w = f"{where}: nodes[{i}]"
         if not isinstance(t, dict):
             raise PlanError(f"{w}: must be a table")
-        _check_keys(t, {"name", "method", "dataset", "parent", "overrides"}, w)
+        _check_keys(t, {"name", "method", "dataset", "parent", "overrides", "selfgen"}, w)
         name = t.get("name")
         if not isinstance(name, str) or not name:
             raise PlanError(f"{w}.name: missing or not a string")
@@ -281,8 +289,9 @@ def _parse_nodes(raw: Any, where: str) -> tuple[Node, ...]:
             if dataset is not None or parent is not None:
                 raise PlanError(f"{w}: the base node takes no dataset or parent")
         else:
-            if dataset not in DATASET_NAMES:
-                raise PlanError(f"{w}.dataset: must be one of {', '.join(DATASET_NAMES)}, got {dataset!r}")
+            if dataset not in DATASET_NAMES + (SELFGEN,):
+                raise PlanError(f"{w}.dataset: must be one of {', '.join(DATASET_NAMES + (SELFGEN,))}, "
+                                f"got {dataset!r}")
             if not isinstance(parent, str):
                 raise PlanError(f"{w}.parent: missing; a trained node names the node it starts from")
             if parent not in seen:
@@ -290,13 +299,37 @@ def _parse_nodes(raw: Any, where: str) -> tuple[Node, ...]:
         overrides = t.get("overrides", {})
         if not isinstance(overrides, dict):
             raise PlanError(f"{w}.overrides: must be a table")
-        node = Node(name, method, dataset, parent, _freeze(overrides))
+        node = Node(name, method, dataset, parent, _freeze(overrides), _parse_selfgen(t, dataset, w))
         nodes.append(node)
         seen.add(name)
     bases = [n for n in nodes if n.method == "base"]
     if len(bases) != 1 or nodes[0].method != "base":
         raise PlanError(f"{where}: nodes: exactly one node of method 'base' must come first")
     return tuple(nodes)
+
+
+def _parse_selfgen(t: Mapping[str, Any], dataset: Any, w: str) -> Mapping[str, Any]:
+    """A selfgen node's table, type-checked; ``{}`` for other nodes (which must not have one)."""
+    raw = t.get("selfgen")
+    if dataset != SELFGEN:
+        if raw is not None:
+            raise PlanError(f"{w}.selfgen: only a node with dataset = {SELFGEN!r} takes a selfgen table")
+        return _freeze({})
+    if not isinstance(raw, dict):
+        raise PlanError(f"{w}.selfgen: missing; a selfgen node needs a table such as "
+                        "{ source = \"d1\", method = \"pick\", n = 4 }")
+    _check_keys(raw, set(SELFGEN_KEYS), f"{w}.selfgen")
+    out = {k: _typed(v, SELFGEN_KEYS[k], f"{w}.selfgen.{k}") for k, v in raw.items()}
+    out.setdefault("source", "d1")
+    out.setdefault("method", "pick")
+    out.setdefault("n", 4)
+    if out["source"] not in DATASET_NAMES:
+        raise PlanError(f"{w}.selfgen.source: must be one of {', '.join(DATASET_NAMES)}, got {out['source']!r}")
+    if out["method"] not in SELFGEN_METHODS:
+        raise PlanError(f"{w}.selfgen.method: must be one of {', '.join(SELFGEN_METHODS)}, got {out['method']!r}")
+    if out["n"] < 1:
+        raise PlanError(f"{w}.selfgen.n: must be at least 1, got {out['n']}")
+    return _freeze(out)
 
 
 def load_plan(path: str | Path) -> Plan:
