@@ -52,6 +52,19 @@ def test_served_score_usage_cost_and_cache(judge_server, judge_models, tmp_path)
     assert cached["model"] == str(judge_models["score"]) and cached["prompt_tokens"] > 0
 
 
+def test_cache_is_keyed_by_model_and_a_corrupt_entry_is_asked_again(judge_server, judge_models, tmp_path):
+    served(judge_server, judge_models["score"], tmp_path).score(PAIRS[:1], progress=False)
+    other = served(judge_server, judge_models["babble"], tmp_path)
+    [r] = other.score(PAIRS[:1], progress=False)
+    assert (r.reply, other.usage.requests, other.usage.cache_hits) == ("xxxx", 1, 0)
+    files = sorted((tmp_path / "cache").iterdir())
+    assert len(files) == 2 and not list((tmp_path / "cache").glob("*.tmp*"))
+    for f in files:
+        f.write_text("{not json", encoding="utf-8")
+    again = served(judge_server, judge_models["score"], tmp_path)
+    assert again.score(PAIRS[:1], progress=False)[0].score == 8 and again.usage.requests == 1
+
+
 def test_served_unparsable_replies_are_counted(judge_server, judge_models):
     judge = served(judge_server, judge_models["babble"])
     res = judge.score(PAIRS, progress=False)
