@@ -121,3 +121,20 @@ def test_bert_layer_follows_bert_score(tmp_path, tiny_bert_dir):
     (named / "config.json").write_text('{"num_hidden_layers": 12}', encoding="utf-8")
     assert bert_layer(str(named)) == 9
     assert bert_layer(str(tiny_bert_dir)) == 2  # unknown: ceil(3/4 of 2 layers)
+
+
+def test_bertscore_on_a_decoder_without_padding_token(tmp_path, chat_model_dir):
+    """A local decoder whose tokenizer has no padding token pads with its EOS (bert-score needs one)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "no_pad"
+    shutil.copytree(chat_model_dir, folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.pad_token = None
+    tok.save_pretrained(folder)
+    assert AutoTokenizer.from_pretrained(folder).pad_token_id is None
+    s = BertScore(str(folder))
+    assert s.num_layers == 2 and s.f1(D0[:3], D0[:3]) == pytest.approx(1.0, abs=1e-5)
+    assert s.f1(D0[:3], D1[:3]) < 1.0
