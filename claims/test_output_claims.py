@@ -8,7 +8,8 @@
   default gpt-4o-mini; or ``--judge-serve MODEL``, served on loopback by ``transformers serve``)
   scores nodes last trained on D1 above base and those on D0 below it.
   ``HARNESS_JUDGE_LIMIT`` judges only the first N prompts of each source, ``HARNESS_JUDGE_MAX_TOKENS``
-  caps the judge's reply (default 1024). The findings' notes name the judge model, the requests,
+  caps the judge's reply (default 1024), ``HARNESS_JUDGE_CONCURRENCY`` sets the requests in flight
+  (default 8). The findings' notes name the judge model, the requests,
   the unparsable replies and the cost.
 """
 
@@ -92,7 +93,8 @@ def c8_means(harness_plan, harness_graph, pytestconfig, judge_endpoint):
                              cache_root=_cache_root(pytestconfig))
     root = _cache_root(pytestconfig) or fixtures_dir(harness_graph)
     judge = Judge(JudgeConfig(model=judge_endpoint.model, base_url=judge_endpoint.base_url, cache_dir=root / "judge",
-                              max_tokens=int(os.environ.get("HARNESS_JUDGE_MAX_TOKENS", "1024"))))
+                              max_tokens=int(os.environ.get("HARNESS_JUDGE_MAX_TOKENS", "1024")),
+                              concurrency=int(os.environ.get("HARNESS_JUDGE_CONCURRENCY", "8"))))
     means = {}
     for source in ("persona", "eval"):
         qs = prompts(source).questions  # zip below stops at the (limited) generations

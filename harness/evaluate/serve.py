@@ -42,7 +42,7 @@ class JudgeServer:
 
     def __init__(self, model: Optional[str] = None, *, device: str = "cpu", dtype: Optional[str] = None,
                  continuous_batching: bool = False, log_path: Optional[Path] = None,
-                 startup_timeout: float = STARTUP_TIMEOUT) -> None:
+                 startup_timeout: float = STARTUP_TIMEOUT, threads: Optional[int] = None) -> None:
         self.model = model
         self.device = device
         # bf16 matmuls are slow on most CPUs: serve in float32 there, in the weights' dtype on CUDA.
@@ -50,6 +50,9 @@ class JudgeServer:
         self.continuous_batching = continuous_batching
         self.log_path = Path(log_path) if log_path else None
         self.startup_timeout = startup_timeout
+        # One torch thread on the CPU, as generation uses (harness.evaluate.generate.cpu_threads): on a
+        # shared 2-core machine two threads made one judge request 6x slower (22 s vs 3.6 s).
+        self.threads = threads if threads is not None else (1 if device == "cpu" else None)
         self.port: Optional[int] = None
         self._proc: Optional[subprocess.Popen] = None
         self._log: Any = None
@@ -84,11 +87,13 @@ class JudgeServer:
         self.port = free_port()
         env = dict(os.environ, HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "1"),
                    TOKENIZERS_PARALLELISM="false")
+        if self.threads:
+            env["OMP_NUM_THREADS"] = str(self.threads)
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "wb")
         self._proc = subprocess.Popen(self.command(), stdout=self._log or subprocess.DEVNULL,
-                                      stderr=subprocess.STDOUT, env=env)
+                                      stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
         try:
             self._wait_healthy()
         except BaseException:
@@ -145,6 +150,17 @@ class JudgeServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """In the child: a SIGTERM when the process that started the server dies (no orphan servers)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 # --------------------------------------------------------------------------- models
@@ -228,12 +244,17 @@ def session_endpoint(spec: Optional[str], graph: Any = None, *, device: str = "a
                      cache_root: Optional[Path] = None, log_path: Optional[Path] = None
                      ) -> tuple[JudgeEndpoint, Optional[JudgeServer]]:
     """The claims session's judge: ``spec`` served on loopback (the caller stops the server), else
-    the environment's (``OPENAI_*``, model ``HARNESS_JUDGE_MODEL``, default gpt-4o-mini)."""
+    the environment's (``OPENAI_*``, model ``HARNESS_JUDGE_MODEL``, default gpt-4o-mini).
+
+    On CUDA the server batches concurrent requests (``--continuous-batching``); on the CPU it
+    generates one request at a time (its continuous batching is slower there for few requests).
+    """
     if not spec:
         model = os.environ.get("HARNESS_JUDGE_MODEL", "gpt-4o-mini")
         return JudgeEndpoint(None, model, model), None
     from harness.evaluate.generate import resolve_device
 
     target, label = resolve_model(spec, graph, cache_root)
-    server = JudgeServer(target, device=resolve_device(device).type, log_path=log_path).start()
+    dev = resolve_device(device).type
+    server = JudgeServer(target, device=dev, continuous_batching=dev == "cuda", log_path=log_path).start()
     return JudgeEndpoint(server.base_url, target, f"{label} (transformers serve)"), server
