@@ -102,14 +102,19 @@ def test_bench_judge_concurrency(benchmark, tmp_path, continuous_batching):
     """The judge against ``transformers serve`` on loopback (a constructed 2-layer judge that answers
     "8"), 16 distinct rubric prompts: 8 concurrent requests against 1. The server generates one
     request at a time unless it runs with continuous batching."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluate"))
-    from conftest import SCORE_RULES, build_bigram_model, build_chat_tokenizer
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "evaluate" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("evaluate_conftest", path)
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)  # the evaluate tests' model builders
 
     from harness.evaluate.judge import Judge, JudgeConfig
     from harness.evaluate.serve import JudgeServer
 
     (tmp_path / "tok").mkdir()
-    folder = build_bigram_model(tmp_path / "judge", build_chat_tokenizer(tmp_path / "tok"), SCORE_RULES)
+    folder = helpers.build_bigram_model(tmp_path / "judge", helpers.build_chat_tokenizer(tmp_path / "tok"),
+                                        helpers.SCORE_RULES)
     pairs = [(f"質問{i}", "ごきげんよう") for i in range(16)]
     with JudgeServer(str(folder), continuous_batching=continuous_batching, log_path=tmp_path / "serve.log") as srv:
         def run(conc: int) -> list:
