@@ -65,6 +65,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="build the plan under N training seeds and check that verdicts agree")
     group.addoption("--harness-run-id", dest="harness_run_id", default=None,
                     help="name of this run's findings files (default: a UTC timestamp)")
+    group.addoption("--judge-serve", dest="judge_serve", default=os.environ.get("HARNESS_JUDGE_SERVE"),
+                    metavar="MODEL", help="serve MODEL (folder, hub id, .gguf file or plan node) with `transformers "
+                    "serve` on loopback as the LLM judge (env HARNESS_JUDGE_SERVE)")
 
 
 def _say(config: pytest.Config):
@@ -105,7 +108,8 @@ def pytest_configure(config: pytest.Config) -> None:
         fixtures_dir=config.getoption("harness_fixtures_dir", None),
         run=config.getoption("harness_run_id", None) or default_run_id(),
         baseline=config.getoption("harness_baseline", None), strict=config.getoption("harness_strict", False),
-        seeds=config.getoption("harness_seeds", 1), device=config.getoption("harness_device", "auto"))
+        seeds=config.getoption("harness_seeds", 1), device=config.getoption("harness_device", "auto"),
+        judge_serve=config.getoption("judge_serve", None) or None)
     session = FindingsSession(options, say=_say(config))
     try:
         session.check()
@@ -125,8 +129,10 @@ def _zoo_dir(config: pytest.Config) -> Path | None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("judge") and not (
         os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL")
+        or item.config.getoption("judge_serve", None)
     ):
-        pytest.skip("judge: no LLM judge endpoint configured (set OPENAI_API_KEY or OPENAI_BASE_URL)")
+        pytest.skip("judge: no LLM judge endpoint configured (set OPENAI_API_KEY or OPENAI_BASE_URL, "
+                    "or pass --judge-serve MODEL)")
     if item.get_closest_marker("tokenizers"):
         zoo = _zoo_dir(item.config)
         if zoo is None or not zoo.is_dir():
@@ -219,6 +225,12 @@ def claim_sources(findings_session, harness_plan) -> list:
     return findings_session.diff_sources()
 
 
+@pytest.fixture(scope="session")
+def judge_endpoint(findings_session):
+    """The LLM judge's :class:`~harness.evaluate.serve.JudgeEndpoint` (``--judge-serve`` serves it on loopback)."""
+    return findings_session.judge_endpoint()
+
+
 @pytest.fixture
 def claim_result(findings_session):
     """Call with a ClaimResult (or a list of them) to report it in the findings."""
@@ -242,6 +254,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if fs is None:
         return
     deactivate(fs)
+    fs.close()
     outcome = fs.finish()
     if outcome is not None and outcome.failed and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

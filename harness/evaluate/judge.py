@@ -67,6 +67,9 @@ class JudgeConfig:
     cache_dir: Optional[Path] = None
     price_in_per_mtok: Optional[float] = None
     price_out_per_mtok: Optional[float] = None
+    #: An OpenAI-compatible ``/v1`` root (e.g. a :class:`~harness.evaluate.serve.JudgeServer`); overrides
+    #: ``OPENAI_BASE_URL``. Local servers ignore the key, so none is needed with it.
+    base_url: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -180,11 +183,14 @@ def make_client(config: JudgeConfig, http_client: Any = None) -> Any:
     """An ``openai.OpenAI`` client for the configured endpoint (``max_retries=0``: we retry)."""
     import openai
 
-    key = os.environ.get("OPENAI_API_KEY")
-    base = os.environ.get("OPENAI_BASE_URL")
+    # A served judge gets no key: the OpenAI key is not sent to a local server.
+    key = None if config.base_url else os.environ.get("OPENAI_API_KEY")
+    base = config.base_url or os.environ.get("OPENAI_BASE_URL")
     if not key and not base:
-        raise HarnessError("no LLM judge endpoint: set OPENAI_API_KEY (OpenAI) or OPENAI_BASE_URL (a compatible server)")
-    return openai.OpenAI(api_key=key or "no-key", max_retries=0, timeout=config.timeout, http_client=http_client)
+        raise HarnessError("no LLM judge endpoint: set OPENAI_API_KEY (OpenAI) or OPENAI_BASE_URL (a compatible "
+                           "server), or serve one (--judge-serve MODEL)")
+    return openai.OpenAI(api_key=key or "no-key", base_url=base, max_retries=0, timeout=config.timeout,
+                         http_client=http_client)
 
 
 def _scrub(text: str) -> str:

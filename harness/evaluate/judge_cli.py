@@ -24,6 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--price-in", type=float, default=None, help="USD per 1M input tokens (default: known models)")
     parser.add_argument("--price-out", type=float, default=None, help="USD per 1M output tokens")
     parser.add_argument("--out", default="findings/judge", help="folder for table25.* and judgements.jsonl")
+    parser.add_argument("--max-tokens", type=int, default=1024, help="cap on the judge's reply in tokens")
+    parser.add_argument("--serve", default=None, metavar="MODEL",
+                        help="serve MODEL (folder, hub id or .gguf file) with `transformers serve` on loopback "
+                        "and judge with it (overrides --model and the OPENAI_* endpoint)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device for --serve")
 
 
 def load_generations(path: Path) -> list[dict]:
@@ -39,13 +44,21 @@ def run(args: argparse.Namespace) -> int:
     from harness.evaluate.selfgen import write_jsonl
     from harness.evaluate.similarity import write_table
 
+    from harness.evaluate.serve import session_endpoint
+
     rows = load_generations(Path(args.generations))
-    cfg = JudgeConfig(model=args.model, language=args.language, concurrency=args.concurrency,
-                      max_attempts=args.max_attempts, backoff_base=args.backoff, timeout=args.timeout,
-                      cache_dir=Path(args.cache_dir) if args.cache_dir else None,
-                      price_in_per_mtok=args.price_in, price_out_per_mtok=args.price_out)
-    judge = Judge(cfg, Rubric.load(Path(args.rubric_dir)) if args.rubric_dir else None)
-    results = judge.score([(r["question"], r["text"]) for r in rows])
+    endpoint, server = session_endpoint(args.serve, device=args.device)
+    try:
+        cfg = JudgeConfig(model=endpoint.model if args.serve else args.model, language=args.language,
+                          concurrency=args.concurrency, max_attempts=args.max_attempts, backoff_base=args.backoff,
+                          timeout=args.timeout, cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+                          price_in_per_mtok=args.price_in, price_out_per_mtok=args.price_out,
+                          max_tokens=args.max_tokens, base_url=endpoint.base_url)
+        judge = Judge(cfg, Rubric.load(Path(args.rubric_dir)) if args.rubric_dir else None)
+        results = judge.score([(r["question"], r["text"]) for r in rows])
+    finally:
+        if server is not None:
+            server.stop()
     grouped: dict[tuple[str, str], list] = {}
     for r, res in zip(rows, results):
         grouped.setdefault((r["node"], r["source"]), []).append(res)

@@ -199,3 +199,36 @@ def write_jsonl(records: Sequence[dict], path: Path) -> None:
     from harness.atomic import write_bytes
 
     write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+@dataclass(frozen=True)
+class SelfgenSpec:
+    """How a plan's selfgen node makes its data from its parent (the node key covers every field)."""
+
+    source: str = "d1"  # the dataset whose prompts and original replies are used
+    method: str = "pick"
+    n: int = 4
+    temperature: float = 1.0
+    top_p: float = 0.95
+    max_new_tokens: int = 48
+    low_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        METHODS.get(self.method)
+        if self.n < 1:
+            raise HarnessError(f"selfgen n must be at least 1, got {self.n}")
+
+
+def make_records(model_dir: Any, spec: SelfgenSpec, kind: str, *, data_seed: int = 0, limit: int = 0,
+                 seed: int = 0, system: Optional[str] = None, device: str = "auto") -> tuple[list[dict], dict[str, int]]:
+    """Seed 003's loop on one model: its own ``n`` candidates per prompt of ``spec.source``, scored by
+    centrality on its own hidden states, turned into ``kind`` (sft/dpo) records by ``spec.method``."""
+    from harness import data
+    from harness.evaluate.generate import load_model
+
+    pairs = data.dataset(spec.source, data_seed)[: limit or None]
+    items = [Item(p.id, p.prompt, p.reply) for p in pairs]
+    model, tok = load_model(model_dir, device)
+    cands = generate_candidates(model, tok, items, spec.n, system=system, max_new_tokens=spec.max_new_tokens,
+                                temperature=spec.temperature, top_p=spec.top_p, seed=seed)
+    return build_records(score_items(items, cands, model, tok), spec.method, kind, system, spec.low_fraction)

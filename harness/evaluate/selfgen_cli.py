@@ -30,17 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from harness import data
-    from harness.evaluate.generate import load_model
-    from harness.evaluate.selfgen import Item, build_records, generate_candidates, score_items, write_jsonl
+    from harness.evaluate.selfgen import SelfgenSpec, make_records, write_jsonl
 
-    pairs = data.dataset(args.dataset, args.seed)[: args.limit or None]
-    items = [Item(p.id, p.prompt, p.reply) for p in pairs]
+    spec = SelfgenSpec(args.dataset, args.method, args.n, args.temperature, args.top_p, args.max_new_tokens,
+                       args.low_fraction)
     system = None if args.no_system else data.system_prompt()
-    model, tok = load_model(args.model, args.device)
-    cands = generate_candidates(model, tok, items, args.n, system=system, max_new_tokens=args.max_new_tokens,
-                                temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-    scored = score_items(items, cands, model, tok)
-    records, stats = build_records(scored, args.method, args.kind, system, args.low_fraction)
+    records, stats = make_records(args.model, spec, args.kind, data_seed=args.seed, limit=args.limit, seed=args.seed,
+                                  system=system, device=args.device)
     write_jsonl(records, Path(args.out))
     print(json.dumps({"out": args.out, "method": args.method, "kind": args.kind, **stats}))
     return 0

@@ -5,7 +5,9 @@ BLEU is reported on the seed's 0–1 scale (sacrebleu's score / 100). Japanese h
 BLEU's tokenizer matters: ``ja-mecab`` (sacrebleu's own, from ``pip install sacrebleu[ja]``) when
 it can be loaded, else ``char`` (one token per character). Every table names the one used.
 BERTScore is the F1 of bert-score with a configurable model; the default is the seed's
-multilingual BERT, used when it can be loaded (hub or local cache). A local folder works offline.
+multilingual BERT, used when it can be loaded (hub or local cache). Any local encoder or decoder
+folder, a GGUF file or a plan node works offline, with the layer chosen as bert-score does
+(:func:`bert_layer`); the tables name the model and layer.
 """
 
 from __future__ import annotations
@@ -57,23 +59,64 @@ def bleu(hyps: Sequence[str], refs: Sequence[str], tokenize: str = "char", what:
     return sacrebleu.corpus_bleu(list(hyps), [list(refs)], tokenize=tokenize).score / 100.0
 
 
+def bert_layer(model: str) -> int:
+    """The layer bert-score uses for ``model``: its own table's entry for the model's name (a local
+    folder by its folder name or the hub id its config names), else three quarters of the model's
+    depth, rounded up: bert-score's choice for bert-base (layer 9 of 12) and xlm-roberta-base.
+    """
+    import math
+
+    from bert_score.utils import model2layers
+
+    p = Path(model)
+    names = [str(model), p.name]
+    cfg: dict[str, Any] = {}
+    if (p / "config.json").is_file():
+        cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
+        names += [str(cfg.get("_name_or_path", "")), str(cfg.get("_name_or_path", "")).split("/")[-1]]
+    for n in names:
+        if n in model2layers:
+            return int(model2layers[n])
+        hits = [k for k in model2layers if k.split("/")[-1] == n]
+        if hits:
+            return int(model2layers[hits[0]])
+    depth = cfg.get("num_hidden_layers") or cfg.get("num_layers") or cfg.get("n_layer")
+    if not depth and isinstance(cfg.get("text_config"), dict):
+        depth = cfg["text_config"].get("num_hidden_layers")
+    if not depth:
+        raise HarnessError(f"BERTScore model {model!r}: bert-score has no layer for it and its config names no "
+                           "depth (num_hidden_layers); pass num_layers")
+    return max(1, math.ceil(0.75 * int(depth)))
+
+
 class BertScore:
-    """A loaded bert-score scorer (the model is loaded once and reused for every table cell)."""
+    """A loaded bert-score scorer (the model is loaded once and reused for every table cell).
+
+    ``model`` is bert-score's ``model_type``: a hub id or any local encoder or decoder folder
+    (BERT, RoBERTa, Llama, Gemma...); ``num_layers`` None picks the layer as :func:`bert_layer`.
+    A decoder without a padding token pads with its EOS (the padded positions are masked).
+    """
 
     def __init__(self, model: str = DEFAULT_BERT, num_layers: Optional[int] = None, device: str = "cpu",
                  batch_size: int = 64) -> None:
         from bert_score import BERTScorer
 
         if num_layers is None:
-            if model != DEFAULT_BERT:
-                raise HarnessError(f"BERTScore model {model!r}: pass num_layers (bert-score knows layers "
-                                   "only for its own model names)")
-            num_layers = DEFAULT_BERT_LAYERS
+            num_layers = DEFAULT_BERT_LAYERS if model == DEFAULT_BERT else bert_layer(str(model))
         try:
             self._scorer = BERTScorer(model_type=str(model), num_layers=num_layers, device=device,
                                       batch_size=batch_size, use_fast_tokenizer=True)
         except (OSError, ValueError, AssertionError) as e:
             raise LoadError(f"BERTScore model {model!r} cannot be loaded ({str(e).splitlines()[0]})") from None
+        # transformers 5 loads in the checkpoint's dtype; bf16 cosines drift past 1, so score in float32.
+        self._scorer._model.float()
+        tok = self._scorer._tokenizer
+        if tok.pad_token_id is None:
+            if tok.eos_token is None:
+                raise LoadError(f"BERTScore model {model!r}: its tokenizer has neither a padding nor an EOS token")
+            tok.pad_token = tok.eos_token
+        if tok.model_max_length > 1_000_000:  # "unbounded" (1e30) overflows the fast tokenizer's truncation
+            tok.model_max_length = int(getattr(self._scorer._model.config, "max_position_embeddings", 512) or 512)
         self.model = str(model)
         self.num_layers = num_layers
 
@@ -89,11 +132,19 @@ class BertScore:
         return f"{Path(self.model).name if os.path.isdir(self.model) else self.model} (layer {self.num_layers})"
 
 
-def try_bert_score(model: Optional[str], num_layers: Optional[int], device: str = "cpu") -> tuple[Optional[BertScore], str]:
-    """A scorer, or ``None`` and the reason when the model cannot be loaded or none is asked for."""
+def try_bert_score(model: Optional[str], num_layers: Optional[int], device: str = "cpu", *, graph: Any = None,
+                   cache_root: Optional[Path] = None) -> tuple[Optional[BertScore], str]:
+    """A scorer, or ``None`` and the reason when the model cannot be loaded or none is asked for.
+
+    ``model`` may also name a node of ``graph`` or a ``.gguf`` file (dequantized once into a cached folder).
+    """
     if not model:
         return None, "BERTScore off"
     try:
+        if (graph is not None and model in getattr(graph, "names", ())) or str(model).endswith(".gguf"):
+            from harness.evaluate.serve import resolve_model
+
+            model = resolve_model(model, graph, cache_root)[0]
         return BertScore(model, num_layers, device), ""
     except LoadError as e:
         return None, f"BERTScore skipped: {e}"

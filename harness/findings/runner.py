@@ -64,11 +64,14 @@ def run_case(session: FindingsSession, case: Case, request: Any) -> list[ClaimRe
         rows += evaluate(spec, source, pair, plan=vplan.name, seed=seed)
     if not rows:
         pytest.skip(f"{spec.id} {pair.label}: no check could be measured here (see the warnings)")
+    # what the sources say of themselves (the BERTScore model and layer, the judge's counts)
+    said = "; ".join(dict.fromkeys(n for _, src in sources for n in getattr(src, "notes", ()) or ()))
     if control is not None:
-        note = f"negative control {control.variant}: expected to fail"
+        note = "; ".join(x for x in (f"negative control {control.variant}: expected to fail", said) if x)
         rows = [dataclasses.replace(r, pair=f"{r.pair} [{control.variant}]", note=note) for r in rows]
-    elif known:
-        rows = [dataclasses.replace(r, note=f"known deviation: {known}") for r in rows]
+    elif known or said:
+        note = "; ".join(x for x in (f"known deviation: {known}" if known else "", said) if x)
+        rows = [dataclasses.replace(r, note=note) for r in rows]
     session.record(rows)
     _, graph = session.graph(control, [])
     if control is not None:

@@ -74,6 +74,7 @@ class Options:
     strict: bool = False
     seeds: int = 1
     device: str = "auto"
+    judge_serve: str | None = None  # --judge-serve MODEL: served on loopback as the LLM judge
 
     @property
     def claims(self) -> Path:
@@ -294,6 +295,31 @@ class FindingsSession(Collector):
 
         return self.memo(("diffs",), make)
 
+    def judge_endpoint(self) -> Any:
+        """The LLM judge's endpoint: ``--judge-serve`` MODEL served on loopback (a plan node is built
+        first; :meth:`close` stops the server), else the environment's (``OPENAI_*``)."""
+
+        def make() -> Any:
+            from harness.evaluate.serve import session_endpoint
+
+            spec, graph = self.options.judge_serve, None
+            if spec and spec in self.plan.names:
+                _, graph = self.graph(None, [spec])
+            log = self.options.findings / f"{self.options.run}-judge-serve.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            endpoint, self._judge_server = session_endpoint(
+                spec, graph, device=self.options.device, log_path=log,
+                cache_root=Path(self.options.fixtures_dir) if self.options.fixtures_dir else None)
+            return endpoint
+
+        return self.memo(("judge-endpoint",), make)
+
+    def close(self) -> None:
+        """Stop what the session started (the judge server)."""
+        server, self._judge_server = getattr(self, "_judge_server", None), None
+        if server is not None:
+            server.stop()
+
     def known_deviation(self, spec: ClaimSpec, pair: Pair) -> str | None:
         return spec.known_deviation(self.plan.name, self.base, pair.label)
 
@@ -302,6 +328,9 @@ class FindingsSession(Collector):
         o = self.options
         meta: dict[str, Any] = {"plan_path": str(o.plan_path), "device": o.device, "seeds": self.seeds,
                                 "baseline": o.baseline, "claims_dir": str(o.claims)}
+        endpoint = self._memo.get(("judge-endpoint",))
+        if endpoint is not None:
+            meta["judge"] = endpoint.label
         plan = self.plan_or_none()
         if plan is None:
             return {**meta, "plan": self.options.plan_path.stem}

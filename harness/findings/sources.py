@@ -33,6 +33,18 @@ def generations(session: Any, spec: ClaimSpec, pair: Pair, control: Control | No
     return [(None, src)]
 
 
+class JudgeMeans(dict):
+    """``{prompt source: {node: mean score}}``, with the judge's counts as ``notes``."""
+
+    notes: list[str] = []
+
+
+def _device_type(session: Any) -> str:
+    from harness.evaluate.generate import resolve_device
+
+    return resolve_device(session.options.device).type
+
+
 def _cache_root(session: Any) -> Path | None:
     return Path(session.options.fixtures_dir) if session.options.fixtures_dir else None
 
@@ -54,7 +66,8 @@ def similarity(session: Any, spec: ClaimSpec, pair: Pair, control: Control | Non
                                      device=session.options.device, cache_root=_cache_root(session), progress=False)
             layers = os.environ.get("HARNESS_BERTSCORE_LAYERS")
             scorer, note = try_bert_score(os.environ.get("HARNESS_BERTSCORE_MODEL", DEFAULT_BERT),
-                                          int(layers) if layers else None)
+                                          int(layers) if layers else None, _device_type(session), graph=graph,
+                                          cache_root=_cache_root(session))
         items = data.load_persona()[: plan.limit or None]
         texts = {n: [g.text for g in gens[(n, "persona")]] for n in nodes}
         return table24(texts, [i.d0 for i in items], [i.d1 for i in items], bleu_tokenizer(), scorer, note)
@@ -79,12 +92,20 @@ def judge(session: Any, spec: ClaimSpec, pair: Pair, control: Control | None) ->
                                      eval_limit=limit, device=session.options.device,
                                      cache_root=_cache_root(session), progress=False)
         root = _cache_root(session) or fixtures_dir(graph)
-        j = Judge(JudgeConfig(model=os.environ.get("HARNESS_JUDGE_MODEL", "gpt-4o-mini"), cache_dir=root / "judge"))
-        means: dict[str, dict[str, Any]] = {}
+        endpoint = session.judge_endpoint()
+        j = Judge(JudgeConfig(model=endpoint.model, base_url=endpoint.base_url, cache_dir=root / "judge",
+                              max_tokens=int(os.environ.get("HARNESS_JUDGE_MAX_TOKENS", "1024")),
+                              concurrency=int(os.environ.get("HARNESS_JUDGE_CONCURRENCY", "8"))))
+        means = JudgeMeans()
         for source in ("persona", "eval"):
             qs = prompts(source).questions  # zip stops at the (limited) generations
             means[source] = {n: mean_score(j.score([(q, g.text) for q, g in zip(qs, gens[(n, source)])],
                                                    progress=False)) for n in nodes}
+        u = j.usage
+        cost = "unknown" if u.cost_usd is None else f"${u.cost_usd:.4f}"
+        means.notes = [f"judge {endpoint.label}: {u.items} replies, {u.scored} scored, {u.unparsable} unparsable, "
+                       f"{u.errors} failed; {u.requests} requests, {u.cache_hits} cache hits, tokens "
+                       f"{u.prompt_tokens}/{u.completion_tokens}, cost {cost}"]
         return means
 
     return [(None, session.memo(("judge", control.variant if control else None), make))]

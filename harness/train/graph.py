@@ -12,7 +12,7 @@ from typing import Any, Iterable
 
 from harness.errors import HarnessError, LoadError
 from harness.train import common
-from harness.train.plan import Plan
+from harness.train.plan import SELFGEN, Plan
 from harness.train.store import META_FILE, Store, cache_key, library_versions
 
 #: Bump when a recipe's code changes what it produces; part of every key.
@@ -95,6 +95,9 @@ def node_records(plan: Plan, name: str) -> list[dict]:
     from harness import data
 
     node = plan.node(name)
+    if node.dataset == SELFGEN:
+        raise HarnessError(f"node {name!r}: its records are made from its parent when it is built "
+                           f"(see {SELFGEN_FILE} in the node folder)")
     if node.source:  # the node's own JSONL file (harness.userdata); the key hashes its records
         from harness.userdata import Source, load_records
 
@@ -130,7 +133,8 @@ def plan_keys(plan: Plan, device: str, base_identity: dict | None = None) -> tup
             inp = {"base": base_identity, "recipe_version": RECIPE_VERSION}
         else:
             inp = {"method": node.method, "dataset": node.dataset,
-                   "records": data.records_hash(node_records(plan, node.name)),
+                   "records": _selfgen_identity(plan, node) if node.dataset == SELFGEN
+                   else data.records_hash(node_records(plan, node.name)),
                    "recipe": _recipe_key(plan.recipe(node.name)), "lora": dataclasses.asdict(plan.lora),
                    "quantize_4bit": quant, "parent": keys[node.parent], "seed": plan.seed, "device": device,
                    "versions": versions, "recipe_version": RECIPE_VERSION}
@@ -251,6 +255,9 @@ def preflight_nodes(graph: Graph, names: list[str], tok_dir: Path) -> dict[str, 
     out = {}
     for name in names:
         node = graph.plan.node(name)
+        if node.dataset == SELFGEN:  # its records exist only once its parent has generated them
+            out[name] = {"status": "at-build", "reason": "selfgen records are audited when they are made"}
+            continue
         res = preflight.run(name, node.method, tok, tok_dir, node_records(graph.plan, name),
                             graph.plan.recipe(name).max_length, graph.plan.preflight_allow, where)
         out[name] = res.to_dict()
@@ -367,7 +374,16 @@ def _build_node_in(graph: Graph, name: str, key_inputs: dict, progress: bool, tm
         parent_dir = graph.path(node.parent)
         tokenizer = _load_tokenizer(parent_dir)
         meta["preflight"] = check
-        records = node_records(plan, name)
+        if node.dataset == SELFGEN:
+            records = _selfgen_records(graph, name, tmp, meta)
+            if check and check.get("status") == "at-build":
+                from harness.train import preflight
+
+                meta["preflight"] = preflight.run(name, node.method, tokenizer, parent_dir, records,
+                                                  plan.recipe(name).max_length, plan.preflight_allow,
+                                                  f"{plan.path or plan.name}: ").to_dict()
+        else:
+            records = node_records(plan, name)
         if node.method == "sft":
             from harness.train.sft import train_sft as train
         else:
@@ -387,6 +403,36 @@ def _build_node_in(graph: Graph, name: str, key_inputs: dict, progress: bool, tm
     meta["wall_seconds"] = round(time.perf_counter() - t0, 3)
     common.write_json(tmp / META_FILE, meta)  # last: its presence marks the node complete
     return store.commit(tmp, name, key)
+
+
+# ---------------------------------------------------------------------------- selfgen nodes (seed 003)
+
+SELFGEN_FILE = "selfgen.jsonl"
+
+
+def _selfgen_identity(plan: Plan, node: Any) -> dict:
+    """What a selfgen node's data depends on besides its parent (whose key is in the node key already)."""
+    from harness import data
+
+    pairs = data.dataset(node.selfgen["source"], plan.data_seed)[: plan.limit or None]
+    return {"selfgen": dict(sorted(node.selfgen.items())), "source_pairs": data.records_hash(
+        [[p.id, p.prompt, p.reply] for p in pairs]), "system": data.system_prompt(), "seed": plan.seed}
+
+
+def _selfgen_records(graph: Graph, name: str, tmp: Path, meta: dict) -> list[dict]:
+    """The parent generates, embeds and picks its own data; kept in the node folder as ``selfgen.jsonl``."""
+    from harness import data
+    from harness.evaluate.selfgen import SelfgenSpec, make_records, write_jsonl
+
+    plan, node = graph.plan, graph.plan.node(name)
+    spec = SelfgenSpec(**dict(node.selfgen))
+    records, stats = make_records(graph.path(node.parent), spec, node.method, data_seed=plan.data_seed,
+                                  limit=plan.limit, seed=plan.seed, system=data.system_prompt(), device=graph.device)
+    if not records:
+        raise HarnessError(f"node {name!r}: selfgen {spec.method} kept no item of {spec.source} ({stats})")
+    write_jsonl(records, tmp / SELFGEN_FILE)
+    meta["selfgen"] = {**dict(node.selfgen), **stats}
+    return records
 
 
 def shutil_rm(path: Path) -> None:

@@ -17,6 +17,11 @@ from harness.errors import HarnessError, LoadError
 
 METHODS = ("base", "sft", "dpo")
 DATASET_NAMES = ("d0", "d1", "d2")
+#: A node whose data its parent makes by seed 003's loop (``selfgen = {...}`` on the node).
+SELFGEN = "selfgen"
+SELFGEN_METHODS = ("reuse", "pick", "drop_low", "keep_low")
+SELFGEN_KEYS = {"source": str, "method": str, "n": int, "temperature": float, "top_p": float,
+                "max_new_tokens": int, "low_fraction": float}
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts")
 
 
@@ -123,16 +128,19 @@ class Node:
     overrides: Mapping[str, Any] = field(default_factory=lambda: _freeze({}), compare=False, hash=False)
     # own data only: {"path", "format", "chosen", "rejected"} (see harness.userdata)
     source: Mapping[str, Any] = field(default_factory=lambda: _freeze({}), compare=False, hash=False)
+    #: For ``dataset = "selfgen"``: source, method, n, ... (see ``harness.evaluate.selfgen.SelfgenSpec``).
+    selfgen: Mapping[str, Any] = field(default_factory=lambda: _freeze({}), compare=False, hash=False)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Node):
             return NotImplemented
-        return (self.name, self.method, self.dataset, self.parent, dict(self.overrides), dict(self.source)) == (
-            other.name, other.method, other.dataset, other.parent, dict(other.overrides), dict(other.source))
+        return (self.name, self.method, self.dataset, self.parent, dict(self.overrides), dict(self.source),
+                dict(self.selfgen)) == (other.name, other.method, other.dataset, other.parent, dict(other.overrides),
+                                        dict(other.source), dict(other.selfgen))
 
     def __hash__(self) -> int:
         return hash((self.name, self.method, self.dataset, self.parent, tuple(sorted(self.overrides.items())),
-                     tuple(sorted(self.source.items()))))
+                     tuple(sorted(self.source.items())), tuple(sorted(self.selfgen.items()))))
 
 
 @dataclass(frozen=True)
@@ -328,7 +336,7 @@ def _parse_nodes(raw: Any, where: str, base_dir: Path | None = None) -> tuple[No
         w = f"{where}: nodes[{i}]"
         if not isinstance(t, dict):
             raise PlanError(f"{w}: must be a table")
-        _check_keys(t, {"name", "method", "dataset", "parent", "overrides"}, w)
+        _check_keys(t, {"name", "method", "dataset", "parent", "overrides", "selfgen"}, w)
         name = t.get("name")
         if not isinstance(name, str) or not name:
             raise PlanError(f"{w}.name: missing or not a string")
@@ -347,9 +355,9 @@ def _parse_nodes(raw: Any, where: str, base_dir: Path | None = None) -> tuple[No
             source = _own_data(dataset, method, w, base_dir)
             if source:
                 dataset = source["path"]
-            elif dataset not in DATASET_NAMES:
-                raise PlanError(f"{w}.dataset: must be one of {', '.join(DATASET_NAMES)}, a .jsonl file or a "
-                                f"table {{ path, format, chosen, rejected }}, got {dataset!r}")
+            elif dataset not in DATASET_NAMES + (SELFGEN,):
+                raise PlanError(f"{w}.dataset: must be one of {', '.join(DATASET_NAMES + (SELFGEN,))}, a .jsonl file "
+                                f"or a table {{ path, format, chosen, rejected }}, got {dataset!r}")
             if not isinstance(parent, str):
                 raise PlanError(f"{w}.parent: missing; a trained node names the node it starts from")
             if parent not in seen:
@@ -358,13 +366,37 @@ def _parse_nodes(raw: Any, where: str, base_dir: Path | None = None) -> tuple[No
         if not isinstance(overrides, dict):
             raise PlanError(f"{w}.overrides: must be a table")
         node = Node(name, method, dataset, parent, _freeze(overrides),
-                    _freeze(source) if method != "base" and source else _freeze({}))
+                    _freeze(source) if method != "base" and source else _freeze({}), _parse_selfgen(t, dataset, w))
         nodes.append(node)
         seen.add(name)
     bases = [n for n in nodes if n.method == "base"]
     if len(bases) != 1 or nodes[0].method != "base":
         raise PlanError(f"{where}: nodes: exactly one node of method 'base' must come first")
     return tuple(nodes)
+
+
+def _parse_selfgen(t: Mapping[str, Any], dataset: Any, w: str) -> Mapping[str, Any]:
+    """A selfgen node's table, type-checked; ``{}`` for other nodes (which must not have one)."""
+    raw = t.get("selfgen")
+    if dataset != SELFGEN:
+        if raw is not None:
+            raise PlanError(f"{w}.selfgen: only a node with dataset = {SELFGEN!r} takes a selfgen table")
+        return _freeze({})
+    if not isinstance(raw, dict):
+        raise PlanError(f"{w}.selfgen: missing; a selfgen node needs a table such as "
+                        "{ source = \"d1\", method = \"pick\", n = 4 }")
+    _check_keys(raw, set(SELFGEN_KEYS), f"{w}.selfgen")
+    out = {k: _typed(v, SELFGEN_KEYS[k], f"{w}.selfgen.{k}") for k, v in raw.items()}
+    out.setdefault("source", "d1")
+    out.setdefault("method", "pick")
+    out.setdefault("n", 4)
+    if out["source"] not in DATASET_NAMES:
+        raise PlanError(f"{w}.selfgen.source: must be one of {', '.join(DATASET_NAMES)}, got {out['source']!r}")
+    if out["method"] not in SELFGEN_METHODS:
+        raise PlanError(f"{w}.selfgen.method: must be one of {', '.join(SELFGEN_METHODS)}, got {out['method']!r}")
+    if out["n"] < 1:
+        raise PlanError(f"{w}.selfgen.n: must be at least 1, got {out['n']}")
+    return _freeze(out)
 
 
 def load_plan(path: str | Path) -> Plan:

@@ -102,3 +102,63 @@ def build_tiny_bert(folder: Path, layers: int = 2) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+def build_bigram_model(folder: Path, tok, rules: dict[str, str], seed: int = 0) -> Path:
+    """A real Llama whose greedy next token depends on the current token alone, by ``rules``.
+
+    Attention and MLP outputs are zeroed, so the last hidden state is the normalised embedding of
+    the current token; the LM head row of each rule's target points along its source's embedding
+    (the sources' embeddings are orthonormal), so greedy decoding follows ``rules`` exactly.
+    Sources and targets are single tokens of ``tok`` (``"<|assistant|>"``, ``"8"``, ``"\\n"``).
+    """
+    import torch
+
+    model = build_chat_model(folder, tok, seed=seed)
+
+    def tid(text: str) -> int:
+        ids = tok.convert_tokens_to_ids([text]) if text in tok.get_vocab() else tok(text, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"{text!r} is not one token: {ids}")
+        return ids[0]
+
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        emb, head = model.model.embed_tokens.weight, model.lm_head.weight
+        srcs = sorted({tid(s) for s in rules})
+        basis, _ = torch.linalg.qr(torch.randn(emb.shape[1], len(srcs)))
+        for k, s in enumerate(srcs):
+            emb[s] = basis[:, k] * emb[s].norm()
+        head.zero_()
+        for s, t in rules.items():
+            head[tid(t)] += 10.0 * emb[tid(s)] / emb[tid(s)].norm()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+#: The judge that always answers "8\n8\n..." (a parsable score) and the one that babbles "xxxx".
+SCORE_RULES = {"<|assistant|>": "8", "8": "\n", "\n": "8"}
+BABBLE_RULES = {"<|assistant|>": "x", "x": "x"}
+
+
+@pytest.fixture(scope="session")
+def judge_models(tmp_path_factory, chat_tokenizer_dir) -> dict[str, Path]:
+    """``{"score": folder, "babble": folder}``: two constructed judges (see :func:`build_bigram_model`)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(chat_tokenizer_dir)
+    return {name: build_bigram_model(tmp_path_factory.mktemp(f"judge_{name}"), tok, rules)
+            for name, rules in (("score", SCORE_RULES), ("babble", BABBLE_RULES))}
+
+
+@pytest.fixture(scope="session")
+def judge_server(tmp_path_factory, judge_models):
+    """``transformers serve`` on loopback (any local model folder a request names), torn down at the end."""
+    from harness.evaluate.serve import JudgeServer
+
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with JudgeServer(None, device="cpu", log_path=log) as server:
+        yield server

@@ -1,5 +1,7 @@
-"""The LLM judge through the real openai client: replayed replies (httpx2 MockTransport), retries,
-parse failures, the cache, secrets, and 8 concurrent requests against a loopback server."""
+"""The LLM judge through the real openai client: replayed error replies (httpx2 MockTransport) for the
+429/5xx/timeouts a healthy server does not produce, retries, parsing, secrets, 8 concurrent requests
+against a loopback server answering per question, and the CLI against transformers serve.
+Scoring, usage, cost and the cache against a real server: test_eval_serve.py."""
 
 from __future__ import annotations
 
@@ -57,29 +59,14 @@ def make_judge(replay: Replay, tmp_path: Path | None = None, **cfg) -> tuple[Jud
 PAIR = ("週末は何をしていますか？", "ごきげんよう、わたくしは庭で紅茶をいただいておりますわ。")
 
 
-def test_replayed_score_and_usage_cost():
-    replay = Replay("score_9.json")
-    judge, _ = make_judge(replay)
-    [r] = judge.score([PAIR], progress=False)
-    assert (r.score, r.reason, r.attempts, r.cached) == (9, "", 1, False)
-    body = json.loads(replay.requests[0].content)
-    assert body["model"] == "gpt-4o-mini" and body["temperature"] == 0
-    prompt = body["messages"][0]["content"]
+def test_rubric_prompt_structure_and_language():
+    prompt = Rubric.load().prompt(*PAIR)
     # The rubric's structure: profile, examples, the interaction, the steps, the language.
     for part in ("[Profile]", "[Examples of Conversation]", "[Interactions]", PAIR[0], PAIR[1],
                  "Evaluation Steps", "repeat just the selected score", "in Japanese"):
         assert part in prompt
     assert prompt.index("[Profile]") < prompt.index("[Examples of Conversation]") < prompt.index("[Interactions]")
-    u = judge.usage
-    assert (u.items, u.scored, u.requests, u.prompt_tokens, u.completion_tokens) == (1, 1, 1, 640, 150)
-    assert u.cost_usd == pytest.approx((640 * 0.15 + 150 * 0.60) / 1e6)
-
-
-def test_reasoning_language_is_configurable():
-    replay = Replay("score_9.json")
-    judge, _ = make_judge(replay, language="English")
-    judge.score([PAIR], progress=False)
-    assert "in English" in json.loads(replay.requests[0].content)["messages"][0]["content"]
+    assert "in English" in Rubric.load().prompt(*PAIR, language="English")
 
 
 @pytest.mark.parametrize("first", ["rate_limit_429.json", "server_error_500.json", "overloaded_503.json",
@@ -117,51 +104,13 @@ def test_client_errors_are_not_retried():
     assert r.score is None and "BadRequestError" in r.reason and len(replay.requests) == 1 and not sleeps
 
 
-@pytest.mark.parametrize("name,why", [("unparsable.json", "no line holds a lone integer"),
-                                      ("disagree.json", "disagree"), ("out_of_range.json", "outside 1-10")])
-def test_unparsable_replies_are_flagged_not_guessed(name, why):
-    judge, _ = make_judge(Replay(name))
-    [r] = judge.score([PAIR], progress=False)
-    assert r.score is None and r.reason.startswith("unparsable") and why in r.reason
-    assert judge.usage.unparsable == 1 and mean_score([r]) is None
-
-
-def test_fullwidth_and_bold_score_lines_parse():
-    judge, _ = make_judge(Replay("score_3_fullwidth.json"))
-    assert judge.score([PAIR], progress=False)[0].score == 3
-
-
 @pytest.mark.parametrize("reply,score", [
     ("理由\n8\n8", 8), ("10", 10), ("1\n", 1), ("  7  \n\n", 7), ("**6**\n6", 6),
     ("reason\n5\nthe end", 5), ("score: 8\n8", 8), ("", None), ("0\n0", None), ("8/10", None),
-    ("4\n7", None), ("8.5\n8.5", None),
+    ("4\n7", None), ("8.5\n8.5", None), ("理由\n**８**\n８", 8), ("11\n11", None), ("考えました。", None),
 ])
 def test_parse_score_table(reply, score):
     assert parse_score(reply)[0] == score
-
-
-def test_cache_hit_asks_nothing_and_is_keyed_by_model(tmp_path):
-    replay = Replay("score_9.json")
-    judge, _ = make_judge(replay, tmp_path)
-    judge.score([PAIR], progress=False)
-    files = list((tmp_path / "cache").iterdir())
-    assert len(files) == 1 and not any(f.name.endswith(".tmp") for f in files)
-    again, _ = make_judge(replay, tmp_path)
-    [r] = again.score([PAIR], progress=False)
-    assert r.cached and r.score == 9 and len(replay.requests) == 1 and again.usage.cache_hits == 1
-    other, _ = make_judge(replay, tmp_path, model="gpt-4o")
-    other.score([PAIR], progress=False)
-    assert len(replay.requests) == 2 and len(list((tmp_path / "cache").iterdir())) == 2
-
-
-def test_corrupt_cache_entry_is_asked_again(tmp_path):
-    replay = Replay("score_9.json")
-    judge, _ = make_judge(replay, tmp_path)
-    judge.score([PAIR], progress=False)
-    [f] = (tmp_path / "cache").iterdir()
-    f.write_text("{not json", encoding="utf-8")
-    again, _ = make_judge(replay, tmp_path)
-    assert again.score([PAIR], progress=False)[0].score == 9 and len(replay.requests) == 2
 
 
 def test_failed_requests_are_not_cached(tmp_path):
@@ -169,14 +118,6 @@ def test_failed_requests_are_not_cached(tmp_path):
     judge, _ = make_judge(replay, tmp_path)
     judge.score([PAIR], progress=False)
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
-
-
-def test_identical_prompts_are_asked_once():
-    replay = Replay("score_9.json")
-    judge, _ = make_judge(replay)
-    res = judge.score([PAIR, PAIR, PAIR], progress=False)
-    assert [r.score for r in res] == [9, 9, 9] and len(replay.requests) == 1
-    assert (judge.usage.items, judge.usage.prompt_tokens, judge.usage.completion_tokens) == (3, 640, 150)
 
 
 def test_api_key_never_logged_or_reported(tmp_path, monkeypatch, caplog):
@@ -288,22 +229,26 @@ def test_eight_concurrent_requests_no_lost_or_duplicated_score(loopback):
     assert judge.usage.requests == 24 and judge.usage.scored == 24
 
 
-def test_judge_cli_end_to_end(loopback, tmp_path):
+def test_judge_cli_end_to_end(judge_server, judge_models, tmp_path, monkeypatch):
+    """``python -m harness judge`` against transformers serve on loopback (the judge that answers 8)."""
     from harness.__main__ import main
 
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_BASE_URL", judge_server.base_url)
     gens = tmp_path / "generations.jsonl"
     rows = [{"node": n, "source": "eval", "id": f"e{i}", "question": f"問{i}", "text": "はい"}
             for n in ("base", "sft_d1") for i in range(3)]
     gens.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
     out = tmp_path / "out"
-    rc = main(["judge", str(gens), "--out", str(out), "--cache-dir", str(tmp_path / "cache")])
+    rc = main(["judge", str(gens), "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+               "--model", str(judge_models["score"]), "--max-tokens", "4"])
     assert rc == 0
     table = json.loads((out / "table25.json").read_text(encoding="utf-8"))
-    want = sum(_expected(f"問{i}") for i in range(3)) / 3
-    assert table["values"] == [[pytest.approx(want)], [pytest.approx(want)]]
+    assert table["values"] == [[8.0], [8.0]]
     assert (out / "table25.png").stat().st_size > 1000
     assert len((out / "judgements.jsonl").read_text(encoding="utf-8").splitlines()) == 6
-    assert loopback.count == 3  # the two nodes' identical (question, answer) pairs were asked once
+    usage = json.loads((out / "usage.json").read_text(encoding="utf-8"))
+    assert usage["requests"] == 3 and usage["prompt_tokens"] > 0  # the nodes' identical pairs were asked once
 
 
 def test_judge_cli_bad_input_names_line(tmp_path):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
 from harness import data
 from harness.errors import HarnessError, LoadError
-from harness.evaluate.similarity import (BertScore, bleu, bleu_tokenizer, table24, table27, try_bert_score,
+from harness.evaluate.similarity import (BertScore, bert_layer, bleu, bleu_tokenizer, table24, table27, try_bert_score,
                                          write_table)
 
 ITEMS = data.load_persona()[:40]
@@ -84,3 +86,55 @@ def test_table24_and_27_and_files(scorer, tmp_path):
     assert not list(tmp_path.glob(".*tmp"))
     no_bert = table24(gens, D0, D1, "char", None, "BERTScore skipped: offline")
     assert no_bert.cell("base", "BERTScore(D0)") is None and "offline" in no_bert.markdown()
+
+
+SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="module")
+def smol_scorer():
+    """BERTScore on SmolLM2-135M-Instruct's hidden states (a real pretrained decoder, from its GGUF file)."""
+    gguf = Path(os.environ.get("HARNESS_GGUF_DIR", "~/.cache/harness/gguf")).expanduser() / SMOL
+    if not gguf.is_file():
+        pytest.skip(f"real model: {gguf} is absent (fetch it with .ci/fetch-gguf smollm2)")
+    scorer, note = try_bert_score(SMOL, None)
+    assert scorer is not None, note
+    return scorer
+
+
+def test_bertscore_on_a_real_pretrained_decoder(smol_scorer):
+    assert smol_scorer.num_layers == 23 == bert_layer(smol_scorer.model)  # ceil(3/4 of its 30 layers)
+    assert smol_scorer.label == f"{Path(smol_scorer.model).name} (layer 23)" and "SmolLM2" in smol_scorer.label
+    assert smol_scorer.f1(D1[:4], D1[:4]) == pytest.approx(1.0, abs=1e-4)
+    near = smol_scorer.f1(["今日はとても良い天気ですね。"], ["今日はとてもいい天気ですね。"])
+    far = smol_scorer.f1(["今日はとても良い天気ですね。"], ["株価が大きく下落しました。"])
+    assert near > far
+    t = table24({"sft_d1": D1[:4]}, D0[:4], D1[:4], "char", smol_scorer)
+    assert t.cell("sft_d1", "BERTScore(D1)") > t.cell("sft_d1", "BERTScore(D0)")
+    assert "SmolLM2" in t.markdown() and "(layer 23)" in t.markdown()
+
+
+def test_bert_layer_follows_bert_score(tmp_path, tiny_bert_dir):
+    assert bert_layer("bert-base-multilingual-cased") == 9 and bert_layer("roberta-large") == 17
+    named = tmp_path / "xlm-roberta-base"  # a local copy is known by its folder name
+    named.mkdir()
+    (named / "config.json").write_text('{"num_hidden_layers": 12}', encoding="utf-8")
+    assert bert_layer(str(named)) == 9
+    assert bert_layer(str(tiny_bert_dir)) == 2  # unknown: ceil(3/4 of 2 layers)
+
+
+def test_bertscore_on_a_decoder_without_padding_token(tmp_path, chat_model_dir):
+    """A local decoder whose tokenizer has no padding token pads with its EOS (bert-score needs one)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "no_pad"
+    shutil.copytree(chat_model_dir, folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.pad_token = None
+    tok.save_pretrained(folder)
+    assert AutoTokenizer.from_pretrained(folder).pad_token_id is None
+    s = BertScore(str(folder))
+    assert s.num_layers == 2 and s.f1(D0[:3], D0[:3]) == pytest.approx(1.0, abs=1e-5)
+    assert s.f1(D0[:3], D1[:3]) < 1.0
