@@ -244,7 +244,10 @@ class FindingsSession(Collector):
         done = self._memo.setdefault(("built",) + key, set())
         todo = [n for n in plan.names if n in wanted and n not in done]
         what = f"{plan.name}" + (f" [variant {plan.variant_name}]" if plan.variant_name else "") + f" seed {plan.seed}"
+        pending = self._pending(plan) if todo else set()
         for i, name in enumerate(todo, 1):
+            if pending is not None and name in pending:
+                self.say(f"fixtures {what}: [{i}/{len(todo)}] building {name} ...")
             t0 = time.monotonic()
             with self.quiet():
                 self._memo[key] = build(plan, only=name, fixtures_dir=self.options.fixtures_dir,
@@ -257,6 +260,20 @@ class FindingsSession(Collector):
             self._memo[key] = build(plan, only=plan.names[0], fixtures_dir=self.options.fixtures_dir,
                                     device=self.options.device, progress=False)
         return self._memo[key]
+
+    def _pending(self, plan: Any) -> set[str] | None:
+        """The nodes of ``plan`` not in the fixture cache yet (None when that cannot be told cheaply)."""
+        try:
+            from harness.device import resolve_device
+            from harness.train.graph import _resolve_base, plan_keys
+            from harness.train.store import Store
+
+            base_id = None if plan.base == "tiny" else _resolve_base(plan)[1]
+            keys, _ = plan_keys(plan, resolve_device(self.options.device), base_id)
+            store = Store(self.options.fixtures_dir)
+            return {n for n in plan.names if not store.is_complete(n, keys[n])}
+        except Exception:  # noqa: BLE001 - only the progress lines depend on it
+            return None
 
     def graphs(self, nodes: Sequence[str] | None = None) -> list[tuple[int, Any]]:
         """``[(training seed, Graph)]``, one per ``--harness-seeds`` (with ``nodes`` and their ancestors built)."""

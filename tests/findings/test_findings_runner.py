@@ -85,7 +85,8 @@ def test_a_failing_check_shows_rows_reason_and_logs_not_training_output(tmp_path
     out = r.stdout
     log = store / "logs" / "fail1.log"
     assert f"logs: {log}" in out and "Loading weights" in log.read_text(encoding="utf-8")
-    assert "small seed 0: [" in out  # the build's progress, on the terminal while pytest captures output
+    # the build's progress, on the terminal while pytest captures output: before and after each node
+    assert "small seed 0: [2/3] building sft_d0 ..." in out and "small seed 0: [3/3] dpo_d0 built in" in out
     assert "FAILED" in out and "test_claim[MY1-dpo_d0/sft_d0]" in out  # the short summary names it
     assert "claim does not hold" in out and "needs < 0.001" in out
     assert "reason for L2(dpo)/L2(sft)'s threshold" in out and "logs:" in out
