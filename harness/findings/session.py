@@ -329,8 +329,11 @@ class FindingsSession(Collector):
         graph = self._memo.get(("graph", plan.name, None, plan.seed, plan.base))
         if graph is not None:
             base = plan.names[0]
-            meta["base_identity"] = {"key": str(graph.key(base)), **{k: v for k, v in graph.meta(base).items()
-                                                                     if k in ("identity", "base", "sha256", "revision")}}
+            # the content key of the base (hashing a hub id and snapshot, a folder's files or the tiny recipe),
+            # its folder (a hub snapshot folder is named by its revision) and what the node's meta says of it
+            meta["base_identity"] = {"key": str(graph.key(base)), "path": str(graph.path(base)),
+                                     **{k: v for k, v in graph.meta(base).items()
+                                        if k in ("identity", "base", "sha256", "revision", "gguf")}}
         return meta
 
     def plot(self, folder: Path, run: str) -> list[Path]:
