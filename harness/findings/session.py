@@ -32,8 +32,15 @@ def plan_path(option: str | None, root: Path) -> Path:
     return p if p.is_absolute() or option is None else (Path.cwd() / p if (Path.cwd() / p).exists() else root / p)
 
 
-def base_name(base: str) -> str:
-    """A plan base's readable identity: ``tiny``, a hub id, or a folder's or GGUF file's name."""
+def base_name(base: str, tiny: Any = None) -> str:
+    """A plan base's readable identity: a hub id, a folder's or GGUF file's name, or for the tiny base
+    ``tiny-<hash of its [tiny] table>`` (a wider tiny base is another base)."""
+    if base == "tiny" and tiny is not None:
+        import hashlib
+        import json
+
+        blob = json.dumps(dataclasses.asdict(tiny), sort_keys=True)
+        return f"tiny-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
     p = Path(base)
     return p.name if (p.is_absolute() or p.exists()) else base
 
@@ -180,7 +187,7 @@ class FindingsSession(Collector):
 
     @property
     def base(self) -> str:
-        return base_name(self.plan.base)
+        return base_name(self.plan.base, self.plan.tiny)
 
     @property
     def label(self) -> str:

@@ -60,7 +60,7 @@ def test_own_claims_folder_runs_under_a_plan_with_another_name(tmp_path):
     assert "4 passed" in r.stdout, r.stdout[-2000:]
     data = json.loads((tmp_path / "out" / "mine" / "r.json").read_text())
     assert {x["claim"] for x in data["results"]} == {"MY1"} and len(data["results"]) == 4
-    assert data["meta"]["plan"] == "mine" and data["meta"]["base"] == "tiny"
+    assert data["meta"]["plan"] == "mine" and data["meta"]["base"].startswith("tiny-")
     assert data["meta"]["claims_dir"] == str(folder) and "versions" in data["meta"]
     assert "base_identity" in data["meta"] and data["meta"]["recipe"]["sft"]["learning_rate"] == 1e-4
 
