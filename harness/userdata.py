@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from harness.errors import LoadError
 
@@ -128,4 +128,35 @@ def load_records(src: Source, method: str, system: Union[str, bool] = "") -> lis
         out.append(record(row, fmt, method, src, where, sys_text))
     if not out:
         raise LoadError(f"{src.path}: no rows")
+    return out
+
+
+def plan_source(dataset: Any, method: str, where: str, base_dir: Optional[Path],
+                error: Callable[[str], Exception] = LoadError) -> dict:
+    """A plan node's own data: ``"path.jsonl"`` or ``{ path, format, chosen, rejected }`` (a path relative to
+    the plan file's folder); ``{}`` for a named dataset (d0, d1, d2). Errors name ``where`` and the field."""
+    if isinstance(dataset, str) and dataset.endswith(".jsonl"):
+        dataset = {"path": dataset}
+    if not isinstance(dataset, dict):
+        return {}
+    for key, value in dataset.items():
+        if key not in ("path", "format", "chosen", "rejected"):
+            raise error(f"{where}.{key}: unknown field; known: chosen, format, path, rejected")
+        if not isinstance(value, str) or not value:
+            raise error(f"{where}.{key}: must be a non-empty string, got {value!r}")
+    if "path" not in dataset:
+        raise error(f"{where}.path: missing")
+    if dataset.get("format", FORMATS[0]) not in FORMATS:
+        raise error(f"{where}.format: must be one of {', '.join(FORMATS)}, got {dataset['format']!r}")
+    if method == "sft" and ("chosen" in dataset or "rejected" in dataset):
+        raise error(f"{where}: chosen/rejected name a DPO node's preference fields; this node is SFT")
+    p = Path(dataset["path"]).expanduser()
+    if not p.is_absolute() and base_dir is not None:
+        p = base_dir / p
+    if not p.is_file():
+        raise error(f"{where}.path: no such data file {str(p)!r}")
+    out = {"path": str(p.resolve()), "chosen": dataset.get("chosen", "chosen"),
+           "rejected": dataset.get("rejected", "rejected")}
+    if "format" in dataset:
+        out["format"] = dataset["format"]
     return out

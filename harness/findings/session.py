@@ -32,8 +32,15 @@ def plan_path(option: str | None, root: Path) -> Path:
     return p if p.is_absolute() or option is None else (Path.cwd() / p if (Path.cwd() / p).exists() else root / p)
 
 
-def base_name(base: str) -> str:
-    """A plan base's readable identity: ``tiny``, a hub id, or a folder's or GGUF file's name."""
+def base_name(base: str, tiny: Any = None) -> str:
+    """A plan base's readable identity: a hub id, a folder's or GGUF file's name, or for the tiny base
+    ``tiny-<hash of its [tiny] table>`` (a wider tiny base is another base)."""
+    if base == "tiny" and tiny is not None:
+        import hashlib
+        import json
+
+        blob = json.dumps(dataclasses.asdict(tiny), sort_keys=True)
+        return f"tiny-{hashlib.sha256(blob.encode()).hexdigest()[:8]}"
     p = Path(base)
     return p.name if (p.is_absolute() or p.exists()) else base
 
@@ -181,7 +188,7 @@ class FindingsSession(Collector):
 
     @property
     def base(self) -> str:
-        return base_name(self.plan.base)
+        return base_name(self.plan.base, self.plan.tiny)
 
     @property
     def label(self) -> str:
@@ -245,7 +252,10 @@ class FindingsSession(Collector):
         done = self._memo.setdefault(("built",) + key, set())
         todo = [n for n in plan.names if n in wanted and n not in done]
         what = f"{plan.name}" + (f" [variant {plan.variant_name}]" if plan.variant_name else "") + f" seed {plan.seed}"
+        pending = self._pending(plan) if todo else set()
         for i, name in enumerate(todo, 1):
+            if pending is not None and name in pending:
+                self.say(f"fixtures {what}: [{i}/{len(todo)}] building {name} ...")
             t0 = time.monotonic()
             with self.quiet():
                 self._memo[key] = build(plan, only=name, fixtures_dir=self.options.fixtures_dir,
@@ -258,6 +268,20 @@ class FindingsSession(Collector):
             self._memo[key] = build(plan, only=plan.names[0], fixtures_dir=self.options.fixtures_dir,
                                     device=self.options.device, progress=False)
         return self._memo[key]
+
+    def _pending(self, plan: Any) -> set[str] | None:
+        """The nodes of ``plan`` not in the fixture cache yet (None when that cannot be told cheaply)."""
+        try:
+            from harness.device import resolve_device
+            from harness.train.graph import _resolve_base, plan_keys
+            from harness.train.store import Store
+
+            base_id = None if plan.base == "tiny" else _resolve_base(plan)[1]
+            keys, _ = plan_keys(plan, resolve_device(self.options.device), base_id)
+            store = Store(self.options.fixtures_dir)
+            return {n for n in plan.names if not store.is_complete(n, keys[n])}
+        except Exception:  # noqa: BLE001 - only the progress lines depend on it
+            return None
 
     def graphs(self, nodes: Sequence[str] | None = None) -> list[tuple[int, Any]]:
         """``[(training seed, Graph)]``, one per ``--harness-seeds`` (with ``nodes`` and their ancestors built)."""
@@ -341,8 +365,11 @@ class FindingsSession(Collector):
         graph = self._memo.get(("graph", plan.name, None, plan.seed, plan.base))
         if graph is not None:
             base = plan.names[0]
-            meta["base_identity"] = {"key": str(graph.key(base)), **{k: v for k, v in graph.meta(base).items()
-                                                                     if k in ("identity", "base", "sha256", "revision")}}
+            # the content key of the base (hashing a hub id and snapshot, a folder's files or the tiny recipe),
+            # its folder (a hub snapshot folder is named by its revision) and what the node's meta says of it
+            meta["base_identity"] = {"key": str(graph.key(base)), "path": str(graph.path(base)),
+                                     **{k: v for k, v in graph.meta(base).items()
+                                        if k in ("identity", "base", "sha256", "revision", "gguf")}}
         return meta
 
     def plot(self, folder: Path, run: str) -> list[Path]:

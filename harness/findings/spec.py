@@ -28,7 +28,7 @@ One file holds one claim; a new claim is one file::
 
     [[known_deviation]]                  # measured on one plan AND base: rows still say FAIL, the test xfails
     plan = "tiny"
-    base = "tiny"                        # the plan's base.model (hub id, folder or file name)
+    base = "tiny-907965db"               # the base: hub id, folder or GGUF file name, or tiny-<[tiny] hash>
     pairs = ["sft_d0"]                   # optional: only these pairs
     reason = "what was measured, and why"
 

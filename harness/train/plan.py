@@ -297,36 +297,6 @@ def _validate_section(obj: Any, where: str) -> None:
                 raise PlanError(f"{where}.{f.name}: must be positive, got {v}")
 
 
-def _own_data(dataset: Any, method: str, where: str, base_dir: Path | None) -> dict:
-    """A node's own data file: ``"path.jsonl"`` or ``{ path, format, chosen, rejected }``; {} for d0/d1/d2."""
-    if isinstance(dataset, str) and dataset.endswith(".jsonl"):
-        dataset = {"path": dataset}
-    if not isinstance(dataset, dict):
-        return {}
-    _check_keys(dataset, {"path", "format", "chosen", "rejected"}, f"{where}.dataset")
-    for key, value in dataset.items():
-        if not isinstance(value, str) or not value:
-            raise PlanError(f"{where}.dataset.{key}: must be a non-empty string, got {value!r}")
-    if "path" not in dataset:
-        raise PlanError(f"{where}.dataset.path: missing")
-    from harness.userdata import FORMATS
-
-    if dataset.get("format", FORMATS[0]) not in FORMATS:
-        raise PlanError(f"{where}.dataset.format: must be one of {', '.join(FORMATS)}, got {dataset['format']!r}")
-    if method == "sft" and ("chosen" in dataset or "rejected" in dataset):
-        raise PlanError(f"{where}.dataset: chosen/rejected name a DPO node's preference fields; this node is SFT")
-    p = Path(dataset["path"]).expanduser()
-    if not p.is_absolute() and base_dir is not None:
-        p = base_dir / p
-    if not p.is_file():
-        raise PlanError(f"{where}.dataset.path: no such data file {str(p)!r}")
-    out = {"path": str(p.resolve()), "chosen": dataset.get("chosen", "chosen"),
-           "rejected": dataset.get("rejected", "rejected")}
-    if "format" in dataset:
-        out["format"] = dataset["format"]
-    return out
-
-
 def _parse_nodes(raw: Any, where: str, base_dir: Path | None = None) -> tuple[Node, ...]:
     if not isinstance(raw, list) or not raw:
         raise PlanError(f"{where}: field 'nodes' must be a non-empty array of tables ([[nodes]])")
@@ -352,7 +322,9 @@ def _parse_nodes(raw: Any, where: str, base_dir: Path | None = None) -> tuple[No
             if dataset is not None or parent is not None:
                 raise PlanError(f"{w}: the base node takes no dataset or parent")
         else:
-            source = _own_data(dataset, method, w, base_dir)
+            from harness.userdata import plan_source
+
+            source = plan_source(dataset, method, f"{w}.dataset", base_dir, PlanError)
             if source:
                 dataset = source["path"]
             elif dataset not in DATASET_NAMES + (SELFGEN,):

@@ -90,13 +90,13 @@ def test_baseline_of_another_plan_is_compared_and_named(tmp_path):
     assert run(tmp_path, "--harness-run-id", "base", "--harness-plan", plan).returncode == 0
     other = tmp_path / "other.json"
     data = json.loads((tmp_path / "out" / "tiny" / "base.json").read_text())
-    assert data["meta"]["base"] == "tiny" and data["meta"]["recipe"]["dpo"]["learning_rate"] == 1e-5
+    assert data["meta"]["base"].startswith("tiny-") and data["meta"]["recipe"]["dpo"]["learning_rate"] == 1e-5
     data["meta"].update(plan="smollm2", base="SmolLM2-135M-Instruct-Q8_0.gguf")
     data["results"][0]["measured"] = 0.3  # another model measured 0.3: a move, the finding, not a failure
     other.write_text(json.dumps(data))
     r = run(tmp_path, "--findings-baseline", str(other), "--harness-run-id", "x", "--harness-plan", plan)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "plan 'tiny' on base 'tiny'" in r.stdout and "plan 'smollm2' on base 'SmolLM2-135M" in r.stdout
+    assert "plan 'tiny' on base 'tiny-" in r.stdout and "plan 'smollm2' on base 'SmolLM2-135M" in r.stdout
     assert "moved beyond tolerance: C9 ratio [a/b]: measured 0.3 -> 0.1" in r.stdout
 
 

@@ -138,10 +138,34 @@ def test_negative_controls_are_data(tmp_path):
     assert "gap closes" in spec.negative_control
 
 
+def _tiny_base() -> str:
+    from harness.findings.session import base_name
+    from harness.train import load_plan
+
+    plan = load_plan(ROOT / "fixtures" / "plans" / "tiny.toml")
+    return base_name(plan.base, plan.tiny)
+
+
+TINY = _tiny_base()  # the shipped tiny base's identity: tiny-<hash of its [tiny] table>
+
+
+def test_a_wider_tiny_base_is_another_base():
+    from dataclasses import replace
+
+    from harness.findings.session import base_name
+    from harness.train import load_plan
+
+    plan = load_plan(ROOT / "fixtures" / "plans" / "tiny.toml")
+    wide = replace(plan.tiny, hidden_size=256, intermediate_size=512)
+    assert base_name("tiny", wide) != TINY and base_name("tiny", plan.tiny) == TINY
+    specs = {s.id: s for s in load_specs(ROOT / "fixtures" / "claims")}
+    assert specs["C3"].known_deviation("tiny", base_name("tiny", wide), None) is None
+
+
 def test_shipped_specs_keep_every_measured_known_deviation():
     specs = {s.id: s for s in load_specs(ROOT / "fixtures" / "claims")}
     measured = {("C2", "sft_d0"): "-0.05 and -0.24", ("C3", None): "0.94", ("C4", None): "ratio 2.3",
                 ("C7", "sft_d1/d1"): "-2.1e-06"}
     for (cid, pair), text in measured.items():
-        assert text in specs[cid].known_deviation("tiny", "tiny", pair), cid
+        assert text in specs[cid].known_deviation("tiny", TINY, pair), cid
     assert {c.variant for s in specs.values() for c in s.controls} == {"c1_dpo_at_sft_lr", "c5_zero_step_dpo"}
