@@ -80,10 +80,9 @@ def test_c8_negative_control_constant_judge_gives_zero_margin(judge_server, judg
     from pathlib import Path
 
     import harness.evaluate.claims  # noqa: F401  (registers judge_margin)
-    from harness.findings import evaluate
-    from harness.findings import session as fs
+    from harness.findings import evaluate, load_spec
 
-    [c8] = fs.specs(Path(__file__).resolve().parents[2], ["C8"])
+    c8 = load_spec(Path(__file__).resolve().parents[2] / "fixtures" / "claims" / "c8_judge.toml")
     judge = served(judge_server, judge_models["score"])
     qs = [q for q, _ in PAIRS[:2]]
     means = {"base": mean_score(judge.score([(q, "普通の返事です。") for q in qs], progress=False)),
