@@ -123,8 +123,15 @@ class BertScore:
     def f1(self, hyps: Sequence[str], refs: Sequence[str], what: str = "BERTScore") -> float:
         """Mean BERTScore F1 of ``hyps`` against one reference each."""
         _check_pairs(hyps, refs, what)
-        # bert-score fails on empty strings' zero-length idf weights only with idf=True; keep one char.
-        _, _, f = self._scorer.score([h or " " for h in hyps], [r or " " for r in refs])
+        # bert-score encodes an empty (or blank) text as the special tokens alone, through a method that
+        # transformers 5's tokenizers backend lacks; an empty reply is scored as the EOS token's text.
+        tok = self._scorer._tokenizer
+        empty = tok.eos_token or tok.unk_token or "."
+        from harness.evaluate.generate import cpu_threads
+
+        with cpu_threads(self._scorer._model, 1):  # as generation: OpenMP spin-waits on shared cores
+            _, _, f = self._scorer.score([h if h.strip() else empty for h in hyps],
+                                         [r if r.strip() else empty for r in refs])
         return float(f.mean())
 
     @property

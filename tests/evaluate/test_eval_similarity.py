@@ -138,3 +138,9 @@ def test_bertscore_on_a_decoder_without_padding_token(tmp_path, chat_model_dir):
     s = BertScore(str(folder))
     assert s.num_layers == 2 and s.f1(D0[:3], D0[:3]) == pytest.approx(1.0, abs=1e-5)
     assert s.f1(D0[:3], D1[:3]) < 1.0
+
+
+def test_bertscore_real_decoder_scores_empty_replies(smol_scorer):
+    """Tiny nodes reply with nothing at times; bert-score must still score them (low, not an error)."""
+    f = smol_scorer.f1(["", "  ", D1[0]], D1[:3])
+    assert 0.0 < f < 1.0
