@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         graph = build(plan, fixtures_dir=args.fixtures_dir, device=args.device, only=args.only,
                       rebuild=args.rebuild, progress=not args.quiet, jobs=args.jobs,
                       preflight=not args.no_preflight, devices=args.devices)
+        print(f"trained {len(graph.trained)} node(s)" + (f": {', '.join(graph.trained)}" if graph.trained else ""))
         for name in graph.names:
             if graph.is_built(name):
                 print(f"{name:16s} {graph.key(name)[:16]}  {graph.path(name)}")

@@ -132,6 +132,7 @@ class Assignment:
 
     node: str
     slots: tuple[str, ...]
+    trained: bool = False  # False: another builder had built it (the lock), or it failed
 
 
 def schedule(todo: Sequence[str], parent_of: Callable[[str], str | None], done: set[str], slots: Sequence[Slot],
@@ -149,6 +150,7 @@ def schedule(todo: Sequence[str], parent_of: Callable[[str], str | None], done: 
     pending = list(todo)
     running: dict[Any, tuple[str, tuple[str, ...]]] = {}
     log: list[Assignment] = []
+    entry: dict[str, Assignment] = {}
     widest = len(slots)
     for name in pending:
         if gpus_of(name) > widest:
@@ -176,6 +178,7 @@ def schedule(todo: Sequence[str], parent_of: Callable[[str], str | None], done: 
                 free[best] -= 1
             running[start(name, tuple(by_id[s] for s in chosen))] = (name, chosen)
             log.append(Assignment(name, chosen))
+            entry[name] = log[-1]
             pending.remove(name)
         if not running:
             break
@@ -190,6 +193,7 @@ def schedule(todo: Sequence[str], parent_of: Callable[[str], str | None], done: 
             if exc is not None:
                 error = error or exc
             else:
+                entry[name].trained = fut.result() is not False
                 done.add(name)
     if error is not None:
         raise error

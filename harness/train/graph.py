@@ -26,6 +26,7 @@ class Graph:
         self.plan, self.store, self.device = plan, store, device
         self._keys = keys
         self._base_dir = base_dir
+        self.trained: list[str] = []  # nodes this build trained (not found complete, not built by another)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -229,10 +230,12 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
         _choose_threads(1)
         for name in todo:
             bar.set_postfix(node=name)
-            _locked_build(graph, name, inputs[name], name in forced, progress, checks[name])
+            if _locked_build(graph, name, inputs[name], name in forced, progress, checks[name]):
+                graph.trained.append(name)
             bar.update()
     else:
-        slots_of.build_on_slots(graph, todo, inputs, forced, slots, bar, checks)
+        graph.trained += [a.node for a in slots_of.build_on_slots(graph, todo, inputs, forced, slots, bar, checks)
+                          if a.trained]
     bar.close()
     return graph
 
@@ -262,12 +265,15 @@ def _load_tokenizer(model_dir: Path) -> Any:
 
 
 def _locked_build(graph: Graph, name: str, key_inputs: dict, forced: bool, progress: bool,
-                  check: dict | None = None) -> None:
+                  check: dict | None = None) -> bool:
+    """Build ``name`` under its lock unless it is complete; True when this call trained it."""
     key = graph.key(name)
     with graph.store.lock(name, key):
         # Another process may have built it while this one waited for the lock.
         if forced or not graph.store.is_complete(name, key):
             _build_node(graph, name, key_inputs, progress, check)
+            return True
+    return False
 
 
 def _worker_init(jobs: int) -> None:
