@@ -105,9 +105,18 @@ def needs_launch(plan: Any, names: Sequence[str]) -> bool:
     return any(plan.node(n).method != "base" and gpus_of(plan.recipe(n)) > 1 for n in names)
 
 
+def is_here(slot: Slot, device: str) -> bool:
+    """Whether this process already trains on ``slot`` (no worker needed): an unpinned slot, the slot this
+    process was pinned to, or on CUDA the first GPU it sees (where an in-process build puts the model)."""
+    if not slot.id or os.environ.get(SLOT_ENV) == slot.id:
+        return True
+    return device == "cuda" and visible_gpus()[:1] == [slot.id]
+
+
 def pin(slot_id: str) -> None:
     """Pin this process (before CUDA starts in it) to ``slot_id``."""
     os.environ[SLOT_ENV] = slot_id
+    os.environ[ENV] = slot_id  # builds started here use this slot only
     if slot_id:
         os.environ["CUDA_VISIBLE_DEVICES"] = slot_id
 

@@ -226,7 +226,7 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
     slots = slots_of.make_slots(device, jobs, graph.path(plan.nodes[0].name) if base_dir else None, devices)
     jobs = min(sum(s.capacity for s in slots), len(todo))
     bar = tqdm(total=len(todo), desc=f"fixtures {plan.name}", unit="node", disable=not progress)
-    if jobs == 1 and len(slots) == 1 and not slots[0].id and not slots_of.needs_launch(plan, todo):
+    if jobs == 1 and len(slots) == 1 and slots_of.is_here(slots[0], device) and not slots_of.needs_launch(plan, todo):
         _choose_threads(1)
         for name in todo:
             bar.set_postfix(node=name)
