@@ -138,6 +138,8 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every claim case with its xdist group (before xdist names the groups in node ids)."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
     for item in items:
         case = getattr(item, "callspec", None) and item.callspec.params.get("claim_case")
         if case is not None:
