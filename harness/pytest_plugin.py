@@ -37,6 +37,9 @@ MARKERS = {
 
 _SESSION = pytest.StashKey["FindingsSession"]()  # noqa: F821 - harness.findings.session
 
+# pytest-xdist: one worker per GPU, rows merged into one report (its hooks are optional without xdist)
+pytest_plugins = ["harness.findings.merge"]
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("harness", "fine-tuning claims harness")
@@ -87,6 +90,7 @@ def _say(config: pytest.Config):
 
 def pytest_configure(config: pytest.Config) -> None:
     from harness.errors import HarnessError
+    from harness.findings.merge import run_id
     from harness.findings.session import FindingsSession, Options, default_run_id, plan_path
 
     for name, text in MARKERS.items():
@@ -106,7 +110,7 @@ def pytest_configure(config: pytest.Config) -> None:
         claims_dir=Path(claims).resolve() if claims else None,
         findings_dir=Path(findings) if findings else None,
         fixtures_dir=config.getoption("harness_fixtures_dir", None),
-        run=config.getoption("harness_run_id", None) or default_run_id(),
+        run=config.getoption("harness_run_id", None) or run_id(config) or default_run_id(),
         baseline=config.getoption("harness_baseline", None), strict=config.getoption("harness_strict", False),
         seeds=config.getoption("harness_seeds", 1), device=config.getoption("harness_device", "auto"),
         judge_serve=config.getoption("judge_serve", None) or None)
@@ -255,6 +259,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     deactivate(fs)
     fs.close()
+    if hasattr(session.config, "workerinput"):  # an xdist worker: the controller writes the one report
+        from harness.findings.merge import payload
+
+        session.config.workeroutput.update(payload(fs))
+        return
+    if fs.merged_meta.get("diffs"):  # the controller of workers that computed diffs: plots from the disk cache
+        try:
+            fs.diff_sources()
+        except Exception as exc:  # plots are a report extra
+            fs.say(f"findings plots skipped: {exc}")
     outcome = fs.finish()
     if outcome is not None and outcome.failed and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -143,6 +143,7 @@ class FindingsSession(Collector):
         self.seeds: list[int] = []
         self.no_match: str | None = None  # what -k matching no claim case says
         self.claims_deselected = False
+        self.merged_meta: dict[str, Any] = {}  # from pytest-xdist workers (harness.findings.merge)
         self.log_path = Path(options.fixtures_dir or options.root / ".fixtures") / "logs" / f"{options.run}.log"
 
     # ------------------------------------------------------------------ options
@@ -370,6 +371,10 @@ class FindingsSession(Collector):
             meta["base_identity"] = {"key": str(graph.key(base)), "path": str(graph.path(base)),
                                      **{k: v for k, v in graph.meta(base).items()
                                         if k in ("identity", "base", "sha256", "revision", "gguf")}}
+        if "base_identity" in self.merged_meta:
+            meta.setdefault("base_identity", self.merged_meta["base_identity"])
+        if "workers" in self.merged_meta:  # pytest-xdist: which GPU each worker was pinned to
+            meta["workers"] = self.merged_meta["workers"]
         return meta
 
     def plot(self, folder: Path, run: str) -> list[Path]:

@@ -18,6 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     b.add_argument("--jobs", type=int, default=None,
                    help="nodes trained at once (default: 1 on the CPU; on CUDA as many as the GPUs' memory holds)")
+    b.add_argument("--devices", default=None, metavar="IDS",
+                   help="device slots to spread nodes over, e.g. 0,1 (default: $HARNESS_DEVICES, else every "
+                        "visible GPU); one worker pool per slot, pinned with CUDA_VISIBLE_DEVICES")
+    b.add_argument("--gpus", type=int, default=None, metavar="N",
+                   help="train each node over N GPUs (DDP through accelerate launch; batch_size stays the global "
+                        "batch; N > 1 is part of the node key)")
     b.add_argument("--variant", default=None, help="apply the plan's [variants.NAME] table")
     b.add_argument("--seed", type=int, default=None, help="override the plan's training seed")
     b.add_argument("--base", default=None, metavar="MODEL",
@@ -47,11 +53,16 @@ def run(args: argparse.Namespace) -> int:
             plan = plan.with_seed(args.seed)
         if args.base:
             plan = plan.with_base(args.base)
+        if args.gpus is not None:
+            from harness.train.distributed import with_gpus
+
+            plan = with_gpus(plan, args.gpus)
         for name in args.only or []:
             plan.node(name)
         graph = build(plan, fixtures_dir=args.fixtures_dir, device=args.device, only=args.only,
                       rebuild=args.rebuild, progress=not args.quiet, jobs=args.jobs,
-                      preflight=not args.no_preflight)
+                      preflight=not args.no_preflight, devices=args.devices)
+        print(f"trained {len(graph.trained)} node(s)" + (f": {', '.join(graph.trained)}" if graph.trained else ""))
         for name in graph.names:
             if graph.is_built(name):
                 print(f"{name:16s} {graph.key(name)[:16]}  {graph.path(name)}")

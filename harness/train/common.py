@@ -26,6 +26,12 @@ def resolve_device(device: str = "auto") -> str:
     return resolve(device)
 
 
+def ddp_env() -> tuple[int, int, int]:
+    """(world size, rank, local rank) under ``accelerate launch`` (torchrun's variables); (1, 0, 0) alone."""
+    env = os.environ
+    return int(env.get("WORLD_SIZE", "1")), int(env.get("RANK", "0")), int(env.get("LOCAL_RANK", "0"))
+
+
 def uses_4bit(device: str, quantize_4bit: bool) -> bool:
     """QLoRA (bitsandbytes nf4) only on CUDA; plain LoRA on the CPU."""
     return bool(quantize_4bit) and device == "cuda"
@@ -59,12 +65,12 @@ def load_model(model_dir: str | Path, device: str, quantize_4bit: bool, for_trai
             bnb_4bit_compute_dtype=torch.bfloat16,
         )
         kwargs["dtype"] = torch.bfloat16
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": ddp_env()[2]}  # never "auto" under DDP: it would shard, not replicate
     else:
         dtype = config_dtype(model_dir)
         kwargs["dtype"] = torch.float32 if device == "cpu" and dtype != torch.float32 else dtype
         if device == "cuda":
-            kwargs["device_map"] = {"": 0}
+            kwargs["device_map"] = {"": ddp_env()[2]}
     try:
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
     except OSError as e:
@@ -87,12 +93,17 @@ def lora_config(spec: Any):
 
 
 def trainer_kwargs(recipe: Any, out_dir: Path, device: str, seed: int, progress: bool, big: bool) -> dict:
-    """Arguments common to ``SFTConfig`` and ``DPOConfig``."""
+    """Arguments common to ``SFTConfig`` and ``DPOConfig``. Under DDP (N processes) ``batch_size`` stays the
+    global batch: each process takes 1/N of it (the recipe checks that N divides it)."""
+    world = ddp_env()[0]
+    ddp = dict(ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient each step
+               gradient_checkpointing_kwargs={"use_reentrant": False}) if world > 1 else {}
     return dict(
+        **ddp,
         output_dir=str(out_dir / "_trainer"),
         num_train_epochs=recipe.epochs,
         max_steps=recipe.max_steps,
-        per_device_train_batch_size=recipe.batch_size,
+        per_device_train_batch_size=recipe.batch_size // world,
         gradient_accumulation_steps=recipe.gradient_accumulation_steps,
         learning_rate=recipe.learning_rate,
         lr_scheduler_type=recipe.lr_scheduler,
@@ -242,6 +253,9 @@ def run_recipe(method: str, make_trainer: Callable[[Any, dict, Any], Any], model
         trainer.train()
         log = train_log(trainer)
         summary.update(train_summary(trainer, log, device))
+        if ddp_env()[1] != 0:  # under DDP only the first process saves and merges
+            return out
+        summary["gpus"] = ddp_env()[0]
         # save
         trainer.model.save_pretrained(str(adapter_dir), safe_serialization=True)
         del trainer, model

@@ -26,6 +26,7 @@ class Graph:
         self.plan, self.store, self.device = plan, store, device
         self._keys = keys
         self._base_dir = base_dir
+        self.trained: list[str] = []  # nodes this build trained (not found complete, not built by another)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -148,6 +149,8 @@ def _recipe_key(recipe: Any) -> dict:
     d = dataclasses.asdict(recipe)
     if d.get("gradient_checkpointing") == "auto":
         del d["gradient_checkpointing"]
+    if d.get("gpus") == 1:  # a node trained over N > 1 GPUs (DDP) is another realisation: its own key
+        del d["gpus"]
     return d
 
 
@@ -174,26 +177,16 @@ def _choose_threads(jobs: int = 1) -> None:
 
 
 def default_jobs(device: str, base_dir: Path | None = None) -> int:
-    """Nodes built at once: one on a CPU (each worker pays ~20 s of imports, which small CPUs do not win
-    back); on CUDA several per GPU (a small trainer is launch-bound and leaves it idle) while the free
-    memory of all GPUs holds them: a node needs about 2.5x its base's weight files (the merge loads the
-    parent in its own dtype) plus 3 GiB, and a worker wants two CPU cores."""
-    cores = os.cpu_count() or 1
-    if device != "cuda":
-        return 1
-    if base_dir is None:  # the tiny base
-        return min(5, max(1, cores // 3))
-    import torch
+    """Nodes built at once by default: one on a CPU (each worker pays ~20 s of imports, which small CPUs
+    do not win back); on CUDA several per GPU while memory allows (:func:`harness.train.devices.make_slots`)."""
+    from harness.train.devices import make_slots
 
-    weights = sum(f.stat().st_size for f in Path(base_dir).glob("*.safetensors"))
-    need = 2.5 * weights + 3 * 2**30
-    free = sum(torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count()))
-    return max(1, min(max(1, cores // 2), int(0.9 * free // need)))
+    return sum(s.capacity for s in make_slots(device, None, base_dir))
 
 
 def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "auto",
           only: str | Iterable[str] | None = None, rebuild: bool = False, progress: bool = True,
-          jobs: int | None = None, preflight: bool = True) -> Graph:
+          jobs: int | None = None, preflight: bool = True, devices: str | Iterable[str] | None = None) -> Graph:
     """Build every missing node of ``plan`` (or ``only`` those nodes and their ancestors).
 
     ``rebuild`` retrains the named nodes (``only``) or, without ``only``, every trained node.
@@ -201,6 +194,8 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
     :func:`default_jobs`; 1 builds in this process with per-trainer progress bars).
     ``preflight`` audits every node's training setup before it trains (see
     :mod:`harness.train.preflight`); an error stops the build before any training.
+    ``devices`` (default ``$HARNESS_DEVICES``, else every visible GPU) are the slots nodes are spread
+    over, one worker pool pinned to each (see :mod:`harness.train.devices`).
     Returns the :class:`Graph`; cached nodes cost nothing but hashing.
     """
     from tqdm.auto import tqdm
@@ -230,18 +225,21 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
         checks.update(preflight_nodes(graph, [n for n in todo if plan.node(n).method != "base"], base_dir))
     elif not preflight:
         checks = {n: {"status": "skipped", "reason": "--no-preflight"} for n in todo}
-    jobs = default_jobs(device, graph.path(plan.nodes[0].name) if base_dir else None) if jobs is None \
-        else max(1, int(jobs))
-    jobs = min(jobs, len(todo))
+    from harness.train import devices as slots_of
+
+    slots = slots_of.make_slots(device, jobs, graph.path(plan.nodes[0].name) if base_dir else None, devices)
+    jobs = min(sum(s.capacity for s in slots), len(todo))
     bar = tqdm(total=len(todo), desc=f"fixtures {plan.name}", unit="node", disable=not progress)
-    if jobs == 1:
+    if jobs == 1 and len(slots) == 1 and slots_of.is_here(slots[0], device) and not slots_of.needs_launch(plan, todo):
         _choose_threads(1)
         for name in todo:
             bar.set_postfix(node=name)
-            _locked_build(graph, name, inputs[name], name in forced, progress, checks[name])
+            if _locked_build(graph, name, inputs[name], name in forced, progress, checks[name]):
+                graph.trained.append(name)
             bar.update()
     else:
-        _build_parallel(graph, todo, inputs, forced, jobs, bar, checks)
+        graph.trained += [a.node for a in slots_of.build_on_slots(graph, todo, inputs, forced, slots, bar, checks)
+                          if a.trained]
     bar.close()
     return graph
 
@@ -274,24 +272,20 @@ def _load_tokenizer(model_dir: Path) -> Any:
 
 
 def _locked_build(graph: Graph, name: str, key_inputs: dict, forced: bool, progress: bool,
-                  check: dict | None = None) -> None:
+                  check: dict | None = None) -> bool:
+    """Build ``name`` under its lock unless it is complete; True when this call trained it."""
     key = graph.key(name)
     with graph.store.lock(name, key):
         # Another process may have built it while this one waited for the lock.
         if forced or not graph.store.is_complete(name, key):
             _build_node(graph, name, key_inputs, progress, check)
+            return True
+    return False
 
 
-def _worker_init(jobs: int, counter: Any = None, n_gpus: int = 0) -> None:
-    """Die with the parent (a SIGKILLed build leaves no orphans), share the cores and, with several
-    GPUs, take the next one (before CUDA starts in this process)."""
-    if counter is not None and n_gpus > 1:
-        with counter.get_lock():
-            i = counter.value
-            counter.value += 1
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        ids = visible.split(",") if visible else [str(k) for k in range(n_gpus)]
-        os.environ["CUDA_VISIBLE_DEVICES"] = ids[i % n_gpus]
+def _worker_init(jobs: int) -> None:
+    """Die with the parent (a SIGKILLed build leaves no orphans) and share the cores (the slot's GPU is
+    pinned before this: :func:`harness.train.devices.pin`)."""
     try:
         import ctypes
         import signal
@@ -300,41 +294,6 @@ def _worker_init(jobs: int, counter: Any = None, n_gpus: int = 0) -> None:
     except (OSError, AttributeError):
         pass
     _choose_threads(jobs)
-
-
-def _build_parallel(graph: Graph, todo: list[str], inputs: dict, forced: set[str], jobs: int, bar: Any,
-                    checks: dict[str, dict | None]) -> None:
-    """Run ready nodes (parent finished) in ``jobs`` spawned worker processes."""
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    pending = list(todo)
-    done = {n for n in graph.names if n not in todo}
-    running: dict[Any, str] = {}
-    ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-    n_gpus = _gpu_count() if graph.device == "cuda" else 0
-    init = (jobs, ctx.Value("i", 0), n_gpus)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init, initargs=init) as pool:
-        while pending or running:
-            for name in list(pending):
-                parent = graph.plan.node(name).parent
-                if len(running) < jobs and (parent is None or parent in done):
-                    running[pool.submit(_locked_build, graph, name, inputs[name], name in forced, False,
-                                           checks.get(name))] = name
-                    pending.remove(name)
-            bar.set_postfix(running=",".join(sorted(running.values())))
-            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for fut in finished:
-                name = running.pop(fut)
-                fut.result()  # re-raises a worker's error
-                done.add(name)
-                bar.update()
-
-
-def _gpu_count() -> int:
-    import torch
-
-    return torch.cuda.device_count()
 
 
 def _build_node(graph: Graph, name: str, key_inputs: dict, progress: bool, check: dict | None = None) -> Path:
@@ -359,6 +318,9 @@ def _build_node_in(graph: Graph, name: str, key_inputs: dict, progress: bool, tm
     meta: dict[str, Any] = {"node": name, "plan": plan.name, "variant": plan.variant_name, "key": key,
                             "method": node.method, "dataset": node.dataset, "parent": node.parent,
                             "device": device, "host": platform.node(), "pid": os.getpid(), "inputs": key_inputs}
+    from harness.train.devices import worker_info
+
+    meta["worker"] = worker_info()
     if node.method == "base":
         from harness.train.tiny import build_tiny_base
 
@@ -388,8 +350,13 @@ def _build_node_in(graph: Graph, name: str, key_inputs: dict, progress: bool, tm
             from harness.train.sft import train_sft as train
         else:
             from harness.train.dpo import train_dpo as train
-        train(parent_dir, tokenizer, records, plan.recipe(name), tmp, device, lora=plan.lora,
-              quantize_4bit=plan.quantize_4bit, seed=plan.seed, progress=progress)
+        from harness.train import distributed
+
+        if distributed.gpus_of(plan.recipe(name)) > 1:  # DDP over several GPUs: accelerate launch
+            meta["worker"]["launch"] = distributed.train(parent_dir, node.method, records, plan, name, tmp, device)
+        else:
+            train(parent_dir, tokenizer, records, plan.recipe(name), tmp, device, lora=plan.lora,
+                  quantize_4bit=plan.quantize_4bit, seed=plan.seed, progress=progress)
         shutil_rm(tmp / "_trainer")
         log = json.loads((tmp / common.LOG_FILE).read_text(encoding="utf-8"))
         meta["data_hashes"] = {node.dataset: data.records_hash(records)}

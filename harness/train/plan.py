@@ -74,6 +74,9 @@ class Recipe:
     # "auto": on for models of about 1B parameters and up (common.is_big); "on" / "off" force it.
     # Only a non-default value enters the node key (keys of existing plans stay as they were).
     gradient_checkpointing: str = "auto"
+    # GPUs one node trains on (DDP through accelerate launch, harness.train.distributed); batch_size is
+    # the global batch, split over them. Only a value above 1 enters the node key.
+    gpus: int = 1
 
 
 @dataclass(frozen=True)
@@ -279,6 +282,9 @@ def _validate_section(obj: Any, where: str) -> None:
             raise PlanError(f"{where}.lr_scheduler: unknown {obj.lr_scheduler!r}; known: {', '.join(SCHEDULERS)}")
         if obj.beta <= 0:
             raise PlanError(f"{where}.beta: must be positive, got {obj.beta}")
+        if obj.gpus < 1 or obj.batch_size % obj.gpus:
+            raise PlanError(f"{where}.gpus: must be at least 1 and divide batch_size ({obj.batch_size}) so the "
+                            f"global batch stays the same, got {obj.gpus}")
         if obj.gradient_checkpointing not in ("auto", "on", "off"):
             raise PlanError(f"{where}.gradient_checkpointing: must be auto, on or off, got {obj.gradient_checkpointing!r}")
     elif isinstance(obj, LoraSpec):

@@ -1,0 +1,256 @@
+"""Nodes over GPUs: device slots, one worker pool per slot pinned with ``CUDA_VISIBLE_DEVICES``, and the
+scheduler that hands each ready node (parent done) to the slot with the most room.
+
+A *slot* is one GPU (its id as ``CUDA_VISIBLE_DEVICES`` spells it) holding ``capacity`` nodes at once. On a
+machine without GPUs, ``--devices a,b`` (or ``$HARNESS_DEVICES``) names fake slots: the same scheduler, the
+same pinning (the worker's environment says which slot it is), CPU training. A node with ``gpus = N`` in
+its recipe (see :mod:`harness.train.distributed`) takes N whole idle slots and trains through
+``accelerate launch`` from the main process. The fixture cache and its per-node locks stay the single
+source of truth: a slot only decides *where* a node trains, never whether it does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from harness.errors import HarnessError
+
+ENV = "HARNESS_DEVICES"
+SLOT_ENV = "HARNESS_SLOT"  # set in each worker: the slot it is pinned to
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One device: ``id`` as ``CUDA_VISIBLE_DEVICES`` names it ("" = not pinned), nodes it holds at once."""
+
+    id: str
+    capacity: int
+
+
+def parse_devices(spec: str | Sequence[str] | None, where: str = "--devices") -> list[str] | None:
+    """``"0,1"`` (or a list) → ``["0", "1"]``; None or "" → None. Empty or repeated entries are errors."""
+    if spec is None:
+        return None
+    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
+    if items == [""]:
+        return None
+    if any(not s for s in items):
+        raise HarnessError(f"{where} {spec!r}: an empty device name; give ids separated by commas, e.g. 0,1")
+    dup = sorted({s for s in items if items.count(s) > 1})
+    if dup:
+        raise HarnessError(f"{where} {spec!r}: device {dup[0]!r} is listed twice")
+    return items
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` ids (empty without CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [s.strip() for s in visible.split(",") if s.strip()] if visible else []
+    n = torch.cuda.device_count()
+    return ids[:n] if ids else [str(i) for i in range(n)]
+
+
+def _split(total: int, n: int) -> list[int]:
+    """``total`` nodes over ``n`` slots, as evenly as possible (the first slots get the remainder)."""
+    return [total // n + (1 if i < total % n else 0) for i in range(n)]
+
+
+def make_slots(device: str, jobs: int | None, base_dir: Path | None = None,
+               devices: str | Sequence[str] | None = None) -> list[Slot]:
+    """The slots a build uses.
+
+    ``devices`` (else ``$HARNESS_DEVICES``, else every visible GPU on CUDA) names them; without any, one
+    unpinned slot of ``jobs`` (default 1). ``jobs`` is the total over all slots; by default each GPU holds
+    as many nodes as its free memory allows (:func:`per_gpu_capacity`), each fake slot one.
+    """
+    names = parse_devices(devices) or parse_devices(os.environ.get(ENV), f"${ENV}")
+    if names is None and device == "cuda":
+        names = visible_gpus() or None
+    if names is None:
+        return [Slot("", max(1, jobs or 1))]
+    if jobs is not None:
+        return [Slot(s, c) for s, c in zip(names, _split(max(1, int(jobs)), len(names))) if c > 0]
+    if device != "cuda":
+        return [Slot(s, 1) for s in names]
+    return [Slot(s, per_gpu_capacity(s, base_dir, len(names))) for s in names]
+
+
+def per_gpu_capacity(gpu: str, base_dir: Path | None, n_gpus: int) -> int:
+    """Nodes one GPU holds at once: a small trainer is launch-bound and leaves a GPU idle, so several
+    share it while its free memory holds them (a node needs about 2.5x its base's weight files, for the
+    merge, plus 3 GiB) and the host has two cores per worker; the tiny base: up to 5 over all GPUs."""
+    import torch
+
+    cores = os.cpu_count() or 1
+    if base_dir is None:
+        return min(5, max(1, cores // 3 // n_gpus))
+    weights = sum(f.stat().st_size for f in Path(base_dir).glob("*.safetensors"))
+    need = 2.5 * weights + 3 * 2**30
+    index = visible_gpus().index(gpu) if gpu in visible_gpus() else 0
+    free = torch.cuda.mem_get_info(index)[0]
+    return max(1, min(max(1, cores // 2 // n_gpus), int(0.9 * free // need)))
+
+
+def needs_launch(plan: Any, names: Sequence[str]) -> bool:
+    """Whether any of ``names`` trains over several GPUs (and so goes through the slot scheduler)."""
+    from harness.train.distributed import gpus_of
+
+    return any(plan.node(n).method != "base" and gpus_of(plan.recipe(n)) > 1 for n in names)
+
+
+def is_here(slot: Slot, device: str) -> bool:
+    """Whether this process already trains on ``slot`` (no worker needed): an unpinned slot, the slot this
+    process was pinned to, or on CUDA the first GPU it sees (where an in-process build puts the model)."""
+    if not slot.id or os.environ.get(SLOT_ENV) == slot.id:
+        return True
+    return device == "cuda" and visible_gpus()[:1] == [slot.id]
+
+
+def pin(slot_id: str) -> None:
+    """Pin this process (before CUDA starts in it) to ``slot_id``."""
+    os.environ[SLOT_ENV] = slot_id
+    os.environ[ENV] = slot_id  # builds started here use this slot only
+    if slot_id:
+        os.environ["CUDA_VISIBLE_DEVICES"] = slot_id
+
+
+def worker_info() -> dict[str, str | None]:
+    """Where this process trains: its slot and the GPUs it sees (recorded in each node's meta.json)."""
+    return {"slot": os.environ.get(SLOT_ENV), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def _slot_init(slot_id: str, jobs: int) -> None:
+    pin(slot_id)
+    from harness.train.graph import _worker_init
+
+    _worker_init(jobs)
+
+
+# ---------------------------------------------------------------------------- the scheduler
+
+@dataclass
+class Assignment:
+    """Which node ran on which slot(s), in start order."""
+
+    node: str
+    slots: tuple[str, ...]
+    trained: bool = False  # False: another builder had built it (the lock), or it failed
+
+
+def schedule(todo: Sequence[str], parent_of: Callable[[str], str | None], done: set[str], slots: Sequence[Slot],
+             start: Callable[[str, tuple[Slot, ...]], Any], gpus_of: Callable[[str], int] = lambda n: 1,
+             on_change: Callable[[dict[str, tuple[str, ...]]], None] | None = None) -> list[Assignment]:
+    """Run ``todo`` (parents first) on ``slots``: a node starts when its parent is in ``done`` and a slot has
+    room (the one with the most free room; a ``gpus_of(node) = N`` node takes N idle slots). ``start``
+    returns a ``concurrent.futures.Future``; a failed node's error is raised (the others finish first)."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    free = {s.id: s.capacity for s in slots}
+    cap = dict(free)
+    order = [s.id for s in slots]
+    by_id = {s.id: s for s in slots}
+    pending = list(todo)
+    running: dict[Any, tuple[str, tuple[str, ...]]] = {}
+    log: list[Assignment] = []
+    entry: dict[str, Assignment] = {}
+    widest = len(slots)
+    for name in pending:
+        if gpus_of(name) > widest:
+            raise HarnessError(f"node {name!r} asks for {gpus_of(name)} GPUs; only {widest} device(s) "
+                               f"({', '.join(order) or 'one'}) are available")
+    error: BaseException | None = None
+    while pending or running:
+        for name in list(pending) if error is None else []:
+            parent = parent_of(name)
+            if parent is not None and parent not in done:
+                continue
+            k = gpus_of(name)
+            if k > 1:
+                idle = [s for s in order if free[s] == cap[s]][:k]
+                if len(idle) < k:
+                    continue
+                chosen = tuple(idle)
+                for s in chosen:
+                    free[s] = 0
+            else:
+                best = max(order, key=lambda s: (free[s], -order.index(s)))
+                if free[best] <= 0:
+                    continue
+                chosen = (best,)
+                free[best] -= 1
+            running[start(name, tuple(by_id[s] for s in chosen))] = (name, chosen)
+            log.append(Assignment(name, chosen))
+            entry[name] = log[-1]
+            pending.remove(name)
+        if not running:
+            break
+        if on_change is not None:
+            on_change({n: s for n, s in running.values()})
+        finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+        for fut in finished:
+            name, chosen = running.pop(fut)
+            for s in chosen:
+                free[s] = cap[s] if len(chosen) > 1 else free[s] + 1
+            exc = fut.exception()
+            if exc is not None:
+                error = error or exc
+            else:
+                entry[name].trained = fut.result() is not False
+                done.add(name)
+    if error is not None:
+        raise error
+    if pending:
+        raise HarnessError(f"nodes {', '.join(pending)} could not start: their parents were not built")
+    return log
+
+
+def build_on_slots(graph: Any, todo: list[str], inputs: dict, forced: set[str], slots: Sequence[Slot], bar: Any,
+                   checks: dict[str, dict | None]) -> list[Assignment]:
+    """Train ``todo`` over ``slots``: one spawned worker pool per slot (pinned to it), multi-GPU nodes
+    through ``accelerate launch`` from a thread of this process on the slots they were given."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+    from harness.train import distributed
+    from harness.train.graph import _locked_build
+
+    ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    total = sum(s.capacity for s in slots)
+    pools = {s.id: ProcessPoolExecutor(max_workers=s.capacity, mp_context=ctx, initializer=_slot_init,
+                                       initargs=(s.id, total)) for s in slots}
+    threads = ThreadPoolExecutor(max_workers=max(1, len(slots)))
+
+    def gpus_of(name: str) -> int:
+        node = graph.plan.node(name)
+        return 1 if node.method == "base" else distributed.gpus_of(graph.plan.recipe(name))
+
+    pinned = any(s.id for s in slots)  # unpinned (the CPU): a multi-process node takes one slot
+
+    def start(name: str, chosen: tuple[Slot, ...]) -> Any:
+        args = (graph, name, inputs[name], name in forced, False, checks.get(name))
+        if gpus_of(name) > 1:
+            return threads.submit(distributed.on_devices, [s.id for s in chosen if s.id], _locked_build, *args)
+        return pools[chosen[0].id].submit(_locked_build, *args)
+
+    def show(running: dict[str, tuple[str, ...]]) -> None:
+        bar.set_postfix(running=",".join(f"{n}@{'+'.join(s) or '-'}" for n, s in sorted(running.items())))
+
+    class _Done(set):  # advances the bar as nodes finish
+        def add(self, item: str) -> None:
+            super().add(item)
+            bar.update()
+
+    try:
+        return schedule(todo, lambda n: graph.plan.node(n).parent, _Done(n for n in graph.names if n not in todo),
+                        slots, start, gpus_of if pinned else (lambda n: 1), show)
+    finally:
+        threads.shutdown(wait=True)
+        for pool in pools.values():
+            pool.shutdown(wait=True)

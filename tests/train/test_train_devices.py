@@ -1,0 +1,194 @@
+"""Nodes over device slots (fake "devices" on the CPU) and one node over two processes (DDP through
+``accelerate launch``, gloo on the CPU): the scheduler, the pinning, the cache as the single source of truth."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from harness.errors import HarnessError
+from harness.train import build, load_plan
+from harness.train.devices import Slot, make_slots, parse_devices, schedule
+
+ROOT = Path(__file__).resolve().parents[2]
+MICRO = ROOT / "fixtures" / "plans" / "micro.toml"
+TINY = ROOT / "fixtures" / "plans" / "tiny.toml"
+
+
+# ---- the scheduler alone (threads standing in for worker pools) ------------------------------
+
+def run_schedule(plan, slots, work=0.05, gpus=lambda n: 1):
+    """Schedule ``plan``'s trained nodes; returns (assignments, events) with (time, 'start'|'end', node, slots)."""
+    events, lock = [], threading.Lock()
+    pool = ThreadPoolExecutor(max_workers=16)
+
+    def job(name, chosen):
+        with lock:
+            events.append((time.monotonic(), "start", name, chosen))
+        time.sleep(work)
+        with lock:
+            events.append((time.monotonic(), "end", name, chosen))
+        return True
+
+    todo = [n for n in plan.names if plan.node(n).method != "base"]
+    log = schedule(todo, lambda n: plan.node(n).parent, {plan.names[0]}, slots,
+                   lambda n, ch: pool.submit(job, n, tuple(s.id for s in ch)), gpus)
+    pool.shutdown()
+    return log, events
+
+
+def test_scheduler_runs_ready_nodes_on_free_slots_after_their_parents():
+    plan = load_plan(TINY)  # base -> 5 children; sft_d1 and sft_d2 have 2 children each
+    caps = {"0": 4, "1": 3}  # room for 7: more than the 5 nodes ready at first
+    slots = [Slot(k, v) for k, v in caps.items()]
+    log, events = run_schedule(plan, slots)
+    assert sorted(a.node for a in log) == sorted(plan.names[1:]) and all(a.trained for a in log)
+    ended = {}
+    running = {"0": 0, "1": 0}
+    for t, kind, name, chosen in sorted(events):
+        (slot,) = chosen
+        if kind == "start":
+            parent = plan.node(name).parent
+            assert parent == "base" or parent in ended, f"{name} started before its parent {parent} ended"
+            running[slot] += 1
+            assert running[slot] <= caps[slot], f"slot {slot} over its capacity"
+        else:
+            ended[name] = t
+            running[slot] -= 1
+    assert {a.slots[0] for a in log} == {"0", "1"}, "both slots got nodes"
+    # The five ready nodes start at once, each on the slot with the most room left (ties: the first).
+    assert [a.slots[0] for a in log[:5]] == ["0", "0", "1", "0", "1"]
+    assert {a.node for a in log[:5]} == {n for n in plan.names if plan.node(n).parent == "base"}
+
+
+def test_a_multi_gpu_node_takes_whole_idle_slots_and_too_wide_a_node_is_refused():
+    plan = load_plan(MICRO)
+    slots = [Slot("a", 2), Slot("b", 2)]
+    log, events = run_schedule(plan, slots, gpus=lambda n: 2 if n == "dpo_d1@sft_d0" else 1)
+    assert [(a.node, a.slots) for a in log] == [("sft_d0", ("a",)), ("dpo_d1@sft_d0", ("a", "b"))]
+    with pytest.raises(HarnessError, match=r"node 'dpo_d1@sft_d0' asks for 3 GPUs; only 2 device\(s\) \(a, b\)"):
+        run_schedule(plan, slots, gpus=lambda n: 3 if n == "dpo_d1@sft_d0" else 1)
+
+
+def test_a_failed_node_raises_and_its_children_never_start():
+    plan = load_plan(MICRO)
+    pool = ThreadPoolExecutor(max_workers=2)
+    started = []
+
+    def start(name, chosen):
+        started.append(name)
+        return pool.submit(lambda: (_ for _ in ()).throw(RuntimeError(f"{name} broke")) if name == "sft_d0" else True)
+
+    with pytest.raises(RuntimeError, match="sft_d0 broke"):
+        schedule(["sft_d0", "dpo_d1@sft_d0"], lambda n: plan.node(n).parent, {"base"}, [Slot("a", 1)], start)
+    assert started == ["sft_d0"]
+
+
+def test_device_lists_and_slot_capacities(monkeypatch):
+    assert parse_devices("0, 1") == ["0", "1"] and parse_devices("") is None and parse_devices(None) is None
+    with pytest.raises(HarnessError, match=r"--devices '0,,1': an empty device name"):
+        parse_devices("0,,1")
+    with pytest.raises(HarnessError, match=r"device '1' is listed twice"):
+        parse_devices("1,0,1")
+    assert make_slots("cpu", None) == [Slot("", 1)] and make_slots("cpu", 3) == [Slot("", 3)]
+    assert make_slots("cpu", None, devices="a,b") == [Slot("a", 1), Slot("b", 1)]
+    assert make_slots("cpu", 5, devices="a,b") == [Slot("a", 3), Slot("b", 2)]
+    assert make_slots("cpu", 1, devices="a,b") == [Slot("a", 1)]
+    monkeypatch.setenv("HARNESS_DEVICES", "x,y,z")
+    assert [s.id for s in make_slots("cpu", None)] == ["x", "y", "z"]
+    monkeypatch.setenv("HARNESS_DEVICES", "x,x")
+    with pytest.raises(HarnessError, match=r"\$HARNESS_DEVICES 'x,x'"):
+        make_slots("cpu", None)
+
+
+# ---- real builds: micro plus a second child of the base, so two nodes are ready at once --------
+
+def two_child_plan(tmp_path: Path) -> Path:
+    text = MICRO.read_text(encoding="utf-8").split("[variants.", 1)[0]
+    text += '\n[[nodes]]\nname = "sft_d1"\nmethod = "sft"\ndataset = "d1"\nparent = "base"\n'
+    p = tmp_path / "micro2.toml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """The single-process reference: base and sft_d0 of the micro plan."""
+    fx = tmp_path_factory.mktemp("single")
+    graph = build(load_plan(MICRO), fixtures_dir=fx, device="cpu", progress=False, only="sft_d0")
+    return graph
+
+
+def weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_two_builders_one_on_fake_slots_train_each_node_once_and_agree_with_one_process(tmp_path, single):
+    import torch
+
+    plan_file = two_child_plan(tmp_path)
+    env = {**os.environ, "HARNESS_FIXTURES_DIR": str(tmp_path / "fx"), "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "harness", "fixtures", "build", str(plan_file), "--device", "cpu", "--quiet"]
+    slotted = subprocess.Popen(cmd + ["--devices", "a,b"], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    plain = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    outs = [p.communicate(timeout=400)[0] for p in (slotted, plain)]
+    assert [p.returncode for p in (slotted, plain)] == [0, 0], outs
+    trained = [set(o.split("\n", 1)[0].partition(": ")[2].split(", ")) - {""} for o in outs]
+    plan = load_plan(plan_file)
+    assert trained[0] | trained[1] == set(plan.names), outs
+    assert not trained[0] & trained[1], f"a node was trained by both builders: {trained[0] & trained[1]}"
+    graph = build(plan, fixtures_dir=tmp_path / "fx", device="cpu", progress=False)
+    assert graph.trained == []
+    for name in trained[0] - {"base"}:  # the slot builder's nodes trained in workers pinned to a slot
+        worker = graph.meta(name)["worker"]
+        assert worker["slot"] in ("a", "b") and worker["cuda_visible_devices"] == worker["slot"], worker
+    # The same cache as one process: the same keys, and the same weights where both built a node.
+    for name in ("base", "sft_d0"):
+        assert graph.key(name) == single.key(name)
+        a, b = weights(graph.path(name)), weights(single.path(name))
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), name
+    assert not any((tmp_path / "fx" / "tmp").iterdir())
+
+
+def test_one_node_over_two_processes_matches_one_process(single):
+    """gpus = 2: accelerate launch with 2 gloo processes on the CPU; each step sees the same global batch."""
+    import torch
+
+    from harness.train.distributed import with_gpus
+
+    plan = with_gpus(load_plan(MICRO), 2)
+    graph = build(plan, fixtures_dir=single.fixtures_dir, device="cpu", progress=False, only="sft_d0")
+    assert graph.trained == ["sft_d0"] and graph.key("sft_d0") != single.key("sft_d0")
+    assert graph.key("base") == single.key("base")
+    meta = graph.meta("sft_d0")
+    assert meta["worker"]["launch"]["gpus"] == 2 and meta["train"]["gpus"] == 2
+    config = json.loads((graph.path("sft_d0") / "_launch" / "accelerate.json").read_text())
+    assert config["num_processes"] == 2 and config["distributed_type"] == "MULTI_GPU"
+    one, two = single.log("sft_d0"), graph.log("sft_d0")
+    assert len(one) == len(two) == meta["train"]["steps"] == 4, "the same number of optimizer steps"
+    for a, b in zip(one, two):  # the same examples in every step: the same loss up to reduction order
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3), (a, b)
+        assert b["num_tokens"] == a["num_tokens"]
+    base = weights(graph.path("base"))
+    d1 = torch.cat([(w - base[k]).flatten() for k, w in weights(single.path("sft_d0")).items()])
+    d2 = torch.cat([(w - base[k]).flatten() for k, w in weights(graph.path("sft_d0")).items()])
+    # LoRA dropout draws other masks per process: not the same bits, the same update within noise.
+    assert torch.nn.functional.cosine_similarity(d1, d2, dim=0) > 0.5
+    assert d2.norm() == pytest.approx(float(d1.norm()), rel=0.1)
+
+
+def test_gpus_must_divide_the_global_batch():
+    from harness.train.distributed import with_gpus
+
+    with pytest.raises(HarnessError, match=r"micro\.toml: --gpus\.gpus: must be at least 1 and divide batch_size \(2\)"):
+        with_gpus(load_plan(MICRO), 3)
