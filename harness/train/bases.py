@@ -9,6 +9,7 @@ and PAD are checked against the GGUF's own metadata first. A plan's ``chat_templ
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -64,6 +65,13 @@ def find_gguf(spec: str) -> Path | None:
 
 def gguf_tokens(path: Path) -> dict[str, Any]:
     """The GGUF's architecture and its BOS/EOS/PAD token ids (from the file's own metadata)."""
+    st = Path(path).stat()
+    return dict(_gguf_tokens(str(path), st.st_size, st.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _gguf_tokens(path: str, size: int, mtime: int) -> dict[str, Any]:
+    """Reading the metadata parses the whole vocabulary (seconds): once per file version."""
     try:
         import gguf
 
