@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from harness import versions
 from harness.atomic import write_bytes
 from harness.audit.findings import IGNORE
 from harness.audit.report import AuditReport
@@ -25,13 +25,7 @@ LIBRARIES = ("trl", "transformers", "tokenizers", "torch", "jinja2")
 
 def library_versions() -> dict[str, str]:
     """Installed versions of the libraries that decide the labels."""
-    out = {}
-    for lib in LIBRARIES:
-        try:
-            out[lib] = version(lib)
-        except PackageNotFoundError:
-            out[lib] = "absent"
-    return out
+    return versions.library_versions(LIBRARIES)
 
 
 def _ranges(labels: list[int]) -> list[list[int]]:
