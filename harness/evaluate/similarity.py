@@ -98,8 +98,10 @@ class BertScore:
     """
 
     def __init__(self, model: str = DEFAULT_BERT, num_layers: Optional[int] = None, device: str = "cpu",
-                 batch_size: int = 64) -> None:
+                 batch_size: int = 64, name: Optional[str] = None) -> None:
         from bert_score import BERTScorer
+
+        self.name = name  # what the tables call the model (a GGUF file's name for its converted folder)
 
         if num_layers is None:
             num_layers = DEFAULT_BERT_LAYERS if model == DEFAULT_BERT else bert_layer(str(model))
@@ -136,7 +138,8 @@ class BertScore:
 
     @property
     def label(self) -> str:
-        return f"{Path(self.model).name if os.path.isdir(self.model) else self.model} (layer {self.num_layers})"
+        name = self.name or (Path(self.model).name if os.path.isdir(self.model) else self.model)
+        return f"{name} (layer {self.num_layers})"
 
 
 def try_bert_score(model: Optional[str], num_layers: Optional[int], device: str = "cpu", *, graph: Any = None,
@@ -148,11 +151,12 @@ def try_bert_score(model: Optional[str], num_layers: Optional[int], device: str 
     if not model:
         return None, "BERTScore off"
     try:
+        name = None
         if (graph is not None and model in getattr(graph, "names", ())) or str(model).endswith(".gguf"):
             from harness.evaluate.serve import resolve_model
 
-            model = resolve_model(model, graph, cache_root)[0]
-        return BertScore(model, num_layers, device), ""
+            model, name = resolve_model(model, graph, cache_root)
+        return BertScore(model, num_layers, device, name=name), ""
     except LoadError as e:
         return None, f"BERTScore skipped: {e}"
 

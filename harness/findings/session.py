@@ -262,7 +262,7 @@ class FindingsSession(Collector):
                 self._memo[key] = build(plan, only=name, fixtures_dir=self.options.fixtures_dir,
                                         device=self.options.device, progress=False)
             took = time.monotonic() - t0
-            if took > 2:
+            if (name in pending) if pending is not None else took > 2:  # trained now, however fast
                 self.say(f"fixtures {what}: [{i}/{len(todo)}] {name} built in {took:.0f} s (log: {self.log_path})")
             done.add(name)
         if key not in self._memo:
