@@ -24,7 +24,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 from harness.errors import HarnessError, LoadError
 from harness.registry import Registry
@@ -130,6 +130,27 @@ def _json_type(value: Any) -> str:
     return _type_name(type(value))
 
 
+def iter_jsonl(path: PathLike) -> Iterator[tuple[int, str, Any]]:
+    """``(line number, "file:line", parsed row)`` for each non-blank line of a JSONL file. A missing
+    file, text that is not UTF-8 or a line that is not JSON raises :class:`LoadError` naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise LoadError(f"{p}: no such file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise LoadError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{p}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise LoadError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+        yield lineno, where, row
+
+
 def load_jsonl(path: PathLike, required: Mapping[str, type], id_field: Optional[str] = "id",
                allow_empty: Sequence[str] = ()) -> list[dict]:
     """Read a JSONL file whose rows must be objects holding ``required`` fields of the given types.
@@ -140,22 +161,9 @@ def load_jsonl(path: PathLike, required: Mapping[str, type], id_field: Optional[
     bad row raises :class:`LoadError` naming the file, the 1-based line number and the field.
     """
     p = Path(path)
-    if not p.is_file():
-        raise LoadError(f"{p}: no such file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise LoadError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     rows: list[dict] = []
     seen: dict[Any, int] = {}
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{p}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LoadError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+    for lineno, where, row in iter_jsonl(p):
         if not isinstance(row, dict):
             raise LoadError(f"{where}: expected a JSON object, got {_json_type(row)}")
         for field, ftype in required.items():

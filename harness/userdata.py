@@ -15,11 +15,11 @@ system prompt prepended unless the row has its own. A bad row raises one
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+from harness.data import iter_jsonl
 from harness.errors import LoadError
 
 FORMATS = ("prompt-completion", "conversational", "preference")
@@ -102,22 +102,9 @@ def load_records(src: Source, method: str, system: Union[str, bool] = "") -> lis
     """Every row of ``src`` as trl records for an ``sft`` or ``dpo`` node."""
     if src.format is not None and src.format not in FORMATS:
         raise LoadError(f"{src.path}: format {src.format!r} is unknown; known: {', '.join(FORMATS)}")
-    try:
-        text = Path(src.path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise LoadError(f"{src.path}: no such data file") from None
-    except UnicodeDecodeError as e:
-        raise LoadError(f"{src.path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     sys_text = system if isinstance(system, str) else ""
     out, fmt = [], src.format
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{src.path}:{lineno}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise LoadError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+    for _, where, row in iter_jsonl(src.path):
         if fmt is None:
             if not isinstance(row, dict):
                 raise LoadError(f"{where}: expected a JSON object")

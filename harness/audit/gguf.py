@@ -8,7 +8,6 @@ in a folder named by the file's sha256, with a ``generation_config.json`` holdin
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -16,22 +15,9 @@ import tempfile
 from pathlib import Path
 
 from harness.errors import LoadError
+from harness.gguffile import sha256_file
 
-GGUF_DIR_ENV = "HARNESS_GGUF_DIR"
 CACHE_ENV = "HARNESS_GGUF_TOKENIZER_CACHE"
-
-
-def gguf_dir() -> Path:
-    """Where ``.ci/fetch-gguf`` puts the GGUF files (``$HARNESS_GGUF_DIR``, default ``~/.cache/harness/gguf``)."""
-    return Path(os.environ.get(GGUF_DIR_ENV) or Path.home() / ".cache" / "harness" / "gguf")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _eos_ids(path: Path) -> list[int]:
@@ -55,7 +41,7 @@ def gguf_tokenizer_folder(path: Path) -> Path:
     if not path.is_file():
         raise LoadError(f"GGUF file {str(path)!r} does not exist")
     root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "harness" / "gguf-tokenizers")
-    dest = root / f"{path.stem}-{_sha256(path)[:16]}"
+    dest = root / f"{path.stem}-{sha256_file(path)[:16]}"
     if (dest / "tokenizer_config.json").is_file():
         return dest
     from transformers import AutoTokenizer

@@ -45,7 +45,7 @@ class ZooEntry:
     def source(self, zoo: Optional[Path]) -> Union[Path, str]:
         """The GGUF file, the zoo folder, or the hub id to load (GGUF: LoadError when the file is absent)."""
         if self.gguf:
-            from harness.audit.gguf import gguf_dir
+            from harness.gguffile import gguf_dir
 
             path = gguf_dir() / self.gguf
             if not path.is_file():

@@ -188,7 +188,7 @@ def resolve_model(spec: str, graph: Any = None, cache_root: Optional[Path] = Non
     p = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not p.is_file():
-            from harness.train.bases import gguf_dir
+            from harness.gguffile import gguf_dir
 
             p = gguf_dir() / spec
         return str(gguf_folder(p, cache_root).resolve()), p.name

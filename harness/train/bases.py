@@ -18,18 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import LoadError
+from harness.gguffile import GGUF_ENV, gguf_dir, sha256_file
 
-GGUF_ENV = "HARNESS_GGUF_DIR"
-DEFAULT_GGUF_DIR = "~/.cache/harness/gguf"
 #: Bump when the conversion changes what it writes; part of the converted folder's key.
 CONVERT_VERSION = 1
 INFO_FILE = "base_info.json"  # written last: its presence marks a converted folder complete
 _WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json")
-
-
-def gguf_dir() -> Path:
-    """``$HARNESS_GGUF_DIR``, else ``~/.cache/harness/gguf`` (where ``.ci/fetch-gguf`` puts the files)."""
-    return Path(os.environ.get(GGUF_ENV) or DEFAULT_GGUF_DIR).expanduser()
 
 
 def expand(spec: str) -> str:
@@ -38,14 +32,6 @@ def expand(spec: str) -> str:
         if token in spec:
             spec = spec.replace(token, str(gguf_dir()))
     return os.path.expanduser(os.path.expandvars(spec)) if spec.startswith(("~", "$")) else spec
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def find_gguf(spec: str) -> Path | None:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from harness.errors import HarnessError, LoadError
+from harness.errors import HarnessError
 from harness.train import common
 from harness.train.plan import SELFGEN, Plan
 from harness.train.store import META_FILE, Store, cache_key, library_versions

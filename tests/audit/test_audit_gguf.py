@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harness.audit import audit, load_tokenizer
-from harness.audit.gguf import gguf_dir
+from harness.gguffile import gguf_dir
 from harness.errors import LoadError
 
 SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
