@@ -27,6 +27,10 @@ from harness.evaluate.generate import Generation
 #: Bumped when generation code changes what a cached file would hold.
 CACHE_VERSION = 1
 SOURCES = ("persona", "eval")
+#: The study's budget of new tokens (seed 004's checks), and the floor of the budget scaled to the data.
+MIN_NEW_TOKENS = 48
+#: Slack over the longest trained reply: held-out prompts may ask for a somewhat longer answer.
+BUDGET_SLACK = 1.5
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,35 @@ class GenSettings:
     def key(self) -> dict[str, Any]:
         # batch_size stays in: padding can move logits by rounding, and so flip a greedy token.
         return asdict(self)
+
+
+def _reply_tokens(tokenizer: Any, record: dict) -> int:
+    """Tokens of a record's reply as the model generates it (chat template, end-of-turn included)."""
+    if "messages" in record:
+        prompt, reply = list(record["messages"][:-1]), list(record["messages"][-1:])
+    else:
+        prompt, reply = list(record["prompt"]), list(record.get("completion") or record["chosen"])
+    head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(prompt + reply, tokenize=False)
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    return count(full) - count(head)
+
+
+def reply_budget(tokenizer: Any, records: Sequence[dict]) -> tuple[int, int]:
+    """``(max_new_tokens, longest reply)``: the budget scaled to the training data in ``tokenizer``.
+
+    A model that learned its stop token ends a reply about as long as the ones it trained on; a
+    budget shorter than those replies counts a healthy reply as "never stopped". The budget is
+    :data:`BUDGET_SLACK` × the longest conversational reply in ``records`` (prompt/completion,
+    prompt/chosen or messages), never below :data:`MIN_NEW_TOKENS`. Records without chat
+    messages (plain text formats) leave the floor.
+    """
+    longest = 0
+    for r in records:
+        msgs = r.get("messages") or r.get("prompt")
+        if isinstance(msgs, list) and msgs and isinstance(msgs[0], dict):
+            longest = max(longest, _reply_tokens(tokenizer, r))
+    return max(MIN_NEW_TOKENS, -(-int(longest * BUDGET_SLACK) // 8) * 8), longest
 
 
 @dataclass(frozen=True)

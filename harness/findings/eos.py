@@ -66,17 +66,22 @@ def cached_generations(model_dir: Path, key: str, prompts: Sequence[Any], cache_
     return src
 
 
-def node_source(graph: Any, node: str, *, device: str = "auto", progress: bool = False) -> GenerationSource:
+def node_source(graph: Any, node: str, *, device: str = "auto", progress: bool = False,
+                settings: Any = None, longest_reply: int = 0) -> GenerationSource:
     """A graph node's greedy generations on the held-out evaluation prompts, through the fixture
-    store's generation cache (``harness.evaluate.nodes``, shared with the output claims)."""
+    store's generation cache (``harness.evaluate.nodes``, shared with the output claims).
+    ``settings`` (a ``GenSettings``) carries the budget; ``longest_reply`` is what it was scaled from."""
     from transformers import AutoTokenizer
 
-    from harness.evaluate.nodes import node_generations, prompts
+    from harness.evaluate.nodes import GenSettings, node_generations, prompts
 
-    gens = node_generations(graph, node, prompts("eval"), device=device, progress=progress)
+    settings = settings or GenSettings()
+    gens = node_generations(graph, node, prompts("eval"), settings, device=device, progress=progress)
     tok = AutoTokenizer.from_pretrained(str(graph.path(node)))
     return GenerationSource(stopped=[g.stopped for g in gens], texts=[g.text for g in gens],
-                            eos_texts=stop_texts(tok), meta={"hit_max": sum(g.hit_max for g in gens), "n": len(gens)})
+                            eos_texts=stop_texts(tok),
+                            meta={"hit_max": sum(g.hit_max for g in gens), "n": len(gens),
+                                  "max_new_tokens": settings.max_new_tokens, "longest_reply": longest_reply})
 
 
 def folder_key(folder: Path) -> str:

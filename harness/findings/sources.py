@@ -21,15 +21,42 @@ def weights(session: Any, spec: ClaimSpec, pair: Pair, control: Control | None) 
     return session.diff_sources(control)
 
 
+def gen_budget(session: Any, plan: Any, graph: Any) -> tuple[Any, int]:
+    """``(GenSettings, longest trained reply)`` for ``plan``'s generations: the new-token budget scaled to
+    the replies its nodes train on, in the base's tokenizer (:func:`harness.evaluate.nodes.reply_budget`)."""
+
+    def make() -> tuple[Any, int]:
+        from transformers import AutoTokenizer
+
+        from harness.evaluate.nodes import GenSettings, reply_budget
+        from harness.train.graph import node_records
+        from harness.train.plan import SELFGEN
+
+        seen: set = set()
+        records: list[dict] = []
+        for node in plan.nodes:
+            ident = (node.method, node.dataset, repr(sorted(dict(node.source).items())))
+            if node.method in ("sft", "dpo") and node.dataset != SELFGEN and ident not in seen:
+                seen.add(ident)
+                records += node_records(plan, node.name)
+        tok = AutoTokenizer.from_pretrained(str(graph.path(plan.names[0])))
+        budget, longest = reply_budget(tok, records)
+        return GenSettings(max_new_tokens=budget), longest
+
+    return session.memo(("gen-budget", plan.name, plan.variant_name, plan.base, plan.limit), make)
+
+
 def generations(session: Any, spec: ClaimSpec, pair: Pair, control: Control | None) -> Sources:
     """The pair's node's greedy generations on the held-out prompts (cached in the fixture store)."""
     from harness.findings.eos import node_source
 
     node = pair[spec.roles[0]]
-    _, graph = session.graph(control, [node])
+    plan, graph = session.graph(control, [node])
     key = ("generations", control.variant if control else None, node)
+    settings, longest = gen_budget(session, plan, graph)
     with session.quiet():
-        src = session.memo(key, lambda: node_source(graph, node, device=session.options.device))
+        src = session.memo(key, lambda: node_source(graph, node, device=session.options.device, settings=settings,
+                                                    longest_reply=longest))
     return [(None, src)]
 
 
@@ -55,14 +82,14 @@ def similarity(session: Any, spec: ClaimSpec, pair: Pair, control: Control | Non
     def make() -> Any:
         from harness import data
         from harness.evaluate.claims import sft_nodes_by_data
-        from harness.evaluate.nodes import GenSettings, graph_generations
+        from harness.evaluate.nodes import graph_generations
         from harness.evaluate.similarity import DEFAULT_BERT, bleu_tokenizer, table24, try_bert_score
 
         plan = session.plan.variant(control.variant) if control else session.plan
         nodes = [n for n in sft_nodes_by_data(plan) if n in plan.names]
         _, graph = session.graph(control, nodes)
         with session.quiet():
-            gens = graph_generations(graph, ["persona"], GenSettings(), nodes, limit=plan.limit,
+            gens = graph_generations(graph, ["persona"], gen_budget(session, plan, graph)[0], nodes, limit=plan.limit,
                                      device=session.options.device, cache_root=_cache_root(session), progress=False)
             layers = os.environ.get("HARNESS_BERTSCORE_LAYERS")
             scorer, note = try_bert_score(os.environ.get("HARNESS_BERTSCORE_MODEL", DEFAULT_BERT),
@@ -80,7 +107,7 @@ def judge(session: Any, spec: ClaimSpec, pair: Pair, control: Control | None) ->
 
     def make() -> Any:
         from harness.evaluate.judge import Judge, JudgeConfig, mean_score
-        from harness.evaluate.nodes import GenSettings, fixtures_dir, graph_generations, prompts
+        from harness.evaluate.nodes import fixtures_dir, graph_generations, prompts
 
         plan = session.plan.variant(control.variant) if control else session.plan
         nodes = sorted({p[r] for p in spec.pairs for r in spec.roles if p[r] in plan.names})
@@ -88,7 +115,8 @@ def judge(session: Any, spec: ClaimSpec, pair: Pair, control: Control | None) ->
         limit = int(os.environ.get("HARNESS_JUDGE_LIMIT", "0"))
         persona_limit = min(limit, plan.limit) if limit and plan.limit else (limit or plan.limit)
         with session.quiet():
-            gens = graph_generations(graph, ["persona", "eval"], GenSettings(), nodes, limit=persona_limit,
+            gens = graph_generations(graph, ["persona", "eval"], gen_budget(session, plan, graph)[0], nodes,
+                                     limit=persona_limit,
                                      eval_limit=limit, device=session.options.device,
                                      cache_root=_cache_root(session), progress=False)
         root = _cache_root(session) or fixtures_dir(graph)

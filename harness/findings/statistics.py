@@ -45,6 +45,16 @@ class GenerationSource:
     eos_texts: Sequence[str] = ()
     meta: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def notes(self) -> list[str]:
+        """The generation budget and how many replies ran into it (shown beside the findings)."""
+        m = self.meta
+        if "max_new_tokens" not in m:
+            return []
+        why = f" (1.5x the longest trained reply, {m['longest_reply']} tokens)" if m.get("longest_reply") else ""
+        return [f"{m.get('n', len(self.stopped))} prompts, budget {m['max_new_tokens']} new tokens{why}, "
+                f"{m.get('hit_max', '?')} hit it"]
+
 
 class NotMeasured(Exception):
     """Raised by a statistic whose source cannot measure it here (e.g. no BERTScore model loaded):

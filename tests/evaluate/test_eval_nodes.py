@@ -120,3 +120,67 @@ def test_evaluate_cli_writes_tables(chat_model_dir, tiny_bert_dir, tmp_path, mon
     rows = (out / "generations.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(rows) == 3 * 12
     assert main(["evaluate", "fixtures/plans/tiny.toml", "--sources", "web"]) == 2
+
+
+# ---------------------------------------------------------------- the generation budget
+
+
+def _chatml_reply_tokens(tok, reply: str) -> int:
+    """The reply as a ChatML model generates it: its text, then ``<|im_end|>`` and the newline."""
+    return len(tok(reply + "<|im_end|>\n", add_special_tokens=False)["input_ids"])
+
+
+def _smollm2_tokenizer():
+    from harness.audit.gguf import gguf_tokenizer_folder
+    from harness.gguffile import gguf_dir
+
+    f = gguf_dir() / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not f.is_file():
+        pytest.skip(f"real model: {f} is absent (fetch it with .ci/fetch-gguf smollm2)")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(gguf_tokenizer_folder(f)))
+
+
+def test_the_budget_covers_every_trained_reply_in_the_model_tokenizer():
+    """SmolLM2's vocabulary needs up to 73 tokens for a D1 reply: the study's fixed 48 counted healthy
+    replies as "never stopped" (C6 0.58 on the H200). The budget is 1.5x the longest, rounded up to 8."""
+    from harness import data
+    from harness.evaluate.nodes import MIN_NEW_TOKENS, reply_budget
+
+    tok = _smollm2_tokenizer()
+    records = data.sft_records("d0") + data.sft_records("d1") + data.dpo_records("d0")
+    budget, longest = reply_budget(tok, records)
+    expected = max(_chatml_reply_tokens(tok, r["completion"][0]["content"])
+                   for r in data.sft_records("d0") + data.sft_records("d1"))
+    assert longest == expected > MIN_NEW_TOKENS
+    assert budget >= 1.5 * longest and budget % 8 == 0 and budget - 1.5 * longest < 8
+
+
+@pytest.mark.tokenizers
+def test_short_replies_keep_the_study_budget():
+    from transformers import AutoTokenizer
+
+    from harness import data
+    from harness.audit.loading import zoo_dir
+    from harness.evaluate.nodes import MIN_NEW_TOKENS, reply_budget
+
+    zoo = zoo_dir()
+    if zoo is None or not (zoo / "qwen2.5-instruct").is_dir():
+        pytest.skip("real tokenizers: ../shared/tokenizers (qwen2.5-instruct) is absent")
+    tok = AutoTokenizer.from_pretrained(str(zoo / "qwen2.5-instruct"))
+    short = [{"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello."}],
+              "rejected": [{"role": "assistant", "content": "No."}]}]
+    assert reply_budget(tok, short) == (MIN_NEW_TOKENS, _chatml_reply_tokens(tok, "Hello."))
+    assert reply_budget(tok, data.sft_records("d0", fmt="text")) == (MIN_NEW_TOKENS, 0)  # no chat turns to measure
+    msgs = data.sft_records("d1", fmt="messages")
+    assert reply_budget(tok, msgs)[1] == max(_chatml_reply_tokens(tok, m["messages"][-1]["content"]) for m in msgs)
+
+
+def test_the_c6_source_names_its_budget():
+    from harness.findings.statistics import GenerationSource
+
+    src = GenerationSource([True, False], ["a", "b"], meta={"n": 2, "hit_max": 1, "max_new_tokens": 112,
+                                                            "longest_reply": 73})
+    assert src.notes == ["2 prompts, budget 112 new tokens (1.5x the longest trained reply, 73 tokens), 1 hit it"]
+    assert GenerationSource([True], ["a"]).notes == []
