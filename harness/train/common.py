@@ -126,6 +126,16 @@ def trainer_kwargs(recipe: Any, out_dir: Path, device: str, seed: int, progress:
     )
 
 
+def one_gpu(args: Any) -> Any:
+    """A trainer config for one process on one GPU. With several GPUs visible and no launcher, ``Trainer``
+    would wrap the model in ``nn.DataParallel``, which trl refuses; the model already sits on ``cuda:0``
+    (``load_model``'s device map), so the process trains there alone. Several GPUs are the graph's device
+    slots or DDP (:mod:`harness.train.distributed`)."""
+    if ddp_env()[0] == 1 and args.n_gpu > 1:
+        args._n_gpu = 1  # transformers' own attribute behind ``n_gpu``; Trainer sets it the same way for device maps
+    return args
+
+
 def is_big(model: Any) -> bool:
     """Large enough for gradient checkpointing to pay (roughly 1B parameters and up)."""
     return model.config.num_hidden_layers * model.config.hidden_size >= 32 * 1024

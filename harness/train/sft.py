@@ -21,7 +21,7 @@ def train_sft(model_dir: str | Path, tokenizer: Any, records: Sequence[dict], re
     from trl import SFTConfig, SFTTrainer
 
     def make_trainer(model: Any, kwargs: dict, dataset: Any) -> Any:
-        args = SFTConfig(**kwargs, completion_only_loss=True, packing=False)
+        args = common.one_gpu(SFTConfig(**kwargs, completion_only_loss=True, packing=False))
         return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                    peft_config=common.lora_config(lora))
 

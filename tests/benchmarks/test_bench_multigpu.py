@@ -143,7 +143,8 @@ def test_bench_8b_qlora_sft_ddp_1_vs_2_gpus(benchmark, tmp_path_factory):
 
 
 def _claims(fx: Path, findings: Path, run: str, *args: str) -> tuple[float, subprocess.CompletedProcess]:
-    env = {**os.environ, "HARNESS_FIXTURES_DIR": str(fx), "PYTHONPATH": str(ROOT)}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # keep a carried site
+    env = {**os.environ, "HARNESS_FIXTURES_DIR": str(fx), "PYTHONPATH": path}
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "pytest", "claims", "-m", "gpu", "-q", "-p", "no:cacheprovider",
                            "--findings-dir", str(findings), "--harness-run-id", run, *args],
@@ -159,6 +160,8 @@ def test_bench_claims_n0_vs_n2(benchmark, tmp_path):
     n2_s, n2 = benchmark.pedantic(lambda: _claims(tmp_path / "fx2", tmp_path / "findings", "n2", "-n", "2", *plan_args),
                                   rounds=1, iterations=1)
     name = load_plan(plan_file).name
+    for run, proc in (("n0", n0), ("n2", n2)):
+        assert (tmp_path / "findings" / name / f"{run}.json").is_file(), f"-n {run[1]}: " + proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = {r: json.loads((tmp_path / "findings" / name / f"{r}.json").read_text())["results"] for r in ("n0", "n2")}
     key = lambda r: (r["claim"], r["pair"], r["check"], r["seed"])  # noqa: E731
     # The same plan built twice on the GPU: QLoRA kernels are not bitwise deterministic, so compare verdicts.
