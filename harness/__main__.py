@@ -40,10 +40,25 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def leaf_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost parser of the (sub)command ``args`` selected (``fixtures build``, ``diff``, ...)."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = getattr(args, subs[0].dest, None) if subs else None
+        if chosen not in (subs[0].choices if subs else {}):
+            return parser
+        parser = subs[0].choices[chosen]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser(argv).parse_args(argv)
+        parser = build_parser(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            # argparse hands a subcommand's unknown options up to the top level, whose usage
+            # says nothing about them: answer with the usage of the (sub)command that was asked.
+            leaf_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
         return int(importlib.import_module(args._module).run(args) or 0)
     except HarnessError as exc:
         print(f"error: {exc}", file=sys.stderr)

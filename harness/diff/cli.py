@@ -15,7 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="PNG", help="write per-layer deviation bars and a module x layer heatmap")
     parser.add_argument("--by", choices=("layer", "module"), default="layer", help="table rows (default: layer)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--top-k", type=int, default=10, metavar="K", help="layers to mark (default: 10)")
+    parser.add_argument("--top-k", type=int, default=10, metavar="K",
+                        help="layers to mark by L2 (default: 10; none when K would take every layer)")
     parser.add_argument("--adapter-base", metavar="PATH", help="base model for adapter folders "
                         "(default: adapter_config.json's base_model_name_or_path)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

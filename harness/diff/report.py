@@ -7,6 +7,7 @@ import io
 import json
 import os
 import sys
+import textwrap
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from harness.atomic import atomic_path
 from harness.diff.names import layer_of, module_of
-from harness.diff.stats import FIELDS, Stats
+from harness.diff.stats import FIELDS, I, Stats
 
 
 def _atomic_write(path: str, write) -> None:
@@ -73,6 +74,20 @@ class DiffReport:
         """The ``k`` layers with the largest L2, largest first."""
         return [s.layer for s in sorted(self.layers, key=lambda s: -s.l2)[:k]]
 
+    def marked_layers(self, k: int) -> set[int]:
+        """The layers a table or plot highlights: the top ``k``, or none when ``k`` would take
+        every layer (marking all of them says nothing)."""
+        return set() if k >= len(self.layers) else set(self.top_layers(k))
+
+    def untouched(self) -> tuple[int, list[str]]:
+        """Positions (and module names) in tensors that neither task vector changes (A = B = R),
+        from the per-tensor statistics; ``(0, [])`` without a reference or per-tensor data."""
+        if not self.total.has_ref:
+            return 0, []
+        names = [n for n, s in self.tensors.items()
+                 if s.raw[I["norm_a2"]] == 0.0 and s.raw[I["norm_b2"]] == 0.0 and s.changed == 0]
+        return sum(self.tensors[n].numel for n in names), sorted({module_of(n) for n in names})
+
     @classmethod
     def from_dict(cls, d: dict) -> "DiffReport":
         """A report read back from :meth:`to_dict` (e.g. a cached JSON); per-tensor data is not stored."""
@@ -108,15 +123,17 @@ class DiffReport:
     def table(self, by: str = "layer", top_k: int = 10) -> str:
         """A text table like the seed's tables 5 and 14 (``by="layer"``) or per module."""
         ref = self.total.has_ref
-        head = f"{'':>2} {'layer' if by == 'layer' else 'module':<16} {'L1':>14} {'L2':>12}"
+        labels = [str(s.layer) for s in self.layers] if by == "layer" else [str(s.module) for s in self.modules]
+        width = max([16, *(len(x) for x in labels)])
+        head = f"{'':>2} {'layer' if by == 'layer' else 'module':<{width}} {'L1':>14} {'L2':>12}"
         head += f" {'dev. mean':>11}" if by == "layer" else ""
         head += f" {'conflicts':>11} {'rate':>10} {'confl. L2':>11} {'cosine':>8}" if ref else ""
         lines = [head, "-" * len(head)]
         dev = self.layer_l2_deviation()
-        top = set(self.top_layers(top_k))
+        top = self.marked_layers(top_k)
 
         def row(mark: str, label: str, s: Stats, deviation: Optional[float]) -> str:
-            line = f"{mark:>2} {label:<16} {s.l1:>14,.2f} {s.l2:>12.6g}"
+            line = f"{mark:>2} {label:<{width}} {s.l1:>14,.2f} {s.l2:>12.6g}"
             if by == "layer":
                 line += f" {deviation:>+11.4g}" if deviation is not None else f" {'':>11}"
             if ref:
@@ -136,21 +153,47 @@ class DiffReport:
         bad = self.total.nan + self.total.inf
         notes = []
         if by == "layer" and self.layers:
-            notes.append(f"* top-{min(top_k, len(self.layers))} layers by L2; dev. mean = L2 - mean "
-                         f"layer L2 ({np.mean([s.l2 for s in self.layers]):.6g})")
+            mean = f"dev. mean = L2 - mean layer L2 ({np.mean([s.l2 for s in self.layers]):.6g})"
+            if top:
+                notes.append(f"* top-{top_k} layers by L2; {mean}")
+            else:
+                notes.append(f"no layer marked: top-{top_k} would take all {len(self.layers)} layers "
+                             f"(--top-k below {len(self.layers)} marks the largest); {mean}")
+        if ref:
+            notes.append(self._rate_note())
         if bad:
             notes.append(f"non-finite positions left out: {self.total.nan:,} NaN, {self.total.inf:,} Inf")
-        return "\n".join(lines + notes)
+        return "\n".join(lines + [textwrap.fill(n, width=max(len(head), 80), subsequent_indent="  ")
+                                  for n in notes])
+
+    def _rate_note(self) -> str:
+        """Say what the conflict rate divides by, and the total's rate without untouched tensors."""
+        note = "rate = conflicts / every position of the row, changed or not"
+        n, modules = self.untouched()
+        if n and self.total.numel > n:
+            rate = self.total.conflicts / (self.total.numel - n)
+            note += (f"; {n:,} of the total's {self.total.numel:,} positions lie in tensors neither "
+                     f"task vector changes ({', '.join(modules)}), so the total's rate is below the "
+                     f"layers'; without them it is {rate:.3g}")
+        return note
 
     def plot(self, path: str, top_k: int = 10) -> None:
         """PNG: per-layer L2 deviation bars (top-k marked) and a module x layer L2 heatmap."""
+        import matplotlib.pyplot as plt
+
+        fig = self.figure(top_k)
+        _atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
+        plt.close(fig)
+
+    def figure(self, top_k: int = 10):
+        """The matplotlib figure :meth:`plot` saves."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         dev = self.layer_l2_deviation()
-        top = set(self.top_layers(top_k))
+        top = self.marked_layers(top_k)
         layers = sorted(dev)
         modules = sorted({m for m, _ in self.grid})
         fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(8, 0.3 * len(layers) + 3), 9))
@@ -159,7 +202,9 @@ class DiffReport:
         ax1.axhline(0, color="black", linewidth=0.8)
         ax1.set_xlabel("layer")
         ax1.set_ylabel("L2 - mean layer L2")
-        ax1.set_title(f"per-layer L2 deviation from the mean (red: top-{top_k})")
+        ax1.set_title(f"per-layer L2 deviation from the mean (red: top-{top_k})" if top else
+                      f"per-layer L2 deviation from the mean (none marked: top-{top_k} would take all "
+                      f"{len(layers)} layers)")
         grid = np.full((len(modules), len(layers)), np.nan)
         for (m, l), s in self.grid.items():
             grid[modules.index(m), layers.index(l)] = s.l2
@@ -170,5 +215,4 @@ class DiffReport:
         ax2.set_title("L2 by module and layer")
         fig.colorbar(im, ax=ax2, label="L2")
         fig.tight_layout()
-        _atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100))
-        plt.close(fig)
+        return fig
