@@ -212,9 +212,11 @@ def schedule(todo: Sequence[str], parent_of: Callable[[str], str | None], done: 
 
 
 def build_on_slots(graph: Any, todo: list[str], inputs: dict, forced: set[str], slots: Sequence[Slot], bar: Any,
-                   checks: dict[str, dict | None]) -> list[Assignment]:
+                   checks: dict[str, dict | None],
+                   tell: Callable[[str, str], None] = lambda name, event: None) -> list[Assignment]:
     """Train ``todo`` over ``slots``: one spawned worker pool per slot (pinned to it), multi-GPU nodes
-    through ``accelerate launch`` from a thread of this process on the slots they were given."""
+    through ``accelerate launch`` from a thread of this process on the slots they were given.
+    ``tell(name, event)`` hears of each node's start and end here (see :func:`harness.train.graph.build`)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
@@ -233,11 +235,16 @@ def build_on_slots(graph: Any, todo: list[str], inputs: dict, forced: set[str], 
 
     pinned = any(s.id for s in slots)  # unpinned (the CPU): a multi-process node takes one slot
 
+    futures: dict[str, Any] = {}
+
     def start(name: str, chosen: tuple[Slot, ...]) -> Any:
         args = (graph, name, inputs[name], name in forced, False, checks.get(name))
+        tell(name, "start")
         if gpus_of(name) > 1:
-            return threads.submit(distributed.on_devices, [s.id for s in chosen if s.id], _locked_build, *args)
-        return pools[chosen[0].id].submit(_locked_build, *args)
+            futures[name] = threads.submit(distributed.on_devices, [s.id for s in chosen if s.id], _locked_build, *args)
+        else:
+            futures[name] = pools[chosen[0].id].submit(_locked_build, *args)
+        return futures[name]
 
     def show(running: dict[str, tuple[str, ...]]) -> None:
         bar.set_postfix(running=",".join(f"{n}@{'+'.join(s) or '-'}" for n, s in sorted(running.items())))
@@ -246,6 +253,7 @@ def build_on_slots(graph: Any, todo: list[str], inputs: dict, forced: set[str], 
         def add(self, item: str) -> None:
             super().add(item)
             bar.update()
+            tell(item, "found" if futures[item].result() is False else "built")
 
     try:
         return schedule(todo, lambda n: graph.plan.node(n).parent, _Done(n for n in graph.names if n not in todo),
