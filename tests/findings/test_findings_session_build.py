@@ -1,0 +1,126 @@
+"""The claims session builds the nodes its cases need in one build per graph, and the findings report
+shows each trained node's pre-flight. Real training in child pytests on a micro plan whose two
+trained nodes are both children of the base, so they are ready at once:
+
+- serial (the CPU default, one job): the node built earlier with ``--no-preflight`` reads "skipped",
+  the one the session trains reads its pre-flight result, in the JSON, the Markdown and the summary;
+- two fake device slots (``HARNESS_DEVICES=a,b``): both nodes train at the same time, one per slot,
+  each with its progress lines, and the findings equal the serial run's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.train import build, load_plan
+
+ROOT = Path(__file__).resolve().parents[2]
+MICRO = ROOT / "fixtures" / "plans" / "micro.toml"
+
+SPEC = '''id = "MY1"
+kind = "weights"
+statement = "DPO changes weights less than SFT (here only a reading: any ratio holds)."
+reference_table = "none"
+roles = ["dpo", "sft"]
+negative_control = "none: a test of how the session builds"
+pairs = [{ dpo = "dpo_d1", sft = "sft_d1" }]
+
+[[check]]
+label = "L2(dpo)/L2(sft)"
+statistic = "l2_ratio"
+params = { num = ["parent(dpo)", "dpo"], den = ["parent(sft)", "sft"] }
+comparator = "<"
+threshold = 1000.0
+reference_value = 0.04
+tolerance = 0.5
+reason = "a test of how the session builds, not of the claim"
+'''
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict[str, Path]:
+    """The plan (micro's base; sft_d1 and dpo_d1 on it) and a claims folder reading both nodes."""
+    d = tmp_path_factory.mktemp("session_build")
+    text = MICRO.read_text(encoding="utf-8").split("[[nodes]]", 1)[0].replace('name = "micro"', 'name = "mb"')
+    text += ('[[nodes]]\nname = "base"\nmethod = "base"\n\n[[nodes]]\nname = "sft_d1"\nmethod = "sft"\n'
+             'dataset = "d1"\nparent = "base"\n\n[[nodes]]\nname = "dpo_d1"\nmethod = "dpo"\ndataset = "d1"\n'
+             'parent = "base"\n')
+    (d / "mb.toml").write_text(text, encoding="utf-8")
+    (d / "claims").mkdir()
+    (d / "claims" / "my1.toml").write_text(SPEC, encoding="utf-8")
+    return {"dir": d, "plan": d / "mb.toml", "claims": d / "claims"}
+
+
+def claims_run(setup: dict[str, Path], fixtures: Path, out: Path, **env: str) -> subprocess.CompletedProcess:
+    e = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    for k in ("HARNESS_FINDINGS_DIR", "HARNESS_DEVICES"):
+        if k not in env:
+            e.pop(k, None)
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-p", "no:xdist",
+                           str(ROOT / "claims" / "test_claims.py"), "--rootdir", str(ROOT),
+                           "--fixtures-dir", str(fixtures), "--harness-device", "cpu", "--findings-dir", str(out),
+                           "--harness-plan", str(setup["plan"]), "--claims-dir", str(setup["claims"]),
+                           "--harness-run-id", "r"],
+                          cwd=ROOT, env=e, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def serial(setup) -> dict:
+    """sft_d1 built beforehand with --no-preflight; the session trains dpo_d1 (one job, the CPU default)."""
+    fx = setup["dir"] / "fx-serial"
+    build(load_plan(setup["plan"]), only="sft_d1", fixtures_dir=fx, device="cpu", progress=False, preflight=False)
+    r = claims_run(setup, fx, setup["dir"] / "out-serial")
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    folder = setup["dir"] / "out-serial" / "mb"
+    return {"out": r.stdout, "json": json.loads((folder / "r.json").read_text(encoding="utf-8")),
+            "md": (folder / "r.md").read_text(encoding="utf-8"), "fx": fx}
+
+
+def test_the_findings_show_each_trained_nodes_preflight(serial):
+    pf = {p["node"]: p for p in serial["json"]["preflight"]}
+    assert set(pf) == {"sft_d1", "dpo_d1"}, serial["json"]["preflight"]  # trained nodes only: not the base
+    assert pf["sft_d1"]["status"] == "skipped" and pf["sft_d1"]["verdict"] == "skipped (--no-preflight)"
+    meta = json.loads(next((serial["fx"] / "nodes").glob("dpo_d1-*/meta.json")).read_text(encoding="utf-8"))
+    codes = [f["code"] for f in meta["preflight"]["findings"]]
+    assert pf["dpo_d1"]["status"] == meta["preflight"]["status"] and pf["dpo_d1"]["pipeline"] == "trl-dpo"
+    assert pf["dpo_d1"]["verdict"] == ("ok" if not codes else "warnings: " + ", ".join(dict.fromkeys(codes)))
+    assert "## Pre-flight per trained node" in serial["md"]
+    assert f"| dpo_d1 | trl-dpo | {pf['dpo_d1']['verdict']} |" in serial["md"]
+    assert "| sft_d1 | - | skipped (--no-preflight) |" in serial["md"]
+    summary = serial["out"][serial["out"].index("pre-flight per trained node"):]
+    assert "sft_d1" in summary and "skipped (--no-preflight)" in summary
+    assert any(line.split()[:2] == ["dpo_d1", "trl-dpo"] for line in summary.splitlines())
+    # the progress lines of the one node the session trained
+    assert "mb seed 0: [3/3] building dpo_d1 ..." in serial["out"] and "[3/3] dpo_d1 built in" in serial["out"]
+    assert "building sft_d1" not in serial["out"]
+    assert "Loading weights" in (serial["fx"] / "logs" / "r.log").read_text(encoding="utf-8")  # training output:
+    assert "Loading weights" not in serial["out"]  # in the session's log, not on the terminal
+
+
+def test_the_session_builds_all_needed_nodes_at_once_over_device_slots(setup, serial):
+    fx = setup["dir"] / "fx-slots"
+    r = claims_run(setup, fx, setup["dir"] / "out-slots", HARNESS_DEVICES="a,b")
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    lines = [line for line in r.stdout.splitlines() if line.startswith("fixtures mb seed 0:")]
+    at = {key: next(i for i, line in enumerate(lines) if key in line) for key in
+          ("building sft_d1", "building dpo_d1", "sft_d1 built in", "dpo_d1 built in", "base built in")}
+    # one build of all three: the two children start once the base is built, both before either ends
+    assert at["base built in"] < min(at["building sft_d1"], at["building dpo_d1"]), lines
+    assert max(at["building sft_d1"], at["building dpo_d1"]) < min(at["sft_d1 built in"], at["dpo_d1 built in"]), lines
+    assert "fixtures mb seed 0: [2/3] building sft_d1 ..." in lines and len(lines) == 6, lines
+    plan = load_plan(setup["plan"])
+    graph = build(plan, only=["sft_d1", "dpo_d1"], fixtures_dir=fx, device="cpu", progress=False)
+    assert graph.trained == []
+    assert {graph.meta(n)["worker"]["slot"] for n in ("sft_d1", "dpo_d1")} == {"a", "b"}
+    data = json.loads((setup["dir"] / "out-slots" / "mb" / "r.json").read_text(encoding="utf-8"))
+    got = [(x["claim"], x["pair"], x["check"], x["verdict"]) for x in data["results"]]
+    want = [(x["claim"], x["pair"], x["check"], x["verdict"]) for x in serial["json"]["results"]]
+    assert got == want and len(got) == 1
+    assert data["results"][0]["measured"] == pytest.approx(serial["json"]["results"][0]["measured"], rel=1e-4)
+    assert {p["node"]: p["status"] for p in data["preflight"]}["sft_d1"] != "skipped"
