@@ -9,9 +9,12 @@ line on the terminal as it starts and as it ends; the training output goes to th
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
-from typing import Any, Callable, ContextManager, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Sequence
 
 from harness.findings.preflight import NodePreflight, from_meta
 
@@ -122,3 +125,33 @@ def needs(plan: Any, cases: Iterable[Any], seeds: Sequence[int]) -> list[tuple[A
         else:
             wants.append((vplan, nodes))
     return wants
+
+
+@contextlib.contextmanager
+def quiet(log_path: Path) -> Iterator[None]:
+    """Training and generation output goes to ``log_path``, not to pytest's captured output: this process's
+    stdout, stderr and logging, and a build's worker processes' (``$HARNESS_BUILD_LOG``,
+    :data:`harness.train.graph.LOG_ENV`)."""
+    import logging
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    saved_env = os.environ.get("HARNESS_BUILD_LOG")
+    os.environ["HARNESS_BUILD_LOG"] = str(log_path)
+    with open(log_path, "a", encoding="utf-8") as log:
+        handler = logging.StreamHandler(log)
+        root = logging.getLogger()
+        saved = [(h, h.level) for h in root.handlers]
+        for h, _ in saved:
+            h.setLevel(logging.CRITICAL + 1)
+        root.addHandler(handler)
+        try:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                yield
+        finally:
+            root.removeHandler(handler)
+            for h, level in saved:
+                h.setLevel(level)
+            if saved_env is None:
+                os.environ.pop("HARNESS_BUILD_LOG", None)
+            else:
+                os.environ["HARNESS_BUILD_LOG"] = saved_env

@@ -5,7 +5,6 @@ baseline comparison). Plain Python: the plugin only wires it into pytest's hooks
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as _dt
 import re
@@ -15,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 from harness.errors import HarnessError
 from harness.findings.baseline import Comparison, compare
-from harness.findings.builds import Builds, needs
+from harness.findings.builds import Builds, needs, quiet
 from harness.findings.diffs import DiffSource, NodeSet
 from harness.findings.preflight import NodePreflight
 from harness.findings.report import load_json, plot_graph, spreads, write
@@ -225,26 +224,9 @@ class FindingsSession(Collector):
             self._memo[key] = make()
         return self._memo[key]
 
-    @contextlib.contextmanager
-    def quiet(self):
-        """Training and generation output goes to the session's log file, not to pytest's captured output."""
-        import logging
-
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "a", encoding="utf-8") as log:
-            handler = logging.StreamHandler(log)
-            root = logging.getLogger()
-            saved = [(h, h.level) for h in root.handlers]
-            for h, _ in saved:
-                h.setLevel(logging.CRITICAL + 1)
-            root.addHandler(handler)
-            try:
-                with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                    yield
-            finally:
-                root.removeHandler(handler)
-                for h, level in saved:
-                    h.setLevel(level)
+    def quiet(self) -> Any:
+        """Training and generation output goes to the session's log file (see :func:`builds.quiet`)."""
+        return quiet(self.log_path)
 
     def build(self, plan: Any, nodes: Sequence[str] | None = None) -> Any:
         """Build (or load) ``nodes`` of ``plan`` and their ancestors (default: every node) in one build, with a

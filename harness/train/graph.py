@@ -290,9 +290,13 @@ def _locked_build(graph: Graph, name: str, key_inputs: dict, forced: bool, progr
     return False
 
 
+#: A file build workers write their output to (the claims session's log), instead of the parent's stdout.
+LOG_ENV = "HARNESS_BUILD_LOG"
+
+
 def _worker_init(jobs: int) -> None:
-    """Die with the parent (a SIGKILLed build leaves no orphans) and share the cores (the slot's GPU is
-    pinned before this: :func:`harness.train.devices.pin`)."""
+    """Die with the parent (a SIGKILLed build leaves no orphans), write to ``$HARNESS_BUILD_LOG`` when set, and
+    share the cores (the slot's GPU is pinned before this: :func:`harness.train.devices.pin`)."""
     try:
         import ctypes
         import signal
@@ -300,6 +304,11 @@ def _worker_init(jobs: int) -> None:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if os.environ.get(LOG_ENV):
+        fd = os.open(os.environ[LOG_ENV], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
     _choose_threads(jobs)
 
 

@@ -124,3 +124,4 @@ def test_the_session_builds_all_needed_nodes_at_once_over_device_slots(setup, se
     assert got == want and len(got) == 1
     assert data["results"][0]["measured"] == pytest.approx(serial["json"]["results"][0]["measured"], rel=1e-4)
     assert {p["node"]: p["status"] for p in data["preflight"]}["sft_d1"] != "skipped"
+    assert "Loading weights" in (fx / "logs" / "r.log").read_text(encoding="utf-8")  # the workers' output too
