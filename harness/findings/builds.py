@@ -131,7 +131,7 @@ def needs(plan: Any, cases: Iterable[Any], seeds: Sequence[int]) -> list[tuple[A
 def quiet(log_path: Path) -> Iterator[None]:
     """Training and generation output goes to ``log_path``, not to pytest's captured output: this process's
     stdout, stderr and logging, and a build's worker processes' (``$HARNESS_BUILD_LOG``,
-    :data:`harness.train.graph.LOG_ENV`)."""
+    :data:`harness.train.devices.LOG_ENV`)."""
     import logging
 
     log_path.parent.mkdir(parents=True, exist_ok=True)

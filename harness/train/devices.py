@@ -128,9 +128,49 @@ def worker_info() -> dict[str, str | None]:
 
 def _slot_init(slot_id: str, jobs: int) -> None:
     pin(slot_id)
-    from harness.train.graph import _worker_init
+    worker_init(jobs)
 
-    _worker_init(jobs)
+
+#: A file build workers write their output to (the claims session's log), instead of the parent's stdout.
+LOG_ENV = "HARNESS_BUILD_LOG"
+
+
+def worker_init(jobs: int) -> None:
+    """Die with the parent (a SIGKILLed build leaves no orphans), write to ``$HARNESS_BUILD_LOG`` when set, and
+    share the cores (the slot's GPU is pinned before this: :func:`harness.train.devices.pin`)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.environ.get(LOG_ENV):
+        fd = os.open(os.environ[LOG_ENV], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    choose_threads(jobs)
+
+
+def choose_threads(jobs: int = 1) -> None:
+    """Split the cores between ``jobs`` builders; on a busy shared CPU use fewer threads (no spin-waiting).
+    On CUDA, concurrent workers get an equal share of the cores (8 workers with a thread pool of all 16
+    cores each oversubscribed the H200 host: a launch-bound step went from 0.34 s alone to 0.6 s)."""
+    import torch
+
+    cores = os.cpu_count() or 1
+    if torch.cuda.is_available():
+        if jobs > 1:
+            torch.set_num_threads(max(1, cores // jobs))
+        return
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    free = int(cores - busy + 0.5) if busy > 0.5 else cores
+    torch.set_num_threads(max(1, min(cores, free) // max(1, jobs)))
 
 
 # ---------------------------------------------------------------------------- the scheduler

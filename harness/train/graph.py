@@ -156,26 +156,6 @@ def _recipe_key(recipe: Any) -> dict:
 
 # ---------------------------------------------------------------------------- the walk
 
-def _choose_threads(jobs: int = 1) -> None:
-    """Split the cores between ``jobs`` builders; on a busy shared CPU use fewer threads (no spin-waiting).
-    On CUDA, concurrent workers get an equal share of the cores (8 workers with a thread pool of all 16
-    cores each oversubscribed the H200 host: a launch-bound step went from 0.34 s alone to 0.6 s)."""
-    import torch
-
-    cores = os.cpu_count() or 1
-    if torch.cuda.is_available():
-        if jobs > 1:
-            torch.set_num_threads(max(1, cores // jobs))
-        return
-    cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
-    free = int(cores - busy + 0.5) if busy > 0.5 else cores
-    torch.set_num_threads(max(1, min(cores, free) // max(1, jobs)))
-
-
 def default_jobs(device: str, base_dir: Path | None = None) -> int:
     """Nodes built at once by default: one on a CPU (each worker pays ~20 s of imports, which small CPUs
     do not win back); on CUDA several per GPU while memory allows (:func:`harness.train.devices.make_slots`)."""
@@ -235,7 +215,7 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
     bar = tqdm(total=len(todo), desc=f"fixtures {plan.name}", unit="node", disable=not progress)
     tell = on_node or (lambda name, event: None)
     if jobs == 1 and len(slots) == 1 and slots_of.is_here(slots[0], device) and not slots_of.needs_launch(plan, todo):
-        _choose_threads(1)
+        slots_of.choose_threads(1)
         for name in todo:
             bar.set_postfix(node=name)
             tell(name, "start")
@@ -288,28 +268,6 @@ def _locked_build(graph: Graph, name: str, key_inputs: dict, forced: bool, progr
             _build_node(graph, name, key_inputs, progress, check)
             return True
     return False
-
-
-#: A file build workers write their output to (the claims session's log), instead of the parent's stdout.
-LOG_ENV = "HARNESS_BUILD_LOG"
-
-
-def _worker_init(jobs: int) -> None:
-    """Die with the parent (a SIGKILLed build leaves no orphans), write to ``$HARNESS_BUILD_LOG`` when set, and
-    share the cores (the slot's GPU is pinned before this: :func:`harness.train.devices.pin`)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.environ.get(LOG_ENV):
-        fd = os.open(os.environ[LOG_ENV], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
-    _choose_threads(jobs)
 
 
 def _build_node(graph: Graph, name: str, key_inputs: dict, progress: bool, check: dict | None = None) -> Path:
