@@ -125,3 +125,33 @@ def test_the_session_builds_all_needed_nodes_at_once_over_device_slots(setup, se
     assert data["results"][0]["measured"] == pytest.approx(serial["json"]["results"][0]["measured"], rel=1e-4)
     assert {p["node"]: p["status"] for p in data["preflight"]}["sft_d1"] != "skipped"
     assert "Loading weights" in (fx / "logs" / "r.log").read_text(encoding="utf-8")  # the workers' output too
+
+
+def test_the_first_case_asks_for_every_planned_cases_nodes_in_one_build(setup, serial, tmp_path):
+    """In process, on the serial run's cache (nothing trains): the first prepare() makes one build call for
+    the nodes of every planned case; a case whose nodes the plan lacks (it will skip) asks for none."""
+    from harness.findings.session import FindingsSession, Options
+
+    claims = tmp_path / "claims"
+    claims.mkdir()
+    (claims / "my1.toml").write_text(SPEC.replace('pairs = [{ dpo = "dpo_d1", sft = "sft_d1" }]',
+                                                  'pairs = [{ dpo = "dpo_d0", sft = "sft_d0" }, '
+                                                  '{ dpo = "dpo_d1", sft = "sft_d1" }]'), encoding="utf-8")
+    (claims / "my2.toml").write_text(
+        SPEC.replace('id = "MY1"', 'id = "MY2"').replace('roles = ["dpo", "sft"]', 'roles = ["node"]')
+        .replace('pairs = [{ dpo = "dpo_d1", sft = "sft_d1" }]', 'pairs = [{ node = "sft_d1" }, { node = "dpo_d1" }]')
+        .replace('statistic = "l2_ratio"', 'statistic = "depth_spearman"')
+        .replace('params = { num = ["parent(dpo)", "dpo"], den = ["parent(sft)", "sft"] }',
+                 'params = { diff = ["parent(node)", "node"] }'), encoding="utf-8")
+    said: list[str] = []
+    fs = FindingsSession(Options(root=ROOT, plan_path=setup["plan"], plan_given=True, claims_dir=claims,
+                                 fixtures_dir=str(serial["fx"]), device="cpu", run="inproc"), say=said.append)
+    cases = fs.cases()
+    assert [c.id for c in cases] == ["MY1-dpo_d0/sft_d0", "MY1-dpo_d1/sft_d1", "MY2-sft_d1", "MY2-dpo_d1"]
+    fs.plan_cases(cases[2:] + cases[:1])  # as after -k "MY2 or dpo_d0": the first case reads sft_d1 only
+    fs.prepare(cases[2])
+    assert fs.builds.calls == [(("mb", None, 0, "tiny"), ("base", "sft_d1", "dpo_d1"))]
+    fs.prepare(cases[3])
+    assert len(fs.builds.calls) == 1 and said == []  # all built already: no further build, no progress line
+    assert [(p.node, p.status) for p in fs.preflight()] == [("sft_d1", "skipped"),
+                                                            ("dpo_d1", serial["json"]["preflight"][1]["status"])]
