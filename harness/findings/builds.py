@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from harness.findings.preflight import NodePreflight, from_meta
 
@@ -33,9 +33,8 @@ def describe(plan: Any) -> str:
 class Builds:
     """The graphs one session built, and which of their nodes it asked for."""
 
-    def __init__(self, fixtures_dir: str | None, device: str, say: Callable[[str], None],
-                 quiet: Callable[[], ContextManager[Any]], log_path: Any) -> None:
-        self.fixtures_dir, self.device, self.say, self.quiet, self.log_path = fixtures_dir, device, say, quiet, log_path
+    def __init__(self, fixtures_dir: str | None, device: str, say: Callable[[str], None], log_path: Path) -> None:
+        self.fixtures_dir, self.device, self.say, self.log_path = fixtures_dir, device, say, log_path
         self.graphs: dict[GraphKey, Any] = {}
         self.asked: dict[GraphKey, set[str]] = {}
         self.calls: list[tuple[GraphKey, tuple[str, ...]]] = []  # every build() this session made: (graph, only)
@@ -55,7 +54,7 @@ class Builds:
             return self.graphs[key]
         only = tuple(todo) or (plan.names[0],)
         self.calls.append((key, only))
-        with self.quiet():
+        with quiet(self.log_path):
             self.graphs[key] = build(plan, only=list(only), fixtures_dir=self.fixtures_dir, device=self.device,
                                      progress=False, on_node=self._progress(describe(plan), todo))
         asked.update(todo)

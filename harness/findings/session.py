@@ -146,7 +146,7 @@ class FindingsSession(Collector):
         self.claims_deselected = False
         self.merged_meta: dict[str, Any] = {}  # from pytest-xdist workers (harness.findings.merge)
         self.log_path = Path(options.fixtures_dir or options.root / ".fixtures") / "logs" / f"{options.run}.log"
-        self.builds = Builds(options.fixtures_dir, options.device, lambda msg: self.say(msg), self.quiet, self.log_path)
+        self.builds = Builds(options.fixtures_dir, options.device, lambda msg: self.say(msg), self.log_path)
         self._planned: list[Case] | None = None  # cases whose nodes the first prepare() builds
         self.merged_preflight: list[NodePreflight] = []  # from pytest-xdist workers
 
