@@ -85,12 +85,17 @@ class Builds:
         return on_node
 
     def build_all(self, wants: Sequence[tuple[Any, Iterable[str]]]) -> None:
-        """One build per graph for every node ``wants`` names: ``[(plan, nodes)]``, graphs merged by key."""
+        """One build per graph for every node ``wants`` names: ``[(plan, nodes)]``, graphs merged by key.
+        A graph that fails to build is said and left to the cases: each then builds the nodes it reads, so
+        a node that cannot be built fails only the cases that read it."""
         merged: dict[GraphKey, tuple[Any, set[str]]] = {}
         for plan, nodes in wants:
             merged.setdefault(graph_key(plan), (plan, set()))[1].update(nodes)
         for plan, nodes in merged.values():
-            self.build(plan, sorted(nodes, key=plan.names.index))
+            try:
+                self.build(plan, sorted(nodes, key=plan.names.index))
+            except Exception as exc:  # noqa: BLE001 - re-raised by the cases that read the node
+                self.say(f"fixtures {describe(plan)}: {exc}; each case builds the nodes it reads")
 
     def graph_of(self, plan: Any) -> Any | None:
         return self.graphs.get(graph_key(plan))

@@ -155,3 +155,51 @@ def test_the_first_case_asks_for_every_planned_cases_nodes_in_one_build(setup, s
     assert len(fs.builds.calls) == 1 and said == []  # all built already: no further build, no progress line
     assert [(p.node, p.status) for p in fs.preflight()] == [("sft_d1", "skipped"),
                                                             ("dpo_d1", serial["json"]["preflight"][1]["status"])]
+
+
+@pytest.fixture(scope="module")
+def folder_base(tmp_path_factory) -> Path:
+    """A small random Llama with the tiny tokenizer, saved as a model folder (a non-tiny base: pre-flighted
+    for every node before any trains)."""
+    from harness.train.graph import _tiny_texts
+    from harness.train.tiny import make_tiny_model, make_tiny_tokenizer
+
+    folder = tmp_path_factory.mktemp("folder_base") / "tiny-base"
+    tok = make_tiny_tokenizer(_tiny_texts()[1][:200], 400)
+    make_tiny_model(tok, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                    num_key_value_heads=2).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_a_node_that_cannot_be_built_fails_only_the_cases_that_read_it(folder_base, tmp_path):
+    """sft_d1's max_length cuts its records' stop token: the pre-flight refuses it, so the one build of all
+    planned nodes fails; the case reading sft_d0 still builds and trains its node, the one reading sft_d1 errs."""
+    from harness.findings.session import FindingsSession, Options
+    from harness.train.preflight import PreflightError
+
+    plan = tmp_path / "pf.toml"
+    plan.write_text(f'name = "pf"\n[base]\nmodel = "{folder_base}"\n[data]\nlimit = 4\n[sft]\nmax_steps = 1\n'
+                    'max_length = 512\n[[nodes]]\nname = "base"\nmethod = "base"\n[[nodes]]\nname = "sft_d0"\n'
+                    'method = "sft"\ndataset = "d0"\nparent = "base"\n[[nodes]]\nname = "sft_d1"\nmethod = "sft"\n'
+                    'dataset = "d1"\nparent = "base"\noverrides = { max_length = 16 }\n', encoding="utf-8")
+    claims = tmp_path / "claims"
+    claims.mkdir()
+    (claims / "my2.toml").write_text(
+        SPEC.replace('id = "MY1"', 'id = "MY2"').replace('roles = ["dpo", "sft"]', 'roles = ["node"]')
+        .replace('pairs = [{ dpo = "dpo_d1", sft = "sft_d1" }]', 'pairs = [{ node = "sft_d1" }, { node = "sft_d0" }]')
+        .replace('statistic = "l2_ratio"', 'statistic = "depth_spearman"')
+        .replace('params = { num = ["parent(dpo)", "dpo"], den = ["parent(sft)", "sft"] }',
+                 'params = { diff = ["parent(node)", "node"] }'), encoding="utf-8")
+    said: list[str] = []
+    fs = FindingsSession(Options(root=ROOT, plan_path=plan, plan_given=True, claims_dir=claims,
+                                 fixtures_dir=str(tmp_path / "fx"), device="cpu", run="pf"), say=said.append)
+    cases = fs.cases()
+    fs.plan_cases(cases)
+    fs.prepare(cases[1])  # sft_d0
+    assert said[0].startswith(f"fixtures pf seed 0: pre-flight {plan}: sft_d1 [trl-sft]: ")
+    assert said[0].endswith("; each case builds the nodes it reads"), said
+    assert "fixtures pf seed 0: [2/2] sft_d0 built in" in said[-1]  # base: the folder, nothing to train
+    assert fs.builds.graph_of(fs.plan).is_built("sft_d0")
+    with pytest.raises(PreflightError, match=r"sft_d1 \[trl-sft\]"):
+        fs.prepare(cases[0])  # sft_d1
