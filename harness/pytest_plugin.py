@@ -179,9 +179,13 @@ def pytest_deselected(items: list) -> None:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """``-k`` that selects no claim case while claim cases were collected: list the claim ids."""
+    """The selected claim cases go to the findings session (its first case builds all their nodes; an
+    xdist worker builds per case, as it runs only some); ``-k`` that selects none: list the claim ids."""
     keyword = session.config.getoption("keyword", "")
     fs = session.config.stash.get(_SESSION, None)
+    if fs is not None and not hasattr(session.config, "workerinput"):
+        fs.plan_cases([i.callspec.params["claim_case"] for i in session.items
+                       if _is_claim_case(i) and hasattr(i, "callspec")])
     if not keyword or fs is None or not getattr(fs, "claims_deselected", False):
         return
     if not any(_is_claim_case(i) for i in session.items):
@@ -276,6 +280,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     from harness.findings.baseline import format_report
+    from harness.findings.preflight import table as preflight_table
     from harness.findings.report import spread_table, spreads, table
 
     fs = config.stash.get(_SESSION, None)
@@ -297,6 +302,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             tr.write_line(line)
     for d in outcome.disagreements:
         tr.write_line(f"verdicts disagree across seeds: {d}", red=True)
+    if outcome.preflight:
+        tr.write_sep("-", "pre-flight per trained node")
+        for line in preflight_table(outcome.preflight).splitlines():
+            tr.write_line(line)
     for e in outcome.errors:
         tr.write_line(e, yellow=True)
     tr.write_line(f"findings written: {outcome.json_path} and {outcome.md_path}"

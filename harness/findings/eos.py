@@ -108,7 +108,7 @@ def train_for_tokenizer(tokenizer: Any, out_dir: Path, *, dataset: str = "d1", r
     import tempfile
 
     from harness import data
-    from harness.train.plan import Recipe
+    from harness.train.recipe import Recipe
     from harness.train.sft import train_sft
     from harness.train.tiny import make_tiny_model, pretrain
 

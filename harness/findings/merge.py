@@ -55,6 +55,7 @@ def payload(session: Any) -> dict[str, str]:
     if session.results:
         meta = {k: v for k, v in session.meta().items() if k in ("seeds", "base_identity")}
     meta["diffs"] = bool(session._memo.get(("diffs",)))
+    meta["preflight"] = [p.to_dict() for p in session.preflight()]
     meta["worker"] = {"id": os.environ.get("PYTEST_XDIST_WORKER", "?"), "gpu": os.environ.get("HARNESS_SLOT")}
     return {ROWS: json.dumps([r.to_dict() for r in session.results]), META: json.dumps(meta)}
 
@@ -62,6 +63,7 @@ def payload(session: Any) -> dict[str, str]:
 def merge(session: Any, outputs: list[dict[str, Any]]) -> None:
     """Add every worker's rows to ``session`` (sorted by claim, pair, check and seed, as no worker order is
     meaningful) and take the workers' metadata."""
+    from harness.findings.preflight import NodePreflight
     from harness.findings.verdict import ClaimResult
 
     rows, seeds = [], set(session.seeds)
@@ -72,10 +74,14 @@ def merge(session: Any, outputs: list[dict[str, Any]]) -> None:
         if meta.get("base_identity"):
             session.merged_meta["base_identity"] = meta["base_identity"]
         session.merged_meta["diffs"] = session.merged_meta.get("diffs", False) or meta.get("diffs", False)
+        for p in meta.get("preflight", []):  # a node two workers read is listed once
+            if NodePreflight.from_dict(p) not in session.merged_preflight:
+                session.merged_preflight.append(NodePreflight.from_dict(p))
         if "worker" in meta:
             workers = session.merged_meta.setdefault("workers", {})
             workers[meta["worker"]["id"]] = meta["worker"]["gpu"]
             session.merged_meta["workers"] = dict(sorted(workers.items()))
+    session.merged_preflight.sort(key=lambda p: (p.variant or "", p.seed or 0, p.node))
     session.seeds = sorted(seeds)
     session.record(rows)
     session.results.sort(key=lambda r: (r.claim, r.pair, r.check, -1 if r.seed is None else r.seed))

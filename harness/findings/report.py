@@ -7,11 +7,16 @@ import math
 import statistics as pystats
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from harness.atomic import atomic_path, write_bytes
+from harness.findings import preflight as _preflight
+from harness.findings.preflight import NodePreflight
 from harness.findings.statistics import layer_values
 from harness.findings.verdict import ClaimResult
+
+if TYPE_CHECKING:
+    from harness.findings.diffs import DiffSource
 
 COLUMNS = ("claim", "pair", "check", "measured", "reference", "threshold", "margin", "verdict")
 
@@ -90,8 +95,9 @@ def spread_table(items: Sequence[Spread]) -> str:
 atomic_write = write_bytes  # the name this module's callers use
 
 
-def to_json(results: Sequence[ClaimResult], meta: Mapping[str, Any]) -> dict[str, Any]:
-    return {"meta": dict(meta), "results": [r.to_dict() for r in results],
+def to_json(results: Sequence[ClaimResult], meta: Mapping[str, Any],
+            preflight: Sequence[NodePreflight] = ()) -> dict[str, Any]:
+    return {"meta": dict(meta), "preflight": [p.to_dict() for p in preflight], "results": [r.to_dict() for r in results],
             "spread": [{"claim": s.key[0], "pair": s.key[1], "check": s.key[2], "values": list(s.values),
                         "stdev": s.stdev, "agree": s.agree} for s in spreads(results) if len(s.values) > 1]}
 
@@ -109,7 +115,8 @@ def load_json(path: Path) -> tuple[dict[str, Any], list[ClaimResult]]:
         raise LoadError(f"{path}: not a findings JSON ({exc})") from None
 
 
-def to_markdown(results: Sequence[ClaimResult], meta: Mapping[str, Any], images: Sequence[str] = ()) -> str:
+def to_markdown(results: Sequence[ClaimResult], meta: Mapping[str, Any], images: Sequence[str] = (),
+                preflight: Sequence[NodePreflight] = ()) -> str:
     lines = [f"# Findings: plan `{meta.get('plan', '?')}`, run {meta.get('run', '?')}", ""]
     for k in ("base", "base_model", "base_identity", "plan_path", "claims_dir", "device", "seeds", "baseline"):
         if meta.get(k) not in (None, "", []):
@@ -123,18 +130,21 @@ def to_markdown(results: Sequence[ClaimResult], meta: Mapping[str, Any], images:
     spread = [s for s in spreads(results) if len(s.values) > 1]
     if spread:
         lines += ["## Spread across training seeds", "", "```", spread_table(spread), "```", ""]
+    if preflight:
+        lines += ["## Pre-flight per trained node", "", _preflight.markdown(preflight), ""]
     for img in images:
         lines += [f"![{Path(img).stem}]({Path(img).name})", ""]
     return "\n".join(lines)
 
 
 def write(folder: Path, run: str, results: Sequence[ClaimResult], meta: Mapping[str, Any],
-          images: Sequence[str] = ()) -> tuple[Path, Path]:
-    """Write ``<folder>/<run>.json`` and ``.md`` atomically; returns both paths."""
+          images: Sequence[str] = (), preflight: Sequence[NodePreflight] = ()) -> tuple[Path, Path]:
+    """Write ``<folder>/<run>.json`` and ``.md`` atomically (with each trained node's pre-flight);
+    returns both paths."""
     folder = Path(folder)
     js, md = folder / f"{run}.json", folder / f"{run}.md"
-    atomic_write(js, json.dumps(to_json(results, meta), indent=2, ensure_ascii=False))
-    atomic_write(md, to_markdown(results, meta, images))
+    atomic_write(js, json.dumps(to_json(results, meta, preflight), indent=2, ensure_ascii=False))
+    atomic_write(md, to_markdown(results, meta, images, preflight))
     return js, md
 
 
@@ -193,3 +203,21 @@ def plot_conflict_rates(diffs: Mapping[str, Mapping[str, Any]], path: Path, titl
     fig.tight_layout()
     _save_fig(fig, Path(path))
     return Path(path)
+
+
+def plot_graph(source: DiffSource, plan: Any, folder: Path, run: str) -> list[Path]:
+    """Per-layer L2 deviation for every SFT and DPO node (against its start), and conflict rates per layer."""
+    trained = [n for n in plan.names if plan.node(n).method != "base"
+               and (source.nodes.path(n) / "config.json").is_file()]  # a partial run (-k) built only some
+    sft = {n: source.diff(plan.node(n).parent, n) for n in trained if plan.node(n).method == "sft"}
+    dpo = {n: source.diff(plan.node(n).parent, n) for n in trained if plan.node(n).method == "dpo"}
+    base = next(n for n in plan.names if plan.node(n).method == "base")
+    imgs = [plot_layer_deviation(sft, folder / f"{run}-sft-layer-deviation.png",
+                                 "SFT nodes: layer L2 − mean (vs the node trained from; seed table 14)"),
+            plot_layer_deviation(dpo, folder / f"{run}-dpo-layer-deviation.png",
+                                 "DPO nodes: layer L2 − mean (vs the node trained from; seed table 15)")]
+    pairs = [("sft_d0", "sft_d1"), ("dpo_d0", "dpo_d1"), ("dpo_d0@sft_d2", "dpo_d1@sft_d2")]
+    conflicts = {f"{a} vs {b} (ref {base})": source.diff(a, b, base) for a, b in pairs if a in trained and b in trained}
+    if conflicts:
+        imgs.append(plot_conflict_rates(conflicts, folder / f"{run}-conflict-rates.png", "Sign-conflict rate per layer"))
+    return imgs

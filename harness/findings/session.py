@@ -5,19 +5,19 @@ baseline comparison). Plain Python: the plugin only wires it into pytest's hooks
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as _dt
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from harness.errors import HarnessError
 from harness.findings.baseline import Comparison, compare
+from harness.findings.builds import Builds, needs, quiet
 from harness.findings.diffs import DiffSource, NodeSet
-from harness.findings.report import load_json, plot_conflict_rates, plot_layer_deviation, spreads, write
+from harness.findings.preflight import NodePreflight
+from harness.findings.report import load_json, plot_graph, spreads, write
 from harness.findings.spec import ClaimSpec, Control, Pair, load_specs
 from harness.findings.verdict import ClaimResult, Collector
 from harness.versions import library_versions, version_changes
@@ -114,6 +114,7 @@ class Outcome:
     comparison: Comparison | None = None
     disagreements: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    preflight: list[NodePreflight] = field(default_factory=list)  # each trained node's pre-flight
     version_changes: list[str] = field(default_factory=list)  # library versions, baseline -> this run
 
     @property
@@ -145,6 +146,9 @@ class FindingsSession(Collector):
         self.claims_deselected = False
         self.merged_meta: dict[str, Any] = {}  # from pytest-xdist workers (harness.findings.merge)
         self.log_path = Path(options.fixtures_dir or options.root / ".fixtures") / "logs" / f"{options.run}.log"
+        self.builds = Builds(options.fixtures_dir, options.device, lambda msg: self.say(msg), self.log_path)
+        self._planned: list[Case] | None = None  # cases whose nodes the first prepare() builds
+        self.merged_preflight: list[NodePreflight] = []  # from pytest-xdist workers
 
     # ------------------------------------------------------------------ options
     def check(self) -> None:
@@ -220,69 +224,25 @@ class FindingsSession(Collector):
             self._memo[key] = make()
         return self._memo[key]
 
-    @contextlib.contextmanager
-    def quiet(self):
-        """Training and generation output goes to the session's log file, not to pytest's captured output."""
-        import logging
-
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "a", encoding="utf-8") as log:
-            handler = logging.StreamHandler(log)
-            root = logging.getLogger()
-            saved = [(h, h.level) for h in root.handlers]
-            for h, _ in saved:
-                h.setLevel(logging.CRITICAL + 1)
-            root.addHandler(handler)
-            try:
-                with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                    yield
-            finally:
-                root.removeHandler(handler)
-                for h, level in saved:
-                    h.setLevel(level)
+    def quiet(self) -> Any:
+        """Training and generation output goes to the session's log file (see :func:`builds.quiet`)."""
+        return quiet(self.log_path)
 
     def build(self, plan: Any, nodes: Sequence[str] | None = None) -> Any:
-        """Build (or load) ``nodes`` of ``plan`` and their ancestors (default: every node), one node at a
-        time, with a progress line on the terminal for each node that took time. Returns the Graph."""
-        from harness.train import build
+        """Build (or load) ``nodes`` of ``plan`` and their ancestors (default: every node) in one build, with a
+        progress line on the terminal as each missing node starts and ends. Returns the Graph."""
+        return self.builds.build(plan, nodes)
 
-        wanted: set[str] = set()
-        for n in (plan.names if nodes is None else nodes):
-            wanted.update(plan.ancestors(n))
-        key = ("graph", plan.name, plan.variant_name, plan.seed, plan.base)
-        done = self._memo.setdefault(("built",) + key, set())
-        todo = [n for n in plan.names if n in wanted and n not in done]
-        what = f"{plan.name}" + (f" [variant {plan.variant_name}]" if plan.variant_name else "") + f" seed {plan.seed}"
-        pending = self._pending(plan) if todo else set()
-        for i, name in enumerate(todo, 1):
-            if pending is not None and name in pending:
-                self.say(f"fixtures {what}: [{i}/{len(todo)}] building {name} ...")
-            t0 = time.monotonic()
-            with self.quiet():
-                self._memo[key] = build(plan, only=name, fixtures_dir=self.options.fixtures_dir,
-                                        device=self.options.device, progress=False)
-            took = time.monotonic() - t0
-            if (name in pending) if pending is not None else took > 2:  # trained now, however fast
-                self.say(f"fixtures {what}: [{i}/{len(todo)}] {name} built in {took:.0f} s (log: {self.log_path})")
-            done.add(name)
-        if key not in self._memo:
-            self._memo[key] = build(plan, only=plan.names[0], fixtures_dir=self.options.fixtures_dir,
-                                    device=self.options.device, progress=False)
-        return self._memo[key]
+    def plan_cases(self, cases: Sequence[Case]) -> None:
+        """The claim cases this session will run (after ``-k``/``-m``): the first :meth:`prepare` builds every
+        node they need in one build per graph, so that ready nodes train at once over the device slots."""
+        self._planned = list(cases)
 
-    def _pending(self, plan: Any) -> set[str] | None:
-        """The nodes of ``plan`` not in the fixture cache yet (None when that cannot be told cheaply)."""
-        try:
-            from harness.device import resolve_device
-            from harness.train.graph import _resolve_base, plan_keys
-            from harness.train.store import Store
-
-            base_id = None if plan.base == "tiny" else _resolve_base(plan)[1]
-            keys, _ = plan_keys(plan, resolve_device(self.options.device), base_id)
-            store = Store(self.options.fixtures_dir)
-            return {n for n in plan.names if not store.is_complete(n, keys[n])}
-        except Exception:  # noqa: BLE001 - only the progress lines depend on it
-            return None
+    def _prebuild(self) -> None:
+        cases, self._planned = self._planned, None
+        if not cases:
+            return
+        self.builds.build_all(needs(self.plan, cases, training_seeds(self.plan, self.options.seeds)))
 
     def graphs(self, nodes: Sequence[str] | None = None) -> list[tuple[int, Any]]:
         """``[(training seed, Graph)]``, one per ``--harness-seeds`` (with ``nodes`` and their ancestors built)."""
@@ -298,7 +258,10 @@ class FindingsSession(Collector):
         return plan, self.build(plan, nodes)
 
     def prepare(self, case: Case) -> None:
-        """Build the nodes the case names (and their ancestors) under every training seed it reads."""
+        """Build the nodes the case names (and their ancestors) under every training seed it reads; the first
+        call builds those of every planned case (:meth:`plan_cases`)."""
+        if self._planned is not None:
+            self._prebuild()
         plan = self.plan.variant(case.control.variant) if case.control else self.plan
         nodes = [case.pair[r] for r in case.spec.roles if case.pair[r] in plan.names]
         if case.control is None and case.spec.kind == "weights":
@@ -363,7 +326,7 @@ class FindingsSession(Collector):
                     recipe={"lora": dataclasses.asdict(plan.lora), "sft": dataclasses.asdict(plan.sft),
                             "dpo": dataclasses.asdict(plan.dpo), "seed": plan.seed, "data_seed": plan.data_seed,
                             "limit": plan.limit})
-        graph = self._memo.get(("graph", plan.name, None, plan.seed, plan.base))
+        graph = self.builds.graph_of(plan)
         if graph is not None:
             base = plan.names[0]
             # the content key of the base (hashing a hub id and snapshot, a folder's files or the tiny recipe),
@@ -389,32 +352,20 @@ class FindingsSession(Collector):
             return None
         self.outcome = finish(self.results, findings_dir=self.options.findings, plan=self.label,
                               run=self.options.run, meta=self.meta(), baseline=self.options.baseline,
-                              plot=self.plot, strict=self.options.strict)
+                              plot=self.plot, strict=self.options.strict, preflight=self.preflight())
         return self.outcome
 
-
-def plot_graph(source: DiffSource, plan: Any, folder: Path, run: str) -> list[Path]:
-    """Per-layer L2 deviation for every SFT and DPO node (against its start), and conflict rates per layer."""
-    trained = [n for n in plan.names if plan.node(n).method != "base"
-               and (source.nodes.path(n) / "config.json").is_file()]  # a partial run (-k) built only some
-    sft = {n: source.diff(plan.node(n).parent, n) for n in trained if plan.node(n).method == "sft"}
-    dpo = {n: source.diff(plan.node(n).parent, n) for n in trained if plan.node(n).method == "dpo"}
-    base = next(n for n in plan.names if plan.node(n).method == "base")
-    imgs = [plot_layer_deviation(sft, folder / f"{run}-sft-layer-deviation.png",
-                                 "SFT nodes: layer L2 − mean (vs the node trained from; seed table 14)"),
-            plot_layer_deviation(dpo, folder / f"{run}-dpo-layer-deviation.png",
-                                 "DPO nodes: layer L2 − mean (vs the node trained from; seed table 15)")]
-    pairs = [("sft_d0", "sft_d1"), ("dpo_d0", "dpo_d1"), ("dpo_d0@sft_d2", "dpo_d1@sft_d2")]
-    conflicts = {f"{a} vs {b} (ref {base})": source.diff(a, b, base) for a, b in pairs if a in trained and b in trained}
-    if conflicts:
-        imgs.append(plot_conflict_rates(conflicts, folder / f"{run}-conflict-rates.png", "Sign-conflict rate per layer"))
-    return imgs
+    def preflight(self) -> list[NodePreflight]:
+        """The pre-flight of every trained node the claims read (this process's graphs, else the workers')."""
+        return self.builds.preflight(self.options.seeds) or list(self.merged_preflight)
 
 
 def finish(results: Sequence[ClaimResult], *, findings_dir: Path, plan: str, run: str, meta: dict[str, Any],
-           baseline: str | None, plot: Any = None, strict: bool = False) -> Outcome:
-    """Write the findings files (and plots), compare with the baseline, check seed agreement."""
-    out = Outcome()
+           baseline: str | None, plot: Any = None, strict: bool = False,
+           preflight: Sequence[NodePreflight] = ()) -> Outcome:
+    """Write the findings files (and plots, and each trained node's pre-flight), compare with the baseline,
+    check seed agreement."""
+    out = Outcome(preflight=list(preflight))
     folder = Path(findings_dir) / plan
     if plot is not None:
         try:
@@ -422,7 +373,7 @@ def finish(results: Sequence[ClaimResult], *, findings_dir: Path, plan: str, run
         except Exception as exc:  # plots are a report extra: never hide the findings themselves
             out.errors.append(f"plots not written: {exc}")
     meta = {"plan": plan, **meta, "run": run, "versions": library_versions()}
-    out.json_path, out.md_path = write(folder, run, results, meta, [str(p) for p in out.images])
+    out.json_path, out.md_path = write(folder, run, results, meta, [str(p) for p in out.images], out.preflight)
     for s in spreads(results):
         if not s.agree:
             out.disagreements.append(f"{s.key[0]} {s.key[2]} [{s.key[1]}]: verdicts {', '.join(s.verdicts)} "

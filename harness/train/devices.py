@@ -128,9 +128,49 @@ def worker_info() -> dict[str, str | None]:
 
 def _slot_init(slot_id: str, jobs: int) -> None:
     pin(slot_id)
-    from harness.train.graph import _worker_init
+    worker_init(jobs)
 
-    _worker_init(jobs)
+
+#: A file build workers write their output to (the claims session's log), instead of the parent's stdout.
+LOG_ENV = "HARNESS_BUILD_LOG"
+
+
+def worker_init(jobs: int) -> None:
+    """Die with the parent (a SIGKILLed build leaves no orphans), write to ``$HARNESS_BUILD_LOG`` when set, and
+    share the cores (the slot's GPU is pinned before this: :func:`harness.train.devices.pin`)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.environ.get(LOG_ENV):
+        fd = os.open(os.environ[LOG_ENV], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    choose_threads(jobs)
+
+
+def choose_threads(jobs: int = 1) -> None:
+    """Split the cores between ``jobs`` builders; on a busy shared CPU use fewer threads (no spin-waiting).
+    On CUDA, concurrent workers get an equal share of the cores (8 workers with a thread pool of all 16
+    cores each oversubscribed the H200 host: a launch-bound step went from 0.34 s alone to 0.6 s)."""
+    import torch
+
+    cores = os.cpu_count() or 1
+    if torch.cuda.is_available():
+        if jobs > 1:
+            torch.set_num_threads(max(1, cores // jobs))
+        return
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    free = int(cores - busy + 0.5) if busy > 0.5 else cores
+    torch.set_num_threads(max(1, min(cores, free) // max(1, jobs)))
 
 
 # ---------------------------------------------------------------------------- the scheduler
@@ -212,9 +252,11 @@ def schedule(todo: Sequence[str], parent_of: Callable[[str], str | None], done: 
 
 
 def build_on_slots(graph: Any, todo: list[str], inputs: dict, forced: set[str], slots: Sequence[Slot], bar: Any,
-                   checks: dict[str, dict | None]) -> list[Assignment]:
+                   checks: dict[str, dict | None],
+                   tell: Callable[[str, str], None] = lambda name, event: None) -> list[Assignment]:
     """Train ``todo`` over ``slots``: one spawned worker pool per slot (pinned to it), multi-GPU nodes
-    through ``accelerate launch`` from a thread of this process on the slots they were given."""
+    through ``accelerate launch`` from a thread of this process on the slots they were given.
+    ``tell(name, event)`` hears of each node's start and end here (see :func:`harness.train.graph.build`)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
@@ -233,11 +275,16 @@ def build_on_slots(graph: Any, todo: list[str], inputs: dict, forced: set[str], 
 
     pinned = any(s.id for s in slots)  # unpinned (the CPU): a multi-process node takes one slot
 
+    futures: dict[str, Any] = {}
+
     def start(name: str, chosen: tuple[Slot, ...]) -> Any:
         args = (graph, name, inputs[name], name in forced, False, checks.get(name))
+        tell(name, "start")
         if gpus_of(name) > 1:
-            return threads.submit(distributed.on_devices, [s.id for s in chosen if s.id], _locked_build, *args)
-        return pools[chosen[0].id].submit(_locked_build, *args)
+            futures[name] = threads.submit(distributed.on_devices, [s.id for s in chosen if s.id], _locked_build, *args)
+        else:
+            futures[name] = pools[chosen[0].id].submit(_locked_build, *args)
+        return futures[name]
 
     def show(running: dict[str, tuple[str, ...]]) -> None:
         bar.set_postfix(running=",".join(f"{n}@{'+'.join(s) or '-'}" for n, s in sorted(running.items())))
@@ -246,6 +293,7 @@ def build_on_slots(graph: Any, todo: list[str], inputs: dict, forced: set[str], 
         def add(self, item: str) -> None:
             super().add(item)
             bar.update()
+            tell(item, "found" if futures[item].result() is False else "built")
 
     try:
         return schedule(todo, lambda n: graph.plan.node(n).parent, _Done(n for n in graph.names if n not in todo),

@@ -47,7 +47,7 @@ def gpus_of(recipe: Any) -> int:
 
 def with_gpus(plan: Any, n: int) -> Any:
     """``plan`` with every trained node on ``n`` GPUs (node overrides that set ``gpus`` win)."""
-    from harness.train.plan import _apply
+    from harness.train.recipe import _apply
 
     where = f"{plan.path or plan.name}: --gpus"
     return dataclasses.replace(plan, sft=_apply(plan.sft, {"gpus": n}, where),
@@ -130,7 +130,7 @@ def train(parent_dir: Path, method: str, records: list[dict], plan: Any, name: s
 def _worker(job_file: str) -> None:
     """One DDP process: the node's recipe, as in one process, on its share of every batch."""
     from harness.train.graph import _load_tokenizer
-    from harness.train.plan import LoraSpec, Recipe
+    from harness.train.recipe import LoraSpec, Recipe
 
     job = json.loads(Path(job_file).read_text(encoding="utf-8"))
     lora = job["lora"]

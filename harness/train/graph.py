@@ -8,7 +8,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from harness.errors import HarnessError
 from harness.train import common
@@ -156,26 +156,6 @@ def _recipe_key(recipe: Any) -> dict:
 
 # ---------------------------------------------------------------------------- the walk
 
-def _choose_threads(jobs: int = 1) -> None:
-    """Split the cores between ``jobs`` builders; on a busy shared CPU use fewer threads (no spin-waiting).
-    On CUDA, concurrent workers get an equal share of the cores (8 workers with a thread pool of all 16
-    cores each oversubscribed the H200 host: a launch-bound step went from 0.34 s alone to 0.6 s)."""
-    import torch
-
-    cores = os.cpu_count() or 1
-    if torch.cuda.is_available():
-        if jobs > 1:
-            torch.set_num_threads(max(1, cores // jobs))
-        return
-    cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        busy = 0.0
-    free = int(cores - busy + 0.5) if busy > 0.5 else cores
-    torch.set_num_threads(max(1, min(cores, free) // max(1, jobs)))
-
-
 def default_jobs(device: str, base_dir: Path | None = None) -> int:
     """Nodes built at once by default: one on a CPU (each worker pays ~20 s of imports, which small CPUs
     do not win back); on CUDA several per GPU while memory allows (:func:`harness.train.devices.make_slots`)."""
@@ -186,7 +166,8 @@ def default_jobs(device: str, base_dir: Path | None = None) -> int:
 
 def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "auto",
           only: str | Iterable[str] | None = None, rebuild: bool = False, progress: bool = True,
-          jobs: int | None = None, preflight: bool = True, devices: str | Iterable[str] | None = None) -> Graph:
+          jobs: int | None = None, preflight: bool = True, devices: str | Iterable[str] | None = None,
+          on_node: Callable[[str, str], None] | None = None) -> Graph:
     """Build every missing node of ``plan`` (or ``only`` those nodes and their ancestors).
 
     ``rebuild`` retrains the named nodes (``only``) or, without ``only``, every trained node.
@@ -196,6 +177,8 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
     :mod:`harness.train.preflight`); an error stops the build before any training.
     ``devices`` (default ``$HARNESS_DEVICES``, else every visible GPU) are the slots nodes are spread
     over, one worker pool pinned to each (see :mod:`harness.train.devices`).
+    ``on_node(name, event)`` is called in this process as each missing node starts (``"start"``) and
+    ends (``"built"``, or ``"found"`` when another builder had built it meanwhile).
     Returns the :class:`Graph`; cached nodes cost nothing but hashing.
     """
     from tqdm.auto import tqdm
@@ -230,15 +213,19 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
     slots = slots_of.make_slots(device, jobs, graph.path(plan.nodes[0].name) if base_dir else None, devices)
     jobs = min(sum(s.capacity for s in slots), len(todo))
     bar = tqdm(total=len(todo), desc=f"fixtures {plan.name}", unit="node", disable=not progress)
+    tell = on_node or (lambda name, event: None)
     if jobs == 1 and len(slots) == 1 and slots_of.is_here(slots[0], device) and not slots_of.needs_launch(plan, todo):
-        _choose_threads(1)
+        slots_of.choose_threads(1)
         for name in todo:
             bar.set_postfix(node=name)
-            if _locked_build(graph, name, inputs[name], name in forced, progress, checks[name]):
+            tell(name, "start")
+            trained = _locked_build(graph, name, inputs[name], name in forced, progress, checks[name])
+            if trained:
                 graph.trained.append(name)
+            tell(name, "built" if trained else "found")
             bar.update()
     else:
-        graph.trained += [a.node for a in slots_of.build_on_slots(graph, todo, inputs, forced, slots, bar, checks)
+        graph.trained += [a.node for a in slots_of.build_on_slots(graph, todo, inputs, forced, slots, bar, checks, tell)
                           if a.trained]
     bar.close()
     return graph
@@ -281,19 +268,6 @@ def _locked_build(graph: Graph, name: str, key_inputs: dict, forced: bool, progr
             _build_node(graph, name, key_inputs, progress, check)
             return True
     return False
-
-
-def _worker_init(jobs: int) -> None:
-    """Die with the parent (a SIGKILLed build leaves no orphans) and share the cores (the slot's GPU is
-    pinned before this: :func:`harness.train.devices.pin`)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    _choose_threads(jobs)
 
 
 def _build_node(graph: Graph, name: str, key_inputs: dict, progress: bool, check: dict | None = None) -> Path:

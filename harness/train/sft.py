@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness.train import common
-from harness.train.plan import LoraSpec, Recipe
+from harness.train.recipe import LoraSpec, Recipe
 
 
 def train_sft(model_dir: str | Path, tokenizer: Any, records: Sequence[dict], recipe: Recipe, out_dir: str | Path,

@@ -77,6 +77,9 @@ def test_two_workers_give_the_single_process_findings(tmp_path):
     key = lambda r: (r["claim"], r["pair"], r["check"])  # noqa: E731
     assert a["results"] and sorted(a["results"], key=key) == sorted(b["results"], key=key)
     assert b["meta"]["workers"] == {"gw0": "a", "gw1": "b"}
+    by_node = lambda p: (p["variant"] or "", p["node"])  # noqa: E731
+    assert a["preflight"] and sorted(a["preflight"], key=by_node) == sorted(b["preflight"], key=by_node)
+    assert {p["variant"] for p in b["preflight"]} == {None, "c5_zero_step_dpo"}  # the workers' pre-flights, merged
     assert {k: v for k, v in a["meta"].items() if k != "run"} == {k: v for k, v in b["meta"].items()
                                                                   if k not in ("run", "workers")}
     assert two.stdout.count("harness findings") == 1 and "[c5_zero_step_dpo]" in two.stdout

@@ -1,0 +1,161 @@
+"""The claims session's fixture graphs: the plan under each training seed and each negative control's
+variant, built (or loaded from the cache) through :func:`harness.train.build`.
+
+Before the first case runs, the session asks for every node the selected cases need, one ``build`` per
+graph, so that nodes whose parents are done train at once over the device slots (several per GPU on
+CUDA; one at a time on the CPU, where ``build``'s default is one job). Each node that trains gets a
+line on the terminal as it starts and as it ends; the training output goes to the session's log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from harness.findings.preflight import NodePreflight, from_meta
+
+GraphKey = tuple[str, str | None, int, str]
+
+
+def graph_key(plan: Any) -> GraphKey:
+    return (plan.name, plan.variant_name, plan.seed, plan.base)
+
+
+def describe(plan: Any) -> str:
+    """``tiny seed 0``, ``tiny [variant v] seed 0``: how the progress lines name a graph."""
+    return f"{plan.name}" + (f" [variant {plan.variant_name}]" if plan.variant_name else "") + f" seed {plan.seed}"
+
+
+class Builds:
+    """The graphs one session built, and which of their nodes it asked for."""
+
+    def __init__(self, fixtures_dir: str | None, device: str, say: Callable[[str], None], log_path: Path) -> None:
+        self.fixtures_dir, self.device, self.say, self.log_path = fixtures_dir, device, say, log_path
+        self.graphs: dict[GraphKey, Any] = {}
+        self.asked: dict[GraphKey, set[str]] = {}
+        self.calls: list[tuple[GraphKey, tuple[str, ...]]] = []  # every build() this session made: (graph, only)
+
+    def build(self, plan: Any, nodes: Iterable[str] | None = None) -> Any:
+        """Build (or load) ``nodes`` of ``plan`` and their ancestors (default: every node) in one
+        :func:`harness.train.build` call; returns the Graph."""
+        from harness.train import build
+
+        wanted: set[str] = set()
+        for n in (plan.names if nodes is None else nodes):
+            wanted.update(plan.ancestors(n))
+        key = graph_key(plan)
+        asked = self.asked.setdefault(key, set())
+        todo = [n for n in plan.names if n in wanted and n not in asked]
+        if not todo and key in self.graphs:
+            return self.graphs[key]
+        only = tuple(todo) or (plan.names[0],)
+        self.calls.append((key, only))
+        with quiet(self.log_path):
+            self.graphs[key] = build(plan, only=list(only), fixtures_dir=self.fixtures_dir, device=self.device,
+                                     progress=False, on_node=self._progress(describe(plan), todo))
+        asked.update(todo)
+        return self.graphs[key]
+
+    def _progress(self, what: str, todo: Sequence[str]) -> Callable[[str, str], None]:
+        """The per-node terminal lines: ``[i/n] building X ...`` and ``[i/n] X built in N s``."""
+        started: dict[str, float] = {}
+
+        def say(msg: str) -> None:  # from inside quiet(): the training output still goes to the log after it
+            out, err = sys.stdout, sys.stderr
+            try:
+                self.say(msg)
+            finally:
+                sys.stdout, sys.stderr = out, err
+
+        def on_node(name: str, event: str) -> None:
+            i = f"[{todo.index(name) + 1 if name in todo else '?'}/{len(todo)}]"
+            if event == "start":
+                started[name] = time.monotonic()
+                say(f"fixtures {what}: {i} building {name} ...")
+            elif event == "built":
+                took = time.monotonic() - started.get(name, time.monotonic())
+                say(f"fixtures {what}: {i} {name} built in {took:.0f} s (log: {self.log_path})")
+            else:
+                say(f"fixtures {what}: {i} {name} was built by another process meanwhile")
+
+        return on_node
+
+    def build_all(self, wants: Sequence[tuple[Any, Iterable[str]]]) -> None:
+        """One build per graph for every node ``wants`` names: ``[(plan, nodes)]``, graphs merged by key.
+        A graph that fails to build is said and left to the cases: each then builds the nodes it reads, so
+        a node that cannot be built fails only the cases that read it."""
+        merged: dict[GraphKey, tuple[Any, set[str]]] = {}
+        for plan, nodes in wants:
+            merged.setdefault(graph_key(plan), (plan, set()))[1].update(nodes)
+        for plan, nodes in merged.values():
+            try:
+                self.build(plan, sorted(nodes, key=plan.names.index))
+            except Exception as exc:  # noqa: BLE001 - re-raised by the cases that read the node
+                self.say(f"fixtures {describe(plan)}: {exc}; each case builds the nodes it reads")
+
+    def graph_of(self, plan: Any) -> Any | None:
+        return self.graphs.get(graph_key(plan))
+
+    def preflight(self, seeds: int) -> list[NodePreflight]:
+        """The pre-flight of every trained node the session asked for, graph by graph (the training seed
+        named when ``seeds`` > 1, a variant when the graph is one)."""
+        out = []
+        for key, graph in self.graphs.items():
+            plan = graph.plan
+            for name in plan.names:
+                if name in self.asked.get(key, ()) and plan.node(name).method != "base" and graph.is_built(name):
+                    out.append(from_meta(name, graph.meta(name), plan.seed if seeds > 1 else None, plan.variant_name))
+        return out
+
+
+def needs(plan: Any, cases: Iterable[Any], seeds: Sequence[int]) -> list[tuple[Any, list[str]]]:
+    """``[(plan, nodes)]`` the claim ``cases`` read: a case on the plan reads its nodes under every training
+    seed, a negative control's case under its variant. Cases that will skip (no such variant or node) read none."""
+    wants: list[tuple[Any, list[str]]] = []
+    for case in cases:
+        control = case.control
+        if control is not None and control.variant not in plan.variants:
+            continue  # the case skips (see harness.findings.runner.run_case)
+        vplan = plan.variant(control.variant) if control else plan
+        if case.spec.missing_nodes(case.pair, vplan.names):
+            continue
+        nodes = [case.pair[r] for r in case.spec.roles if case.pair[r] in vplan.names]
+        if control is None:
+            wants += [(plan if s == plan.seed else plan.with_seed(s), nodes) for s in seeds]
+        else:
+            wants.append((vplan, nodes))
+    return wants
+
+
+@contextlib.contextmanager
+def quiet(log_path: Path) -> Iterator[None]:
+    """Training and generation output goes to ``log_path``, not to pytest's captured output: this process's
+    stdout, stderr and logging, and a build's worker processes' (``$HARNESS_BUILD_LOG``,
+    :data:`harness.train.devices.LOG_ENV`)."""
+    import logging
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    saved_env = os.environ.get("HARNESS_BUILD_LOG")
+    os.environ["HARNESS_BUILD_LOG"] = str(log_path)
+    with open(log_path, "a", encoding="utf-8") as log:
+        handler = logging.StreamHandler(log)
+        root = logging.getLogger()
+        saved = [(h, h.level) for h in root.handlers]
+        for h, _ in saved:
+            h.setLevel(logging.CRITICAL + 1)
+        root.addHandler(handler)
+        try:
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                yield
+        finally:
+            root.removeHandler(handler)
+            for h, level in saved:
+                h.setLevel(level)
+            if saved_env is None:
+                os.environ.pop("HARNESS_BUILD_LOG", None)
+            else:
+                os.environ["HARNESS_BUILD_LOG"] = saved_env

@@ -1,0 +1,205 @@
+"""The claims session builds the nodes its cases need in one build per graph, and the findings report
+shows each trained node's pre-flight. Real training in child pytests on a micro plan whose two
+trained nodes are both children of the base, so they are ready at once:
+
+- serial (the CPU default, one job): the node built earlier with ``--no-preflight`` reads "skipped",
+  the one the session trains reads its pre-flight result, in the JSON, the Markdown and the summary;
+- two fake device slots (``HARNESS_DEVICES=a,b``): both nodes train at the same time, one per slot,
+  each with its progress lines, and the findings equal the serial run's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.train import build, load_plan
+
+ROOT = Path(__file__).resolve().parents[2]
+MICRO = ROOT / "fixtures" / "plans" / "micro.toml"
+
+SPEC = '''id = "MY1"
+kind = "weights"
+statement = "DPO changes weights less than SFT (here only a reading: any ratio holds)."
+reference_table = "none"
+roles = ["dpo", "sft"]
+negative_control = "none: a test of how the session builds"
+pairs = [{ dpo = "dpo_d1", sft = "sft_d1" }]
+
+[[check]]
+label = "L2(dpo)/L2(sft)"
+statistic = "l2_ratio"
+params = { num = ["parent(dpo)", "dpo"], den = ["parent(sft)", "sft"] }
+comparator = "<"
+threshold = 1000.0
+reference_value = 0.04
+tolerance = 0.5
+reason = "a test of how the session builds, not of the claim"
+'''
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory) -> dict[str, Path]:
+    """The plan (micro's base; sft_d1 and dpo_d1 on it) and a claims folder reading both nodes."""
+    d = tmp_path_factory.mktemp("session_build")
+    text = MICRO.read_text(encoding="utf-8").split("[[nodes]]", 1)[0].replace('name = "micro"', 'name = "mb"')
+    text += ('[[nodes]]\nname = "base"\nmethod = "base"\n\n[[nodes]]\nname = "sft_d1"\nmethod = "sft"\n'
+             'dataset = "d1"\nparent = "base"\n\n[[nodes]]\nname = "dpo_d1"\nmethod = "dpo"\ndataset = "d1"\n'
+             'parent = "base"\n')
+    (d / "mb.toml").write_text(text, encoding="utf-8")
+    (d / "claims").mkdir()
+    (d / "claims" / "my1.toml").write_text(SPEC, encoding="utf-8")
+    return {"dir": d, "plan": d / "mb.toml", "claims": d / "claims"}
+
+
+def claims_run(setup: dict[str, Path], fixtures: Path, out: Path, **env: str) -> subprocess.CompletedProcess:
+    e = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    for k in ("HARNESS_FINDINGS_DIR", "HARNESS_DEVICES"):
+        if k not in env:
+            e.pop(k, None)
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-p", "no:xdist",
+                           str(ROOT / "claims" / "test_claims.py"), "--rootdir", str(ROOT),
+                           "--fixtures-dir", str(fixtures), "--harness-device", "cpu", "--findings-dir", str(out),
+                           "--harness-plan", str(setup["plan"]), "--claims-dir", str(setup["claims"]),
+                           "--harness-run-id", "r"],
+                          cwd=ROOT, env=e, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def serial(setup) -> dict:
+    """sft_d1 built beforehand with --no-preflight; the session trains dpo_d1 (one job, the CPU default)."""
+    fx = setup["dir"] / "fx-serial"
+    build(load_plan(setup["plan"]), only="sft_d1", fixtures_dir=fx, device="cpu", progress=False, preflight=False)
+    r = claims_run(setup, fx, setup["dir"] / "out-serial")
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    folder = setup["dir"] / "out-serial" / "mb"
+    return {"out": r.stdout, "json": json.loads((folder / "r.json").read_text(encoding="utf-8")),
+            "md": (folder / "r.md").read_text(encoding="utf-8"), "fx": fx}
+
+
+def test_the_findings_show_each_trained_nodes_preflight(serial):
+    pf = {p["node"]: p for p in serial["json"]["preflight"]}
+    assert set(pf) == {"sft_d1", "dpo_d1"}, serial["json"]["preflight"]  # trained nodes only: not the base
+    assert pf["sft_d1"]["status"] == "skipped" and pf["sft_d1"]["verdict"] == "skipped (--no-preflight)"
+    meta = json.loads(next((serial["fx"] / "nodes").glob("dpo_d1-*/meta.json")).read_text(encoding="utf-8"))
+    codes = [f["code"] for f in meta["preflight"]["findings"]]
+    assert pf["dpo_d1"]["status"] == meta["preflight"]["status"] and pf["dpo_d1"]["pipeline"] == "trl-dpo"
+    assert pf["dpo_d1"]["verdict"] == ("ok" if not codes else "warnings: " + ", ".join(dict.fromkeys(codes)))
+    assert "## Pre-flight per trained node" in serial["md"]
+    assert f"| dpo_d1 | trl-dpo | {pf['dpo_d1']['verdict']} |" in serial["md"]
+    assert "| sft_d1 | - | skipped (--no-preflight) |" in serial["md"]
+    summary = serial["out"][serial["out"].index("pre-flight per trained node"):]
+    assert "sft_d1" in summary and "skipped (--no-preflight)" in summary
+    assert any(line.split()[:2] == ["dpo_d1", "trl-dpo"] for line in summary.splitlines())
+    # the progress lines of the one node the session trained
+    assert "mb seed 0: [3/3] building dpo_d1 ..." in serial["out"] and "[3/3] dpo_d1 built in" in serial["out"]
+    assert "building sft_d1" not in serial["out"]
+    assert "Loading weights" in (serial["fx"] / "logs" / "r.log").read_text(encoding="utf-8")  # training output:
+    assert "Loading weights" not in serial["out"]  # in the session's log, not on the terminal
+
+
+def test_the_session_builds_all_needed_nodes_at_once_over_device_slots(setup, serial):
+    fx = setup["dir"] / "fx-slots"
+    r = claims_run(setup, fx, setup["dir"] / "out-slots", HARNESS_DEVICES="a,b")
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    lines = [line for line in r.stdout.splitlines() if line.startswith("fixtures mb seed 0:")]
+    at = {key: next(i for i, line in enumerate(lines) if key in line) for key in
+          ("building sft_d1", "building dpo_d1", "sft_d1 built in", "dpo_d1 built in", "base built in")}
+    # one build of all three: the two children start once the base is built, both before either ends
+    assert at["base built in"] < min(at["building sft_d1"], at["building dpo_d1"]), lines
+    assert max(at["building sft_d1"], at["building dpo_d1"]) < min(at["sft_d1 built in"], at["dpo_d1 built in"]), lines
+    assert "fixtures mb seed 0: [2/3] building sft_d1 ..." in lines and len(lines) == 6, lines
+    plan = load_plan(setup["plan"])
+    graph = build(plan, only=["sft_d1", "dpo_d1"], fixtures_dir=fx, device="cpu", progress=False)
+    assert graph.trained == []
+    assert {graph.meta(n)["worker"]["slot"] for n in ("sft_d1", "dpo_d1")} == {"a", "b"}
+    data = json.loads((setup["dir"] / "out-slots" / "mb" / "r.json").read_text(encoding="utf-8"))
+    got = [(x["claim"], x["pair"], x["check"], x["verdict"]) for x in data["results"]]
+    want = [(x["claim"], x["pair"], x["check"], x["verdict"]) for x in serial["json"]["results"]]
+    assert got == want and len(got) == 1
+    assert data["results"][0]["measured"] == pytest.approx(serial["json"]["results"][0]["measured"], rel=1e-4)
+    assert {p["node"]: p["status"] for p in data["preflight"]}["sft_d1"] != "skipped"
+    assert "Loading weights" in (fx / "logs" / "r.log").read_text(encoding="utf-8")  # the workers' output too
+
+
+def test_the_first_case_asks_for_every_planned_cases_nodes_in_one_build(setup, serial, tmp_path):
+    """In process, on the serial run's cache (nothing trains): the first prepare() makes one build call for
+    the nodes of every planned case; a case whose nodes the plan lacks (it will skip) asks for none."""
+    from harness.findings.session import FindingsSession, Options
+
+    claims = tmp_path / "claims"
+    claims.mkdir()
+    (claims / "my1.toml").write_text(SPEC.replace('pairs = [{ dpo = "dpo_d1", sft = "sft_d1" }]',
+                                                  'pairs = [{ dpo = "dpo_d0", sft = "sft_d0" }, '
+                                                  '{ dpo = "dpo_d1", sft = "sft_d1" }]'), encoding="utf-8")
+    (claims / "my2.toml").write_text(
+        SPEC.replace('id = "MY1"', 'id = "MY2"').replace('roles = ["dpo", "sft"]', 'roles = ["node"]')
+        .replace('pairs = [{ dpo = "dpo_d1", sft = "sft_d1" }]', 'pairs = [{ node = "sft_d1" }, { node = "dpo_d1" }]')
+        .replace('statistic = "l2_ratio"', 'statistic = "depth_spearman"')
+        .replace('params = { num = ["parent(dpo)", "dpo"], den = ["parent(sft)", "sft"] }',
+                 'params = { diff = ["parent(node)", "node"] }'), encoding="utf-8")
+    said: list[str] = []
+    fs = FindingsSession(Options(root=ROOT, plan_path=setup["plan"], plan_given=True, claims_dir=claims,
+                                 fixtures_dir=str(serial["fx"]), device="cpu", run="inproc"), say=said.append)
+    cases = fs.cases()
+    assert [c.id for c in cases] == ["MY1-dpo_d0/sft_d0", "MY1-dpo_d1/sft_d1", "MY2-sft_d1", "MY2-dpo_d1"]
+    fs.plan_cases(cases[2:] + cases[:1])  # as after -k "MY2 or dpo_d0": the first case reads sft_d1 only
+    fs.prepare(cases[2])
+    assert fs.builds.calls == [(("mb", None, 0, "tiny"), ("base", "sft_d1", "dpo_d1"))]
+    fs.prepare(cases[3])
+    assert len(fs.builds.calls) == 1 and said == []  # all built already: no further build, no progress line
+    assert [(p.node, p.status) for p in fs.preflight()] == [("sft_d1", "skipped"),
+                                                            ("dpo_d1", serial["json"]["preflight"][1]["status"])]
+
+
+@pytest.fixture(scope="module")
+def folder_base(tmp_path_factory) -> Path:
+    """A small random Llama with the tiny tokenizer, saved as a model folder (a non-tiny base: pre-flighted
+    for every node before any trains)."""
+    from harness.train.graph import _tiny_texts
+    from harness.train.tiny import make_tiny_model, make_tiny_tokenizer
+
+    folder = tmp_path_factory.mktemp("folder_base") / "tiny-base"
+    tok = make_tiny_tokenizer(_tiny_texts()[1][:200], 400)
+    make_tiny_model(tok, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                    num_key_value_heads=2).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_a_node_that_cannot_be_built_fails_only_the_cases_that_read_it(folder_base, tmp_path):
+    """sft_d1's max_length cuts its records' stop token: the pre-flight refuses it, so the one build of all
+    planned nodes fails; the case reading sft_d0 still builds and trains its node, the one reading sft_d1 errs."""
+    from harness.findings.session import FindingsSession, Options
+    from harness.train.preflight import PreflightError
+
+    plan = tmp_path / "pf.toml"
+    plan.write_text(f'name = "pf"\n[base]\nmodel = "{folder_base}"\n[data]\nlimit = 4\n[sft]\nmax_steps = 1\n'
+                    'max_length = 512\n[[nodes]]\nname = "base"\nmethod = "base"\n[[nodes]]\nname = "sft_d0"\n'
+                    'method = "sft"\ndataset = "d0"\nparent = "base"\n[[nodes]]\nname = "sft_d1"\nmethod = "sft"\n'
+                    'dataset = "d1"\nparent = "base"\noverrides = { max_length = 16 }\n', encoding="utf-8")
+    claims = tmp_path / "claims"
+    claims.mkdir()
+    (claims / "my2.toml").write_text(
+        SPEC.replace('id = "MY1"', 'id = "MY2"').replace('roles = ["dpo", "sft"]', 'roles = ["node"]')
+        .replace('pairs = [{ dpo = "dpo_d1", sft = "sft_d1" }]', 'pairs = [{ node = "sft_d1" }, { node = "sft_d0" }]')
+        .replace('statistic = "l2_ratio"', 'statistic = "depth_spearman"')
+        .replace('params = { num = ["parent(dpo)", "dpo"], den = ["parent(sft)", "sft"] }',
+                 'params = { diff = ["parent(node)", "node"] }'), encoding="utf-8")
+    said: list[str] = []
+    fs = FindingsSession(Options(root=ROOT, plan_path=plan, plan_given=True, claims_dir=claims,
+                                 fixtures_dir=str(tmp_path / "fx"), device="cpu", run="pf"), say=said.append)
+    cases = fs.cases()
+    fs.plan_cases(cases)
+    fs.prepare(cases[1])  # sft_d0
+    assert said[0].startswith(f"fixtures pf seed 0: pre-flight {plan}: sft_d1 [trl-sft]: ")
+    assert said[0].endswith("; each case builds the nodes it reads"), said
+    assert "fixtures pf seed 0: [2/2] sft_d0 built in" in said[-1]  # base: the folder, nothing to train
+    assert fs.builds.graph_of(fs.plan).is_built("sft_d0")
+    with pytest.raises(PreflightError, match=r"sft_d1 \[trl-sft\]"):
+        fs.prepare(cases[0])  # sft_d1
