@@ -44,7 +44,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return p
 
 
-@pytest.mark.parametrize("name", ["tiny.toml", "seed.toml"])
+@pytest.mark.parametrize("name", ["tiny.toml", "seed.toml", "smollm2.toml", "gemma3.toml"])
 def test_shipped_plans_hold_the_seed_graph_and_recipe(name):
     plan = load_plan(PLANS / name)
     assert plan.names == NODE_NAMES
@@ -55,6 +55,16 @@ def test_shipped_plans_hold_the_seed_graph_and_recipe(name):
     assert plan.quantize_4bit
     first = (PLANS / name).read_text(encoding="utf-8").splitlines()[0]
     assert first.startswith("# python -m harness fixtures build fixtures/plans/" + name)
+
+
+@pytest.mark.parametrize("path", sorted(PLANS.glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_plan_loads_and_starts_with_its_command(path):
+    plan = load_plan(path)
+    assert plan.names[0] == "base" and len(plan.names) >= 2
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith(f"# python -m harness fixtures build fixtures/plans/{path.name}")
+    for name in plan.variants:  # every variant applies
+        assert plan.variant(name).variant_name == name
 
 
 def test_seed_plan_names_the_elyza_base():
