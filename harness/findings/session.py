@@ -309,7 +309,10 @@ class FindingsSession(Collector):
             server.stop()
 
     def known_deviation(self, spec: ClaimSpec, pair: Pair) -> str | None:
-        return spec.known_deviation(self.plan.name, self.base, pair.label)
+        from harness.device import resolve_device
+
+        device = resolve_device(self.options.device).split(":")[0]
+        return spec.known_deviation(self.plan.name, self.base, pair.label, device)
 
     # ------------------------------------------------------------------ end of session
     def meta(self) -> dict[str, Any]:

@@ -30,6 +30,7 @@ One file holds one claim; a new claim is one file::
     plan = "tiny"
     base = "tiny-907965db"               # the base: hub id, folder or GGUF file name, or tiny-<[tiny] hash>
     pairs = ["sft_d0"]                   # optional: only these pairs
+    device = "cuda"                      # optional: only when the claims run on this device (cpu, cuda)
     reason = "what was measured, and why"
 
 "Seed" in this project means the training seed only; the study's numbers are reference values.
@@ -62,7 +63,8 @@ CLAIM_KEYS = {"id", "kind", "statement", "reference_table", "roles", "data_roles
 CHECK_KEYS = {"statistic", "comparator", "threshold", "reference_value", "tolerance", "floor", "reason", "params",
               "label"}
 CONTROL_KEYS = {"variant", "expect", "pairs", "about"}
-DEVIATION_KEYS = {"plan", "base", "pairs", "reason"}
+DEVIATION_KEYS = {"plan", "base", "pairs", "reason", "device"}
+DEVICES = ("cpu", "cuda")
 RENAMED = {"seed_value": "reference_value", "seed_table": "reference_table", "plans": None,
            "known_deviations": "known_deviation"}
 _PARENT = re.compile(r"^parent\((\w+)\)$")
@@ -157,10 +159,12 @@ class Deviation:
     base: str
     reason: str
     pairs: tuple[str, ...] = ()
+    device: str = ""  # empty: on every device
 
-    def applies(self, plan: str, base: str, pair_label: str | None) -> bool:
+    def applies(self, plan: str, base: str, pair_label: str | None, device: str | None = None) -> bool:
         return (self.plan == plan and self.base == base
-                and (not self.pairs or pair_label is None or pair_label in self.pairs))
+                and (not self.pairs or pair_label is None or pair_label in self.pairs)
+                and (not self.device or device is None or self.device == device))
 
 
 @dataclass(frozen=True)
@@ -181,10 +185,12 @@ class ClaimSpec:
     zoo: tuple[str, ...] = ()
     known_deviations: tuple[Deviation, ...] = ()
 
-    def known_deviation(self, plan: str, base: str, pair_label: str | None = None) -> str | None:
-        """Why the claim is known not to hold on that plan and base (for that pair), if it is."""
+    def known_deviation(self, plan: str, base: str, pair_label: str | None = None,
+                        device: str | None = None) -> str | None:
+        """Why the claim is known not to hold on that plan and base (for that pair, on that device type),
+        if it is."""
         for d in self.known_deviations:
-            if d.applies(plan, base, pair_label):
+            if d.applies(plan, base, pair_label, device):
                 return d.reason
         return None
 
@@ -356,8 +362,12 @@ def _deviations(path: Path, raw: Any, labels: Sequence[str]) -> tuple[Deviation,
         if not isinstance(t, Mapping):
             raise _err(path, where, "must be a table")
         _unknown(path, t, DEVIATION_KEYS, where)
+        device = _str(path, t, "device", f"{where}.device") if "device" in t else ""
+        if device and device not in DEVICES:
+            raise _err(path, f"{where}.device", f"must be one of {', '.join(DEVICES)}, got {device!r}")
         out.append(Deviation(_str(path, t, "plan", f"{where}.plan"), _str(path, t, "base", f"{where}.base"),
-                             _str(path, t, "reason", f"{where}.reason"), _label_list(path, t, where, labels)))
+                             _str(path, t, "reason", f"{where}.reason"), _label_list(path, t, where, labels),
+                             device))
     return tuple(out)
 
 

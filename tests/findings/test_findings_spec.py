@@ -169,3 +169,16 @@ def test_shipped_specs_keep_every_measured_known_deviation():
     for (cid, pair), text in measured.items():
         assert text in specs[cid].known_deviation("tiny", TINY, pair), cid
     assert {c.variant for s in specs.values() for c in s.controls} == {"c1_dpo_at_sft_lr", "c5_zero_step_dpo"}
+
+
+def test_a_known_deviation_can_be_keyed_by_device(tmp_path):
+    """The tiny plan's C6 sft_d0 fails under QLoRA on CUDA (0.85-0.88) and holds on the CPU (0.97):
+    a deviation measured on one device type must not excuse the other."""
+    on_cuda = DEVIATIONS.replace('reason = "small base"', 'device = "cuda"\nreason = "4-bit on CUDA"')
+    spec = load_spec(write(tmp_path, GOOD + on_cuda), STATISTICS)
+    assert spec.known_deviation("tiny", "tiny", "dpo_d0/sft_d0", "cuda") == "4-bit on CUDA"
+    assert spec.known_deviation("tiny", "tiny", "dpo_d0/sft_d0", "cpu") is None
+    assert spec.known_deviation("seed", "meta-llama/Llama-3.1-8B-Instruct", "other", "cpu") == "bf16"  # no device: all
+    with pytest.raises(LoadError, match=r"known_deviation\[0\].device'.*one of cpu, cuda, got 'gpu'"):
+        load_spec(write(tmp_path, GOOD + on_cuda.replace('"cuda"', '"gpu"')), STATISTICS)
+
