@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -58,6 +59,11 @@ def _reply_tokens(tokenizer: Any, record: dict) -> int:
     return count(full) - count(head)
 
 
+def scaled_budget(longest: int) -> int:
+    """:data:`BUDGET_SLACK` × ``longest`` new tokens, rounded up to a multiple of 8, never below :data:`MIN_NEW_TOKENS`."""
+    return max(MIN_NEW_TOKENS, math.ceil(longest * BUDGET_SLACK / 8) * 8)
+
+
 def reply_budget(tokenizer: Any, records: Sequence[dict]) -> tuple[int, int]:
     """``(max_new_tokens, longest reply)``: the budget scaled to the training data in ``tokenizer``.
 
@@ -72,7 +78,7 @@ def reply_budget(tokenizer: Any, records: Sequence[dict]) -> tuple[int, int]:
         msgs = r.get("messages") or r.get("prompt")
         if isinstance(msgs, list) and msgs and isinstance(msgs[0], dict):
             longest = max(longest, _reply_tokens(tokenizer, r))
-    return max(MIN_NEW_TOKENS, -(-int(longest * BUDGET_SLACK) // 8) * 8), longest
+    return scaled_budget(longest), longest
 
 
 @dataclass(frozen=True)

@@ -48,10 +48,13 @@ class GenerationSource:
     @property
     def notes(self) -> list[str]:
         """The generation budget and how many replies ran into it (shown beside the findings)."""
+        from harness.evaluate.nodes import BUDGET_SLACK
+
         m = self.meta
         if "max_new_tokens" not in m:
             return []
-        why = f" (1.5x the longest trained reply, {m['longest_reply']} tokens)" if m.get("longest_reply") else ""
+        why = (f" ({BUDGET_SLACK:g}x the longest trained reply, {m['longest_reply']} tokens)"
+               if m.get("longest_reply") else "")
         return [f"{m.get('n', len(self.stopped))} prompts, budget {m['max_new_tokens']} new tokens{why}, "
                 f"{m.get('hit_max', '?')} hit it"]
 

@@ -21,7 +21,8 @@ def train_dpo(model_dir: str | Path, tokenizer: Any, records: Sequence[dict], re
     from trl import DPOConfig, DPOTrainer
 
     def make_trainer(model: Any, kwargs: dict, dataset: Any) -> Any:
-        args = common.one_gpu(DPOConfig(**kwargs, beta=recipe.beta, precompute_ref_log_probs=recipe.precompute_ref_log_probs))
+        args = common.one_gpu(DPOConfig(**kwargs, beta=recipe.beta,
+                                        precompute_ref_log_probs=recipe.precompute_ref_log_probs))
         return DPOTrainer(model=model, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer,
                           peft_config=common.lora_config(lora))
 

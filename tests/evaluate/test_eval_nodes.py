@@ -7,6 +7,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from harness.errors import HarnessError
 from harness.evaluate.claims import c7_margins, c8_margins, last_data, sft_nodes_by_data
@@ -184,3 +186,15 @@ def test_the_c6_source_names_its_budget():
                                                             "longest_reply": 73})
     assert src.notes == ["2 prompts, budget 112 new tokens (1.5x the longest trained reply, 73 tokens), 1 hit it"]
     assert GenerationSource([True], ["a"]).notes == []
+
+
+@given(st.integers(min_value=0, max_value=100_000))
+@example(43)  # 1.5 x 43 = 64.5: truncating to 64 first gave a budget of 64, below the slack
+@example(11)
+def test_the_scaled_budget_is_the_slack_rounded_up_to_eight(longest):
+    from harness.evaluate.nodes import BUDGET_SLACK, MIN_NEW_TOKENS, scaled_budget
+
+    b = scaled_budget(longest)
+    assert b >= MIN_NEW_TOKENS and b % 8 == 0 and b >= longest * BUDGET_SLACK
+    assert b == MIN_NEW_TOKENS or b - longest * BUDGET_SLACK < 8
+
