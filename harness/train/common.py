@@ -96,10 +96,13 @@ def trainer_kwargs(recipe: Any, out_dir: Path, device: str, seed: int, progress:
     """Arguments common to ``SFTConfig`` and ``DPOConfig``. Under DDP (N processes) ``batch_size`` stays the
     global batch: each process takes 1/N of it (the recipe checks that N divides it)."""
     world = ddp_env()[0]
+    # compile: fixed shapes (every batch padded to max_length; the padding is masked) so it compiles once
+    compiled = dict(torch_compile=True, pad_to_multiple_of=recipe.max_length) if getattr(recipe, "compile", False) else {}
     ddp = dict(ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient each step
                gradient_checkpointing_kwargs={"use_reentrant": False}) if world > 1 else {}
     return dict(
         **ddp,
+        **compiled,
         output_dir=str(out_dir / "_trainer"),
         num_train_epochs=recipe.epochs,
         max_steps=recipe.max_steps,
@@ -172,6 +175,33 @@ def reset_peak_memory(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+
+
+def step_timer() -> Any:
+    """A trainer callback timing each optimizer step (wall clock between step ends; trl's per-step metrics
+    synchronise the GPU, so this is the step's real time). Its ``summary()`` gives the first step (which
+    carries compilation and warm-up) and the median of the rest."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.marks: list[float] = []
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if not self.marks:
+                self.marks.append(time.perf_counter())
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.marks.append(time.perf_counter())
+
+        def summary(self) -> dict:
+            steps = [b - a for a, b in zip(self.marks, self.marks[1:])]
+            if not steps:
+                return {}
+            rest = sorted(steps[1:]) or steps
+            return {"first_step_s": steps[0], "median_step_s": rest[len(rest) // 2]}
+
+    return StepTimer()
 
 
 def train_summary(trainer: Any, log: list[dict], device: str) -> dict:
@@ -260,9 +290,11 @@ def run_recipe(method: str, make_trainer: Callable[[Any, dict, Any], Any], model
         summary["setup_s"] = time.perf_counter() - t0
         # train
         reset_peak_memory(device)
+        timer = step_timer()
+        trainer.add_callback(timer)
         trainer.train()
         log = train_log(trainer)
-        summary.update(train_summary(trainer, log, device))
+        summary.update(train_summary(trainer, log, device), **timer.summary(), compiled=bool(kwargs.get("torch_compile")))
         if ddp_env()[1] != 0:  # under DDP only the first process saves and merges
             return out
         summary["gpus"] = ddp_env()[0]

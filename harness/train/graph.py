@@ -151,6 +151,8 @@ def _recipe_key(recipe: Any) -> dict:
         del d["gradient_checkpointing"]
     if d.get("gpus") == 1:  # a node trained over N > 1 GPUs (DDP) is another realisation: its own key
         del d["gpus"]
+    if not d.get("compile"):
+        d.pop("compile", None)
     return d
 
 

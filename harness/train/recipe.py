@@ -69,6 +69,9 @@ class Recipe:
     # GPUs one node trains on (DDP through accelerate launch, harness.train.distributed); batch_size is
     # the global batch, split over them. Only a value above 1 enters the node key.
     gpus: int = 1
+    # torch.compile the training step (inductor), every batch padded to max_length so that one compiled
+    # graph serves every step. The same loss; the kernels are fused differently, so it enters the node key.
+    compile: bool = False
 
 
 @dataclass(frozen=True)

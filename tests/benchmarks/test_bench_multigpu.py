@@ -12,7 +12,9 @@ Each benchmark runs the 1-GPU baseline and the 2-GPU run in the same session and
   test_bench_train.py) for ``HARNESS_BENCH_STEPS`` steps on one GPU, and the same per-GPU batch over two
   GPUs through ``accelerate launch`` (DDP). Throughput = tokens/s over all GPUs (weak scaling: the global
   batch doubles). ``HARNESS_BENCH_DDP_BATCH`` per-GPU batch (default 2, the seed's); ``HARNESS_BENCH_BIG_BATCH``
-  adds a one-GPU run at that batch (a plan option, not the seed's method).
+  adds a one-GPU run at that batch (a plan option, not the seed's method); ``HARNESS_BENCH_BIG_OPTIONS`` lists the
+  variants of that run (``default``, ``ckpt_off``, each optionally ``@BATCH``). A 5-step warm-up run goes first
+  (``HARNESS_BENCH_WARMUP=0`` skips it) so the 1-GPU baseline carries no CUDA warm-up.
 - ``claims-xdist``: ``pytest claims -m gpu -n 0`` against ``-n 2`` (cold, fresh fixture folders), then (with
   ``HARNESS_BENCH_CLAIMS_DDP=1``) the same claims on the plan with ``gpus = 2`` (each node DDP over both GPUs) with ``--findings-baseline`` on
   the 1-GPU findings: verdict flips and moves beyond the specs' tolerances are in its output.
@@ -122,6 +124,10 @@ def test_bench_8b_qlora_sft_ddp_1_vs_2_gpus(benchmark, tmp_path_factory):
         return s
 
     recipe = replace(plan.sft, max_steps=steps, logging_steps=5, batch_size=per_gpu)
+    if os.environ.get("HARNESS_BENCH_WARMUP", "1") == "1":  # so the 1-GPU baseline carries no CUDA warm-up
+        train_sft(base, tokenizer, records, replace(recipe, max_steps=5), tmp / "warm", "cuda", lora=plan.lora,
+                  quantize_4bit=True, seed=0, progress=False)
+        RESULTS["ddp_8b_warmup"] = summary(tmp / "warm")
     train_sft(base, tokenizer, records, recipe, tmp / "one", "cuda", lora=plan.lora, quantize_4bit=True, seed=0,
               progress=False)
     one = summary(tmp / "one")
@@ -130,10 +136,17 @@ def test_bench_8b_qlora_sft_ddp_1_vs_2_gpus(benchmark, tmp_path_factory):
                                 rounds=1, iterations=1)
     two = summary(tmp / "two")
     big = int(os.environ.get("HARNESS_BENCH_BIG_BATCH", "0"))  # one GPU at a larger batch: a plan option, not the seed
-    if big:
-        train_sft(base, tokenizer, records, replace(recipe, batch_size=big), tmp / "big", "cuda", lora=plan.lora,
-                  quantize_4bit=True, seed=0, progress=False)
-        RESULTS["ddp_8b_big_batch"] = {"batch": big, "one_gpu": summary(tmp / "big")}
+    if big:  # HARNESS_BENCH_BIG_OPTIONS: comma-separated "default" / "ckpt_off" (gradient_checkpointing = "off"),
+        # each optionally "@BATCH" for another batch than HARNESS_BENCH_BIG_BATCH
+        RESULTS["ddp_8b_big_batch"] = {"batch": big}
+        for option in os.environ.get("HARNESS_BENCH_BIG_OPTIONS", "default").split(","):
+            name, _, batch = option.partition("@")
+            over = {"default": {}, "ckpt_off": {"gradient_checkpointing": "off"}}[name]
+            rec = replace(recipe, batch_size=int(batch or big), **over)
+            train_sft(base, tokenizer, records, rec, tmp / "big", "cuda", lora=plan.lora, quantize_4bit=True, seed=0,
+                      progress=False)
+            RESULTS["ddp_8b_big_batch"]["one_gpu" if option == "default" else option] = summary(tmp / "big")
+            _dump()
     RESULTS["ddp_8b"] = {"steps": steps, "per_gpu_batch": per_gpu, "one_gpu": one, "two_gpus": two, "launch": launch,
                          "tokens_per_s_ratio": two["tokens_per_s"] / one["tokens_per_s"], "target_ratio": 1.8,
                          "tokenizer": tok_dir or "tiny", "gpu": torch.cuda.get_device_name(0)}
