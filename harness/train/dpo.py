@@ -22,7 +22,8 @@ def train_dpo(model_dir: str | Path, tokenizer: Any, records: Sequence[dict], re
 
     def make_trainer(model: Any, kwargs: dict, dataset: Any) -> Any:
         args = common.one_gpu(DPOConfig(**kwargs, beta=recipe.beta,
-                                        precompute_ref_log_probs=recipe.precompute_ref_log_probs))
+                                        precompute_ref_log_probs=recipe.precompute_ref_log_probs,
+                                        precompute_ref_batch_size=recipe.precompute_ref_batch_size or None))
         return DPOTrainer(model=model, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer,
                           peft_config=common.lora_config(lora))
 

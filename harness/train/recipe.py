@@ -63,6 +63,7 @@ class Recipe:
     gradient_accumulation_steps: int = 1
     beta: float = 0.3  # DPO only
     precompute_ref_log_probs: bool = False  # DPO only; the same loss, one reference pass
+    precompute_ref_batch_size: int = 0  # DPO only; 0: the training batch. The pass is forward-only, so larger is fine
     # "auto": on for models of about 1B parameters and up (common.is_big); "on" / "off" force it.
     # Only a non-default value enters the node key (keys of existing plans stay as they were).
     gradient_checkpointing: str = "auto"
@@ -175,6 +176,9 @@ def _validate_section(obj: Any, where: str) -> None:
         if obj.gpus < 1 or obj.batch_size % obj.gpus:
             raise PlanError(f"{where}.gpus: must be at least 1 and divide batch_size ({obj.batch_size}) so the "
                             f"global batch stays the same, got {obj.gpus}")
+        if obj.precompute_ref_batch_size < 0:
+            raise PlanError(f"{where}.precompute_ref_batch_size: must be 0 (the training batch) or more, got "
+                            f"{obj.precompute_ref_batch_size}")
         if obj.gradient_checkpointing not in ("auto", "on", "off"):
             raise PlanError(f"{where}.gradient_checkpointing: must be auto, on or off, got {obj.gradient_checkpointing!r}")
     elif isinstance(obj, LoraSpec):

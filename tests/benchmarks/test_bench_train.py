@@ -251,6 +251,10 @@ def test_bench_step_options(benchmark, real_shape_base, tmp_path):
             s["mfu"] = _mfu(s.get("tokens_per_s"), n)
             out[name] = s
             shutil.rmtree(tmp_path / name)
+            RESULTS["real_shape_steps"] = {"partial": out}  # on disk as each option ends (a cut run keeps them)
+            _dump()
+            print(f"{name}: first step {s.get('first_step_s')} s, median {s.get('median_step_s')} s, "
+                  f"{s.get('tokens_per_s')} tokens/s, node {s['node_wall_s']:.1f} s", flush=True)
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     first = out[next(n for n in names if n != "warmup")]

@@ -41,7 +41,9 @@ def test_compiled_step_trains_the_eager_losses(micro_base, tmp_path):
     assert eager["compiled"] is False and compiled["compiled"] is True
     assert len(eager_losses) == len(compiled_losses) == 4
     assert eager_losses[-1] != eager_losses[0]  # the updates move the loss, so agreement below means something
-    # padded to max_length and fused differently: equal to float32 rounding, not bitwise
-    assert compiled_losses == pytest.approx(eager_losses, rel=1e-3)
+    # padded to max_length and fused differently: float32 rounding, grown by the large learning rate over the
+    # steps (measured: 3e-3 at step 4), against 8-30 % moves of the loss from one step to the next
+    assert compiled_losses[0] == pytest.approx(eager_losses[0], rel=1e-5)
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-2)
     for s in (eager, compiled):
         assert s["first_step_s"] > 0 and s["median_step_s"] > 0

@@ -64,9 +64,10 @@ DPO = {"dpo_d0", "dpo_d1", "dpo_d0@sft_d2", "dpo_d1@sft_d2", "dpo_d0@sft_d1", "d
                                             for n in p.nodes)), DESCENDANTS_OF_SFT_D1),
         (lambda p: replace(p, dpo=replace(p.dpo, compile=True)), DPO),
         (lambda p: replace(p, sft=replace(p.sft, compile=False)), set()),  # the default: old keys stay
+        (lambda p: replace(p, dpo=replace(p.dpo, precompute_ref_batch_size=32)), DPO),
     ],
     ids=["sft_lr", "dpo_beta", "lora_r", "seed", "limit", "d2_draw", "tiny_shape", "4bit_on_cpu", "node_override",
-         "dpo_compile", "compile_default"],
+         "dpo_compile", "compile_default", "ref_batch"],
 )
 def test_a_changed_input_changes_exactly_the_dependent_keys(plan, keys, edit, expected):
     assert changed(keys, plan_keys(edit(plan), "cpu")[0]) == expected

@@ -170,6 +170,8 @@ def _base_plan(tmp_path: Path, base_lines: str, extra: str = "") -> Path:
     ('model = "tiny"\nchat_template = "t.jinja"', "", r"b\.toml: base: offline, sha256, chat_template"),
     ('model = "org/m"', '[preflight]\nallow = { eos-missing = "" }', r"b\.toml: preflight\.allow\.eos-missing: needs a reason"),
     ('model = "org/m"', '[sft]\ngradient_checkpointing = "maybe"', r"b\.toml: sft\.gradient_checkpointing: must be auto"),
+    ('model = "org/m"', '[sft]\ncompile = "yes"', r"b\.toml: sft\.compile: must be true or false"),
+    ('model = "org/m"', '[dpo]\nprecompute_ref_batch_size = -1', r"b\.toml: dpo\.precompute_ref_batch_size: must be 0"),
     ('model = "org/m"', '[variants.v]\nquantize_4bit = "no"', r"b\.toml: variants\.v\.quantize_4bit: must be true or false"),
 ])
 def test_base_source_and_option_errors_name_file_and_field(tmp_path, lines, extra, match):
