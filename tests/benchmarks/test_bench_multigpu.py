@@ -158,10 +158,16 @@ def test_bench_8b_qlora_sft_ddp_1_vs_2_gpus(benchmark, tmp_path_factory):
 def _claims(fx: Path, findings: Path, run: str, *args: str) -> tuple[float, subprocess.CompletedProcess]:
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # keep a carried site
     env = {**os.environ, "HARNESS_FIXTURES_DIR": str(fx), "PYTHONPATH": path}
+    # the child's output goes to a file as it runs (HARNESS_BENCH_OUT, else beside the findings), so a run cut
+    # by a time limit still shows where its time went
+    log = Path(os.environ.get("HARNESS_BENCH_OUT") or findings) / f"claims-{run}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "claims", "-m", "gpu", "-q", "-p", "no:cacheprovider",
-                           "--findings-dir", str(findings), "--harness-run-id", run, *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
+    with log.open("w", encoding="utf-8") as f:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "claims", "-m", "gpu", "-q", "-p", "no:cacheprovider",
+                               "--durations", "15", "--findings-dir", str(findings), "--harness-run-id", run, *args],
+                              cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, text=True)
+    proc.stdout, proc.stderr = log.read_text(encoding="utf-8"), ""
     return time.perf_counter() - t0, proc
 
 
