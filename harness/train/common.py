@@ -3,12 +3,14 @@ the LoRA config, trainer arguments, the log and the merge. No training logic liv
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import statistics
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -98,8 +100,6 @@ def trainer_kwargs(recipe: Any, out_dir: Path, device: str, seed: int, progress:
     world = ddp_env()[0]
     # compile: fixed shapes (every batch padded to max_length; the padding is masked) so it compiles once
     compiled = dict(torch_compile=True, pad_to_multiple_of=recipe.max_length) if getattr(recipe, "compile", False) else {}
-    if compiled:  # regional compilation: one decoder layer compiled, reused by its repeats (seconds, not minutes)
-        os.environ["ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION"] = "true"
     ddp = dict(ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient each step
                gradient_checkpointing_kwargs={"use_reentrant": False}) if world > 1 else {}
     return dict(
@@ -179,6 +179,23 @@ def reset_peak_memory(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+@contextlib.contextmanager
+def regional_compilation(on: bool) -> Iterator[None]:
+    """While a trainer is built (its accelerator reads this), ask accelerate for regional compilation: one
+    decoder layer compiled and reused by its repeats (seconds, not minutes). The environment is restored after."""
+    key = "ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION"
+    before = os.environ.get(key)
+    if on:
+        os.environ[key] = "true"
+    try:
+        yield
+    finally:
+        if on and before is None:
+            del os.environ[key]
+        elif on:
+            os.environ[key] = before
+
+
 def step_timer() -> Any:
     """A trainer callback timing each optimizer step (wall clock between step ends; trl's per-step metrics
     synchronise the GPU, so this is the step's real time). Its ``summary()`` gives the first step (which
@@ -200,8 +217,7 @@ def step_timer() -> Any:
             steps = [b - a for a, b in zip(self.marks, self.marks[1:])]
             if not steps:
                 return {}
-            rest = sorted(steps[1:]) or steps
-            return {"first_step_s": steps[0], "median_step_s": rest[len(rest) // 2]}
+            return {"first_step_s": steps[0], "median_step_s": statistics.median(steps[1:] or steps)}
 
     return StepTimer()
 
@@ -283,7 +299,8 @@ def run_recipe(method: str, make_trainer: Callable[[Any, dict, Any], Any], model
         option = getattr(recipe, "gradient_checkpointing", "auto")
         model = load_model(model_dir, device, quantize_4bit, gradient_checkpointing=option)
         kwargs = trainer_kwargs(recipe, out, device, seed, progress, checkpointing(model, option))
-        trainer = make_trainer(model, kwargs, Dataset.from_list(list(records)))
+        with regional_compilation(bool(kwargs.get("torch_compile"))):
+            trainer = make_trainer(model, kwargs, Dataset.from_list(list(records)))
         summary["records_used"] = check_records_used(trainer, len(records), recipe, method)
         if not progress:  # without the bar, the Trainer prints every log line instead
             from transformers.trainer_callback import PrinterCallback

@@ -42,6 +42,15 @@ tolerance = 0.5
 reason = "a test of how the session builds, not of the claim"
 '''
 
+def node_spec(pairs: str) -> str:
+    """SPEC turned into a one-role claim (depth trend of one node's task vector) over ``pairs``."""
+    return (SPEC.replace('id = "MY1"', 'id = "MY2"').replace('roles = ["dpo", "sft"]', 'roles = ["node"]')
+            .replace('pairs = [{ dpo = "dpo_d1", sft = "sft_d1" }]', f"pairs = {pairs}")
+            .replace('statistic = "l2_ratio"', 'statistic = "depth_spearman"')
+            .replace('params = { num = ["parent(dpo)", "dpo"], den = ["parent(sft)", "sft"] }',
+                     'params = { diff = ["parent(node)", "node"] }'))
+
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> dict[str, Path]:
@@ -137,12 +146,7 @@ def test_the_first_case_asks_for_every_planned_cases_nodes_in_one_build(setup, s
     (claims / "my1.toml").write_text(SPEC.replace('pairs = [{ dpo = "dpo_d1", sft = "sft_d1" }]',
                                                   'pairs = [{ dpo = "dpo_d0", sft = "sft_d0" }, '
                                                   '{ dpo = "dpo_d1", sft = "sft_d1" }]'), encoding="utf-8")
-    (claims / "my2.toml").write_text(
-        SPEC.replace('id = "MY1"', 'id = "MY2"').replace('roles = ["dpo", "sft"]', 'roles = ["node"]')
-        .replace('pairs = [{ dpo = "dpo_d1", sft = "sft_d1" }]', 'pairs = [{ node = "sft_d1" }, { node = "dpo_d1" }]')
-        .replace('statistic = "l2_ratio"', 'statistic = "depth_spearman"')
-        .replace('params = { num = ["parent(dpo)", "dpo"], den = ["parent(sft)", "sft"] }',
-                 'params = { diff = ["parent(node)", "node"] }'), encoding="utf-8")
+    (claims / "my2.toml").write_text(node_spec('[{ node = "sft_d1" }, { node = "dpo_d1" }]'), encoding="utf-8")
     said: list[str] = []
     fs = FindingsSession(Options(root=ROOT, plan_path=setup["plan"], plan_given=True, claims_dir=claims,
                                  fixtures_dir=str(serial["fx"]), device="cpu", run="inproc"), say=said.append)
@@ -157,40 +161,20 @@ def test_the_first_case_asks_for_every_planned_cases_nodes_in_one_build(setup, s
                                                             ("dpo_d1", serial["json"]["preflight"][1]["status"])]
 
 
-@pytest.fixture(scope="module")
-def folder_base(tmp_path_factory) -> Path:
-    """A small random Llama with the tiny tokenizer, saved as a model folder (a non-tiny base: pre-flighted
-    for every node before any trains)."""
-    from harness.train.graph import _tiny_texts
-    from harness.train.tiny import make_tiny_model, make_tiny_tokenizer
-
-    folder = tmp_path_factory.mktemp("folder_base") / "tiny-base"
-    tok = make_tiny_tokenizer(_tiny_texts()[1][:200], 400)
-    make_tiny_model(tok, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                    num_key_value_heads=2).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
-def test_a_node_that_cannot_be_built_fails_only_the_cases_that_read_it(folder_base, tmp_path):
+def test_a_node_that_cannot_be_built_fails_only_the_cases_that_read_it(small_model_folder, tmp_path):
     """sft_d1's max_length cuts its records' stop token: the pre-flight refuses it, so the one build of all
     planned nodes fails; the case reading sft_d0 still builds and trains its node, the one reading sft_d1 errs."""
     from harness.findings.session import FindingsSession, Options
     from harness.train.preflight import PreflightError
 
     plan = tmp_path / "pf.toml"
-    plan.write_text(f'name = "pf"\n[base]\nmodel = "{folder_base}"\n[data]\nlimit = 4\n[sft]\nmax_steps = 1\n'
+    plan.write_text(f'name = "pf"\n[base]\nmodel = "{small_model_folder}"\n[data]\nlimit = 4\n[sft]\nmax_steps = 1\n'
                     'max_length = 512\n[[nodes]]\nname = "base"\nmethod = "base"\n[[nodes]]\nname = "sft_d0"\n'
                     'method = "sft"\ndataset = "d0"\nparent = "base"\n[[nodes]]\nname = "sft_d1"\nmethod = "sft"\n'
                     'dataset = "d1"\nparent = "base"\noverrides = { max_length = 16 }\n', encoding="utf-8")
     claims = tmp_path / "claims"
     claims.mkdir()
-    (claims / "my2.toml").write_text(
-        SPEC.replace('id = "MY1"', 'id = "MY2"').replace('roles = ["dpo", "sft"]', 'roles = ["node"]')
-        .replace('pairs = [{ dpo = "dpo_d1", sft = "sft_d1" }]', 'pairs = [{ node = "sft_d1" }, { node = "sft_d0" }]')
-        .replace('statistic = "l2_ratio"', 'statistic = "depth_spearman"')
-        .replace('params = { num = ["parent(dpo)", "dpo"], den = ["parent(sft)", "sft"] }',
-                 'params = { diff = ["parent(node)", "node"] }'), encoding="utf-8")
+    (claims / "my2.toml").write_text(node_spec('[{ node = "sft_d1" }, { node = "sft_d0" }]'), encoding="utf-8")
     said: list[str] = []
     fs = FindingsSession(Options(root=ROOT, plan_path=plan, plan_given=True, claims_dir=claims,
                                  fixtures_dir=str(tmp_path / "fx"), device="cpu", run="pf"), say=said.append)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,8 +37,11 @@ def _train(base: Path, out: Path, compile: bool) -> tuple[dict, list[float]]:
 
 
 def test_compiled_step_trains_the_eager_losses(micro_base, tmp_path):
+    assert "ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION" not in os.environ
     eager, eager_losses = _train(micro_base, tmp_path / "eager", False)
     compiled, compiled_losses = _train(micro_base, tmp_path / "compiled", True)
+    # regional compilation is asked for only while the compiled trainer is built
+    assert "ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION" not in os.environ
     assert eager["compiled"] is False and compiled["compiled"] is True
     assert len(eager_losses) == len(compiled_losses) == 4
     assert eager_losses[-1] != eager_losses[0]  # the updates move the loss, so agreement below means something

@@ -18,16 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory) -> Path:
-    from harness.train.graph import _tiny_texts
-    from harness.train.tiny import make_tiny_model, make_tiny_tokenizer
-
-    folder = tmp_path_factory.mktemp("base") / "tiny-base"
-    tok = make_tiny_tokenizer(_tiny_texts()[1][:200], 400)
-    make_tiny_model(tok, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                    num_key_value_heads=2).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+def tiny_folder(small_model_folder) -> Path:
+    return small_model_folder
 
 
 def _plan(tmp_path: Path, folder: Path, template: str | None) -> Path:
