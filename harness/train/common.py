@@ -99,7 +99,10 @@ def trainer_kwargs(recipe: Any, out_dir: Path, device: str, seed: int, progress:
     global batch: each process takes 1/N of it (the recipe checks that N divides it)."""
     world = ddp_env()[0]
     # compile: fixed shapes (every batch padded to max_length; the padding is masked) so it compiles once
-    compiled = dict(torch_compile=True, pad_to_multiple_of=recipe.max_length) if getattr(recipe, "compile", False) else {}
+    option = getattr(recipe, "compile", False)
+    compiled = dict(torch_compile=True, pad_to_multiple_of=recipe.max_length) if option else {}
+    if isinstance(option, str):  # a torch.compile mode; "reduce-overhead" replays the step's kernels as CUDA graphs
+        compiled["torch_compile_mode"] = option
     ddp = dict(ddp_find_unused_parameters=False,  # every LoRA weight gets a gradient each step
                gradient_checkpointing_kwargs={"use_reentrant": False}) if world > 1 else {}
     return dict(
@@ -222,6 +225,21 @@ def step_timer() -> Any:
     return StepTimer()
 
 
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that replay CUDA graphs
+
+
+def cuda_graph_steps() -> Any:
+    """A trainer callback marking each step's start for torch's CUDA graph trees, so that a step's replays
+    may reuse the previous step's buffers (the compiled layers run many times a step)."""
+    from transformers import TrainerCallback
+
+    class CudaGraphSteps(TrainerCallback):
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            torch.compiler.cudagraph_mark_step_begin()
+
+    return CudaGraphSteps()
+
+
 def train_summary(trainer: Any, log: list[dict], device: str) -> dict:
     """Steps, runtime, tokens/s and (on CUDA) peak GPU memory of a finished ``trainer.train()``."""
     final = next((e for e in reversed(trainer.state.log_history) if "train_runtime" in e), {})
@@ -311,9 +329,12 @@ def run_recipe(method: str, make_trainer: Callable[[Any, dict, Any], Any], model
         reset_peak_memory(device)
         timer = step_timer()
         trainer.add_callback(timer)
+        if device == "cuda" and kwargs.get("torch_compile_mode") in CUDA_GRAPH_MODES:
+            trainer.add_callback(cuda_graph_steps())
         trainer.train()
         log = train_log(trainer)
-        summary.update(train_summary(trainer, log, device), **timer.summary(), compiled=bool(kwargs.get("torch_compile")))
+        summary.update(train_summary(trainer, log, device), **timer.summary(), compiled=bool(kwargs.get("torch_compile")),
+                       compile_mode=trainer.args.torch_compile_mode if kwargs.get("torch_compile") else None)
         if ddp_env()[1] != 0:  # under DDP only the first process saves and merges
             return out
         summary["gpus"] = ddp_env()[0]

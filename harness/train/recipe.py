@@ -72,7 +72,8 @@ class Recipe:
     gpus: int = 1
     # torch.compile the training step (inductor), every batch padded to max_length so that one compiled
     # graph serves every step. The same loss; the kernels are fused differently, so it enters the node key.
-    compile: bool = False
+    # true: torch's default mode; a string: one of COMPILE_MODES ("reduce-overhead" replays CUDA graphs).
+    compile: bool | str = False
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,19 @@ def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None
             raise PlanError(f"{where}: unknown field {key!r}; known: {', '.join(sorted(allowed))}")
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def _compile_option(value: Any, where: str) -> bool | str:
+    """``compile``: true, false or a torch.compile mode; "default" is the same as true (and the same key)."""
+    if isinstance(value, bool):
+        return value
+    if value not in COMPILE_MODES:
+        raise PlanError(f"{where}: must be true or false, or a torch.compile mode ({', '.join(COMPILE_MODES)}), "
+                        f"got {value!r}")
+    return True if value == "default" else value
+
+
 def _typed(value: Any, kind: type, where: str) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -150,6 +164,8 @@ def _apply(obj: Any, table: Mapping[str, Any], where: str) -> Any:
                 value = tuple(value)
             elif not isinstance(value, str):
                 raise PlanError(f"{where}.{key}: must be a string or a list of strings, got {value!r}")
+        elif key == "compile":
+            value = _compile_option(value, f"{where}.{key}")
         else:
             value = _typed(value, type(default), f"{where}.{key}")
         kw[key] = value

@@ -212,6 +212,10 @@ STEP_OPTIONS = {
     "lora_bf16_b16": ("sft", False, {"batch_size": 16}),
     "dpo_qlora_b2_log10": ("dpo", True, {"logging_steps": 10}),
     "dpo_qlora_b2_log10_compile": ("dpo", True, {"logging_steps": 10, "compile": True}),
+    # compile mode "reduce-overhead": the compiled regions replay as CUDA graphs (no per-kernel launch cost)
+    "qlora_b2_log10_cudagraphs": ("sft", True, {"logging_steps": 10, "compile": "reduce-overhead"}),
+    "dpo_qlora_b2_log10_cudagraphs": ("dpo", True, {"logging_steps": 10, "compile": "reduce-overhead",
+                                                    "precompute_ref_batch_size": 32}),
 }
 DEFAULT_STEP_OPTIONS = "seed_qlora_b2_log1,qlora_b2_log10,lora_bf16_b2,lora_bf16_b16"
 

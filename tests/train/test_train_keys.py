@@ -65,9 +65,10 @@ DPO = {"dpo_d0", "dpo_d1", "dpo_d0@sft_d2", "dpo_d1@sft_d2", "dpo_d0@sft_d1", "d
         (lambda p: replace(p, dpo=replace(p.dpo, compile=True)), DPO),
         (lambda p: replace(p, sft=replace(p.sft, compile=False)), set()),  # the default: old keys stay
         (lambda p: replace(p, dpo=replace(p.dpo, precompute_ref_batch_size=32)), DPO),
+        (lambda p: replace(p, sft=replace(p.sft, compile="reduce-overhead")), SFT_AND_CHILDREN),
     ],
     ids=["sft_lr", "dpo_beta", "lora_r", "seed", "limit", "d2_draw", "tiny_shape", "4bit_on_cpu", "node_override",
-         "dpo_compile", "compile_default", "ref_batch"],
+         "dpo_compile", "compile_default", "ref_batch", "sft_cuda_graphs"],
 )
 def test_a_changed_input_changes_exactly_the_dependent_keys(plan, keys, edit, expected):
     assert changed(keys, plan_keys(edit(plan), "cpu")[0]) == expected
@@ -109,3 +110,14 @@ def test_variants_share_unchanged_nodes(plan):
     assert set(vkeys) == {"base", "sft_d1", "dpo_d1@sft_d1"}
     assert vkeys["base"] == base_keys["base"] and vkeys["sft_d1"] == base_keys["sft_d1"]
     assert vkeys["dpo_d1@sft_d1"] != base_keys["dpo_d1@sft_d1"]
+
+
+def test_a_compile_mode_is_its_own_key_and_default_is_true(plan, tmp_path):
+    on = plan_keys(replace(plan, sft=replace(plan.sft, compile=True)), "cpu")[0]
+    graphs = plan_keys(replace(plan, sft=replace(plan.sft, compile="reduce-overhead")), "cpu")[0]
+    assert changed(on, graphs) == SFT_AND_CHILDREN
+    text = (ROOT / "fixtures" / "plans" / "tiny.toml").read_text(encoding="utf-8")
+    path = tmp_path / "tiny.toml"
+    path.write_text(text.replace("[sft]\n", '[sft]\ncompile = "default"\n', 1), encoding="utf-8")
+    assert load_plan(path).sft.compile is True
+    assert plan_keys(load_plan(path), "cpu")[0] == on

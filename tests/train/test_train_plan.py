@@ -171,6 +171,7 @@ def _base_plan(tmp_path: Path, base_lines: str, extra: str = "") -> Path:
     ('model = "org/m"', '[preflight]\nallow = { eos-missing = "" }', r"b\.toml: preflight\.allow\.eos-missing: needs a reason"),
     ('model = "org/m"', '[sft]\ngradient_checkpointing = "maybe"', r"b\.toml: sft\.gradient_checkpointing: must be auto"),
     ('model = "org/m"', '[sft]\ncompile = "yes"', r"b\.toml: sft\.compile: must be true or false"),
+    ('model = "org/m"', '[dpo]\ncompile = "max-overhead"', r"b\.toml: dpo\.compile: .*torch\.compile mode .*reduce-overhead"),
     ('model = "org/m"', '[dpo]\nprecompute_ref_batch_size = -1', r"b\.toml: dpo\.precompute_ref_batch_size: must be 0"),
     ('model = "org/m"', '[variants.v]\nquantize_4bit = "no"', r"b\.toml: variants\.v\.quantize_4bit: must be true or false"),
 ])
