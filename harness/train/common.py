@@ -10,7 +10,7 @@ import statistics
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -199,6 +199,24 @@ def regional_compilation(on: bool) -> Iterator[None]:
             os.environ[key] = before
 
 
+SHARED_DATA_DIR = "_ddp_datasets"  # under DDP: the ranks' dataset files, in the node's folder; removed after
+
+
+def training_dataset(records: Iterable[dict], out_dir: Path) -> Any:
+    """``records`` as a ``datasets.Dataset``. Under DDP it is backed by a file in the node's folder, so the
+    cache files trl derives from it (the DPO reference log-probs) lie where every rank looks: an in-memory
+    dataset's cache path is a temporary folder of its own process, and rank 1 did not find rank 0's file."""
+    from datasets import Dataset
+
+    dataset = Dataset.from_list(list(records))
+    world, rank, _ = ddp_env()
+    if world == 1:
+        return dataset
+    folder = out_dir / SHARED_DATA_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    return dataset.flatten_indices(cache_file_name=str(folder / f"records-rank{rank}.arrow"))
+
+
 def step_timer() -> Any:
     """A trainer callback timing each optimizer step (wall clock between step ends; trl's per-step metrics
     synchronise the GPU, so this is the step's real time). Its ``summary()`` gives the first step (which
@@ -300,8 +318,6 @@ def run_recipe(method: str, make_trainer: Callable[[Any, dict, Any], Any], model
     and trainer class are all that differ). Saves the merged checkpoint, ``adapter/``, the
     training log and the summary into ``out_dir``; a zero-step recipe saves an untrained adapter.
     """
-    from datasets import Dataset
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(device)
@@ -318,7 +334,7 @@ def run_recipe(method: str, make_trainer: Callable[[Any, dict, Any], Any], model
         model = load_model(model_dir, device, quantize_4bit, gradient_checkpointing=option)
         kwargs = trainer_kwargs(recipe, out, device, seed, progress, checkpointing(model, option))
         with regional_compilation(bool(kwargs.get("torch_compile"))):
-            trainer = make_trainer(model, kwargs, Dataset.from_list(list(records)))
+            trainer = make_trainer(model, kwargs, training_dataset(records, out))
         summary["records_used"] = check_records_used(trainer, len(records), recipe, method)
         if not progress:  # without the bar, the Trainer prints every log line instead
             from transformers.trainer_callback import PrinterCallback

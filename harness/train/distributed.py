@@ -24,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -34,6 +36,7 @@ from typing import Any, Callable, Sequence
 
 from harness import atomic
 from harness.errors import HarnessError
+from harness.train.common import SHARED_DATA_DIR
 
 LAUNCH_DIR = "_launch"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -118,13 +121,23 @@ def train(parent_dir: Path, method: str, records: list[dict], plan: Any, name: s
     with open(log, "w", encoding="utf-8") as fh:
         rc = subprocess.run(launch_command(d / "accelerate.json", d / "job.json"), env=env, cwd=PROJECT_ROOT,
                             stdout=fh, stderr=subprocess.STDOUT).returncode
+    shutil.rmtree(out / SHARED_DATA_DIR, ignore_errors=True)
     if rc != 0:
-        tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-25:])
-        raise HarnessError(f"node {name!r}: accelerate launch over {n} process(es) failed (exit {rc}); "
-                           f"last lines of {log}:\n{tail}")
+        text = log.read_text(encoding="utf-8", errors="replace")
+        raise HarnessError(f"node {name!r}: accelerate launch over {n} process(es) failed (exit {rc}): "
+                           f"{root_cause(text)}\nlast lines of {log} (removed with the node's temporary folder):\n"
+                           + "\n".join(text.splitlines()[-15:]))
     (d / "records.jsonl").unlink(missing_ok=True)
     return {"gpus": n, "devices": ids, "config": f"{LAUNCH_DIR}/accelerate.json", "log": f"{LAUNCH_DIR}/launch.log",
             "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def root_cause(log_text: str) -> str:
+    """The exceptions the ranks raised (``[rankN]: SomeError: ...`` lines of a launch log), first one first;
+    torchrun's own summary at the end of the log names only exit codes."""
+    found = re.findall(r"^\[rank(\d+)\]: ((?:[\w.]+\.)?\w*(?:Error|Exception)\b.*)$", log_text, flags=re.M)
+    seen = list(dict.fromkeys(f"rank {rank}: {line}" for rank, line in found))
+    return "; ".join(seen[:3]) if seen else "no rank printed an exception"
 
 
 def _worker(job_file: str) -> None:

@@ -192,3 +192,38 @@ def test_gpus_must_divide_the_global_batch():
 
     with pytest.raises(HarnessError, match=r"micro\.toml: --gpus\.gpus: must be at least 1 and divide batch_size \(2\)"):
         with_gpus(load_plan(MICRO), 3)
+
+
+def test_a_dpo_node_with_precomputed_reference_logps_trains_over_two_processes(single):
+    """trl caches the reference log-probs in a file named from the dataset's cache folder; for an in-memory
+    dataset that folder is each process's own, and rank 1 failed to open rank 0's file (the tiny plan's
+    DPO nodes under gpus = 2, 2026-11-30). Over two gloo processes the losses match one process's."""
+    from dataclasses import replace
+
+    from harness.train.common import SHARED_DATA_DIR
+    from harness.train.distributed import with_gpus
+
+    plan = load_plan(MICRO)
+    plan = replace(plan, dpo=replace(plan.dpo, precompute_ref_log_probs=True))
+    one = build(plan, fixtures_dir=single.fixtures_dir, device="cpu", progress=False, only="dpo_d1@sft_d0")
+    two = build(with_gpus(plan, 2), fixtures_dir=single.fixtures_dir, device="cpu", progress=False,
+                only="dpo_d1@sft_d0")
+    assert two.trained == ["sft_d0", "dpo_d1@sft_d0"] and two.meta("dpo_d1@sft_d0")["train"]["gpus"] == 2
+    a, b = one.log("dpo_d1@sft_d0"), two.log("dpo_d1@sft_d0")
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-3), (x, y)
+    assert not (two.path("dpo_d1@sft_d0") / SHARED_DATA_DIR).exists()
+
+
+def test_a_failed_launch_names_the_exception_a_rank_raised():
+    from harness.train.distributed import root_cause
+
+    log = ("[rank1]: Traceback (most recent call last):\n[rank1]:   File \"x.py\", line 1, in <module>\n"
+           "[rank1]: FileNotFoundError: [Errno 2] Failed to open local file '/tmp/hf_datasets-a/cache-b.arrow'\n"
+           "[rank0]: RuntimeError: Connection closed by peer [127.0.0.1]:49820.\n"
+           "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:\n  exitcode  : 1 (pid: 2202)\n")
+    assert root_cause(log) == ("rank 1: FileNotFoundError: [Errno 2] Failed to open local file "
+                               "'/tmp/hf_datasets-a/cache-b.arrow'; rank 0: RuntimeError: Connection closed by "
+                               "peer [127.0.0.1]:49820.")
+    assert root_cause("exitcode  : 1\n") == "no rank printed an exception"
