@@ -303,12 +303,6 @@ def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, ensure_ascii=False, indent=1, default=str), encoding="utf-8")
 
 
-def set_threads() -> None:
-    """Keep torch from oversubscribing a small shared CPU."""
-    if not torch.cuda.is_available():
-        torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
-
-
 def run_recipe(method: str, make_trainer: Callable[[Any, dict, Any], Any], model_dir: str | Path, tokenizer: Any,
                records: Sequence[dict], recipe: Any, out_dir: str | Path, device: str, *, lora: Any,
                quantize_4bit: bool, seed: int, progress: bool) -> Path:

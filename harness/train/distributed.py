@@ -145,7 +145,10 @@ def _worker(job_file: str) -> None:
     from harness.train.graph import _load_tokenizer
     from harness.train.recipe import LoraSpec, Recipe
 
+    from harness.train.devices import choose_threads
+
     job = json.loads(Path(job_file).read_text(encoding="utf-8"))
+    choose_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     lora = job["lora"]
     if isinstance(lora["target_modules"], list):
         lora["target_modules"] = tuple(lora["target_modules"])

@@ -227,3 +227,28 @@ def test_a_failed_launch_names_the_exception_a_rank_raised():
                                "'/tmp/hf_datasets-a/cache-b.arrow'; rank 0: RuntimeError: Connection closed by "
                                "peer [127.0.0.1]:49820.")
     assert root_cause("exitcode  : 1\n") == "no rank printed an exception"
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores: the load-based choice gave 2 threads idle, 1 busy")
+def test_cpu_weights_do_not_depend_on_the_machines_load(tmp_path, monkeypatch):
+    """The same key, the same weights: the tiny base's pretraining summed over 2 threads (an idle machine)
+    differs from 1 thread's (a busy one), and that moved C6 sft_d0 from 0.97 to 0.89 (2026-11-30)."""
+    from dataclasses import replace
+
+    import torch
+
+    plan = load_plan(TINY)
+    plan = replace(plan, tiny=replace(plan.tiny, pretrain_max_steps=4, pretrain_min_steps=2))
+    threads = torch.get_num_threads()
+    graphs = []
+    try:
+        for load in (0.0, 1.9):  # idle, then busy
+            monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
+            graphs.append(build(plan, fixtures_dir=tmp_path / str(load), device="cpu", only="base", progress=False,
+                                jobs=1))
+    finally:
+        torch.set_num_threads(threads)
+    assert graphs[0].key("base") == graphs[1].key("base")
+    a, b = (weights(g.path("base")) for g in graphs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert graphs[0].meta("base")["worker"]["torch_threads"] == 1
