@@ -108,9 +108,9 @@ def train_for_tokenizer(tokenizer: Any, out_dir: Path, *, dataset: str = "d1", r
     import tempfile
 
     from harness import data
+    from harness.train.devices import choose_threads
     from harness.train.recipe import Recipe
     from harness.train.sft import train_sft
-    from harness.train.devices import choose_threads
     from harness.train.tiny import make_tiny_model, pretrain
 
     choose_threads(1)  # on the CPU one thread, so the same setup gives the same model whatever the load

@@ -142,10 +142,9 @@ def root_cause(log_text: str) -> str:
 
 def _worker(job_file: str) -> None:
     """One DDP process: the node's recipe, as in one process, on its share of every batch."""
+    from harness.train.devices import choose_threads
     from harness.train.graph import _load_tokenizer
     from harness.train.recipe import LoraSpec, Recipe
-
-    from harness.train.devices import choose_threads
 
     job = json.loads(Path(job_file).read_text(encoding="utf-8"))
     choose_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
