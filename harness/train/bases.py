@@ -127,19 +127,69 @@ def convert_gguf(path: Path, store: Any, *, sha256: str | None = None, progress:
 
 
 def _convert_into(path: Path, out: Path, progress: bool) -> dict:
-    import torch
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    """Convert in two processes at once: the tokenizer (with its special-token check) in a spawned one, the
+    weights here. Each half parses the GGUF's metadata itself (seconds, for a 49k-token vocabulary)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
-    meta = gguf_tokens(path)
+    import transformers
+    from transformers import GenerationConfig
+
     if progress:
-        print(f"converting {path.name} (GGUF, {meta['architecture']}) to a bf16 folder, once", flush=True)
-    folder, name = str(path.parent), path.name
+        print(f"converting {path.name} (GGUF) to a bf16 folder, once", flush=True)
+    if not _can_spawn():
+        fresh = _convert_weights(path)
+        tok = _convert_tokenizer(str(path), str(out))
+    else:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            tok_half = pool.submit(_convert_tokenizer, str(path), str(out))
+            try:
+                fresh = _convert_weights(path)
+            finally:
+                try:
+                    tok = tok_half.result()  # its LoadError first: a wrong tokenizer is the likelier culprit
+                except BrokenProcessPool:  # the child died (out of memory?): here, after the weights
+                    tok = _convert_tokenizer(str(path), str(out))
+    meta = tok["meta"]
+    fresh.generation_config = GenerationConfig(bos_token_id=meta["bos"], eos_token_id=meta["eos"],
+                                               pad_token_id=meta["pad"])
+    fresh.save_pretrained(str(out), safe_serialization=True, max_shard_size="5GB")
+    return {"architecture": meta["architecture"], "tokens": tok["tokens"], "transformers": transformers.__version__,
+            "has_chat_template": tok["has_chat_template"]}
+
+
+def _can_spawn() -> bool:
+    """Whether a spawned process can start here: it re-runs ``__main__`` from its file, and a script read from
+    stdin has none."""
+    import sys
+
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return main_file is None or os.path.isfile(main_file)
+
+
+def _convert_tokenizer(path_s: str, out_s: str) -> dict:
+    """The GGUF's tokenizer, checked against the file's own BOS/EOS/PAD and saved into ``out_s``."""
+    from transformers import AutoTokenizer
+
+    path = Path(path_s)
+    meta = gguf_tokens(path)
     try:
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception as e:  # noqa: BLE001
         raise LoadError(f"{path}: transformers cannot read its tokenizer ({type(e).__name__}: {e})") from None
     tokens = check_special_tokens(tok, meta, path)
+    tok.save_pretrained(out_s)
+    return {"meta": meta, "tokens": tokens, "has_chat_template": bool(getattr(tok, "chat_template", None))}
+
+
+def _convert_weights(path: Path) -> Any:
+    """The GGUF's weights, dequantized, as a bf16 model built from its config (a GGUF-loaded model refuses
+    ``save_pretrained``). The config is read once and handed to the model load, which would read it again."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder, name = str(path.parent), path.name
     kwargs: dict[str, Any] = {"gguf_file": name, "dtype": torch.float32}
     try:
         from transformers import GgufConfig  # transformers >= 5.2x keeps blocks packed unless told
@@ -148,10 +198,10 @@ def _convert_into(path: Path, out: Path, progress: bool) -> dict:
     except ImportError:
         pass
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        config = AutoConfig.from_pretrained(folder, gguf_file=name)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, config=config, **kwargs)
     except Exception as e:  # noqa: BLE001
         raise LoadError(f"{path}: transformers cannot load its weights ({type(e).__name__}: {e})") from None
-    # A GGUF-loaded model refuses save_pretrained: rebuild it from its config in bf16.
     config = loaded.config
     config.dtype = torch.bfloat16
     if hasattr(config, "quantization_config"):
@@ -164,13 +214,7 @@ def _convert_into(path: Path, out: Path, progress: bool) -> dict:
         raise LoadError(f"{path}: the dequantized weights do not fit {type(fresh).__name__} "
                         f"(missing {sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})")
     fresh.tie_weights()
-    fresh.generation_config = GenerationConfig(bos_token_id=meta["bos"], eos_token_id=meta["eos"],
-                                               pad_token_id=meta["pad"])
-    fresh.save_pretrained(str(out), safe_serialization=True, max_shard_size="5GB")
-    tok.save_pretrained(str(out))
-    del loaded, fresh, state
-    return {"architecture": meta["architecture"], "tokens": tokens, "transformers": transformers.__version__,
-            "has_chat_template": bool(getattr(tok, "chat_template", None))}
+    return fresh
 
 
 # ---------------------------------------------------------------------------- overlay

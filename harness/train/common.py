@@ -220,7 +220,7 @@ def training_dataset(records: Iterable[dict], out_dir: Path) -> Any:
 def step_timer() -> Any:
     """A trainer callback timing each optimizer step (wall clock between step ends; trl's per-step metrics
     synchronise the GPU, so this is the step's real time). Its ``summary()`` gives the first step (which
-    carries compilation and warm-up) and the median of the rest."""
+    carries compilation and warm-up), the median, 90th percentile and slowest of the rest, and their sum."""
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
@@ -238,7 +238,9 @@ def step_timer() -> Any:
             steps = [b - a for a, b in zip(self.marks, self.marks[1:])]
             if not steps:
                 return {}
-            return {"first_step_s": steps[0], "median_step_s": statistics.median(steps[1:] or steps)}
+            rest = sorted(steps[1:] or steps)
+            return {"first_step_s": steps[0], "median_step_s": statistics.median(rest),
+                    "p90_step_s": rest[int(0.9 * (len(rest) - 1))], "max_step_s": rest[-1], "steps_s": sum(steps)}
 
     return StepTimer()
 
@@ -341,7 +343,9 @@ def run_recipe(method: str, make_trainer: Callable[[Any, dict, Any], Any], model
         trainer.add_callback(timer)
         if device == "cuda" and kwargs.get("torch_compile_mode") in CUDA_GRAPH_MODES:
             trainer.add_callback(cuda_graph_steps())
+        t_train = time.perf_counter()
         trainer.train()
+        summary["train_call_s"] = time.perf_counter() - t_train  # steps plus the trainer's own set-up and end
         log = train_log(trainer)
         summary.update(train_summary(trainer, log, device), **timer.summary(), compiled=bool(kwargs.get("torch_compile")),
                        compile_mode=trainer.args.torch_compile_mode if kwargs.get("torch_compile") else None)

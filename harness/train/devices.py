@@ -253,22 +253,51 @@ def schedule(todo: Sequence[str], parent_of: Callable[[str], str | None], done: 
     return log
 
 
-def build_on_slots(graph: Any, todo: list[str], inputs: dict, forced: set[str], slots: Sequence[Slot], bar: Any,
-                   checks: dict[str, dict | None],
-                   tell: Callable[[str, str], None] = lambda name, event: None) -> list[Assignment]:
-    """Train ``todo`` over ``slots``: one spawned worker pool per slot (pinned to it), multi-GPU nodes
-    through ``accelerate launch`` from a thread of this process on the slots they were given.
-    ``tell(name, event)`` hears of each node's start and end here (see :func:`harness.train.graph.build`)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+def warm_worker() -> None:
+    """Import what training needs (torch, transformers, trl's trainers, peft), so that workers started while
+    the parent pre-flights the nodes begin their first node with it loaded."""
+    import peft  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+    from trl import DPOTrainer, SFTTrainer  # noqa: F401
 
-    from harness.train import distributed
-    from harness.train.graph import _locked_build
+    from harness.train import dpo, sft  # noqa: F401
+
+
+def open_pools(slots: Sequence[Slot], n_nodes: int) -> dict[str, Any]:
+    """One spawned worker pool per slot (pinned to it), its workers started at once and warming up
+    (:func:`warm_worker`) while this process carries on."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
     total = sum(s.capacity for s in slots)
     pools = {s.id: ProcessPoolExecutor(max_workers=s.capacity, mp_context=ctx, initializer=_slot_init,
                                        initargs=(s.id, total)) for s in slots}
+    for s in slots:
+        for _ in range(min(s.capacity, n_nodes)):  # a spawn pool starts one worker per waiting task
+            pools[s.id].submit(warm_worker)
+    return pools
+
+
+def close_pools(pools: dict[str, Any]) -> None:
+    """Shut ``pools`` down, dropping tasks not started."""
+    for pool in pools.values():
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def build_on_slots(graph: Any, todo: list[str], inputs: dict, forced: set[str], slots: Sequence[Slot], bar: Any,
+                   checks: dict[str, dict | None],
+                   tell: Callable[[str, str], None] = lambda name, event: None,
+                   pools: dict[str, Any] | None = None) -> list[Assignment]:
+    """Train ``todo`` over ``slots``: the slots' worker pools (``pools`` from :func:`open_pools`, else opened
+    here), multi-GPU nodes through ``accelerate launch`` from a thread of this process on the slots they were
+    given. ``tell(name, event)`` hears of each node's start and end here (see :func:`harness.train.graph.build`)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from harness.train import distributed
+    from harness.train.graph import _locked_build
+
+    pools = pools if pools is not None else open_pools(slots, len(todo))
     threads = ThreadPoolExecutor(max_workers=max(1, len(slots)))
 
     def gpus_of(name: str) -> int:
@@ -302,5 +331,4 @@ def build_on_slots(graph: Any, todo: list[str], inputs: dict, forced: set[str], 
                         slots, start, gpus_of if pinned else (lambda n: 1), show)
     finally:
         threads.shutdown(wait=True)
-        for pool in pools.values():
-            pool.shutdown(wait=True)
+        close_pools(pools)

@@ -27,6 +27,15 @@ class Graph:
         self._keys = keys
         self._base_dir = base_dir
         self.trained: list[str] = []  # nodes this build trained (not found complete, not built by another)
+        self.timeline: dict[str, float] = {}  # seconds the build spent on: base, preflight, nodes, total
+
+    def describe_timeline(self) -> str:
+        """One line: where the build's wall time went (empty when nothing was built)."""
+        t = self.timeline
+        if "nodes" not in t:
+            return ""
+        return (f"build {t['total']:.1f} s: base ready {t['base']:.1f} s, pre-flight {t['preflight']:.1f} s, "
+                f"nodes {t['nodes']:.1f} s")
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -186,6 +195,7 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
     """
     from tqdm.auto import tqdm
 
+    t0 = time.perf_counter()
     device = common.resolve_device(device)
     if plan.requires_cuda and device != "cuda":
         raise HarnessError(f"{plan.path or plan.name}: base.requires_cuda is true but the device is {device}")
@@ -195,6 +205,7 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
     base_dir, base_identity = (None, None) if plan.base == "tiny" else _resolve_base(plan, store, progress)
     keys, inputs = plan_keys(plan, device, base_identity)
     graph = Graph(plan, store, keys, device, base_dir)
+    graph.timeline["base"] = time.perf_counter() - t0
 
     wanted_names = [only] if isinstance(only, str) else list(only) if only is not None else list(plan.names)
     wanted: set[str] = set()
@@ -206,18 +217,26 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
             and (n.name in forced or not store.is_complete(n.name, keys[n.name]))]
     if not todo:
         return graph
-    checks: dict[str, dict | None] = {n: None for n in todo}
-    if preflight and base_dir is not None:  # before any training: every node against the base's tokenizer
-        checks.update(preflight_nodes(graph, [n for n in todo if plan.node(n).method != "base"], base_dir))
-    elif not preflight:
-        checks = {n: {"status": "skipped", "reason": "--no-preflight"} for n in todo}
     from harness.train import devices as slots_of
 
     slots = slots_of.make_slots(device, jobs, graph.path(plan.nodes[0].name) if base_dir else None, devices)
     jobs = min(sum(s.capacity for s in slots), len(todo))
+    here = jobs == 1 and len(slots) == 1 and slots_of.is_here(slots[0], device) and not slots_of.needs_launch(plan, todo)
+    pools = None if here else slots_of.open_pools(slots, len(todo))  # workers warm up during the pre-flight
+    checks: dict[str, dict | None] = {n: None for n in todo}
+    try:
+        if preflight and base_dir is not None:  # before any training: every node against the base's tokenizer
+            checks.update(preflight_nodes(graph, [n for n in todo if plan.node(n).method != "base"], base_dir))
+        elif not preflight:
+            checks = {n: {"status": "skipped", "reason": "--no-preflight"} for n in todo}
+    except BaseException:
+        if pools is not None:
+            slots_of.close_pools(pools)
+        raise
+    graph.timeline["preflight"] = time.perf_counter() - t0 - graph.timeline["base"]
     bar = tqdm(total=len(todo), desc=f"fixtures {plan.name}", unit="node", disable=not progress)
     tell = on_node or (lambda name, event: None)
-    if jobs == 1 and len(slots) == 1 and slots_of.is_here(slots[0], device) and not slots_of.needs_launch(plan, todo):
+    if here:
         slots_of.choose_threads(1)
         for name in todo:
             bar.set_postfix(node=name)
@@ -228,9 +247,11 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
             tell(name, "built" if trained else "found")
             bar.update()
     else:
-        graph.trained += [a.node for a in slots_of.build_on_slots(graph, todo, inputs, forced, slots, bar, checks, tell)
-                          if a.trained]
+        done = slots_of.build_on_slots(graph, todo, inputs, forced, slots, bar, checks, tell, pools)
+        graph.trained += [a.node for a in done if a.trained]
     bar.close()
+    graph.timeline["total"] = time.perf_counter() - t0
+    graph.timeline["nodes"] = graph.timeline["total"] - graph.timeline["base"] - graph.timeline["preflight"]
     return graph
 
 
@@ -292,7 +313,12 @@ def _build_node_in(graph: Graph, name: str, key_inputs: dict, progress: bool, tm
     plan, store, device = graph.plan, graph.store, graph.device
     node, key = plan.node(name), graph.key(name)
     t0 = time.perf_counter()
-    meta: dict[str, Any] = {"node": name, "plan": plan.name, "variant": plan.variant_name, "key": key,
+    at: dict[str, float] = {}  # seconds from the node's start to the end of each phase
+
+    def lap(phase: str) -> None:
+        at[phase] = round(time.perf_counter() - t0, 3)
+
+    meta: dict[str, Any] = {"started_unix": time.time(), "node": name, "plan": plan.name, "variant": plan.variant_name, "key": key,
                             "method": node.method, "dataset": node.dataset, "parent": node.parent,
                             "device": device, "host": platform.node(), "pid": os.getpid(), "inputs": key_inputs}
     from harness.train.devices import worker_info
@@ -312,6 +338,7 @@ def _build_node_in(graph: Graph, name: str, key_inputs: dict, progress: bool, tm
     else:
         parent_dir = graph.path(node.parent)
         tokenizer = _load_tokenizer(parent_dir)
+        lap("parent_tokenizer")
         meta["preflight"] = check
         if node.dataset == SELFGEN:
             records = _selfgen_records(graph, name, tmp, meta)
@@ -329,11 +356,13 @@ def _build_node_in(graph: Graph, name: str, key_inputs: dict, progress: bool, tm
             from harness.train.dpo import train_dpo as train
         from harness.train import distributed
 
+        lap("imports")
         if distributed.gpus_of(plan.recipe(name)) > 1:  # DDP over several GPUs: accelerate launch
             meta["worker"]["launch"] = distributed.train(parent_dir, node.method, records, plan, name, tmp, device)
         else:
             train(parent_dir, tokenizer, records, plan.recipe(name), tmp, device, lora=plan.lora,
                   quantize_4bit=plan.quantize_4bit, seed=plan.seed, progress=progress)
+        lap("trained")
         shutil_rm(tmp / "_trainer")
         log = json.loads((tmp / common.LOG_FILE).read_text(encoding="utf-8"))
         meta["data_hashes"] = {node.dataset: data.records_hash(records)}
@@ -343,6 +372,8 @@ def _build_node_in(graph: Graph, name: str, key_inputs: dict, progress: bool, tm
     from harness.train.plots import plot_log
 
     plot_log(log, tmp / "curves.png", f"{plan.name}: {name}")
+    lap("plotted")
+    meta["timeline_s"] = at
     meta["versions"] = library_versions(common.uses_4bit(device, plan.quantize_4bit))
     meta["wall_seconds"] = round(time.perf_counter() - t0, 3)
     common.write_json(tmp / META_FILE, meta)  # last: its presence marks the node complete

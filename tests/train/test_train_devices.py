@@ -109,6 +109,23 @@ def test_device_lists_and_slot_capacities(monkeypatch):
         make_slots("cpu", None)
 
 
+def test_worker_pools_start_at_once_and_warm_up_before_any_node():
+    """A build opens its pools before the pre-flight: the workers start and import trl meanwhile."""
+    import multiprocessing
+
+    from harness.train.devices import close_pools, open_pools
+
+    pools = open_pools([Slot("a", 2), Slot("b", 1)], n_nodes=5)
+    try:
+        assert len(multiprocessing.active_children()) == 3, "every worker starts before a node is handed over"
+        loaded = [pools[s].submit(eval, "'trl' in __import__('sys').modules").result(timeout=300) for s in "ab"]
+        assert loaded == [True, True], "the workers imported trl's trainers while waiting"
+        assert pools["a"].submit(eval, "__import__('os').environ['HARNESS_SLOT']").result(timeout=60) == "a"
+    finally:
+        close_pools(pools)
+    assert not multiprocessing.active_children()
+
+
 # ---- real builds: micro plus a second child of the base, so two nodes are ready at once --------
 
 def two_child_plan(tmp_path: Path) -> Path:

@@ -125,6 +125,29 @@ def test_smollm2_ci_variant_builds_on_the_cpu(converted, fx, monkeypatch):
         assert meta["inputs"]["parent"] == graph.key("base")
     assert graph.meta("base")["key"] == graph.key("base")
     assert json.loads((graph.path("dpo_d1") / "config.json").read_text())["model_type"] == "llama"
+    # where the time went: the build's phases add up, each node's phases come in order
+    t = graph.timeline
+    assert set(t) == {"base", "preflight", "nodes", "total"} and min(t.values()) >= 0
+    assert t["base"] + t["preflight"] + t["nodes"] == pytest.approx(t["total"])
+    assert graph.describe_timeline() == (f"build {t['total']:.1f} s: base ready {t['base']:.1f} s, "
+                                         f"pre-flight {t['preflight']:.1f} s, nodes {t['nodes']:.1f} s")
+    for name in ("sft_d0", "dpo_d1"):
+        meta = graph.meta(name)
+        at, tr = meta["timeline_s"], meta["train"]
+        assert list(at) == ["parent_tokenizer", "imports", "trained", "plotted"] and list(at.values()) == sorted(at.values())
+        assert at["plotted"] <= meta["wall_seconds"] and meta["started_unix"] > 0
+        assert tr["median_step_s"] <= tr["p90_step_s"] <= tr["max_step_s"] <= tr["steps_s"] <= tr["train_call_s"]
+
+
+def test_conversion_runs_in_one_process_where_none_can_be_spawned(monkeypatch):
+    """A spawned process re-runs ``__main__`` from its file: a script read from stdin has none."""
+    import sys
+
+    from harness.train.bases import _can_spawn
+
+    assert _can_spawn()
+    monkeypatch.setattr(sys.modules["__main__"], "__file__", "<stdin>", raising=False)
+    assert not _can_spawn()
 
 
 # ---------------------------------------------------------------------------- bad inputs, exit 2

@@ -57,16 +57,21 @@ parent = "base"
 NO_STOP = CHAT_TEMPLATE.replace("{{ eos_token }}", "")
 
 
-def test_a_template_without_a_stop_token_is_refused_before_training(tmp_path, tiny_folder, capsys):
+@pytest.mark.parametrize("slots", [[], ["--devices", "a,b"]], ids=["in-process", "worker-pools"])
+def test_a_template_without_a_stop_token_is_refused_before_training(tmp_path, tiny_folder, capsys, slots):
+    """With slots, the workers are already warming up during the pre-flight: the refusal stops them too."""
+    import multiprocessing
+
     assert NO_STOP != CHAT_TEMPLATE
     plan = _plan(tmp_path, tiny_folder, NO_STOP)
-    rc = main(["fixtures", "build", str(plan), "--quiet", "--fixtures-dir", str(tmp_path / "fx")])
+    rc = main(["fixtures", "build", str(plan), "--quiet", "--fixtures-dir", str(tmp_path / "fx"), *slots])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert err.startswith(f"error: pre-flight {plan}: sft_d0 [trl-sft]: template-no-end-of-turn: the chat "
                           "template ends an assistant turn with no special token")
     assert "--no-preflight" in err
     assert not list((tmp_path / "fx" / "nodes").glob("*")), "nothing was trained"
+    assert not multiprocessing.active_children(), "no worker outlives the refused build"
 
 
 def test_the_audit_alone_refuses_it_too(tmp_path, tiny_folder):
