@@ -239,8 +239,10 @@ def step_timer() -> Any:
             if not steps:
                 return {}
             rest = sorted(steps[1:] or steps)
+            slowest = sorted(range(len(steps)), key=lambda i: -steps[i])[:3]
             return {"first_step_s": steps[0], "median_step_s": statistics.median(rest),
-                    "p90_step_s": rest[int(0.9 * (len(rest) - 1))], "max_step_s": rest[-1], "steps_s": sum(steps)}
+                    "p90_step_s": rest[int(0.9 * (len(rest) - 1))], "max_step_s": rest[-1], "steps_s": sum(steps),
+                    "slowest_steps": [[i + 1, round(steps[i], 3)] for i in slowest]}  # [step number, seconds]
 
     return StepTimer()
 

@@ -259,17 +259,23 @@ def preflight_nodes(graph: Graph, names: list[str], tok_dir: Path) -> dict[str, 
     """Pre-flight ``names`` (trained nodes) with the tokenizer in ``tok_dir``; raises on the first error."""
     from harness.train import preflight
 
+    from harness import data
+
     tok = _load_tokenizer(tok_dir)
     where = f"{graph.plan.path or graph.plan.name}: "
-    out = {}
+    out: dict[str, dict] = {}
+    done: dict[tuple, dict] = {}  # one audit per (method, records, max_length): DPO on d0 after any parent
     for name in names:
         node = graph.plan.node(name)
         if node.dataset == SELFGEN:  # its records exist only once its parent has generated them
             out[name] = {"status": "at-build", "reason": "selfgen records are audited when they are made"}
             continue
-        res = preflight.run(name, node.method, tok, tok_dir, node_records(graph.plan, name),
-                            graph.plan.recipe(name).max_length, graph.plan.preflight_allow, where)
-        out[name] = res.to_dict()
+        records, max_length = node_records(graph.plan, name), graph.plan.recipe(name).max_length
+        key = (node.method, data.records_hash(records), max_length)
+        if key not in done:
+            done[key] = preflight.run(name, node.method, tok, tok_dir, records, max_length,
+                                      graph.plan.preflight_allow, where).to_dict()
+        out[name] = {**done[key], "node": name}
     return out
 
 

@@ -137,6 +137,28 @@ def test_smollm2_ci_variant_builds_on_the_cpu(converted, fx, monkeypatch):
         assert list(at) == ["parent_tokenizer", "imports", "trained", "plotted"] and list(at.values()) == sorted(at.values())
         assert at["plotted"] <= meta["wall_seconds"] and meta["started_unix"] > 0
         assert tr["median_step_s"] <= tr["p90_step_s"] <= tr["max_step_s"] <= tr["steps_s"] <= tr["train_call_s"]
+        slow = tr["slowest_steps"]  # [step number, seconds], slowest first
+        assert {n for n, _ in slow} <= set(range(1, tr["steps"] + 1)) and [t for _, t in slow] == sorted(
+            (t for _, t in slow), reverse=True)
+        assert slow[0][1] == round(max(tr["first_step_s"], tr["max_step_s"]), 3)
+
+
+def test_preflight_audits_each_setup_once(converted, fx, monkeypatch):
+    """smollm2's 9 trained nodes are 5 setups (SFT on d0-d2, DPO on d0-d1): the DPO nodes after an SFT parent
+    share the base's tokenizer and their records with the DPO node on the base."""
+    from harness.train import preflight
+    from harness.train.graph import Graph, preflight_nodes
+
+    calls = []
+    run = preflight.run
+    monkeypatch.setattr(preflight, "run", lambda name, *a, **k: calls.append(name) or run(name, *a, **k))
+    plan = load_plan(ROOT / "fixtures" / "plans" / "smollm2.toml")
+    names = [n.name for n in plan.nodes if n.method != "base"]
+    out = preflight_nodes(Graph(plan, Store(fx), {}, "cpu", converted), names, converted)
+    assert calls == ["sft_d0", "sft_d1", "sft_d2", "dpo_d0", "dpo_d1"]
+    assert list(out) == names and all(out[n]["node"] == n for n in names)
+    assert {k: v for k, v in out["dpo_d0@sft_d1"].items() if k != "node"} == {
+        k: v for k, v in out["dpo_d0"].items() if k != "node"}
 
 
 def test_conversion_runs_in_one_process_where_none_can_be_spawned(monkeypatch):
