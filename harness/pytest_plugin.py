@@ -47,6 +47,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="plan TOML whose fixture graph the claims run on (default: fixtures/plans/tiny.toml)")
     group.addoption("--harness-base", dest="harness_base", default=os.environ.get("HARNESS_BASE"),
                     help="swap the plan's base model (hub id, model folder or GGUF file) without editing the plan")
+    group.addoption("--harness-variant", dest="harness_variant", default=os.environ.get("HARNESS_VARIANT"),
+                    metavar="NAME", help="apply the plan's [variants.NAME] table (e.g. smollm2's cudagraphs); "
+                    "negative controls apply on top of it")
     group.addoption("--claims-dir", dest="harness_claims_dir", default=os.environ.get("HARNESS_CLAIMS_DIR"),
                     help="folder of claim spec TOML files to run (default: fixtures/claims)")
     group.addoption("--harness-fixtures-dir", "--fixtures-dir", dest="harness_fixtures_dir",
@@ -106,7 +109,7 @@ def pytest_configure(config: pytest.Config) -> None:
     claims = config.getoption("harness_claims_dir", None)
     options = Options(
         root=root, plan_path=plan_path(opt_plan, root), plan_given=bool(opt_plan),
-        base=config.getoption("harness_base", None),
+        base=config.getoption("harness_base", None), variant=config.getoption("harness_variant", None) or None,
         claims_dir=Path(claims).resolve() if claims else None,
         findings_dir=Path(findings) if findings else None,
         fixtures_dir=config.getoption("harness_fixtures_dir", None),

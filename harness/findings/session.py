@@ -73,6 +73,7 @@ class Options:
     plan_path: Path
     plan_given: bool = False
     base: str | None = None
+    variant: str | None = None  # --harness-variant NAME: the plan's [variants.NAME] applied
     claims_dir: Path | None = None
     findings_dir: Path | None = None
     fixtures_dir: str | None = None
@@ -166,7 +167,7 @@ class FindingsSession(Collector):
             if not Path(o.baseline).is_file():
                 raise HarnessError(f"--findings-baseline {o.baseline}: no such findings file")
             load_json(Path(o.baseline))
-        if not (o.plan_given or o.base or o.seeds > 1 or o.device == "cpu"):
+        if not (o.plan_given or o.base or o.variant or o.seeds > 1 or o.device == "cpu"):
             return
         plan = self.plan
         if o.seeds > 1 and not any(n.method != "base" for n in plan.nodes):
@@ -176,11 +177,13 @@ class FindingsSession(Collector):
 
     @property
     def plan(self) -> Any:
-        """The plan, with ``--harness-base`` applied."""
+        """The plan, with ``--harness-variant`` and ``--harness-base`` applied."""
         if self._plan is None:
             from harness.train import load_plan
 
             plan = load_plan(self.options.plan_path)
+            if self.options.variant:
+                plan = plan.variant(self.options.variant)
             self._plan = plan.with_base(self.options.base) if self.options.base else plan
         return self._plan
 
@@ -325,7 +328,7 @@ class FindingsSession(Collector):
         plan = self.plan_or_none()
         if plan is None:
             return {**meta, "plan": self.options.plan_path.stem}
-        meta.update(plan=plan.name, base=self.base, base_model=plan.base,
+        meta.update(plan=plan.name, variant=plan.variant_name, base=self.base, base_model=plan.base,
                     recipe={"lora": dataclasses.asdict(plan.lora), "sft": dataclasses.asdict(plan.sft),
                             "dpo": dataclasses.asdict(plan.dpo), "seed": plan.seed, "data_seed": plan.data_seed,
                             "limit": plan.limit})

@@ -78,6 +78,8 @@ def test_seed_disagreement_fails_the_session(tmp_path):
     (["--findings-baseline", "missing.json"], "--findings-baseline missing.json: no such findings file"),
     (["--harness-seeds", "0"], "--harness-seeds must be at least 1"),
     (["--harness-plan", "nope.toml"], "nope.toml: no such plan file"),
+    (["--harness-plan", str(Path(__file__).resolve().parents[2] / "fixtures" / "plans" / "tiny.toml"),
+      "--harness-variant", "nope"], "no variant 'nope'; known: c1_dpo_at_sft_lr, c4_bf16, c5_zero_step_dpo"),
 ])
 def test_conflicting_options_are_usage_errors(tmp_path, args, message):
     r = run(tmp_path, *args)
@@ -107,3 +109,12 @@ def test_seeds_with_a_plan_that_trains_nothing_is_a_usage_error(tmp_path):
     plan.write_text(src[: src.index("[[nodes]]")] + '[[nodes]]\nname = "base"\nmethod = "base"\n', encoding="utf-8")
     r = run(tmp_path, "--harness-plan", str(plan), "--harness-seeds", "2")
     assert r.returncode == 4 and "trains no node, so it cannot be reseeded" in r.stderr, r.stderr
+
+
+def test_a_variant_applies_and_its_name_is_in_the_findings(tmp_path):
+    plan = str(Path(__file__).resolve().parents[2] / "fixtures" / "plans" / "tiny.toml")
+    r = run(tmp_path, "--harness-run-id", "v", "--harness-plan", plan, "--harness-variant", "c1_dpo_at_sft_lr")
+    assert r.returncode == 0, r.stdout + r.stderr
+    meta = json.loads((tmp_path / "out" / "tiny" / "v.json").read_text())["meta"]
+    assert meta["variant"] == "c1_dpo_at_sft_lr" and meta["recipe"]["dpo"]["learning_rate"] == 1e-4
+    assert "- variant: `c1_dpo_at_sft_lr`" in (tmp_path / "out" / "tiny" / "v.md").read_text()
