@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable
 from harness.errors import HarnessError
 from harness.train import common
 from harness.train.plan import SELFGEN, Plan
+from harness.train.selfgen_node import SELFGEN_FILE, selfgen_identity, selfgen_records
 from harness.train.store import META_FILE, Store, cache_key, library_versions
 
 #: Bump when a recipe's code changes what it produces; part of every key.
@@ -143,7 +144,7 @@ def plan_keys(plan: Plan, device: str, base_identity: dict | None = None) -> tup
             inp = {"base": base_identity, "recipe_version": RECIPE_VERSION}
         else:
             inp = {"method": node.method, "dataset": node.dataset,
-                   "records": _selfgen_identity(plan, node) if node.dataset == SELFGEN
+                   "records": selfgen_identity(plan, node) if node.dataset == SELFGEN
                    else data.records_hash(node_records(plan, node.name)),
                    "recipe": _recipe_key(plan.recipe(node.name)), "lora": dataclasses.asdict(plan.lora),
                    "quantize_4bit": quant, "parent": keys[node.parent], "seed": plan.seed, "device": device,
@@ -347,7 +348,7 @@ def _build_node_in(graph: Graph, name: str, key_inputs: dict, progress: bool, tm
         lap("parent_tokenizer")
         meta["preflight"] = check
         if node.dataset == SELFGEN:
-            records = _selfgen_records(graph, name, tmp, meta)
+            records = selfgen_records(graph, name, tmp, meta)
             if check and check.get("status") == "at-build":
                 from harness.train import preflight
 
@@ -384,36 +385,6 @@ def _build_node_in(graph: Graph, name: str, key_inputs: dict, progress: bool, tm
     meta["wall_seconds"] = round(time.perf_counter() - t0, 3)
     common.write_json(tmp / META_FILE, meta)  # last: its presence marks the node complete
     return store.commit(tmp, name, key)
-
-
-# ---------------------------------------------------------------------------- selfgen nodes (seed 003)
-
-SELFGEN_FILE = "selfgen.jsonl"
-
-
-def _selfgen_identity(plan: Plan, node: Any) -> dict:
-    """What a selfgen node's data depends on besides its parent (whose key is in the node key already)."""
-    from harness import data
-
-    pairs = data.dataset(node.selfgen["source"], plan.data_seed)[: plan.limit or None]
-    return {"selfgen": dict(sorted(node.selfgen.items())), "source_pairs": data.records_hash(
-        [[p.id, p.prompt, p.reply] for p in pairs]), "system": data.system_prompt(), "seed": plan.seed}
-
-
-def _selfgen_records(graph: Graph, name: str, tmp: Path, meta: dict) -> list[dict]:
-    """The parent generates, embeds and picks its own data; kept in the node folder as ``selfgen.jsonl``."""
-    from harness import data
-    from harness.evaluate.selfgen import SelfgenSpec, make_records, write_jsonl
-
-    plan, node = graph.plan, graph.plan.node(name)
-    spec = SelfgenSpec(**dict(node.selfgen))
-    records, stats = make_records(graph.path(node.parent), spec, node.method, data_seed=plan.data_seed,
-                                  limit=plan.limit, seed=plan.seed, system=data.system_prompt(), device=graph.device)
-    if not records:
-        raise HarnessError(f"node {name!r}: selfgen {spec.method} kept no item of {spec.source} ({stats})")
-    write_jsonl(records, tmp / SELFGEN_FILE)
-    meta["selfgen"] = {**dict(node.selfgen), **stats}
-    return records
 
 
 def shutil_rm(path: Path) -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from harness.train import build
-from harness.train.graph import SELFGEN_FILE, node_records, plan_keys
+from harness.train.graph import node_records, plan_keys
 from harness.train.plan import PlanError, plan_from_dict
+from harness.train.selfgen_node import SELFGEN_FILE
 
 MICRO = Path(__file__).resolve().parents[2] / "fixtures" / "plans" / "micro.toml"
 
