@@ -118,7 +118,8 @@ def load_json(path: Path) -> tuple[dict[str, Any], list[ClaimResult]]:
 def to_markdown(results: Sequence[ClaimResult], meta: Mapping[str, Any], images: Sequence[str] = (),
                 preflight: Sequence[NodePreflight] = ()) -> str:
     lines = [f"# Findings: plan `{meta.get('plan', '?')}`, run {meta.get('run', '?')}", ""]
-    for k in ("variant", "base", "base_model", "base_identity", "plan_path", "claims_dir", "device", "seeds", "baseline"):
+    for k in ("variant", "base", "base_model", "base_identity", "plan_path", "claims_dir", "device", "seeds",
+              "baseline"):
         if meta.get(k) not in (None, "", []):
             lines.append(f"- {k}: `{meta[k]}`")
     if meta.get("versions"):

@@ -63,8 +63,9 @@ def run(args: argparse.Namespace) -> int:
                       rebuild=args.rebuild, progress=not args.quiet, jobs=args.jobs,
                       preflight=not args.no_preflight, devices=args.devices)
         print(f"trained {len(graph.trained)} node(s)" + (f": {', '.join(graph.trained)}" if graph.trained else ""))
-        if graph.describe_timeline():
-            print(graph.describe_timeline())
+        timeline = graph.describe_timeline()
+        if timeline:
+            print(timeline)
         for name in graph.names:
             if graph.is_built(name):
                 print(f"{name:16s} {graph.key(name)[:16]}  {graph.path(name)}")

@@ -222,7 +222,8 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
 
     slots = slots_of.make_slots(device, jobs, graph.path(plan.nodes[0].name) if base_dir else None, devices)
     jobs = min(sum(s.capacity for s in slots), len(todo))
-    here = jobs == 1 and len(slots) == 1 and slots_of.is_here(slots[0], device) and not slots_of.needs_launch(plan, todo)
+    here = (jobs == 1 and len(slots) == 1 and slots_of.is_here(slots[0], device)
+            and not slots_of.needs_launch(plan, todo))
     pools = None if here else slots_of.open_pools(slots, len(todo))  # workers warm up during the pre-flight
     checks: dict[str, dict | None] = {n: None for n in todo}
     try:
@@ -258,9 +259,8 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
 
 def preflight_nodes(graph: Graph, names: list[str], tok_dir: Path) -> dict[str, dict]:
     """Pre-flight ``names`` (trained nodes) with the tokenizer in ``tok_dir``; raises on the first error."""
-    from harness.train import preflight
-
     from harness import data
+    from harness.train import preflight
 
     tok = _load_tokenizer(tok_dir)
     where = f"{graph.plan.path or graph.plan.name}: "
@@ -325,8 +325,8 @@ def _build_node_in(graph: Graph, name: str, key_inputs: dict, progress: bool, tm
     def lap(phase: str) -> None:
         at[phase] = round(time.perf_counter() - t0, 3)
 
-    meta: dict[str, Any] = {"started_unix": time.time(), "node": name, "plan": plan.name, "variant": plan.variant_name, "key": key,
-                            "method": node.method, "dataset": node.dataset, "parent": node.parent,
+    meta: dict[str, Any] = {"started_unix": time.time(), "node": name, "plan": plan.name,
+                            "variant": plan.variant_name, "key": key, "method": node.method, "dataset": node.dataset, "parent": node.parent,
                             "device": device, "host": platform.node(), "pid": os.getpid(), "inputs": key_inputs}
     from harness.train.devices import worker_info
 
