@@ -11,6 +11,9 @@
   GPU memory, and projects the full seed graph (3 SFT + 6 DPO nodes, 202 examples, 3 epochs).
   ``HARNESS_BENCH_TOKENIZER`` names a tokenizer folder (a Llama-3 one for realistic lengths).
   ``HARNESS_BENCH_OUT`` (a folder) receives ``train_bench.json``.
+- ``gguf-conversion`` group: SmolLM2's GGUF converted with the tokenizer in a second process against both
+  halves in one process (CPU; skips without the GGUF).
+- ``smollm2-graph`` group (CUDA only): the smollm2 seed graph cold, eager against variant ``cudagraphs``.
 """
 
 from __future__ import annotations
@@ -300,4 +303,58 @@ def test_bench_graph_concurrent_vs_sequential(benchmark, real_shape_base, tmp_pa
                                    "concurrent_s": concurrent_s, "speedup": sequential_s / concurrent_s,
                                    "nodes": nodes}
     benchmark.extra_info.update(RESULTS["real_shape_graph"])
+    _dump()
+
+
+def test_bench_gguf_conversion_two_processes_vs_one(benchmark, tmp_path, monkeypatch):
+    """SmolLM2's GGUF to a bf16 folder, cold: the tokenizer half in a spawned process beside the weights
+    (what ``convert_gguf`` does) against both halves in this process (its fallback), in the same run."""
+    from harness.train import bases
+    from harness.train.store import Store
+
+    benchmark.group = "gguf-conversion"
+    path = bases.gguf_dir() / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent: run .ci/fetch-gguf smollm2")
+    with monkeypatch.context() as m:
+        m.setattr(bases, "_can_spawn", lambda: False)
+        t0 = time.perf_counter()
+        one, _ = bases.convert_gguf(path, Store(tmp_path / "one"), progress=False)
+        one_s = time.perf_counter() - t0
+    two, _ = benchmark.pedantic(lambda: bases.convert_gguf(path, Store(tmp_path / "two"), progress=False),
+                                rounds=1, iterations=1)
+    two_s = benchmark.stats.stats.max
+    same = {f.name: f.read_bytes() == (two / f.name).read_bytes() for f in one.iterdir()}
+    RESULTS["gguf_conversion"] = {"one_process_s": one_s, "two_processes_s": two_s, "speedup": one_s / two_s,
+                                  "cpu_count": os.cpu_count()}
+    benchmark.extra_info.update(RESULTS["gguf_conversion"])
+    _dump()
+    assert all(same.values()), same
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (QLoRA, CUDA graphs)")
+def test_bench_smollm2_graph_cudagraphs_vs_eager(benchmark, tmp_path, monkeypatch):
+    """The smollm2 seed graph cold on one GPU: eager (the plan as written) against variant ``cudagraphs``, in
+    the same run, each with a fresh fixture folder and inductor cache; the base converted once beforehand."""
+    from harness.train.graph import _resolve_base
+    from harness.train.store import Store
+
+    benchmark.group = "smollm2-graph"
+    plan = load_plan(PLANS / "smollm2.toml")
+    try:
+        base_dir, _ = _resolve_base(plan, Store(tmp_path / "base"), progress=False)
+    except Exception as exc:  # no hub, no cache, no GGUF
+        pytest.skip(f"smollm2 base unavailable: {exc}")
+    plan = plan.with_base(str(base_dir))
+    t0 = time.perf_counter()
+    build(plan, fixtures_dir=tmp_path / "eager", devices="0", progress=False)
+    eager_s = time.perf_counter() - t0
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # the workers inherit it
+    graphs = plan.variant("cudagraphs")
+    graph = benchmark.pedantic(lambda: build(graphs, fixtures_dir=tmp_path / "cg", devices="0", progress=False),
+                               rounds=1, iterations=1)
+    cg_s = benchmark.stats.stats.max
+    RESULTS["smollm2_graph_cudagraphs"] = {"eager_s": eager_s, "cudagraphs_s": cg_s, "speedup": eager_s / cg_s,
+                                           "timeline": graph.timeline, "gpu": torch.cuda.get_device_name(0)}
+    benchmark.extra_info.update(RESULTS["smollm2_graph_cudagraphs"])
     _dump()
