@@ -238,7 +238,7 @@ def claim_sources(findings_session, harness_plan) -> list:
 
 @pytest.fixture(scope="session")
 def judge_endpoint(findings_session):
-    """The LLM judge's :class:`~harness.evaluate.serve.JudgeEndpoint` (``--judge-serve`` serves it on loopback)."""
+    """The LLM judge's :class:`~harness.inference.serve.JudgeEndpoint` (``--judge-serve`` serves it on loopback)."""
     return findings_session.judge_endpoint()
 
 

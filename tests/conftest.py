@@ -20,3 +20,162 @@ def small_model_folder(tmp_path_factory) -> Path:
                     num_key_value_heads=2).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+# ---- tiny real models for the inference and evaluate tests (a Llama chat model, a BERT), built offline
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|eot|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|eot|>"]
+
+
+def corpus() -> list[str]:
+    from harness import data
+
+    items = data.load_persona()
+    texts = [data.system_prompt()] + [i.prompt for i in items] + [i.d0 for i in items] + [i.d1 for i in items]
+    return texts + [e.prompt for e in data.load_eval_prompts()]
+
+
+def build_chat_tokenizer(folder: Path, vocab_size: int = 600):
+    """A byte-level BPE tokenizer trained on the persona data, with a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tk.train_from_iterator(corpus(), trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>", "<|eot|>"],
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(folder)
+    return tok
+
+
+def build_chat_model(folder: Path, tok, seed: int = 0, layers: int = 2):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return model
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("chat_tok")
+    build_chat_tokenizer(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def chat_model_dir(tmp_path_factory, chat_tokenizer_dir) -> Path:
+    from transformers import AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("chat_model")
+    build_chat_model(folder, AutoTokenizer.from_pretrained(chat_tokenizer_dir))
+    return folder
+
+
+def build_tiny_bert(folder: Path, layers: int = 2) -> Path:
+    """A tiny BERT with a WordPiece tokenizer trained on the persona data, saved for bert-score."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tk.normalizer = normalizers.BertNormalizer(handle_chinese_chars=True, lowercase=False)
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tk.train_from_iterator(corpus(), trainers.WordPieceTrainer(
+        vocab_size=800, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    tk.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", tk.token_to_id("[CLS]")), ("[SEP]", tk.token_to_id("[SEP]"))])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                  sep_token="[SEP]", mask_token="[MASK]", model_max_length=128)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=130)
+    BertModel(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+def build_bigram_model(folder: Path, tok, rules: dict[str, str], seed: int = 0) -> Path:
+    """A real Llama whose greedy next token depends on the current token alone, by ``rules``.
+
+    Attention and MLP outputs are zeroed, so the last hidden state is the normalised embedding of
+    the current token; the LM head row of each rule's target points along its source's embedding
+    (the sources' embeddings are orthonormal), so greedy decoding follows ``rules`` exactly.
+    Sources and targets are single tokens of ``tok`` (``"<|assistant|>"``, ``"8"``, ``"\\n"``).
+    """
+    import torch
+
+    model = build_chat_model(folder, tok, seed=seed)
+
+    def tid(text: str) -> int:
+        ids = tok.convert_tokens_to_ids([text]) if text in tok.get_vocab() else tok(text, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"{text!r} is not one token: {ids}")
+        return ids[0]
+
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        emb, head = model.model.embed_tokens.weight, model.lm_head.weight
+        srcs = sorted({tid(s) for s in rules})
+        basis, _ = torch.linalg.qr(torch.randn(emb.shape[1], len(srcs)))
+        for k, s in enumerate(srcs):
+            emb[s] = basis[:, k] * emb[s].norm()
+        head.zero_()
+        for s, t in rules.items():
+            head[tid(t)] += 10.0 * emb[tid(s)] / emb[tid(s)].norm()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+#: The judge that always answers "8\n8\n..." (a parsable score) and the one that babbles "xxxx".
+SCORE_RULES = {"<|assistant|>": "8", "8": "\n", "\n": "8"}
+BABBLE_RULES = {"<|assistant|>": "x", "x": "x"}
+
+
+@pytest.fixture(scope="session")
+def judge_models(tmp_path_factory, chat_tokenizer_dir) -> dict[str, Path]:
+    """``{"score": folder, "babble": folder}``: two constructed judges (see :func:`build_bigram_model`)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(chat_tokenizer_dir)
+    return {name: build_bigram_model(tmp_path_factory.mktemp(f"judge_{name}"), tok, rules)
+            for name, rules in (("score", SCORE_RULES), ("babble", BABBLE_RULES))}
+
+
+@pytest.fixture(scope="session")
+def judge_server(tmp_path_factory, judge_models):
+    """``transformers serve`` on loopback (any local model folder a request names), torn down at the end."""
+    from harness.inference.serve import JudgeServer
+
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with JudgeServer(None, device="cpu", log_path=log) as server:
+        yield server

@@ -6,7 +6,7 @@ import torch
 from harness.device import resolve_device
 from harness.diff.engine import pick_device
 from harness.errors import HarnessError
-from harness.evaluate.generate import resolve_device as generate_device
+from harness.inference.generate import resolve_device as generate_device
 from harness.train.common import resolve_device as train_device
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from harness.errors import HarnessError
-from harness.evaluate.generate import Generation, summary
+from harness.inference.generate import Generation, summary
 from harness.evaluate.nodes import SOURCES, GenSettings, graph_generations
 from harness.evaluate.similarity import (BLEU_TOKENIZERS, DEFAULT_BERT, Table, bleu_tokenizer, table24, table27,
                                          try_bert_score, write_table)
@@ -50,7 +50,7 @@ def generation_table(gens: Mapping[tuple[str, str], Sequence[Generation]]) -> Ta
 
 def write_generations(path: Path, gens: Mapping[tuple[str, str], Sequence[Generation]], questions: Mapping[str, Any]) -> None:
     """One JSON row per generation: node, source, id, question, text, stopped, hit_max (the judge's input)."""
-    from harness.evaluate.selfgen import write_jsonl
+    from harness.inference.selfgen import write_jsonl
 
     rows = []
     for (node, source), gs in gens.items():

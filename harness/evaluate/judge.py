@@ -67,7 +67,7 @@ class JudgeConfig:
     cache_dir: Optional[Path] = None
     price_in_per_mtok: Optional[float] = None
     price_out_per_mtok: Optional[float] = None
-    #: An OpenAI-compatible ``/v1`` root (e.g. a :class:`~harness.evaluate.serve.JudgeServer`); overrides
+    #: An OpenAI-compatible ``/v1`` root (e.g. a :class:`~harness.inference.serve.JudgeServer`); overrides
     #: ``OPENAI_BASE_URL``. Local servers ignore the key, so none is needed with it.
     base_url: Optional[str] = None
 

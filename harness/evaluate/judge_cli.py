@@ -41,10 +41,10 @@ def load_generations(path: Path) -> list[dict]:
 
 def run(args: argparse.Namespace) -> int:
     from harness.atomic import write_json
-    from harness.evaluate.selfgen import write_jsonl
+    from harness.inference.selfgen import write_jsonl
     from harness.evaluate.similarity import write_table
 
-    from harness.evaluate.serve import session_endpoint
+    from harness.inference.serve import session_endpoint
 
     rows = load_generations(Path(args.generations))
     endpoint, server = session_endpoint(args.serve, device=args.device)

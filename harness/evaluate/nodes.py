@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 
 from harness.atomic import write_json
 from harness.errors import HarnessError
-from harness.evaluate.generate import Generation
+from harness.inference.generate import Generation
 
 #: Bumped when generation code changes what a cached file would hold.
 CACHE_VERSION = 1
@@ -137,7 +137,7 @@ def node_generations(graph: Any, node: str, p: Prompts, settings: GenSettings = 
                      device: str = "auto", cache_root: Optional[Path] = None,
                      progress: bool = True) -> list[Generation]:
     """Greedy generations of ``node`` on ``p``, from the cache when present."""
-    from harness.evaluate.generate import generate
+    from harness.inference.generate import generate
 
     root = Path(cache_root) if cache_root is not None else fixtures_dir(graph)
     path = cache_path(root, node, str(graph.key(node)), p, settings)

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from harness.evaluate.selfgen import KINDS, METHODS
+from harness.inference.selfgen import KINDS, METHODS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from harness import data
-    from harness.evaluate.selfgen import SelfgenSpec, make_records, write_jsonl
+    from harness.inference.selfgen import SelfgenSpec, make_records, write_jsonl
 
     spec = SelfgenSpec(args.dataset, args.method, args.n, args.temperature, args.top_p, args.max_new_tokens,
                        args.low_fraction)

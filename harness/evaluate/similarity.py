@@ -129,7 +129,7 @@ class BertScore:
         # transformers 5's tokenizers backend lacks; an empty reply is scored as the EOS token's text.
         tok = self._scorer._tokenizer
         empty = tok.eos_token or tok.unk_token or "."
-        from harness.evaluate.generate import cpu_threads
+        from harness.inference.generate import cpu_threads
 
         with cpu_threads(self._scorer._model, 1):  # as generation: OpenMP spin-waits on shared cores
             _, _, f = self._scorer.score([h if h.strip() else empty for h in hyps],
@@ -153,7 +153,7 @@ def try_bert_score(model: Optional[str], num_layers: Optional[int], device: str 
     try:
         name = None
         if (graph is not None and model in getattr(graph, "names", ())) or str(model).endswith(".gguf"):
-            from harness.evaluate.serve import resolve_model
+            from harness.inference.serve import resolve_model
 
             model, name = resolve_model(model, graph, cache_root)
         return BertScore(model, num_layers, device, name=name), ""

@@ -1,7 +1,7 @@
 """C6 ("EOS is learned"): generate with a trained model and turn the outputs into a
 :class:`~harness.findings.statistics.GenerationSource`; train small models for zoo tokenizers.
 
-Generation goes through ``harness.evaluate.generate`` (greedy, batched, the chat template with
+Generation goes through ``harness.inference.generate`` (greedy, batched, the chat template with
 the system prompt, stop tokens, ``hit_max``) in :func:`generations` only, so it is swapped in one
 place. Results are cached on disk (JSON, written atomically) keyed by the model's key and the
 generation settings.
@@ -22,7 +22,7 @@ MAX_NEW_TOKENS = 64
 
 def stop_texts(tokenizer: Any, model: Any = None) -> list[str]:
     """The text forms of the stop tokens (EOS first): printing one of them is the 004 bug."""
-    from harness.evaluate.generate import stop_token_ids
+    from harness.inference.generate import stop_token_ids
 
     texts = [tokenizer.eos_token] if tokenizer.eos_token else []
     for i in stop_token_ids(tokenizer, model):
@@ -35,7 +35,7 @@ def stop_texts(tokenizer: Any, model: Any = None) -> list[str]:
 def generations(model_dir: Path, prompts: Sequence[Any], *, tokenizer: Any = None, device: str = "auto",
                 max_new_tokens: int = MAX_NEW_TOKENS, progress: bool = False) -> GenerationSource:
     """Greedy generation for every prompt (message lists through the chat template)."""
-    from harness.evaluate.generate import generate, load_model
+    from harness.inference.generate import generate, load_model
 
     model, tok = load_model(model_dir, device)
     tok = tokenizer or tok

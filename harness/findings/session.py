@@ -291,7 +291,7 @@ class FindingsSession(Collector):
         first; :meth:`close` stops the server), else the environment's (``OPENAI_*``)."""
 
         def make() -> Any:
-            from harness.evaluate.serve import session_endpoint
+            from harness.inference.serve import session_endpoint
 
             spec, graph = self.options.judge_serve, None
             if spec and spec in self.plan.names:

@@ -67,7 +67,7 @@ class JudgeMeans(dict):
 
 
 def _device_type(session: Any) -> str:
-    from harness.evaluate.generate import resolve_device
+    from harness.inference.generate import resolve_device
 
     return resolve_device(session.options.device).type
 

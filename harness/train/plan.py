@@ -39,7 +39,7 @@ class Node:
     overrides: Mapping[str, Any] = field(default_factory=lambda: _freeze({}), compare=False, hash=False)
     # own data only: {"path", "format", "chosen", "rejected"} (see harness.userdata)
     source: Mapping[str, Any] = field(default_factory=lambda: _freeze({}), compare=False, hash=False)
-    #: For ``dataset = "selfgen"``: source, method, n, ... (see ``harness.evaluate.selfgen.SelfgenSpec``).
+    #: For ``dataset = "selfgen"``: source, method, n, ... (see ``harness.inference.selfgen.SelfgenSpec``).
     selfgen: Mapping[str, Any] = field(default_factory=lambda: _freeze({}), compare=False, hash=False)
 
     def __eq__(self, other: object) -> bool:

@@ -23,7 +23,7 @@ def selfgen_identity(plan: Any, node: Any) -> dict:
 def selfgen_records(graph: Any, name: str, tmp: Path, meta: dict) -> list[dict]:
     """The parent generates, embeds and picks its own data; kept in the node folder as ``selfgen.jsonl``."""
     from harness import data
-    from harness.evaluate.selfgen import SelfgenSpec, make_records, write_jsonl
+    from harness.inference.selfgen import SelfgenSpec, make_records, write_jsonl
 
     plan, node = graph.plan, graph.plan.node(name)
     spec = SelfgenSpec(**dict(node.selfgen))

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from harness import data
-from harness.evaluate.generate import generate
+from harness.inference.generate import generate
 from harness.evaluate.nodes import GenSettings, graph_generations, prompts
 
 NODES = int(os.environ.get("HARNESS_BENCH_EVAL_NODES", "10"))
@@ -85,7 +85,7 @@ def test_bench_batched_vs_one_by_one(benchmark, tiny_base_dir):
     folder = tiny_base_dir
     real = os.environ.get("HARNESS_BENCH_GEN_MODEL")  # e.g. SmolLM2-135M-Instruct.Q4_1.gguf on the GPU
     if real:
-        from harness.evaluate.serve import resolve_model
+        from harness.inference.serve import resolve_model
 
         folder = resolve_model(real)[0]
     budget = int(os.environ.get("HARNESS_BENCH_GEN_TOKENS", "48"))
@@ -124,11 +124,11 @@ def test_bench_judge_concurrency(benchmark, tmp_path, continuous_batching):
     spec.loader.exec_module(helpers)  # the evaluate tests' model builders
 
     from harness.evaluate.judge import Judge, JudgeConfig
-    from harness.evaluate.serve import JudgeServer
+    from harness.inference.serve import JudgeServer
 
     real = os.environ.get("HARNESS_BENCH_JUDGE")  # e.g. SmolLM2-135M-Instruct.Q4_1.gguf on the GPU
     if real:
-        from harness.evaluate.serve import resolve_model
+        from harness.inference.serve import resolve_model
 
         folder = resolve_model(real)[0]
     else:

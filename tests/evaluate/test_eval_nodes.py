@@ -64,7 +64,7 @@ def test_persona_limit_and_unknown_inputs(chat_model_dir, tmp_path):
 
 
 def test_generation_table_rates():
-    from harness.evaluate.generate import Generation
+    from harness.inference.generate import Generation
 
     gens = {("base", "eval"): [Generation("p", "t", (1, 2), True, False), Generation("p", "t", (1,) * 4, False, True)]}
     t = generation_table(gens)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from harness.errors import HarnessError
-from harness.evaluate.selfgen import Item, Scored, build_records, centrality, embed, medoid, score_items
+from harness.inference.selfgen import Item, Scored, build_records, centrality, embed, medoid, score_items
 
 FLOATS = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=32)
 MATS = st.integers(1, 7).flatmap(lambda n: st.integers(1, 6).flatmap(

@@ -1,4 +1,4 @@
-"""Helpers of the evaluate tests."""
+"""Helpers of the inference tests."""
 
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ class JudgeServer:
         self.continuous_batching = continuous_batching
         self.log_path = Path(log_path) if log_path else None
         self.startup_timeout = startup_timeout
-        # One torch thread on the CPU, as generation uses (harness.evaluate.generate.cpu_threads): on a
+        # One torch thread on the CPU, as generation uses (harness.inference.generate.cpu_threads): on a
         # shared 2-core machine two threads made one judge request 6x slower (22 s vs 3.6 s).
         self.threads = threads if threads is not None else (1 if device == "cpu" else None)
         self.port: Optional[int] = None
@@ -229,7 +229,7 @@ def session_endpoint(spec: Optional[str], graph: Any = None, *, device: str = "a
     if not spec:
         model = os.environ.get("HARNESS_JUDGE_MODEL", "gpt-4o-mini")
         return JudgeEndpoint(None, model, model), None
-    from harness.evaluate.generate import resolve_device
+    from harness.inference.generate import resolve_device
 
     target, label = resolve_model(spec, graph, cache_root)
     dev = resolve_device(device).type

@@ -11,7 +11,7 @@ import pytest
 
 from harness.errors import HarnessError, LoadError
 from harness.evaluate.judge import Judge, JudgeConfig, Rubric, mean_score, table25
-from harness.evaluate.serve import JudgeServer, resolve_model
+from harness.inference.serve import JudgeServer, resolve_model
 from harness.findings.verdict import FAIL
 
 PAIRS = [("週末は何をしていますか？", "ごきげんよう、わたくしは庭で紅茶をいただいておりますわ。"),

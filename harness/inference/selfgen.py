@@ -77,7 +77,7 @@ def embed(model: Any, tokenizer: Any, texts: Sequence[str], batch_size: int = 16
     for k, t in enumerate(texts):
         if not t or not t.strip():
             raise HarnessError(f"embed: text {k} is empty; an empty generation has no embedding")
-    from harness.evaluate.generate import cpu_threads
+    from harness.inference.generate import cpu_threads
 
     dev = next(model.parameters()).device
     out = []
@@ -181,7 +181,7 @@ def generate_candidates(model: Any, tokenizer: Any, items: Sequence[Item], n: in
                         max_new_tokens: int = 48, temperature: float = 1.0, top_p: float = 0.95,
                         seed: int = 0, batch_size: int = 8) -> list[list[str]]:
     """``n`` sampled candidate replies per item (greedy when ``temperature`` is 0)."""
-    from harness.evaluate.generate import generate
+    from harness.inference.generate import generate
 
     if n < 1:
         raise HarnessError(f"n must be at least 1, got {n}")
@@ -224,7 +224,7 @@ def make_records(model_dir: Any, spec: SelfgenSpec, kind: str, *, data_seed: int
     """Seed 003's loop on one model: its own ``n`` candidates per prompt of ``spec.source``, scored by
     centrality on its own hidden states, turned into ``kind`` (sft/dpo) records by ``spec.method``."""
     from harness import data
-    from harness.evaluate.generate import load_model
+    from harness.inference.generate import load_model
 
     pairs = data.dataset(spec.source, data_seed)[: limit or None]
     items = [Item(p.id, p.prompt, p.reply) for p in pairs]

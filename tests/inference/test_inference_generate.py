@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from eval_helpers import set_head
+from inference_helpers import set_head
 from harness import data
 from harness.errors import HarnessError
-from harness.evaluate.generate import generate, render_prompts, stop_token_ids, summary
+from harness.inference.generate import generate, render_prompts, stop_token_ids, summary
 
 MSGS = data.eval_records()[:6]
 

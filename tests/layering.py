@@ -1,0 +1,234 @@
+"""The import graph of ``harness/``, read from the source (imports inside functions count), and its layers.
+
+``python tests/layering.py`` prints the circles and upward imports; ``--png FILE`` draws the layers
+and the arrows between packages (docs/layers.png is made this way). ``tests/test_layers.py`` holds
+the graph to the rules: no module circle, no package circle, no import from a higher layer.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1] / "harness"
+
+# Lowest first. A module belongs to the longest prefix listed; a module may import its own layer or
+# lower ones, never a higher one.
+LAYERS: list[tuple[str, tuple[str, ...], str]] = [
+    ("ground", ("harness", "harness.errors", "harness.atomic", "harness.registry", "harness.tomlfile",
+                "harness.versions", "harness.device", "harness.config"),
+     "errors, atomic IO, registry, TOML, versions, device, run configuration"),
+    ("models", ("harness.models", "harness.gguffile"), "hub id / folder / GGUF -> tokenizer, model, conversion cache"),
+    ("data", ("harness.data", "harness.userdata"), "the study's datasets and user datasets"),
+    ("engines", ("harness.diff", "harness.audit", "harness.inference"),
+     "weight diff, label/EOS audit, generation and serving"),
+    ("train", ("harness.train",), "plans, the fixture graph, its scheduler, the training methods"),
+    ("evaluate", ("harness.evaluate",), "output statistics: BLEU, BERTScore, the LLM judge"),
+    ("findings", ("harness.findings",), "claim specs, statistics, the session, report, baselines"),
+    ("plugin", ("harness.pytest_plugin", "harness.xdist_plugin", "harness.__main__"),
+     "the pytest plugin and the command line: glue only"),
+]
+
+
+def module_name(path: Path, root: Path = ROOT) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def layer_of(module: str) -> int:
+    """Index into LAYERS of the longest listed prefix of ``module``; ValueError when none matches."""
+    best, best_len = None, -1
+    for i, (_, prefixes, _) in enumerate(LAYERS):
+        for p in prefixes:
+            if (module == p or (p != "harness" and module.startswith(p + "."))) and len(p) > best_len:
+                best, best_len = i, len(p)
+    if best is None:
+        raise ValueError(f"{module} is in no layer of tests/layering.py")
+    return best
+
+
+def package_of(module: str) -> str:
+    """``harness.train.graph`` -> ``harness.train``; top-level modules are their own package."""
+    return ".".join(module.split(".")[:2])
+
+
+@dataclass
+class Graph:
+    modules: dict[str, Path]
+    edges: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    lines: dict[tuple[str, str], int] = field(default_factory=dict)  # (from, to) -> first line number
+
+    def module_cycles(self) -> list[list[str]]:
+        return _sccs(self.modules, self.edges)
+
+    def package_edges(self) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = defaultdict(set)
+        for a, bs in self.edges.items():
+            for b in bs:
+                if package_of(a) != package_of(b):
+                    out[package_of(a)].add(package_of(b))
+        return out
+
+    def package_cycles(self) -> list[list[str]]:
+        pe = self.package_edges()
+        return _sccs({package_of(m) for m in self.modules}, pe)
+
+    def upward(self) -> list[str]:
+        out = []
+        for a, bs in sorted(self.edges.items()):
+            for b in sorted(bs):
+                la, lb = layer_of(a), layer_of(b)
+                if lb > la:
+                    out.append(f"{self.modules[a].relative_to(ROOT.parent)}:{self.lines[(a, b)]}: {a} "
+                               f"({LAYERS[la][0]}) imports {b} ({LAYERS[lb][0]})")
+        return out
+
+
+def read_graph(root: Path = ROOT) -> Graph:
+    modules = {module_name(p, root): p for p in sorted(root.rglob("*.py"))}
+    g = Graph(modules)
+    for mod, path in modules.items():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        is_pkg = path.name == "__init__.py"
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            for target in _targets(mod, node, is_pkg, modules):
+                if target != mod and target.startswith("harness"):
+                    g.edges[mod].add(target)
+                    g.lines.setdefault((mod, target), node.lineno)
+    return g
+
+
+def _targets(mod: str, node: ast.AST, is_pkg: bool, modules: dict[str, Path]) -> list[str]:
+    if isinstance(node, ast.ImportFrom):
+        if node.level:
+            base = mod.split(".") if is_pkg else mod.split(".")[:-1]
+            base = base[: len(base) - (node.level - 1)]
+            pkg = ".".join(base + ([node.module] if node.module else []))
+        else:
+            pkg = node.module or ""
+        names = [f"{pkg}.{a.name}" if f"{pkg}.{a.name}" in modules else pkg for a in node.names]
+    else:
+        names = [a.name for a in node.names]
+    out = []
+    for name in names:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        if name:
+            out.append(name)
+    return out
+
+
+def _sccs(nodes, edges) -> list[list[str]]:
+    """Strongly connected components of more than one node (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+    counter = 0
+    for root in sorted(nodes):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(edges.get(root, ()))))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on.add(root)
+        while work:
+            v, it = work[-1]
+            advanced = False
+            for w in it:
+                if w not in index:
+                    index[w] = low[w] = counter
+                    counter += 1
+                    stack.append(w)
+                    on.add(w)
+                    work.append((w, iter(sorted(edges.get(w, ())))))
+                    advanced = True
+                    break
+                if w in on:
+                    low[v] = min(low[v], index[w])
+            if advanced:
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                if len(comp) > 1:
+                    out.append(sorted(comp))
+    return out
+
+
+def draw(graph: Graph, path: Path) -> None:
+    """The layers as rows (lowest at the bottom), each package a box, each package arrow an arrow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    packages = sorted({package_of(m) for m in graph.modules})
+    rows: dict[int, list[str]] = defaultdict(list)
+    for p in packages:
+        rows[layer_of(p)].append(p)
+    pos: dict[str, tuple[float, float]] = {}
+    for layer, names in rows.items():
+        for i, name in enumerate(sorted(names)):
+            pos[name] = ((i + 1) / (len(names) + 1), layer)
+    fig, ax = plt.subplots(figsize=(13, 1.15 * len(LAYERS) + 1))
+    for layer, (title, _, what) in enumerate(LAYERS):
+        ax.axhspan(layer - 0.45, layer + 0.45, color="#f2f2f2" if layer % 2 else "#e6eef7", zorder=0)
+        ax.text(-0.02, layer, f"{title}\n", ha="right", va="center", fontsize=10, weight="bold")
+        ax.text(-0.02, layer - 0.18, what, ha="right", va="center", fontsize=7, color="#555")
+    for a, bs in graph.package_edges().items():
+        for b in bs:
+            (x0, y0), (x1, y1) = pos[a], pos[b]
+            ax.annotate("", xy=(x1, y1 + 0.17), xytext=(x0, y0 - 0.17),
+                        arrowprops=dict(arrowstyle="->", color="#c0392b" if y1 > y0 else "#7f8c8d",
+                                        lw=0.8, alpha=0.7, connectionstyle="arc3,rad=0.08"))
+    for name, (x, y) in pos.items():
+        n = sum(1 for m in graph.modules if package_of(m) == name)
+        label = name.replace("harness.", "") if name != "harness" else "harness/__init__"
+        ax.text(x, y, f"{label}\n{n} module{'s' if n != 1 else ''}", ha="center", va="center", fontsize=8,
+                bbox=dict(boxstyle="round,pad=0.3", fc="white", ec="#2c3e50"), zorder=3)
+    ax.set_xlim(-0.35, 1.02)
+    ax.set_ylim(-0.6, len(LAYERS) - 0.4)
+    ax.axis("off")
+    up = len(graph.upward())
+    ax.set_title(f"harness/ imports by layer (read from the code; arrows point to what is imported; "
+                 f"{up} upward)", fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def main(argv: list[str]) -> int:
+    g = read_graph()
+    for c in g.module_cycles():
+        print("module circle:", " <-> ".join(c))
+    for c in g.package_cycles():
+        print("package circle:", " <-> ".join(c))
+    for u in g.upward():
+        print("upward:", u)
+    if "--png" in argv:
+        draw(g, Path(argv[argv.index("--png") + 1]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

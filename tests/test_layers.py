@@ -1,0 +1,56 @@
+"""harness/ is wired by layer: no import circle between modules or packages, and no import from a higher
+layer, counting imports inside functions (tests/layering.py holds the layers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from layering import LAYERS, Graph, layer_of, read_graph
+
+
+@pytest.fixture(scope="module")
+def graph() -> Graph:
+    return read_graph()
+
+
+def test_every_module_has_a_layer(graph):
+    for module in graph.modules:
+        layer_of(module)  # raises naming the module
+
+
+def test_no_module_circle(graph):
+    assert graph.module_cycles() == []
+
+
+def test_no_package_circle(graph):
+    assert graph.package_cycles() == []
+
+
+def test_no_upward_import(graph):
+    assert graph.upward() == []
+
+
+def test_the_checks_see_a_function_level_circle_and_an_upward_import(tmp_path):
+    """The reader counts imports inside functions; a planted circle and upward import are both caught."""
+    pkg = tmp_path / "harness"
+    (pkg / "train").mkdir(parents=True)
+    (pkg / "findings").mkdir()
+    for f in ("__init__.py", "train/__init__.py", "findings/__init__.py"):
+        (pkg / f).write_text("")
+    (pkg / "train" / "a.py").write_text("def f():\n    from harness.train import b\n")
+    (pkg / "train" / "b.py").write_text("from harness.train.a import f\n")
+    (pkg / "train" / "c.py").write_text("def g():\n    from harness.findings import report\n")
+    (pkg / "findings" / "report.py").write_text("from harness.train import c\n")
+    g = read_graph(pkg)
+    assert ["harness.train.a", "harness.train.b"] in g.module_cycles()
+    assert ["harness.findings", "harness.train"] in g.package_cycles()
+    layer = {name: i for i, (name, _, _) in enumerate(LAYERS)}
+    assert layer_of("harness.train.c") == layer["train"] < layer_of("harness.findings.report")
+
+
+def test_layers_doc_names_every_layer():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "layers.md").read_text()
+    for name, _, _ in LAYERS:
+        assert f"**{name}**" in doc, f"docs/layers.md does not describe the layer {name!r}"
