@@ -1,7 +1,7 @@
 """The LLM judge through the real openai client: replayed error replies (httpx2 MockTransport) for the
 429/5xx/timeouts a healthy server does not produce, retries, parsing, secrets, 8 concurrent requests
 against a loopback server answering per question, and the CLI against transformers serve.
-Scoring, usage, cost and the cache against a real server: test_eval_serve.py."""
+Scoring, usage, cost and the cache against a real server: tests/inference/test_inference_serve.py."""
 
 from __future__ import annotations
 
