@@ -232,3 +232,39 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))
+
+
+def environment_reads(root: Path = ROOT, allowed: tuple[str, ...] = ("harness.config",)) -> list[str]:
+    """Places outside ``allowed`` that read or write ``os.environ`` under a ``HARNESS_*`` name (a literal
+    or a module constant holding one): the run configuration is read once, in harness/config.py."""
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        mod = module_name(path, root)
+        if mod in allowed:
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        consts = {t.id for n in ast.walk(tree) if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
+                  and isinstance(n.value.value, str) and n.value.value.startswith("HARNESS_")
+                  for t in n.targets if isinstance(t, ast.Name)}
+
+        def is_key(n: ast.AST) -> bool:
+            return (isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value.startswith("HARNESS_")) \
+                or (isinstance(n, ast.Name) and n.id in consts)
+
+        def is_environ(n: ast.AST) -> bool:
+            return (isinstance(n, ast.Attribute) and n.attr == "environ") or (isinstance(n, ast.Name)
+                                                                              and n.id == "environ")
+
+        for n in ast.walk(tree):
+            hit = False
+            if isinstance(n, ast.Call) and n.args and is_key(n.args[0]):
+                f = n.func
+                hit = (isinstance(f, ast.Attribute) and f.attr in ("get", "pop", "setdefault")
+                       and is_environ(f.value)) or (isinstance(f, ast.Attribute) and f.attr == "getenv")
+            elif isinstance(n, ast.Subscript) and is_environ(n.value) and is_key(n.slice):
+                hit = True
+            elif isinstance(n, ast.Compare) and is_key(n.left) and any(is_environ(c) for c in n.comparators):
+                hit = True
+            if hit:
+                out.append(f"{path.relative_to(root.parent)}:{n.lineno}: {ast.unparse(n)}")
+    return out

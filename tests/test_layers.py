@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from layering import LAYERS, Graph, layer_of, read_graph
+from layering import LAYERS, Graph, environment_reads, layer_of, read_graph
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,21 @@ def test_the_checks_see_a_function_level_circle_and_an_upward_import(tmp_path):
     assert ["harness.findings", "harness.train"] in g.package_cycles()
     layer = {name: i for i, (name, _, _) in enumerate(LAYERS)}
     assert layer_of("harness.train.c") == layer["train"] < layer_of("harness.findings.report")
+
+
+def test_harness_variables_are_read_only_by_the_run_config():
+    """Options and the environment are read once, at the edge (harness/config.py); nothing below reads them."""
+    assert environment_reads() == []
+
+
+def test_the_environment_check_sees_a_read_through_a_constant(tmp_path):
+    pkg = tmp_path / "harness"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "config.py").write_text("import os\nX = os.environ.get('HARNESS_A')\n")
+    (pkg / "deep.py").write_text("import os\nENV = 'HARNESS_B'\ndef f():\n    return os.environ.get(ENV)\n"
+                                 "def g():\n    return 'HARNESS_C' in os.environ\n")
+    assert [r.split(": ", 1)[1] for r in environment_reads(pkg)] == ["os.environ.get(ENV)", "'HARNESS_C' in os.environ"]
 
 
 def test_layers_doc_names_every_layer():
