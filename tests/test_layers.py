@@ -59,10 +59,10 @@ def test_the_environment_check_sees_a_read_through_a_constant(tmp_path):
     pkg = tmp_path / "harness"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    (pkg / "config.py").write_text("import os\nX = os.environ.get('HARNESS_A')\n")
-    (pkg / "deep.py").write_text("import os\nENV = 'HARNESS_B'\ndef f():\n    return os.environ.get(ENV)\n"
-                                 "def g():\n    return 'HARNESS_C' in os.environ\n")
-    assert [r.split(": ", 1)[1] for r in environment_reads(pkg)] == ["os.environ.get(ENV)", "'HARNESS_C' in os.environ"]
+    (pkg / "config.py").write_text("import os\nX = os.environ.get('HARNESS_PLAN')\n")
+    (pkg / "deep.py").write_text("import os\nENV = 'HARNESS_BASE'\ndef f():\n    return os.environ.get(ENV)\n"
+                                 "def g():\n    return 'HARNESS_VARIANT' in os.environ\n")
+    assert [r.split(": ", 1)[1] for r in environment_reads(pkg)] == ["os.environ.get(ENV)", "'HARNESS_VARIANT' in os.environ"]
 
 
 def test_layers_doc_names_every_layer():
