@@ -59,6 +59,14 @@ def test_dry_run_with_another_base(tmp_path):
     assert f"--harness-base {model}" in real and "--harness-variant cudagraphs" in real
 
 
+def test_only_picks_phases_and_a_real_base_keeps_its_fetch(tmp_path):
+    out = _run(str(tmp_path / "o"), "--only", "cuda-tests,claims-smollm2", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert re.findall(r"^\d+\. ([\w-]+):", out.stdout, re.M) == ["cuda-tests", "fetch-smollm2", "claims-smollm2"]
+    out = _run("--only", "claims-gemma3", "--dry-run")
+    assert out.returncode == 2 and "no phase claims-gemma3 (phases: cuda-tests, claims-tiny" in out.stderr
+
+
 def test_a_missing_plan_is_refused_with_its_name():
     out = _run("--plan", "fixtures/plans/nope.toml", "--dry-run")
     assert out.returncode == 2 and "--plan fixtures/plans/nope.toml: no such plan file" in out.stderr
