@@ -93,7 +93,8 @@ def test_the_cuda_test_list_holds_every_test_that_skips_without_cuda():
 def test_every_fetchable_plan_is_known_to_fetch_gguf():
     fetch = (ROOT / ".ci" / "fetch-gguf").read_text()
     for name in gpu.FETCHABLE:
-        assert re.search(rf"^\s+{name}\) fetch ", fetch, re.M) and (ROOT / "fixtures" / "plans" / f"{name}.toml").is_file()
+        assert re.search(rf"^\s+{name}\) fetch ", fetch, re.M), name
+        assert (ROOT / "fixtures" / "plans" / f"{name}.toml").is_file(), name
 
 
 def test_phases_run_and_the_summary_counts_tests_and_verdicts(tmp_path):
@@ -111,8 +112,8 @@ def test_phases_run_and_the_summary_counts_tests_and_verdicts(tmp_path):
                                         "--junitxml", str(out / "junit" / "good.xml")], run_id="gpu-x"),
         gpu.Phase("bad", pytest_cmd + [str(tests), "--junitxml", str(out / "junit" / "bad.xml")]),
         gpu.Phase("fetch", [sys.executable, "-c", "print('noise'); print('/some/gguf')"], captures_gguf_dir=True),
-        gpu.Phase("env", [sys.executable, "-c", "import os, sys; sys.exit(os.environ['HARNESS_GGUF_DIR'] != '/some/gguf'"
-                                                " or 'HARNESS_PLAN' in os.environ)"]),
+        gpu.Phase("env", [sys.executable, "-c", "import os, sys; sys.exit(os.environ['HARNESS_GGUF_DIR'] "
+                                                "!= '/some/gguf' or 'HARNESS_PLAN' in os.environ)"]),
     ]
     said: list[str] = []
     with pytest.MonkeyPatch.context() as m:
