@@ -6,6 +6,7 @@
 from harness.diff.engine import compare
 from harness.diff.names import layer_of, module_of
 from harness.diff.report import DiffReport
+from harness.diff.settings import DiffSettings
 from harness.diff.stats import STATISTICS, Stats
 
-__all__ = ["compare", "DiffReport", "Stats", "STATISTICS", "layer_of", "module_of"]
+__all__ = ["compare", "DiffReport", "DiffSettings", "Stats", "STATISTICS", "layer_of", "module_of"]

@@ -23,10 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from harness.diff import compare
+    from harness.config import from_env
+    from harness.diff import DiffSettings, compare
 
+    settings = DiffSettings.from_config(from_env())  # HARNESS_DIFF_*: the engines' tuning
     report = compare(args.a, args.b, args.base, device=args.device, progress=not args.no_progress,
-                     adapter_base=args.adapter_base)
+                     adapter_base=args.adapter_base, settings=settings)
     if args.json:
         report.to_json(args.json)
     if args.csv:

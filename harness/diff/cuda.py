@@ -4,12 +4,13 @@ Each tensor is streamed in flat chunks. Host threads ``pread`` the stored bytes 
 straight from the shard files (page cache) into pinned staging buffers; a copy stream moves
 them to the device while the compute stream runs the kernel on the previous chunk. The kernel
 reads each input once in its stored dtype, upcasts to fp32, and accumulates every statistic
-of :data:`harness.diff.stats.RAW` per lane in fp32 over groups of ``K_GROUP`` blocks, then in
+of :data:`harness.diff.stats.RAW` per lane in fp32 over groups of ``k_group`` blocks, then in
 float64 per program, writing one row of partial sums per program; the rows are reduced in float64
 on the host at the end.
 
-Without Triton (or with ``HARNESS_DIFF_KERNEL=eager``) the same pipeline runs the eager-torch
-reduction :func:`harness.diff.stats.chunk_stats` instead.
+Without Triton (or with ``DiffSettings(kernel="eager")``) the same pipeline runs the eager-torch
+reduction :func:`harness.diff.stats.chunk_stats` instead. Block size, warps, programs per SM, the
+fp32 group, the pinned slots and the reader threads come from :class:`harness.diff.settings.DiffSettings`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from harness.diff.checkpoint import pread_full, torch_dtype
+from harness.diff.settings import DiffSettings
 from harness.diff.stats import I, NRAW, chunk_stats
 
 try:  # Triton ships with CUDA builds of torch; the CPU machines have none.
@@ -32,13 +34,7 @@ try:  # Triton ships with CUDA builds of torch; the CPU machines have none.
 except ImportError:  # pragma: no cover - exercised on CPU-only machines
     HAVE_TRITON = False
 
-BLOCK = int(os.environ.get("HARNESS_DIFF_BLOCK", "4096"))
-NUM_WARPS = int(os.environ.get("HARNESS_DIFF_WARPS", "16"))
-K_GROUP = int(os.environ.get("HARNESS_DIFF_K", "32"))  # blocks per lane in fp32 before float64
-PROGRAMS_PER_SM = int(os.environ.get("HARNESS_DIFF_PROGRAMS_PER_SM", "4"))
-SLOT_BYTES = int(os.environ.get("HARNESS_DIFF_SLOT_MB", "256")) << 20
-NSLOTS = int(os.environ.get("HARNESS_DIFF_SLOTS", "3"))
-READERS = int(os.environ.get("HARNESS_DIFF_READERS", "0")) or min(32, os.cpu_count() or 4)
+DEFAULT = DiffSettings()
 
 if HAVE_TRITON:
 
@@ -163,40 +159,43 @@ if HAVE_TRITON:
         tl.store(row + 10, bad - nan)
 
 
-def kernel_name() -> str:
+def kernel_name(settings: DiffSettings = DEFAULT) -> str:
     """The reduction the CUDA path will use: ``triton`` or ``eager``."""
-    if HAVE_TRITON and os.environ.get("HARNESS_DIFF_KERNEL", "triton") == "triton":
+    if HAVE_TRITON and settings.kernel == "triton":
         return "triton"
     return "eager"
 
 
-def max_programs() -> int:
-    return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count * PROGRAMS_PER_SM
+def max_programs(settings: DiffSettings = DEFAULT) -> int:
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    return sms * settings.programs_per_sm
 
 
-def grid_for(n: int) -> int:
-    if kernel_name() != "triton":
+def grid_for(n: int, settings: DiffSettings = DEFAULT) -> int:
+    """Rows of partial statistics ``fused_stats`` writes for ``n`` elements."""
+    if kernel_name(settings) != "triton":
         return 1
-    return max(1, min(triton.cdiv(n, BLOCK), max_programs()))
+    return max(1, min(triton.cdiv(n, settings.block), max_programs(settings)))
 
 
 def fused_stats(a: torch.Tensor, b: torch.Tensor, r: Optional[torch.Tensor], out: torch.Tensor,
-                k_group: Optional[int] = None) -> None:
-    """Write partial raw statistics of flat CUDA tensors into ``out`` (``grid_for(n)`` rows).
+                k_group: Optional[int] = None, settings: DiffSettings = DEFAULT) -> None:
+    """Write partial raw statistics of flat CUDA tensors into ``out`` (``grid_for(n, settings)`` rows).
 
-    ``k_group`` blocks are summed per lane in fp32 before each float64 accumulation.
+    ``k_group`` (default ``settings.k_group``) blocks are summed per lane in fp32 before each
+    float64 accumulation.
     """
     n = a.numel()
-    if kernel_name() != "triton":
+    if kernel_name(settings) != "triton":
         out[0] = chunk_stats(a, b, r)
         return
     if n >= 2**31 - 2**27:
         raise ValueError(f"fused_stats takes under 2**31 elements per call, got {n}")
-    k_group = k_group or K_GROUP
-    grid = grid_for(n)
-    iters = triton.cdiv(n, grid * BLOCK * k_group)
+    k_group = k_group or settings.k_group
+    grid = grid_for(n, settings)
+    iters = triton.cdiv(n, grid * settings.block * k_group)
     _diff_kernel[(grid,)](a, b, r if r is not None else a, out, n, iters, HAS_R=r is not None,
-                          BLOCK=BLOCK, K=k_group, num_warps=NUM_WARPS)
+                          BLOCK=settings.block, K=k_group, num_warps=settings.warps)
 
 
 def reduce_partials(rows: np.ndarray) -> np.ndarray:
@@ -244,7 +243,7 @@ def _is_plain(job) -> bool:
         all(not (s.is_adapter and s.replaced(job.name)) for s in job.sides)
 
 
-def cuda_backend(jobs: list, bar) -> dict[str, np.ndarray]:
+def cuda_backend(jobs: list, bar, settings: DiffSettings = DEFAULT) -> dict[str, np.ndarray]:
     """Raw statistics of every job on the current CUDA device (see the module docstring)."""
     dev = torch.device("cuda")
     nsides = max((len(j.sides) for j in jobs), default=2)
@@ -255,18 +254,19 @@ def cuda_backend(jobs: list, bar) -> dict[str, np.ndarray]:
         if job.trivially_zero or job.numel == 0 or not _is_plain(job):
             continue
         itemsize = max(torch_dtype(s.info(job.name), s.label).itemsize for s in job.sides)
-        step = max(1, SLOT_BYTES // itemsize)
+        step = max(1, settings.slot_bytes // itemsize)
         for e0 in range(0, job.numel, step):
             plan.append((k, e0, min(job.numel, e0 + step)))
     dense = [k for k, j in enumerate(jobs) if not j.trivially_zero and j.numel and not _is_plain(j)]
-    rows_of = [grid_for(e1 - e0) for _, e0, e1 in plan]
-    dense_rows = [grid_for(jobs[k].numel) for k in dense]
+    rows_of = [grid_for(e1 - e0, settings) for _, e0, e1 in plan]
+    dense_rows = [grid_for(jobs[k].numel, settings) for k in dense]
     partials = torch.zeros((sum(rows_of) + sum(dense_rows) + 1, NRAW), dtype=torch.float64, device=dev)
 
-    reader = _Reader(READERS)
-    pinned = [[torch.empty(SLOT_BYTES, dtype=torch.uint8, pin_memory=True) for _ in range(nsides)]
-              for _ in range(min(NSLOTS, max(1, len(plan))))] if plan else []
-    devbuf = [[torch.empty(SLOT_BYTES, dtype=torch.uint8, device=dev) for _ in range(nsides)]
+    reader = _Reader(settings.reader_threads)
+    slot_bytes = settings.slot_bytes
+    pinned = [[torch.empty(slot_bytes, dtype=torch.uint8, pin_memory=True) for _ in range(nsides)]
+              for _ in range(min(settings.slots, max(1, len(plan))))] if plan else []
+    devbuf = [[torch.empty(slot_bytes, dtype=torch.uint8, device=dev) for _ in range(nsides)]
               for _ in range(len(pinned))]
     ev_h2d = [torch.cuda.Event() for _ in pinned]
     ev_kern = [torch.cuda.Event() for _ in pinned]
@@ -306,7 +306,7 @@ def cuda_backend(jobs: list, bar) -> dict[str, np.ndarray]:
             with torch.cuda.stream(comp_stream):
                 comp_stream.wait_event(ev_h2d[slot])
                 fused_stats(views[0], views[1], views[2] if has_r else None,
-                            partials[row:row + rows_of[i]])
+                            partials[row:row + rows_of[i]], settings=settings)
                 ev_kern[slot].record(comp_stream)
             row += rows_of[i]
             nxt = i + len(pinned) - 1
@@ -328,7 +328,7 @@ def cuda_backend(jobs: list, bar) -> dict[str, np.ndarray]:
                     if delta is not None:
                         x = x + delta.to(dev).materialize()
                     xs.append(x.reshape(-1))
-                fused_stats(xs[0], xs[1], xs[2] if has_r else None, partials[row:row + nrows])
+                fused_stats(xs[0], xs[1], xs[2] if has_r else None, partials[row:row + nrows], settings=settings)
                 row += nrows
                 bar.update(1)
         comp_stream.synchronize()

@@ -6,6 +6,7 @@ import os
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
@@ -14,6 +15,7 @@ from tqdm.auto import tqdm
 
 from harness.diff.loading import load_checkpoint
 from harness.diff.names import LAYER_RE, NUMBERED_RE, layer_of, module_of  # noqa: F401 - re-exported
+from harness.diff.settings import DiffSettings
 from harness.diff.stats import NRAW, chunk_stats, combine_raw
 from harness.errors import HarnessError
 
@@ -122,13 +124,15 @@ def _job_chunks(job: TensorJob, chunk: int = CHUNK_ELEMS) -> list[tuple[int, int
     return [(r0, min(rows, r0 + step)) for r0 in range(0, rows, step)]
 
 
-def cpu_backend(jobs: list[TensorJob], bar, workers: Optional[int] = None) -> dict[str, np.ndarray]:
+def cpu_backend(jobs: list[TensorJob], bar, workers: Optional[int] = None,
+                settings: DiffSettings = DiffSettings()) -> dict[str, np.ndarray]:
     """Blocks of rows spread over a pool of threads, each running single-threaded torch ops.
 
     One intra-op thread per worker: OpenMP's barriers collapse when the cores are shared (a
     busy CI machine), while independent chunks on independent threads degrade gracefully.
+    ``workers`` (else ``settings.threads``, else torch's thread count) sets the pool's size.
     """
-    workers = workers or int(os.environ.get("HARNESS_DIFF_THREADS", 0)) or torch.get_num_threads()
+    workers = workers or settings.threads or torch.get_num_threads()
     local = threading.local()
 
     def work(job: TensorJob, r0: int, r1: int) -> np.ndarray:
@@ -173,12 +177,14 @@ def pick_device(device: str) -> str:
 
 
 def compare(a, b, base=None, *, device: str = "auto", progress: bool = True,
-            adapter_base=None, backend: Optional[Callable] = None):
+            adapter_base=None, backend: Optional[Callable] = None,
+            settings: DiffSettings = DiffSettings()):
     """Diff checkpoint ``b`` against ``a`` (optionally with reference ``base``): a DiffReport.
 
     ``a``, ``b`` and ``base`` are paths (model folder, ``.safetensors`` file, PEFT adapter
     folder) or hub ids. Tensors are streamed one at a time; arithmetic is fp32 after
-    upcasting, accumulation float64.
+    upcasting, accumulation float64. ``settings`` tunes the engines (threads, kernel, buffers);
+    ``backend(jobs, bar)``, when given, replaces them.
     """
     from harness.diff.report import DiffReport
 
@@ -192,9 +198,11 @@ def compare(a, b, base=None, *, device: str = "auto", progress: bool = True,
     jobs = [TensorJob(n, sides) for n in names]
     if backend is None:
         if dev == "cuda":
-            from harness.diff.cuda import cuda_backend as backend
+            from harness.diff.cuda import cuda_backend
+
+            backend = partial(cuda_backend, settings=settings)
         else:
-            backend = cpu_backend
+            backend = partial(cpu_backend, settings=settings)
     try:
         with tqdm(total=len(jobs), desc="diff", unit="tensor", disable=not progress) as bar:
             raws = backend(jobs, bar)

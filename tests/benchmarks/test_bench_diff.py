@@ -176,24 +176,23 @@ KERNEL_CONFIGS = [  # block, warps, programs per SM, blocks per fp32 group
 
 @needs_cuda
 @pytest.mark.parametrize("config", KERNEL_CONFIGS, ids=lambda c: "b{}-w{}-p{}-k{}".format(*c))
-def test_bench_fused_in_hbm(benchmark, monkeypatch, config):
+def test_bench_fused_in_hbm(benchmark, config):
     """The fused kernel alone on a 470M-element bf16 triple already in HBM: TB/s of input read."""
     import harness.diff.cuda as cuda
+    from harness.diff import DiffSettings
     from harness.diff.stats import chunk_stats
 
     block, warps, per_sm, k_group = config
-    monkeypatch.setattr(cuda, "BLOCK", block)
-    monkeypatch.setattr(cuda, "NUM_WARPS", warps)
-    monkeypatch.setattr(cuda, "PROGRAMS_PER_SM", per_sm)
+    settings = DiffSettings(block=block, warps=warps, programs_per_sm=per_sm, k_group=k_group)
     n = 470_000_000
     g = torch.Generator(device="cuda").manual_seed(0)
     a = torch.randn(n, device="cuda", generator=g).bfloat16()
     b = (a.float() + torch.randn(n, device="cuda", generator=g) * 1e-2).bfloat16()
     r = (a.float() + torch.randn(n, device="cuda", generator=g) * 1e-2).bfloat16()
-    out = torch.zeros(cuda.grid_for(n), 11, dtype=torch.float64, device="cuda")
+    out = torch.zeros(cuda.grid_for(n, settings), 11, dtype=torch.float64, device="cuda")
 
     def fused():
-        cuda.fused_stats(a, b, r, out, k_group)
+        cuda.fused_stats(a, b, r, out, settings=settings)
         torch.cuda.synchronize()
 
     fused()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from diff_helpers import random_state, write_checkpoint
-from harness.diff import compare
+from harness.diff import DiffSettings, compare
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA device: the fused kernel runs on the GPU machine")
@@ -28,11 +28,8 @@ def _same(x, y, rtol=1e-6, cos_atol=1e-9):
 
 @pytest.mark.parametrize("kernel", ["triton", "eager"])
 @pytest.mark.parametrize("slot_bytes", [1 << 12, 256 << 20])
-def test_cuda_matches_cpu(arch_layouts, tmp_path, monkeypatch, kernel, slot_bytes):
-    import harness.diff.cuda as cuda
-
-    monkeypatch.setenv("HARNESS_DIFF_KERNEL", kernel)
-    monkeypatch.setattr(cuda, "SLOT_BYTES", slot_bytes)  # small slots: many chunks per tensor
+def test_cuda_matches_cpu(arch_layouts, tmp_path, kernel, slot_bytes):
+    settings = DiffSettings(kernel=kernel, slot_bytes=slot_bytes)  # small slots: many chunks per tensor
     for arch in ("llama", "gpt2"):
         lay = arch_layouts[arch]
         a = random_state(lay, 1, dtype=torch.bfloat16)
@@ -46,10 +43,11 @@ def test_cuda_matches_cpu(arch_layouts, tmp_path, monkeypatch, kernel, slot_byte
         pr = write_checkpoint(tmp_path / f"{arch}r", r, "bare")
         for args in [(pa, pb, pr), (pa, pb, None), (pa, pa, pr)]:
             cpu = compare(*args, device="cpu", progress=False)
-            gpu = compare(*args, device="cuda", progress=False)
+            gpu = compare(*args, device="cuda", progress=False, settings=settings)
             assert gpu.meta["device"] == "cuda"
             _same(cpu, gpu)
-        assert cpu.total.nan == 0 and compare(pa, pb, pr, device="cuda", progress=False).total.nan == 2
+        assert cpu.total.nan == 0 and compare(pa, pb, pr, device="cuda", progress=False,
+                                                   settings=settings).total.nan == 2
 
 
 def test_cuda_adapters_match_cpu(tmp_path):
