@@ -1,7 +1,9 @@
 """Plans: one TOML file describes a base model, a LoRA/SFT/DPO recipe, seeds and a node graph.
 
 A plan loads into frozen, validated dataclasses; every error names the plan file and the
-field. The recipe sections and the type-checking of their tables are in :mod:`harness.train.recipe`. ``[variants.NAME]`` tables override recipe keys globally (``sft``/``dpo``/``lora``
+field. The recipe sections and the type-checking of their tables are in :mod:`harness.train.recipe`; a plan
+that says ``extends = "other.toml"`` states only what differs (the merge rules: :mod:`harness.train.planfile`).
+``[variants.NAME]`` tables override recipe keys globally (``sft``/``dpo``/``lora``
 tables) or per node (``nodes."NAME" = {...}``) and may restrict the nodes to build
 (``only = [...]``, ancestors are kept); :meth:`Plan.variant` applies one.
 """
@@ -211,11 +213,11 @@ def _parse_selfgen(t: Mapping[str, Any], dataset: Any, w: str) -> Mapping[str, A
 
 
 def load_plan(path: str | Path) -> Plan:
-    """Load and validate a plan TOML file."""
-    from harness.tomlfile import load_toml
+    """Load and validate a plan TOML file, with its ``extends`` chain applied (:mod:`harness.train.planfile`)."""
+    from harness.train.planfile import resolve_plan_file
 
     p = Path(path)
-    return plan_from_dict(load_toml(p, "plan file", PlanError), p)
+    return plan_from_dict(resolve_plan_file(p), p)
 
 
 def plan_from_dict(raw: Mapping[str, Any], path: Path | None = None, name: str | None = None) -> Plan:
