@@ -213,16 +213,23 @@ def _parse_selfgen(t: Mapping[str, Any], dataset: Any, w: str) -> Mapping[str, A
 
 
 def load_plan(path: str | Path) -> Plan:
-    """Load and validate a plan TOML file, with its ``extends`` chain applied (:mod:`harness.train.planfile`)."""
-    from harness.train.planfile import resolve_plan_file
+    """Load and validate a plan TOML file (with its ``extends`` chain applied)."""
+    from harness.tomlfile import load_toml
 
     p = Path(path)
-    return plan_from_dict(resolve_plan_file(p), p)
+    return plan_from_dict(load_toml(p, "plan file", PlanError), p)
 
 
 def plan_from_dict(raw: Mapping[str, Any], path: Path | None = None, name: str | None = None) -> Plan:
-    """Validate a parsed plan table; ``path`` (or ``name``) is what errors name."""
+    """Validate a parsed plan table; ``path`` (or ``name``) is what errors name. A table that says
+    ``extends`` is laid over the file it names, found from ``path`` (:mod:`harness.train.planfile`)."""
     where = str(path) if path else f"plan {name or raw.get('name')!r}"
+    if "extends" in raw:
+        from harness.train.planfile import resolve_extends
+
+        if path is None:
+            raise PlanError(f"{where}: extends: {raw['extends']!r} needs the plan's path to be found")
+        raw = resolve_extends(raw, path)
     _check_keys(raw, {"name", "base", "seed", "data", "tiny", "lora", "sft", "dpo", "nodes", "variants", "preflight"},
                 where)
     pname = raw.get("name") or name or (path.stem if path else None)

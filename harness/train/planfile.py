@@ -27,20 +27,16 @@ from typing import Any, Mapping
 from harness.tomlfile import load_toml
 from harness.train.recipe import PlanError
 
-__all__ = ["EXTENDS", "merge_tables", "resolve_plan_file"]
+__all__ = ["EXTENDS", "merge_tables", "resolve_extends"]
 
 EXTENDS = "extends"
 #: ``[base]`` keys whose value is a path when it starts with ``.`` (as :func:`harness.train.plan._plan_path` reads it).
 _BASE_PATHS = ("model", "offline", "chat_template")
 
 
-def resolve_plan_file(path: str | Path) -> dict[str, Any]:
-    """The plan table of ``path`` with its ``extends`` chain applied (``extends`` itself removed)."""
-    return _resolve(Path(path), ())
-
-
-def _resolve(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
-    raw = load_toml(path, "plan file", PlanError)
+def resolve_extends(raw: Mapping[str, Any], path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The plan table ``raw`` (read from ``path``) with its ``extends`` chain applied and ``extends`` removed."""
+    raw = dict(raw)
     if EXTENDS not in raw:
         return raw
     target = raw.pop(EXTENDS)
@@ -54,7 +50,8 @@ def _resolve(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
         raise PlanError(f"{where}: {target!r} closes a cycle: {loop}")
     if not parent_path.is_file():
         raise PlanError(f"{where}: no such plan file {str(parent_path)!r}")
-    parent = _anchor_paths(_resolve(parent_path, seen), parent_path.parent)
+    parent = resolve_extends(load_toml(parent_path, "plan file", PlanError), parent_path, seen)
+    parent = _anchor_paths(parent, parent_path.parent)
     parent.pop("name", None)
     if "nodes" in raw:
         parent.pop("variants", None)

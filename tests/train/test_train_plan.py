@@ -293,3 +293,12 @@ def test_extends_cycles_and_missing_files_are_one_error_naming_file_and_field(tm
     with pytest.raises(PlanError, match=match) as info:
         load_plan(f[loaded])
     assert str(info.value).startswith(f"{f[culprit]}: extends: ")
+
+
+def test_a_parsed_table_that_extends_needs_its_path(tmp_path):
+    f = _files(tmp_path, parent=PARENT)
+    raw = {"extends": "parent.toml", "sft": {"epochs": 4}}
+    assert plan_from_dict(raw, tmp_path / "child.toml").sft.epochs == 4  # found from the path given
+    with pytest.raises(PlanError, match=r"plan 'x': extends: 'parent\.toml' needs the plan's path"):
+        plan_from_dict(raw, name="x")
+    assert load_plan(f["parent"]).sft.epochs != 4
