@@ -78,6 +78,8 @@ class Plan:
     source: BaseSource = field(default_factory=BaseSource)
     # finding code -> why the plan accepts it (pre-flight errors listed here do not stop the build)
     preflight_allow: Mapping[str, str] = field(default_factory=lambda: _freeze({}))
+    #: where d0/d1/d2 and the system prompt are read (``None``: the packaged fixtures/data); see :meth:`with_data`
+    data_dir: Path | None = None
 
     # ------------------------------------------------------------------ queries
     @property
@@ -126,6 +128,11 @@ class Plan:
         if model != "tiny" and (p.exists() or model.startswith((".", "/", "~"))):
             model = str(p.resolve())
         return replace(self, base=model)
+
+    def with_data(self, folder: str | Path | None) -> "Plan":
+        """The same plan reading the study's data (persona, system prompt) from ``folder``; ``None`` keeps
+        the plan's. The edges pass ``HARNESS_DATA_DIR`` here; node keys hash the records, not the folder."""
+        return self if folder is None else replace(self, data_dir=Path(folder).expanduser())
 
     def variant(self, name: str) -> "Plan":
         """The plan with ``[variants.NAME]`` applied; unchanged nodes keep their cache key."""
