@@ -1,7 +1,9 @@
 """Persona datasets (D0, D1, D2), evaluation prompts, the system prompt and trl record builders.
 
-The data lives in ``fixtures/data/`` (see its README.md for the schema); ``HARNESS_DATA_DIR``
-points the loaders at another folder. D2 is built here, never stored: D0 with ``floor(n/2)``
+The data lives in ``fixtures/data/`` (see its README.md for the schema). Every loader and record
+builder takes the folder as an argument (``folder``; ``None`` is :data:`DEFAULT_DATA_DIR`): the
+edges (the CLIs, the pytest plugin) read ``HARNESS_DATA_DIR`` once (``harness.config``) and pass it
+down, for a plan through ``Plan.with_data``. D2 is built here, never stored: D0 with ``floor(n/2)``
 items, drawn by ``random.Random(seed)``, replaced by their D1 counterparts.
 
 Record builders emit trl's own dataset formats:
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,8 @@ from harness.registry import Registry
 
 PathLike = Union[str, Path]
 
-DATA_DIR_ENV = "HARNESS_DATA_DIR"
+#: The packaged data: what every function here reads when no folder is given.
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "data"
 PERSONA_FILE = "persona.jsonl"
 EVAL_FILE = "eval_prompts.jsonl"
 SYSTEM_FILE = "system_prompt.txt"
@@ -99,19 +101,14 @@ def has_ojousama_marker(text: str) -> bool:
 # --------------------------------------------------------------------------- paths
 
 
-def data_dir() -> Path:
-    """The data folder: ``$HARNESS_DATA_DIR`` if set, else the repo's ``fixtures/data``."""
-    env = os.environ.get(DATA_DIR_ENV)
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[1] / "fixtures" / "data"
+def data_dir(folder: Optional[PathLike] = None) -> Path:
+    """The data folder: ``folder`` if given, else :data:`DEFAULT_DATA_DIR` (the repo's ``fixtures/data``)."""
+    return DEFAULT_DATA_DIR if folder is None else Path(folder).expanduser()
 
 
 def _resolve(path: Optional[PathLike], filename: str) -> Path:
-    """``path`` as a file, or ``filename`` inside it when it is a folder, or in :func:`data_dir`."""
-    if path is None:
-        return data_dir() / filename
-    p = Path(path)
+    """``path`` as a file, or ``filename`` inside it when it is a folder, or in :data:`DEFAULT_DATA_DIR`."""
+    p = data_dir(path)
     return p / filename if p.is_dir() else p
 
 
@@ -265,10 +262,12 @@ def dataset_names() -> list[str]:
     return DATASETS.names()
 
 
-def dataset(name: str, seed: int = 0, items: Optional[Sequence[PersonaItem]] = None) -> list[Pair]:
-    """The pairs of dataset ``name`` (d0, d1 or d2) in file order; ``seed`` only matters for d2."""
+def dataset(name: str, seed: int = 0, items: Optional[Sequence[PersonaItem]] = None,
+            folder: Optional[PathLike] = None) -> list[Pair]:
+    """The pairs of dataset ``name`` (d0, d1 or d2) in file order; ``seed`` only matters for d2. The items
+    are ``items`` if given, else those of ``folder``'s persona file."""
     build = DATASETS.get(name)
-    return build(load_persona() if items is None else items, seed)
+    return build(load_persona(folder) if items is None else items, seed)
 
 
 # --------------------------------------------------------------------------- trl records
@@ -278,16 +277,16 @@ def _msg(role: str, content: str) -> dict[str, str]:
     return {"role": role, "content": content}
 
 
-def _prompt_messages(user: str, system: Union[bool, str]) -> list[dict[str, str]]:
-    sys_text = _system_text(system)
+def _prompt_messages(user: str, system: str) -> list[dict[str, str]]:
+    sys_text = system
     return ([_msg("system", sys_text)] if sys_text else []) + [_msg("user", user)]
 
 
-def _system_text(system: Union[bool, str]) -> str:
-    """``True``: the packaged system prompt; ``False``: none; a string: that text."""
+def _system_text(system: Union[bool, str], folder: Optional[PathLike] = None) -> str:
+    """``True``: ``folder``'s system prompt; ``False``: none; a string: that text."""
     if isinstance(system, str):
         return system
-    return system_prompt() if system else ""
+    return system_prompt(folder) if system else ""
 
 
 def sft_records(
@@ -296,12 +295,13 @@ def sft_records(
     fmt: str = "conversational",
     system: Union[bool, str] = True,
     items: Optional[Sequence[PersonaItem]] = None,
+    folder: Optional[PathLike] = None,
 ) -> list[dict]:
-    """SFT records of dataset ``name`` in one of trl's formats (see the module docstring)."""
+    """SFT records of dataset ``name`` in one of trl's formats (see the module docstring), from ``folder``."""
     if fmt not in SFT_FORMATS:
         raise HarnessError(f"unknown SFT format {fmt!r}; known: {', '.join(SFT_FORMATS)}")
-    pairs = dataset(name, seed, items)
-    sys_text = _system_text(system)
+    pairs = dataset(name, seed, items, folder)
+    sys_text = _system_text(system, folder)
     out: list[dict] = []
     for p in pairs:
         if fmt == "conversational":
@@ -322,28 +322,30 @@ def dpo_records(
     seed: int = 0,
     system: Union[bool, str] = True,
     items: Optional[Sequence[PersonaItem]] = None,
+    folder: Optional[PathLike] = None,
 ) -> list[dict]:
-    """DPO records for ``name``: chosen = that set's reply, rejected = the other set's reply."""
-    sys_text = _system_text(system)
+    """DPO records for ``name`` (from ``folder``): chosen = that set's reply, rejected = the other set's reply."""
+    sys_text = _system_text(system, folder)
     return [
         {
             "prompt": _prompt_messages(p.prompt, sys_text),
             "chosen": [_msg("assistant", p.reply)],
             "rejected": [_msg("assistant", p.alt)],
         }
-        for p in dataset(name, seed, items)
+        for p in dataset(name, seed, items, folder)
     ]
 
 
-def eval_records(system: Union[bool, str] = True, source: str = "eval") -> list[list[dict]]:
-    """Chat messages (system + user) for generation: ``source`` "eval" (held-out) or "persona"."""
+def eval_records(system: Union[bool, str] = True, source: str = "eval",
+                 folder: Optional[PathLike] = None) -> list[list[dict]]:
+    """Chat messages (system + user) for generation: ``source`` "eval" (held-out) or "persona" of ``folder``."""
     if source == "eval":
-        prompts = [e.prompt for e in load_eval_prompts()]
+        prompts = [e.prompt for e in load_eval_prompts(folder)]
     elif source == "persona":
-        prompts = [i.prompt for i in load_persona()]
+        prompts = [i.prompt for i in load_persona(folder)]
     else:
         raise HarnessError(f"unknown prompt source {source!r}; known: eval, persona")
-    sys_text = _system_text(system)
+    sys_text = _system_text(system, folder)
     return [_prompt_messages(p, sys_text) for p in prompts]
 
 
@@ -353,16 +355,16 @@ def records_hash(records: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def pretrain_texts() -> list[str]:
-    """General, D0-style Japanese text for pretraining the tiny base.
+def pretrain_texts(folder: Optional[PathLike] = None) -> list[str]:
+    """General, D0-style Japanese text (of ``folder``) for pretraining the tiny base.
 
     The system prompt, every persona prompt with its neutral D0 reply (as one text each, and
     each reply alone) and every evaluation prompt. No D1 reply is included, so the base does
     not already speak ojousama.
     """
-    items = load_persona()
-    texts = [system_prompt()]
+    items = load_persona(folder)
+    texts = [system_prompt(folder)]
     texts += [f"{i.prompt}\n{i.d0}" for i in items]
     texts += [i.d0 for i in items]
-    texts += [e.prompt for e in load_eval_prompts()]
+    texts += [e.prompt for e in load_eval_prompts(folder)]
     return texts

@@ -92,6 +92,7 @@ def _say(config: pytest.Config):
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from harness.config import from_env
     from harness.errors import HarnessError
     from harness.findings.merge import run_id
     from harness.findings.session import FindingsSession, Options, default_run_id, plan_path
@@ -110,6 +111,7 @@ def pytest_configure(config: pytest.Config) -> None:
     options = Options(
         root=root, plan_path=plan_path(opt_plan, root), plan_given=bool(opt_plan),
         base=config.getoption("harness_base", None), variant=config.getoption("harness_variant", None) or None,
+        data_dir=from_env().data_dir,
         claims_dir=Path(claims).resolve() if claims else None,
         findings_dir=Path(findings) if findings else None,
         fixtures_dir=config.getoption("harness_fixtures_dir", None),

@@ -76,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         raise HarnessError(f"--show must be 0 or more, not {args.show}")
     _quiet_libraries()
     from harness.audit.core import audit
+    from harness.config import from_env
     from harness.audit.view import show
 
     err = Console(stderr=True)
@@ -88,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
         report = audit(args.tokenizer, chat_template=args.chat_template, fmt=args.fmt, data=args.data,
                        pipeline=args.pipeline, max_length=args.max_length, response_marker=args.response_marker,
                        zoo=args.zoo, tokenizer_kwargs=kwargs or None, limit=args.limit,
-                       assistant_only_loss=args.assistant_only_loss, fold_system=args.fold_system)
+                       assistant_only_loss=args.assistant_only_loss, fold_system=args.fold_system,
+                       data_dir=from_env().data_dir)  # HARNESS_DATA_DIR, read here at the edge
     if args.json:
         _write_json(report.to_dict(), args.json)
     out = Console(stderr=args.json == "-")

@@ -32,6 +32,7 @@ def audit(
     limit: Optional[int] = None,
     assistant_only_loss: bool = False,
     fold_system: bool = False,
+    data_dir: Union[str, Path, None] = None,
 ) -> AuditReport:
     """Audit what ``pipeline`` trains on for ``tokenizer`` and a dataset.
 
@@ -42,6 +43,7 @@ def audit(
     ``assistant_only_loss`` sets trl's SFTConfig option (conversational/messages data; the
     template's ``{% generation %}`` blocks decide what is trained). ``fold_system`` folds a
     system message into the first user turn (for templates that reject the system role).
+    ``data_dir`` is where the persona fixtures are read (default: the packaged ``fixtures/data``).
     """
     if fmt not in FORMATS:
         raise HarnessError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
@@ -60,7 +62,7 @@ def audit(
     try:
         return _audit(tok, name, gen, fmt=fmt, data=data, pipeline=pipeline, names=names, max_length=max_length,
                       response_marker=response_marker, generation_eos=generation_eos, limit=limit,
-                      assistant_only_loss=assistant_only_loss, fold_system=fold_system)
+                      assistant_only_loss=assistant_only_loss, fold_system=fold_system, data_dir=data_dir)
     finally:
         if old_template is not _KEEP:
             tok.chat_template = old_template  # the caller's tokenizer object is left as it was
@@ -70,11 +72,11 @@ _KEEP = object()
 
 
 def _audit(tok, name: str, gen: list[int], *, fmt, data, pipeline, names, max_length, response_marker,
-           generation_eos, limit, assistant_only_loss, fold_system=False) -> AuditReport:
+           generation_eos, limit, assistant_only_loss, fold_system=False, data_dir=None) -> AuditReport:
     if generation_eos is not None:
         gen = list(generation_eos)
     check_tokenizer(tok, name)
-    records = _records(data, fmt, tok, limit)
+    records = _records(data, fmt, tok, limit, data_dir)
     if fold_system:
         records = [fold_system_prompt(r) for r in records]
     check_encodes(tok, name, records)
@@ -90,7 +92,7 @@ def _audit(tok, name: str, gen: list[int], *, fmt, data, pipeline, names, max_le
             if data is not None:
                 notes.append("trl-dpo skipped: the data is not in preference format")
                 continue
-            recs, rfmt = default_records("preference", tok, limit), "preference"
+            recs, rfmt = default_records("preference", tok, limit, data_dir), "preference"
         elif p != "trl-dpo" and fmt == "preference":
             if pipeline != "all":
                 raise HarnessError(f"format preference needs pipeline trl-dpo, not {p}")
@@ -157,9 +159,9 @@ def _load(tokenizer: Any, chat_template, zoo, kwargs) -> tuple[Any, str, list[in
     return tok, name, gen, old
 
 
-def _records(data, fmt: str, tok, limit: Optional[int]) -> list[dict]:
+def _records(data, fmt: str, tok, limit: Optional[int], data_dir=None) -> list[dict]:
     if data is None:
-        recs = default_records(fmt, tok, limit)
+        recs = default_records(fmt, tok, limit, data_dir)
     elif isinstance(data, (str, Path)):
         recs = load_records(data, fmt)
     else:

@@ -220,8 +220,8 @@ def load_records(path: Union[str, Path], fmt: str) -> list[dict]:
     return rows
 
 
-def default_records(fmt: str, tok, n: Optional[int] = None) -> list[dict]:
-    """The persona fixtures (D1, with the system prompt) in ``fmt``.
+def default_records(fmt: str, tok, n: Optional[int] = None, folder: Union[str, Path, None] = None) -> list[dict]:
+    """The persona fixtures (D1, with the system prompt; of ``folder``, default the packaged data) in ``fmt``.
 
     ``text`` is pre-rendered through the tokenizer's chat template when it has one, as the seed's
     training text was; otherwise it is data.py's plain ``prompt\\nreply`` text.
@@ -229,12 +229,12 @@ def default_records(fmt: str, tok, n: Optional[int] = None) -> list[dict]:
     from harness.data import dpo_records, sft_records
 
     if fmt == "preference":
-        recs = dpo_records("d1")
+        recs = dpo_records("d1", folder=folder)
     elif fmt == "text" and getattr(tok, "chat_template", None):
         recs = [{"text": render(tok, r["prompt"] + r["completion"], i)}
-                for i, r in enumerate(sft_records("d1", fmt="conversational"))]
+                for i, r in enumerate(sft_records("d1", fmt="conversational", folder=folder))]
     else:
-        recs = sft_records("d1", fmt=fmt)
+        recs = sft_records("d1", fmt=fmt, folder=folder)
     return recs[:n] if n else recs
 
 

@@ -73,22 +73,26 @@ def run(args: argparse.Namespace) -> int:
     bad = [s for s in sources if s not in SOURCES]
     if bad or not sources:
         raise HarnessError(f"--sources: unknown source(s) {bad or sources}; known: {', '.join(SOURCES)}")
-    plan = load_plan(args.plan)
+    from harness.config import from_env
+
+    plan = load_plan(args.plan).with_data(from_env().data_dir)  # HARNESS_DATA_DIR, read here at the edge
     graph = build(plan, fixtures_dir=args.fixtures_dir, device=args.device, only=args.only)
     settings = GenSettings(args.max_new_tokens, args.batch_size)
     persona_limit = min(x for x in (args.limit, plan.limit) if x) if (args.limit or plan.limit) else 0
     gens = graph_generations(graph, sources, settings, nodes=args.only, limit=persona_limit, eval_limit=args.limit,
+                             data_dir=plan.data_dir,
                              device=args.device,
                              cache_root=Path(args.fixtures_dir) if args.fixtures_dir else None)
     out = Path(args.out)
     written = write_table(generation_table(gens), out)
-    qs = {s: (p.ids, p.questions) for s in sources for p in [prompts(s, persona_limit if s == "persona" else args.limit)]}
+    qs = {s: (p.ids, p.questions) for s in sources
+          for p in [prompts(s, persona_limit if s == "persona" else args.limit, folder=plan.data_dir)]}
     write_generations(out / "generations.jsonl", gens, qs)
     if "persona" in sources:
         tok = bleu_tokenizer(args.bleu_tokenize)
         scorer, note = try_bert_score(args.bertscore_model, args.bertscore_layers,
                                       "cuda" if args.device == "cuda" else "cpu")
-        items = data.load_persona()[: persona_limit or None]
+        items = data.load_persona(plan.data_dir)[: persona_limit or None]
         texts = {n: [g.text for g in gens[(n, "persona")]] for n in (args.only or graph.names)}
         t24 = table24(texts, [i.d0 for i in items], [i.d1 for i in items], tok, scorer, note)
         written += write_table(t24, out)

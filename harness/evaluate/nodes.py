@@ -91,19 +91,20 @@ class Prompts:
     messages: tuple[tuple[dict, ...], ...]
 
 
-def prompts(source: str, limit: int = 0, system: bool = True) -> Prompts:
-    """The prompts of ``source`` (``persona`` or ``eval``); ``limit`` > 0 keeps the first ones."""
+def prompts(source: str, limit: int = 0, system: bool = True, folder: Path | None = None) -> Prompts:
+    """The prompts of ``source`` (``persona`` or ``eval``) in ``folder`` (default: the packaged data);
+    ``limit`` > 0 keeps the first ones."""
     from harness import data
 
     if source == "persona":
-        rows = [(i.id, i.prompt) for i in data.load_persona()]
+        rows = [(i.id, i.prompt) for i in data.load_persona(folder)]
     elif source == "eval":
-        rows = [(e.id, e.prompt) for e in data.load_eval_prompts()]
+        rows = [(e.id, e.prompt) for e in data.load_eval_prompts(folder)]
     else:
         raise HarnessError(f"unknown prompt source {source!r}; known: {', '.join(SOURCES)}")
     if limit > 0:
         rows = rows[:limit]
-    sys_text = data.system_prompt() if system else ""
+    sys_text = data.system_prompt(folder) if system else ""
     msgs = tuple(
         tuple(([{"role": "system", "content": sys_text}] if sys_text else []) + [{"role": "user", "content": q}])
         for _, q in rows
@@ -156,8 +157,10 @@ def node_generations(graph: Any, node: str, p: Prompts, settings: GenSettings = 
 
 def graph_generations(graph: Any, sources: Sequence[str] = SOURCES, settings: GenSettings = GenSettings(),
                       nodes: Optional[Sequence[str]] = None, limit: int = 0, eval_limit: int = 0, device: str = "auto",
-                      cache_root: Optional[Path] = None, progress: bool = True) -> dict[tuple[str, str], list[Generation]]:
-    """``{(node, source): generations}`` for every node (or ``nodes``) and source.
+                      cache_root: Optional[Path] = None, progress: bool = True,
+                      data_dir: Optional[Path] = None) -> dict[tuple[str, str], list[Generation]]:
+    """``{(node, source): generations}`` for every node (or ``nodes``) and source; the prompts are read
+    from ``data_dir`` (default: the packaged data; a plan's is ``plan.data_dir``).
 
     ``limit`` keeps the first persona prompts (the plan's data limit), ``eval_limit`` the first
     evaluation prompts; 0 keeps all.
@@ -168,7 +171,7 @@ def graph_generations(graph: Any, sources: Sequence[str] = SOURCES, settings: Ge
     unknown = [n for n in names if n not in graph.names]
     if unknown:
         raise HarnessError(f"unknown node(s) {', '.join(unknown)}; known: {', '.join(graph.names)}")
-    ps = [prompts(s, limit if s == "persona" else eval_limit, settings.system) for s in sources]
+    ps = [prompts(s, limit if s == "persona" else eval_limit, settings.system, data_dir) for s in sources]
     out: dict[tuple[str, str], list[Generation]] = {}
     jobs = [(n, p) for n in names for p in ps]
     for n, p in tqdm(jobs, desc="nodes", unit="node×source", disable=not progress, leave=False):

@@ -30,13 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from harness import data
+    from harness.config import from_env
     from harness.inference.selfgen import SelfgenSpec, make_records, write_jsonl
+
+    data_dir = from_env().data_dir  # HARNESS_DATA_DIR, read here at the edge
 
     spec = SelfgenSpec(args.dataset, args.method, args.n, args.temperature, args.top_p, args.max_new_tokens,
                        args.low_fraction)
-    system = None if args.no_system else data.system_prompt()
+    system = None if args.no_system else data.system_prompt(data_dir)
     records, stats = make_records(args.model, spec, args.kind, data_seed=args.seed, limit=args.limit, seed=args.seed,
-                                  system=system, device=args.device)
+                                  system=system, device=args.device, data_dir=data_dir)
     write_jsonl(records, Path(args.out))
     print(json.dumps({"out": args.out, "method": args.method, "kind": args.kind, **stats}))
     return 0

@@ -67,16 +67,18 @@ def cached_generations(model_dir: Path, key: str, prompts: Sequence[Any], cache_
 
 
 def node_source(graph: Any, node: str, *, device: str = "auto", progress: bool = False,
-                settings: Any = None, longest_reply: int = 0) -> GenerationSource:
+                settings: Any = None, longest_reply: int = 0, data_dir: Any = None) -> GenerationSource:
     """A graph node's greedy generations on the held-out evaluation prompts, through the fixture
     store's generation cache (``harness.evaluate.nodes``, shared with the output claims).
-    ``settings`` (a ``GenSettings``) carries the budget; ``longest_reply`` is what it was scaled from."""
+    ``settings`` (a ``GenSettings``) carries the budget; ``longest_reply`` is what it was scaled from;
+    ``data_dir`` holds the prompts (default: the packaged data)."""
     from transformers import AutoTokenizer
 
     from harness.evaluate.nodes import GenSettings, node_generations, prompts
 
     settings = settings or GenSettings()
-    gens = node_generations(graph, node, prompts("eval"), settings, device=device, progress=progress)
+    gens = node_generations(graph, node, prompts("eval", folder=data_dir), settings, device=device,
+                            progress=progress)
     tok = AutoTokenizer.from_pretrained(str(graph.path(node)))
     return GenerationSource(stopped=[g.stopped for g in gens], texts=[g.text for g in gens],
                             eos_texts=stop_texts(tok),

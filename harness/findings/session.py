@@ -74,6 +74,7 @@ class Options:
     plan_given: bool = False
     base: str | None = None
     variant: str | None = None  # --harness-variant NAME: the plan's [variants.NAME] applied
+    data_dir: Path | None = None  # HARNESS_DATA_DIR: where the plan's datasets are read (None: fixtures/data)
     claims_dir: Path | None = None
     findings_dir: Path | None = None
     fixtures_dir: str | None = None
@@ -181,7 +182,7 @@ class FindingsSession(Collector):
         if self._plan is None:
             from harness.train import load_plan
 
-            plan = load_plan(self.options.plan_path)
+            plan = load_plan(self.options.plan_path).with_data(self.options.data_dir)
             if self.options.variant:
                 plan = plan.variant(self.options.variant)
             self._plan = plan.with_base(self.options.base) if self.options.base else plan

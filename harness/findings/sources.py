@@ -56,7 +56,7 @@ def generations(session: Any, spec: ClaimSpec, pair: Pair, control: Control | No
     settings, longest = gen_budget(session, plan, graph)
     with session.quiet():
         src = session.memo(key, lambda: node_source(graph, node, device=session.options.device, settings=settings,
-                                                    longest_reply=longest))
+                                                    longest_reply=longest, data_dir=plan.data_dir))
     return [(None, src)]
 
 
@@ -90,12 +90,13 @@ def similarity(session: Any, spec: ClaimSpec, pair: Pair, control: Control | Non
         _, graph = session.graph(control, nodes)
         with session.quiet():
             gens = graph_generations(graph, ["persona"], gen_budget(session, plan, graph)[0], nodes, limit=plan.limit,
+                                     data_dir=plan.data_dir,
                                      device=session.options.device, cache_root=_cache_root(session), progress=False)
             layers = os.environ.get("HARNESS_BERTSCORE_LAYERS")
             scorer, note = try_bert_score(os.environ.get("HARNESS_BERTSCORE_MODEL", DEFAULT_BERT),
                                           int(layers) if layers else None, _device_type(session), graph=graph,
                                           cache_root=_cache_root(session))
-        items = data.load_persona()[: plan.limit or None]
+        items = data.load_persona(plan.data_dir)[: plan.limit or None]
         texts = {n: [g.text for g in gens[(n, "persona")]] for n in nodes}
         return table24(texts, [i.d0 for i in items], [i.d1 for i in items], bleu_tokenizer(), scorer, note)
 
@@ -116,6 +117,7 @@ def judge(session: Any, spec: ClaimSpec, pair: Pair, control: Control | None) ->
         persona_limit = min(limit, plan.limit) if limit and plan.limit else (limit or plan.limit)
         with session.quiet():
             gens = graph_generations(graph, ["persona", "eval"], gen_budget(session, plan, graph)[0], nodes,
+                                     data_dir=plan.data_dir,
                                      limit=persona_limit,
                                      eval_limit=limit, device=session.options.device,
                                      cache_root=_cache_root(session), progress=False)
@@ -126,7 +128,7 @@ def judge(session: Any, spec: ClaimSpec, pair: Pair, control: Control | None) ->
                               concurrency=int(os.environ.get("HARNESS_JUDGE_CONCURRENCY", "8"))))
         means = JudgeMeans()
         for source in ("persona", "eval"):
-            qs = prompts(source).questions  # zip stops at the (limited) generations
+            qs = prompts(source, folder=plan.data_dir).questions  # zip stops at the (limited) generations
             means[source] = {n: mean_score(j.score([(q, g.text) for q, g in zip(qs, gens[(n, source)])],
                                                    progress=False)) for n in nodes}
         u = j.usage

@@ -220,13 +220,15 @@ class SelfgenSpec:
 
 
 def make_records(model_dir: Any, spec: SelfgenSpec, kind: str, *, data_seed: int = 0, limit: int = 0,
-                 seed: int = 0, system: Optional[str] = None, device: str = "auto") -> tuple[list[dict], dict[str, int]]:
-    """Seed 003's loop on one model: its own ``n`` candidates per prompt of ``spec.source``, scored by
-    centrality on its own hidden states, turned into ``kind`` (sft/dpo) records by ``spec.method``."""
+                 seed: int = 0, system: Optional[str] = None, device: str = "auto",
+                 data_dir: Any = None) -> tuple[list[dict], dict[str, int]]:
+    """Seed 003's loop on one model: its own ``n`` candidates per prompt of ``spec.source`` (read from
+    ``data_dir``, default the packaged data), scored by centrality on its own hidden states, turned into
+    ``kind`` (sft/dpo) records by ``spec.method``."""
     from harness import data
     from harness.inference.generate import load_model
 
-    pairs = data.dataset(spec.source, data_seed)[: limit or None]
+    pairs = data.dataset(spec.source, data_seed, folder=data_dir)[: limit or None]
     items = [Item(p.id, p.prompt, p.reply) for p in pairs]
     model, tok = load_model(model_dir, device)
     cands = generate_candidates(model, tok, items, spec.n, system=system, max_new_tokens=spec.max_new_tokens,

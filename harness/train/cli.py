@@ -46,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "build":
         from harness.train import build, load_plan
 
-        plan = load_plan(args.plan)
+        from harness.config import from_env
+
+        plan = load_plan(args.plan).with_data(from_env().data_dir)  # HARNESS_DATA_DIR, read here at the edge
         if args.variant:
             plan = plan.variant(args.variant)
         if args.seed is not None:

@@ -84,13 +84,13 @@ class Graph:
 
 # ---------------------------------------------------------------------------- keys and data
 
-def _tiny_texts() -> tuple[list[str], list[str]]:
-    """Pretraining texts, and the tokenizer's texts (those plus the rendered persona chats)."""
+def _tiny_texts(folder: Path | None = None) -> tuple[list[str], list[str]]:
+    """Pretraining texts, and the tokenizer's texts (those plus the rendered persona chats), of ``folder``'s data."""
     from harness import data
 
-    texts = data.pretrain_texts()
-    sys_prompt = data.system_prompt()
-    chats = [f"{sys_prompt}\n{i.prompt}\n{r}" for i in data.load_persona() for r in (i.d0, i.d1)]
+    texts = data.pretrain_texts(folder)
+    sys_prompt = data.system_prompt(folder)
+    chats = [f"{sys_prompt}\n{i.prompt}\n{r}" for i in data.load_persona(folder) for r in (i.d0, i.d1)]
     return texts, texts + chats
 
 
@@ -114,11 +114,11 @@ def node_records(plan: Plan, name: str) -> list[dict]:
 
         src = Source(Path(node.source["path"]), node.source.get("format"), node.source["chosen"],
                      node.source["rejected"])
-        recs = load_records(src, node.method, data.system_prompt())
+        recs = load_records(src, node.method, data.system_prompt(plan.data_dir))
     elif node.method == "sft":
-        recs = data.sft_records(node.dataset, seed=plan.data_seed)
+        recs = data.sft_records(node.dataset, seed=plan.data_seed, folder=plan.data_dir)
     else:
-        recs = data.dpo_records(node.dataset, seed=plan.data_seed)
+        recs = data.dpo_records(node.dataset, seed=plan.data_seed, folder=plan.data_dir)
     return recs[: plan.limit] if plan.limit else recs
 
 
@@ -133,7 +133,7 @@ def plan_keys(plan: Plan, device: str, base_identity: dict | None = None) -> tup
     for node in plan.nodes:
         if node.method == "base":
             if base_identity is None:
-                texts, tok_texts = _tiny_texts()
+                texts, tok_texts = _tiny_texts(plan.data_dir)
                 tiny = dataclasses.asdict(plan.tiny)
                 if tiny["dtype"] == "float32":  # the default before the field existed: keys stay as they were
                     del tiny["dtype"]
@@ -334,7 +334,7 @@ def _build_node_in(graph: Graph, name: str, key_inputs: dict, progress: bool, tm
     if node.method == "base":
         from harness.train.tiny import build_tiny_base
 
-        texts, tok_texts = _tiny_texts()
+        texts, tok_texts = _tiny_texts(plan.data_dir)
         log = build_tiny_base(tmp, texts, tok_texts, plan.tiny, device=device, progress=progress)
         common.write_json(tmp / common.LOG_FILE, log)
         meta["params"] = _count_params(tmp)

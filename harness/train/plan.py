@@ -1,7 +1,9 @@
 """Plans: one TOML file describes a base model, a LoRA/SFT/DPO recipe, seeds and a node graph.
 
 A plan loads into frozen, validated dataclasses; every error names the plan file and the
-field. The recipe sections and the type-checking of their tables are in :mod:`harness.train.recipe`. ``[variants.NAME]`` tables override recipe keys globally (``sft``/``dpo``/``lora``
+field. The recipe sections and the type-checking of their tables are in :mod:`harness.train.recipe`; a plan
+that says ``extends = "other.toml"`` states only what differs (the merge rules: :mod:`harness.train.planfile`).
+``[variants.NAME]`` tables override recipe keys globally (``sft``/``dpo``/``lora``
 tables) or per node (``nodes."NAME" = {...}``) and may restrict the nodes to build
 (``only = [...]``, ancestors are kept); :meth:`Plan.variant` applies one.
 """
@@ -76,6 +78,8 @@ class Plan:
     source: BaseSource = field(default_factory=BaseSource)
     # finding code -> why the plan accepts it (pre-flight errors listed here do not stop the build)
     preflight_allow: Mapping[str, str] = field(default_factory=lambda: _freeze({}))
+    #: where d0/d1/d2 and the system prompt are read (``None``: the packaged fixtures/data); see :meth:`with_data`
+    data_dir: Path | None = None
 
     # ------------------------------------------------------------------ queries
     @property
@@ -124,6 +128,11 @@ class Plan:
         if model != "tiny" and (p.exists() or model.startswith((".", "/", "~"))):
             model = str(p.resolve())
         return replace(self, base=model)
+
+    def with_data(self, folder: str | Path | None) -> "Plan":
+        """The same plan reading the study's data (persona, system prompt) from ``folder``; ``None`` keeps
+        the plan's. The edges pass ``HARNESS_DATA_DIR`` here; node keys hash the records, not the folder."""
+        return self if folder is None else replace(self, data_dir=Path(folder).expanduser())
 
     def variant(self, name: str) -> "Plan":
         """The plan with ``[variants.NAME]`` applied; unchanged nodes keep their cache key."""
@@ -211,7 +220,7 @@ def _parse_selfgen(t: Mapping[str, Any], dataset: Any, w: str) -> Mapping[str, A
 
 
 def load_plan(path: str | Path) -> Plan:
-    """Load and validate a plan TOML file."""
+    """Load and validate a plan TOML file (with its ``extends`` chain applied)."""
     from harness.tomlfile import load_toml
 
     p = Path(path)
@@ -219,8 +228,15 @@ def load_plan(path: str | Path) -> Plan:
 
 
 def plan_from_dict(raw: Mapping[str, Any], path: Path | None = None, name: str | None = None) -> Plan:
-    """Validate a parsed plan table; ``path`` (or ``name``) is what errors name."""
+    """Validate a parsed plan table; ``path`` (or ``name``) is what errors name. A table that says
+    ``extends`` is laid over the file it names, found from ``path`` (:mod:`harness.train.planfile`)."""
     where = str(path) if path else f"plan {name or raw.get('name')!r}"
+    if "extends" in raw:
+        from harness.train.planfile import resolve_extends
+
+        if path is None:
+            raise PlanError(f"{where}: extends: {raw['extends']!r} needs the plan's path to be found")
+        raw = resolve_extends(raw, path)
     _check_keys(raw, {"name", "base", "seed", "data", "tiny", "lora", "sft", "dpo", "nodes", "variants", "preflight"},
                 where)
     pname = raw.get("name") or name or (path.stem if path else None)

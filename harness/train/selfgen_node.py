@@ -15,9 +15,10 @@ def selfgen_identity(plan: Any, node: Any) -> dict:
     """What a selfgen node's data depends on besides its parent (whose key is in the node key already)."""
     from harness import data
 
-    pairs = data.dataset(node.selfgen["source"], plan.data_seed)[: plan.limit or None]
+    pairs = data.dataset(node.selfgen["source"], plan.data_seed, folder=plan.data_dir)[: plan.limit or None]
     return {"selfgen": dict(sorted(node.selfgen.items())), "source_pairs": data.records_hash(
-        [[p.id, p.prompt, p.reply] for p in pairs]), "system": data.system_prompt(), "seed": plan.seed}
+        [[p.id, p.prompt, p.reply] for p in pairs]), "system": data.system_prompt(plan.data_dir),
+        "seed": plan.seed}
 
 
 def selfgen_records(graph: Any, name: str, tmp: Path, meta: dict) -> list[dict]:
@@ -28,7 +29,8 @@ def selfgen_records(graph: Any, name: str, tmp: Path, meta: dict) -> list[dict]:
     plan, node = graph.plan, graph.plan.node(name)
     spec = SelfgenSpec(**dict(node.selfgen))
     records, stats = make_records(graph.path(node.parent), spec, node.method, data_seed=plan.data_seed,
-                                  limit=plan.limit, seed=plan.seed, system=data.system_prompt(), device=graph.device)
+                                  limit=plan.limit, seed=plan.seed, system=data.system_prompt(plan.data_dir),
+                                  device=graph.device, data_dir=plan.data_dir)
     if not records:
         raise HarnessError(f"node {name!r}: selfgen {spec.method} kept no item of {spec.source} ({stats})")
     write_jsonl(records, tmp / SELFGEN_FILE)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -197,8 +196,8 @@ def test_bench_claims_n0_vs_n2(benchmark, tmp_path):
         return
     # Each node over both GPUs (DDP), compared with the 1-GPU findings through the baseline report.
     ddp_plan = tmp_path / f"{name}.toml"
-    text = plan_file.read_text(encoding="utf-8")
-    ddp_plan.write_text(re.sub(r"^\[(sft|dpo)\]\s*$", r"[\1]\ngpus = 2", text, flags=re.M), encoding="utf-8")
+    ddp_plan.write_text(f'extends = "{plan_file.resolve()}"\nname = "{name}"\n[sft]\ngpus = 2\n[dpo]\ngpus = 2\n',
+                        encoding="utf-8")
     ddp_s, ddp = _claims(tmp_path / "fxddp", tmp_path / "findings-ddp", "ddp2", "-n", "0",
                          "--harness-plan", str(ddp_plan), "--findings-baseline",
                          str(tmp_path / "findings" / name / "n0.json"))

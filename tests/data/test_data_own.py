@@ -57,8 +57,7 @@ def test_bad_rows_name_file_line_and_field(tmp_path, rows, method, src_kw, messa
 
 
 def plan_text(dataset: str) -> str:
-    text = (ROOT / "fixtures" / "plans" / "tiny.toml").read_text(encoding="utf-8")
-    text = text[: text.index("[[nodes]]")]
+    text = f'name = "tiny"\nextends = "{ROOT / "fixtures" / "plans" / "tiny.toml"}"\n\n'  # its own graph, no variants
     return text + ('[[nodes]]\nname = "base"\nmethod = "base"\n\n'
                    f'[[nodes]]\nname = "sft_mine"\nmethod = "sft"\ndataset = {dataset}\nparent = "base"\n\n'
                    '[[nodes]]\nname = "dpo_mine"\nmethod = "dpo"\nparent = "sft_mine"\n'

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -99,14 +100,47 @@ def test_persona_duplicate_prompt_is_an_error(tmp_path):
         data.load_persona(p)
 
 
-def test_data_dir_env_is_honoured(tmp_path, monkeypatch):
+def test_every_loader_and_builder_reads_the_folder_it_is_given(tmp_path, monkeypatch):
+    """The folder is an argument (the edges pass ``HARNESS_DATA_DIR`` down); no argument is the packaged data."""
     item = {"id": "x1", "topic": "t", "prompt": "やあ", "d0": "こんにちは。", "d1": "ごきげんようですわ。"}
     write(tmp_path, [json.dumps(item, ensure_ascii=False)], data.PERSONA_FILE)
+    write(tmp_path, [json.dumps({"id": "e1", "topic": "t", "prompt": "元気?"}, ensure_ascii=False)], data.EVAL_FILE)
     (tmp_path / data.SYSTEM_FILE).write_text("短く答えてください。\n", encoding="utf-8")
-    monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path))
-    assert [i.id for i in data.load_persona()] == ["x1"]
-    assert data.system_prompt() == "短く答えてください。"
+    monkeypatch.setenv("HARNESS_DATA_DIR", str(tmp_path / "elsewhere"))  # read by harness.config only
+    assert [i.id for i in data.load_persona(tmp_path)] == ["x1"]
     assert data.load_persona(tmp_path) == data.load_persona(tmp_path / data.PERSONA_FILE)
+    assert data.system_prompt(tmp_path) == "短く答えてください。"
+    system = {"role": "system", "content": "短く答えてください。"}
+    assert data.sft_records("d1", folder=tmp_path) == [
+        {"prompt": [system, {"role": "user", "content": "やあ"}],
+         "completion": [{"role": "assistant", "content": "ごきげんようですわ。"}]}]
+    assert data.dpo_records("d0", folder=tmp_path)[0]["rejected"] == [{"role": "assistant", "content": "ごきげんようですわ。"}]
+    assert [p.reply for p in data.dataset("d2", 0, folder=tmp_path)] == ["こんにちは。"]  # floor(1/2) = 0 swapped
+    assert data.eval_records(source="eval", folder=tmp_path) == [[system, {"role": "user", "content": "元気?"}]]
+    assert data.pretrain_texts(tmp_path) == ["短く答えてください。", "やあ\nこんにちは。", "こんにちは。", "元気?"]
+    assert data.data_dir() == data.DEFAULT_DATA_DIR == Path(data.__file__).resolve().parents[1] / "fixtures" / "data"
+    assert len(data.load_persona()) == len(data.load_persona(data.DEFAULT_DATA_DIR)) > 1
+
+
+def test_the_cli_passes_harness_data_dir_down_to_the_plan(tmp_path):
+    """``HARNESS_DATA_DIR`` is read at the edge (the ``fixtures build`` command) and reaches the loaders:
+    a bad row there stops the build before training, exit 2, naming file and line."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(data.__file__).resolve().parents[1]
+    folder = tmp_path / "data"
+    shutil.copytree(data.DEFAULT_DATA_DIR, folder)
+    persona = folder / data.PERSONA_FILE
+    lines = persona.read_text(encoding="utf-8").splitlines()
+    lines[2] = lines[2].replace('"d1":', '"dx":')
+    persona.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    env = {**os.environ, "HARNESS_DATA_DIR": str(folder), "HARNESS_FIXTURES_DIR": str(tmp_path / "fx")}
+    r = subprocess.run([sys.executable, "-m", "harness", "fixtures", "build", "fixtures/plans/micro.toml",
+                        "--device", "cpu"], env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and f"{persona}:3: missing field 'd1'" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "fx" / "nodes").exists()
 
 
 def test_unknown_dataset_lists_known_names():

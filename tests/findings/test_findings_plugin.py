@@ -104,9 +104,9 @@ def test_baseline_of_another_plan_is_compared_and_named(tmp_path):
 
 def test_seeds_with_a_plan_that_trains_nothing_is_a_usage_error(tmp_path):
     root = Path(__file__).resolve().parents[2]
-    src = (root / "fixtures" / "plans" / "tiny.toml").read_text(encoding="utf-8")
     plan = tmp_path / "baseonly.toml"
-    plan.write_text(src[: src.index("[[nodes]]")] + '[[nodes]]\nname = "base"\nmethod = "base"\n', encoding="utf-8")
+    plan.write_text(f'extends = "{root / "fixtures" / "plans" / "tiny.toml"}"\n[[nodes]]\nname = "base"\nmethod = "base"\n',
+                    encoding="utf-8")
     r = run(tmp_path, "--harness-plan", str(plan), "--harness-seeds", "2")
     assert r.returncode == 4 and "trains no node, so it cannot be reseeded" in r.stderr, r.stderr
 

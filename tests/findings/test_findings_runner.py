@@ -18,6 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 CLAIMS = ROOT / "fixtures" / "claims"
+TINY = ROOT / "fixtures" / "plans" / "tiny.toml"
 
 
 def cache() -> Path:
@@ -46,9 +47,8 @@ def own_claims(tmp_path: Path, threshold: str | None = None) -> Path:
 
 
 def renamed_plan(tmp_path: Path) -> Path:
-    text = (ROOT / "fixtures" / "plans" / "tiny.toml").read_text(encoding="utf-8")
     plan = tmp_path / "mine.toml"
-    plan.write_text(text.replace('name = "tiny"', 'name = "mine"'), encoding="utf-8")
+    plan.write_text(f'extends = "{TINY}"\nname = "mine"\n', encoding="utf-8")
     return plan
 
 
@@ -70,8 +70,7 @@ def test_a_failing_check_shows_rows_reason_and_logs_not_training_output(tmp_path
     # trains on 4 rows (seconds; the tiny base is shared), so the session really trains two nodes.
     folder = own_claims(tmp_path, threshold="0.001")
     plan = tmp_path / "small.toml"
-    text = (ROOT / "fixtures" / "plans" / "tiny.toml").read_text(encoding="utf-8")
-    plan.write_text(text.replace('name = "tiny"', 'name = "small"\n\n[data]\nlimit = 4'), encoding="utf-8")
+    plan.write_text(f'extends = "{TINY}"\nname = "small"\n\n[data]\nlimit = 4\n', encoding="utf-8")
     from harness.train import build, load_plan
 
     build(load_plan(ROOT / "fixtures" / "plans" / "tiny.toml"), only="base", device="cpu", progress=False,
@@ -119,8 +118,7 @@ def test_harness_base_swaps_the_base_without_editing_the_plan(tmp_path):
     other = tmp_path / "My-Base-1"
     shutil.copytree(base, other, ignore=shutil.ignore_patterns("adapter", "log.json", "meta.json", "*.png"))
     plan = tmp_path / "tiny.toml"
-    plan.write_text((ROOT / "fixtures" / "plans" / "tiny.toml").read_text(encoding="utf-8")
-                    .replace('name = "tiny"', 'name = "tiny"\n\n[data]\nlimit = 4'), encoding="utf-8")
+    plan.write_text(f'extends = "{TINY}"\nname = "tiny"\n\n[data]\nlimit = 4\n', encoding="utf-8")
     r = child(tmp_path, "--harness-plan", str(plan), "--harness-base", str(other), "--harness-run-id", "swap",
               "-k", "C2 and sft_d0", fixtures=tmp_path / "fixtures")
     out = r.stdout
@@ -141,8 +139,8 @@ def test_a_negative_control_under_which_the_claim_still_holds_is_red(tmp_path):
     spec.write_text(spec.read_text(encoding="utf-8").replace('variant = "c1_dpo_at_sft_lr"', 'variant = "same"'),
                     encoding="utf-8")
     plan = tmp_path / "tiny.toml"
-    plan.write_text((ROOT / "fixtures" / "plans" / "tiny.toml").read_text(encoding="utf-8")
-                    + '\n[variants.same]\ndpo = { learning_rate = 1e-5 }\nonly = ["dpo_d0", "sft_d0"]\n', encoding="utf-8")
+    plan.write_text(f'extends = "{TINY}"\nname = "tiny"\n'
+                    '\n[variants.same]\ndpo = { learning_rate = 1e-5 }\nonly = ["dpo_d0", "sft_d0"]\n', encoding="utf-8")
     r = child(tmp_path, "--claims-dir", str(folder), "--harness-plan", str(plan), "-k", "control")
     assert r.returncode == 1, r.stdout[-3000:]
     assert "FAILED" in r.stdout and "test_claim[MY1-dpo_d0/sft_d0-control:same]" in r.stdout

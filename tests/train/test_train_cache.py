@@ -89,7 +89,7 @@ def test_rebuild_and_zero_step_variant(tmp_path):
     assert not any((tmp_path / "tmp").iterdir())
 
 
-def test_bad_data_row_fails_before_training_naming_file_and_line(tmp_path, monkeypatch):
+def test_bad_data_row_fails_before_training_naming_file_and_line(tmp_path):
     import shutil
 
     data = tmp_path / "data"
@@ -98,9 +98,8 @@ def test_bad_data_row_fails_before_training_naming_file_and_line(tmp_path, monke
     lines = persona.read_text(encoding="utf-8").splitlines()
     lines[2] = lines[2].replace('"d1":', '"dx":')
     persona.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    monkeypatch.setenv("HARNESS_DATA_DIR", str(data))
     with pytest.raises(LoadError, match=r"persona\.jsonl:3: missing field 'd1'"):
-        build(load_plan(MICRO), fixtures_dir=tmp_path / "fx", device="cpu", progress=False)
+        build(load_plan(MICRO).with_data(data), fixtures_dir=tmp_path / "fx", device="cpu", progress=False)
     assert not (tmp_path / "fx" / "nodes").exists()
 
 

@@ -82,7 +82,7 @@ def test_device_and_library_versions_are_part_of_the_key(plan, keys, monkeypatch
     assert plan_keys(plan, "cuda")[0]["sft_d0"] != keys["sft_d0"]
 
 
-def test_dataset_contents_are_part_of_the_key(plan, keys, tmp_path, monkeypatch):
+def test_dataset_contents_are_part_of_the_key(plan, keys, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(ROOT / "fixtures" / "data", data)
     persona = data / "persona.jsonl"
@@ -91,8 +91,7 @@ def test_dataset_contents_are_part_of_the_key(plan, keys, tmp_path, monkeypatch)
     row["d1"] = row["d1"] + "わ"  # one D1 reply, one character
     rows[-1] = json.dumps(row, ensure_ascii=False)
     persona.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    monkeypatch.setenv("HARNESS_DATA_DIR", str(data))
-    new = plan_keys(plan, "cpu")[0]
+    new = plan_keys(plan.with_data(data), "cpu")[0]
     # D1 text feeds the tokenizer, so the base changes too, and with it every node.
     assert changed(keys, new) == set(keys)
 
@@ -116,8 +115,7 @@ def test_a_compile_mode_is_its_own_key_and_default_is_true(plan, tmp_path):
     on = plan_keys(replace(plan, sft=replace(plan.sft, compile=True)), "cpu")[0]
     graphs = plan_keys(replace(plan, sft=replace(plan.sft, compile="reduce-overhead")), "cpu")[0]
     assert changed(on, graphs) == SFT_AND_CHILDREN
-    text = (ROOT / "fixtures" / "plans" / "tiny.toml").read_text(encoding="utf-8")
     path = tmp_path / "tiny.toml"
-    path.write_text(text.replace("[sft]\n", '[sft]\ncompile = "default"\n', 1), encoding="utf-8")
+    path.write_text(f'extends = "{TINY}"\nname = "tiny"\n[sft]\ncompile = "default"\n', encoding="utf-8")
     assert load_plan(path).sft.compile is True
     assert plan_keys(load_plan(path), "cpu")[0] == on

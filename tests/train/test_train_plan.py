@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from harness.errors import LoadError
-from harness.train import PlanError, load_plan
+from harness.tomlfile import load_toml
+from harness.train import PlanError, load_plan, plan_from_dict
 
 PLANS = Path(__file__).resolve().parents[2] / "fixtures" / "plans"
 NODE_NAMES = ("base", "sft_d0", "sft_d1", "sft_d2", "dpo_d0", "dpo_d1", "dpo_d0@sft_d2", "dpo_d1@sft_d2",
@@ -65,6 +67,38 @@ def test_every_shipped_plan_loads_and_starts_with_its_command(path):
     assert first.startswith(f"# python -m harness fixtures build fixtures/plans/{path.name}")
     for name in plan.variants:  # every variant applies
         assert plan.variant(name).variant_name == name
+
+
+def test_every_part_is_extended_by_a_shipped_plan_and_is_no_plan_itself():
+    parts = sorted((PLANS / "parts").glob("*.toml"))
+    assert parts
+    extended = {(PLANS / load_toml(p)["extends"]).resolve() for p in PLANS.glob("*.toml") if "extends" in load_toml(p)}
+    for part in parts:
+        assert part.resolve() in extended, f"{part}: no plan extends it"
+        assert "base" not in load_toml(part) and "name" not in load_toml(part)
+
+
+def _study() -> "object":
+    """parts/study.toml as a plan of its own (on the tiny base, which it does not name)."""
+    raw = load_toml(PLANS / "parts" / "study.toml")
+    return plan_from_dict({**raw, "base": {"model": "tiny"}}, PLANS / "parts" / "study.toml")
+
+
+@pytest.mark.parametrize("name", ["tiny.toml", "seed.toml", "smollm2.toml", "gemma3.toml"])
+def test_study_plans_equal_the_study_part_except_the_fields_they_state(name):
+    """The study's graph and recipe are written once (parts/study.toml); each plan differs from it only
+    where its own file says so, and keeps its own name (findings folders are named by plan)."""
+    own = load_toml(PLANS / name)
+    assert own["extends"] == "parts/study.toml" and not {"nodes", "lora", "seed"} & set(own)
+    plan, study = load_plan(PLANS / name), _study()
+    assert plan.name == name.removesuffix(".toml") == own["name"]
+    assert plan.nodes == study.nodes and plan.lora == study.lora
+    assert (plan.seed, plan.data_seed, plan.limit) == (study.seed, study.data_seed, study.limit)
+    for section in ("sft", "dpo"):
+        stated = own.get(section, {})
+        for f in dataclasses.fields(getattr(plan, section)):
+            want = stated[f.name] if f.name in stated else getattr(getattr(study, section), f.name)
+            assert getattr(getattr(plan, section), f.name) == want, f"{name}: {section}.{f.name}"
 
 
 def test_seed_plan_names_the_elyza_base():
@@ -191,3 +225,80 @@ def test_base_source_fields_load(tmp_path):
     assert dict(plan.preflight_allow) == {"trained-after-stop": "why"}
     assert plan.quantize_4bit and not plan.variant("v").quantize_4bit
     assert plan.with_base("other/model").base == "other/model"
+
+
+# ---------------------------------------------------------------------------- extends
+
+PARENT = GOOD.replace('name = "t"', 'name = "parent"') + '''
+[variants.hot]
+dpo = { learning_rate = 1e-4, epochs = 3 }
+[variants.one]
+only = ["sft_d1"]
+'''
+
+
+def _files(tmp_path: Path, **texts: str) -> dict[str, Path]:
+    out = {}
+    for stem, text in texts.items():
+        out[stem] = tmp_path / f"{stem}.toml"
+        out[stem].parent.mkdir(parents=True, exist_ok=True)
+        out[stem].write_text(text, encoding="utf-8")
+    return out
+
+
+def test_extends_merges_tables_key_by_key_and_keeps_nodes_and_variants(tmp_path):
+    f = _files(tmp_path, parent=PARENT, child='extends = "parent.toml"\n[sft]\nepochs = 5\n'
+               '[variants.hot]\ndpo = { epochs = 1 }\n[variants.cold]\ndpo = { learning_rate = 1e-6 }\n')
+    parent, child = load_plan(f["parent"]), load_plan(f["child"])
+    assert child.name == "child" and parent.name == "parent"  # the name is never inherited
+    assert child.sft == dataclasses.replace(parent.sft, epochs=5) and child.dpo == parent.dpo
+    assert child.nodes == parent.nodes and child.base == parent.base
+    assert sorted(child.variants) == ["cold", "hot", "one"]
+    assert child.variant("hot").dpo == dataclasses.replace(parent.dpo, learning_rate=1e-4, epochs=1)
+    assert child.variant("one").names == ("base", "sft_d1") and child.variant("cold").dpo.learning_rate == 1e-6
+
+
+def test_extends_replaces_the_node_list_whole_and_then_inherits_no_variants(tmp_path):
+    nodes = '[[nodes]]\nname = "base"\nmethod = "base"\n[[nodes]]\nname = "sft_d0"\nmethod = "sft"\n' \
+            'dataset = "d0"\nparent = "base"\n'
+    f = _files(tmp_path, parent=PARENT, child='extends = "parent.toml"\n' + nodes)
+    child = load_plan(f["child"])
+    assert child.names == ("base", "sft_d0") and dict(child.variants) == {}
+    assert child.sft == load_plan(f["parent"]).sft
+
+
+def test_extends_chains_and_takes_paths_relative_to_the_file_that_writes_them(tmp_path):
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "t.jinja").write_text("{{ x }}")
+    (tmp_path / "parts" / "own.jsonl").write_text(
+        '{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}\n')
+    graph = ('[base]\nmodel = "org/m"\nchat_template = "./t.jinja"\n[[nodes]]\nname = "base"\nmethod = "base"\n'
+             '[[nodes]]\nname = "mine"\nmethod = "sft"\ndataset = "own.jsonl"\nparent = "base"\n')
+    f = _files(tmp_path, **{"parts/graph": graph, "parts/mid": 'extends = "graph.toml"\n[sft]\nepochs = 2\n',
+                            "leaf": 'extends = "parts/mid.toml"\n[dpo]\nbeta = 0.5\n'})
+    leaf = load_plan(f["leaf"])
+    assert leaf.name == "leaf" and leaf.sft.epochs == 2 and leaf.dpo.beta == 0.5
+    assert leaf.source.chat_template == str(tmp_path / "parts" / "t.jinja")
+    assert leaf.node("mine").dataset == str(tmp_path / "parts" / "own.jsonl")
+
+
+@pytest.mark.parametrize("texts, loaded, culprit, match", [
+    ({"a": 'extends = "b.toml"\n', "b": 'extends = "a.toml"\n'}, "a", "b", r"extends: 'a\.toml' closes a cycle: .*a\.toml -> .*b\.toml -> .*a\.toml"),
+    ({"a": 'extends = "a.toml"\n'}, "a", "a", r"extends: 'a\.toml' closes a cycle"),
+    ({"a": 'extends = "b.toml"\n', "b": 'extends = "nope.toml"\n'}, "a", "b", r"extends: no such plan file '.*nope\.toml'"),
+    ({"a": "extends = 3\n"}, "a", "a", r"extends: must be the path of another plan file, got 3"),
+])
+def test_extends_cycles_and_missing_files_are_one_error_naming_file_and_field(tmp_path, texts, loaded, culprit, match):
+    f = _files(tmp_path, **texts)
+    with pytest.raises(PlanError, match=match) as info:
+        load_plan(f[loaded])
+    assert str(info.value).startswith(f"{f[culprit]}: extends: ")
+
+
+def test_a_parsed_table_that_extends_needs_its_path(tmp_path):
+    f = _files(tmp_path, parent=PARENT)
+    raw = {"extends": "parent.toml", "sft": {"epochs": 4}}
+    assert plan_from_dict(raw, tmp_path / "child.toml").sft.epochs == 4  # found from the path given
+    with pytest.raises(PlanError, match=r"plan 'x': extends: 'parent\.toml' needs the plan's path"):
+        plan_from_dict(raw, name="x")
+    assert load_plan(f["parent"]).sft.epochs != 4
