@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...], str]] = [
     ("ground", ("harness", "harness.errors", "harness.atomic", "harness.registry", "harness.tomlfile",
                 "harness.versions", "harness.device", "harness.config"),
      "errors, atomic IO, registry, TOML, versions, device, run configuration"),
-    ("models", ("harness.models", "harness.gguffile"), "hub id / folder / GGUF -> tokenizer, model, conversion cache"),
+    ("models", ("harness.models",), "hub id / folder / GGUF -> tokenizer, model, conversion cache"),
     ("data", ("harness.data", "harness.userdata"), "the study's datasets and user datasets"),
     ("engines", ("harness.diff", "harness.audit", "harness.inference"),
      "weight diff, label/EOS audit, generation and serving"),

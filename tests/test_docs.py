@@ -230,10 +230,10 @@ RUN = [b for b in SHELL if b.run]
 @pytest.mark.parametrize("block", RUN, ids=lambda b: b.where)
 def test_marked_block_runs_as_written(block, tmp_path):
     if block.needs:
-        from harness.gguffile import gguf_dir
+        from harness.config import from_env
 
-        if not (gguf_dir() / block.needs).is_file():
-            pytest.skip(f"{gguf_dir() / block.needs} is absent: run .ci/fetch-gguf")
+        if not (from_env().gguf_folder / block.needs).is_file():
+            pytest.skip(f"{from_env().gguf_folder / block.needs} is absent: run .ci/fetch-gguf")
     env = dict(os.environ, HARNESS_FINDINGS_DIR=str(tmp_path / "findings"), HF_HUB_OFFLINE="1",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     out = subprocess.run(["bash", "-c", "set -euo pipefail\n" + block.text], cwd=ROOT, env=env,

@@ -76,9 +76,10 @@ def run(args: argparse.Namespace) -> int:
         raise HarnessError(f"--show must be 0 or more, not {args.show}")
     _quiet_libraries()
     from harness.audit.core import audit
-    from harness.config import from_env
     from harness.audit.view import show
+    from harness.config import from_env
 
+    env = from_env()  # HARNESS_TOKENIZER_ZOO, HARNESS_DATA_DIR: read once, here at the edge
     err = Console(stderr=True)
     kwargs = {}
     if args.split_special_tokens:
@@ -88,9 +89,9 @@ def run(args: argparse.Namespace) -> int:
     with err.status(f"auditing {args.tokenizer} ({args.pipeline}, {args.fmt})…"):
         report = audit(args.tokenizer, chat_template=args.chat_template, fmt=args.fmt, data=args.data,
                        pipeline=args.pipeline, max_length=args.max_length, response_marker=args.response_marker,
-                       zoo=args.zoo, tokenizer_kwargs=kwargs or None, limit=args.limit,
+                       zoo=args.zoo or env.tokenizer_zoo, tokenizer_kwargs=kwargs or None, limit=args.limit,
                        assistant_only_loss=args.assistant_only_loss, fold_system=args.fold_system,
-                       data_dir=from_env().data_dir)  # HARNESS_DATA_DIR, read here at the edge
+                       data_dir=env.data_dir)
     if args.json:
         _write_json(report.to_dict(), args.json)
     out = Console(stderr=args.json == "-")

@@ -1,66 +1,41 @@
-"""Tokenizers of GGUF files: converted once by transformers and cached as a tokenizer folder.
+"""Tokenizers of GGUF files for the audit: the conversion cache's folder (:mod:`harness.models`).
 
-``AutoTokenizer.from_pretrained(folder, gguf_file=name)`` rebuilds the tokenizer from the GGUF
-metadata, which takes tens of seconds for a 262k vocabulary (Gemma 3). The result is saved with
-``save_pretrained`` under ``$HARNESS_GGUF_TOKENIZER_CACHE`` (default ``~/.cache/harness/gguf-tokenizers``)
-in a folder named by the file's sha256, with a ``generation_config.json`` holding the GGUF's EOS id.
+The tokenizer is the one the conversion made and checked against the GGUF's BOS/EOS/PAD, in
+``<cache_root>/bases/gguf-<sha16>-v1/`` (shared with training and the judge server); the
+generation EOS ids are the GGUF's own ``eos_token_id`` and ``eot_token_id``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
+from typing import Optional
 
 from harness.errors import LoadError
-from harness.gguffile import sha256_file
-
-CACHE_ENV = "HARNESS_GGUF_TOKENIZER_CACHE"
 
 
-def _eos_ids(path: Path) -> list[int]:
-    """``tokenizer.ggml.eos_token_id`` (and ``eot_token_id``) of a GGUF file, read from its metadata."""
-    from gguf import GGUFReader
+def cache_root_or_default(cache_root: Optional[Path]) -> Path:
+    """``cache_root``, else the run configuration's fixtures dir (until every caller passes one)."""
+    if cache_root is not None:
+        return Path(cache_root)
+    from harness.config import from_env
+    from harness.models import default_cache_root
 
-    reader = GGUFReader(str(path))
-    out = []
-    for key in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id"):
-        field = reader.fields.get(key)
-        if field is not None:
-            value = int(field.parts[field.data[0]][0])
-            if value not in out:
-                out.append(value)
-    return out
+    return from_env().fixtures_dir or default_cache_root()
 
 
-def gguf_tokenizer_folder(path: Path) -> Path:
-    """The cached tokenizer folder of the GGUF file ``path`` (built on first use)."""
+def gguf_tokenizer_folder(path: Path, cache_root: Optional[Path] = None) -> Path:
+    """The converted folder of the GGUF file ``path`` (converted on first use), whose tokenizer the audit loads."""
+    from harness.models import convert_gguf
+
     path = Path(path)
     if not path.is_file():
         raise LoadError(f"GGUF file {str(path)!r} does not exist")
-    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "harness" / "gguf-tokenizers")
-    dest = root / f"{path.stem}-{sha256_file(path)[:16]}"
-    if (dest / "tokenizer_config.json").is_file():
-        return dest
-    from transformers import AutoTokenizer
+    folder, _ = convert_gguf(path, cache_root_or_default(cache_root), progress=False)
+    return folder
 
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        eos = _eos_ids(path)
-    except Exception as e:  # gguf's and transformers' parse errors have no common base
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LoadError(f"cannot read the tokenizer of GGUF file {str(path)!r}: {first}") from None
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=root))
-    try:
-        tok.save_pretrained(str(tmp))
-        (tmp / "generation_config.json").write_text(json.dumps({"eos_token_id": eos}) + "\n", encoding="utf-8")
-        try:
-            tmp.rename(dest)
-        except OSError:  # another process built it first
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
+
+def gguf_eos_ids(path: Path) -> list[int]:
+    """What generation stops on, from the GGUF's own metadata: its EOS and end-of-turn ids."""
+    from harness.models import eos_ids
+
+    return eos_ids(Path(path))

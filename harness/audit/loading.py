@@ -12,7 +12,6 @@ from typing import Any, Optional, Sequence, Union
 
 from harness.errors import HarnessError, LoadError
 
-ZOO_ENV = "HARNESS_TOKENIZER_ZOO"
 FORMATS: tuple[str, ...] = ("conversational", "messages", "prompt-completion", "text", "preference")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,12 +26,15 @@ REQUIRED: dict[str, dict[str, type]] = {
 
 
 def zoo_dir(explicit: Union[str, Path, None] = None) -> Optional[Path]:
-    """The tokenizer zoo: ``explicit``, else ``$HARNESS_TOKENIZER_ZOO``, else ``../shared/tokenizers`` if present."""
+    """The tokenizer zoo: ``explicit``, else the run configuration's (``HARNESS_TOKENIZER_ZOO``), else
+    ``../shared/tokenizers`` if present."""
     if explicit:
         return Path(explicit)
-    env = os.environ.get(ZOO_ENV)
-    if env:
-        return Path(env)
+    from harness.config import from_env  # until every caller passes the zoo down
+
+    configured = from_env().tokenizer_zoo
+    if configured:
+        return Path(configured)
     default = REPO_ROOT.parent / "shared" / "tokenizers"
     return default if default.is_dir() else None
 
@@ -47,8 +49,10 @@ def resolve_tokenizer(spec: Union[str, Path], zoo: Union[str, Path, None] = None
     A name without ``/`` that is close to a zoo folder name is taken for a typo and answered at
     once with the folder it resembles, before any hub lookup.
     """
+    from harness.models.gguffile import is_gguf
+
     p = Path(spec).expanduser()
-    if p.is_dir() or (p.is_file() and p.suffix == ".gguf"):
+    if p.is_dir() or (p.is_file() and (p.suffix == ".gguf" or is_gguf(p))):
         return p
     z = zoo_dir(zoo)
     if z is not None and "/" not in str(spec) and (z / str(spec)).is_dir():
@@ -108,8 +112,10 @@ def _from_hub(hub_id: str, **kwargs: Any):
     raise LoadError(f"cannot load tokenizer {hub_id!r}: not a local folder, not in the Hugging Face cache, and {why}")
 
 
-def load_tokenizer(spec: Union[str, Path], zoo: Union[str, Path, None] = None, **kwargs: Any):
-    """``AutoTokenizer.from_pretrained`` on a folder, zoo name or hub id; one clear error if it fails."""
+def load_tokenizer(spec: Union[str, Path], zoo: Union[str, Path, None] = None, *,
+                   cache_root: Union[str, Path, None] = None, **kwargs: Any):
+    """``AutoTokenizer.from_pretrained`` on a folder, zoo name, ``.gguf`` file or hub id; one clear error if it
+    fails. A GGUF file's tokenizer comes from its folder in the conversion cache under ``cache_root``."""
     from transformers import AutoTokenizer
 
     where = resolve_tokenizer(spec, zoo)
@@ -119,7 +125,7 @@ def load_tokenizer(spec: Union[str, Path], zoo: Union[str, Path, None] = None, *
         if where.is_file():  # a .gguf file: its tokenizer, converted once and cached as a folder
             from harness.audit.gguf import gguf_tokenizer_folder
 
-            where = gguf_tokenizer_folder(where)
+            where = gguf_tokenizer_folder(where, Path(cache_root) if cache_root else None)
         _check_folder(where)
         kwargs.setdefault("trust_remote_code", False)  # never the interactive [y/N] prompt
         try:
@@ -145,13 +151,17 @@ def _check_folder(folder: Path) -> None:
 
 
 def generation_eos_ids(where: Union[str, Path, None]) -> list[int]:
-    """``generation_config.eos_token_id`` of a folder or cached hub id ([] when there is none)."""
+    """``generation_config.eos_token_id`` of a folder or cached hub id, a GGUF file's EOS and end-of-turn ids
+    ([] when there is none)."""
     if where is None:
         return []
-    if str(where).endswith(".gguf") and Path(str(where)).is_file():
-        from harness.audit.gguf import gguf_tokenizer_folder
+    if Path(str(where)).is_file():
+        from harness.models.gguffile import is_gguf
 
-        where = gguf_tokenizer_folder(Path(str(where)))
+        if str(where).endswith(".gguf") or is_gguf(Path(str(where))):
+            from harness.audit.gguf import gguf_eos_ids
+
+            return gguf_eos_ids(Path(str(where)))
     p = Path(str(where)) / "generation_config.json"
     cfg: Optional[dict] = None
     if p.is_file():

@@ -45,9 +45,9 @@ class ZooEntry:
     def source(self, zoo: Optional[Path]) -> Union[Path, str]:
         """The GGUF file, the zoo folder, or the hub id to load (GGUF: LoadError when the file is absent)."""
         if self.gguf:
-            from harness.gguffile import gguf_dir
+            from harness.config import from_env
 
-            path = gguf_dir() / self.gguf
+            path = from_env().gguf_folder / self.gguf
             if not path.is_file():
                 raise LoadError(f"{self.name}: GGUF file {str(path)!r} is absent (fetch it with .ci/fetch-gguf)")
             return path

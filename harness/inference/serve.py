@@ -9,7 +9,7 @@
   of the plan) into a folder the server and bert-score can load offline.
 - :func:`gguf_folder`: ``transformers serve`` 5.24 cannot load GGUF weights itself (its model
   manager reads ``config.architectures``, which a GGUF config lacks), so a GGUF file is
-  dequantized once into an ordinary safetensors folder, cached under the file's size and mtime.
+  dequantized once into an ordinary safetensors folder: :mod:`harness.models`' conversion cache.
 """
 
 from __future__ import annotations
@@ -166,31 +166,45 @@ def _die_with_parent() -> None:
 
 
 def gguf_folder(gguf: Path, cache_root: Optional[Path] = None) -> Path:
-    """The bf16 safetensors folder dequantized from a GGUF file: the fixture cache's own conversion
-    (:func:`harness.train.bases.convert_gguf`, keyed by the file's sha256, converted once)."""
-    from harness.train.bases import convert_gguf
-    from harness.train.store import Store
+    """The bf16 safetensors folder dequantized from a GGUF file: the conversion cache's own folder
+    (:func:`harness.models.convert_gguf`, keyed by the file's sha256, converted once)."""
+    from harness.models import convert_gguf
 
-    folder, _ = convert_gguf(Path(gguf), Store(Path(cache_root)) if cache_root else Store(), progress=False)
+    folder, _ = convert_gguf(Path(gguf), _cache_root(cache_root), progress=False)
     return folder
 
 
-def resolve_model(spec: str, graph: Any = None, cache_root: Optional[Path] = None) -> tuple[str, str]:
+def _cache_root(cache_root: Optional[Path]) -> Path:
+    """``cache_root``, else the run configuration's fixtures dir (until every caller passes one)."""
+    if cache_root is not None:
+        return Path(cache_root)
+    from harness.config import from_env
+    from harness.models import default_cache_root
+
+    return from_env().fixtures_dir or default_cache_root()
+
+
+def resolve_model(spec: str, graph: Any = None, cache_root: Optional[Path] = None,
+                  gguf_dir: Optional[Path] = None) -> tuple[str, str]:
     """``(what the server loads, a label for reports)`` for a folder, ``.gguf`` file, plan node or hub id.
 
     A node name of ``graph`` wins over a folder of the same name; a bare GGUF file name is also
-    looked up in ``$HARNESS_GGUF_DIR`` (default ``~/.cache/harness/gguf``).
+    looked up in ``gguf_dir`` (default: the run configuration's, ``~/.cache/harness/gguf``).
     """
+    from harness.models import find_gguf
+
     if not spec:
         raise HarnessError("judge model: empty name")
     if graph is not None and spec in getattr(graph, "names", ()):
         return str(Path(graph.path(spec)).resolve()), f"plan node {spec}"
     p = Path(spec).expanduser()
-    if spec.endswith(".gguf"):
-        if not p.is_file():
-            from harness.gguffile import gguf_dir
+    if spec.endswith(".gguf") and not p.is_file():
+        if gguf_dir is None:
+            from harness.config import from_env
 
-            p = gguf_dir() / spec
+            gguf_dir = from_env().gguf_folder
+        p = Path(gguf_dir).expanduser() / spec
+    if (spec.endswith(".gguf") or p.is_file()) and find_gguf(str(p)) is not None:
         return str(gguf_folder(p, cache_root).resolve()), p.name
     if p.is_dir():
         if not (p / "config.json").is_file():
@@ -218,20 +232,26 @@ class JudgeEndpoint:
 
 
 def session_endpoint(spec: Optional[str], graph: Any = None, *, device: str = "auto",
-                     cache_root: Optional[Path] = None, log_path: Optional[Path] = None
+                     cache_root: Optional[Path] = None, log_path: Optional[Path] = None,
+                     judge_model: Optional[str] = None, gguf_dir: Optional[Path] = None
                      ) -> tuple[JudgeEndpoint, Optional[JudgeServer]]:
     """The claims session's judge: ``spec`` served on loopback (the caller stops the server), else
-    the environment's (``OPENAI_*``, model ``HARNESS_JUDGE_MODEL``, default gpt-4o-mini).
+    the environment's (``OPENAI_*``, model ``judge_model``: the run configuration's ``HARNESS_JUDGE_MODEL``,
+    default gpt-4o-mini).
 
     On CUDA the server batches concurrent requests (``--continuous-batching``); on the CPU it
     generates one request at a time (its continuous batching is slower there for few requests).
     """
     if not spec:
-        model = os.environ.get("HARNESS_JUDGE_MODEL", "gpt-4o-mini")
+        if judge_model is None:  # until every caller passes it: the run configuration's value
+            from harness.config import from_env
+
+            judge_model = from_env().judge_model
+        model = judge_model or "gpt-4o-mini"
         return JudgeEndpoint(None, model, model), None
     from harness.inference.generate import resolve_device
 
-    target, label = resolve_model(spec, graph, cache_root)
+    target, label = resolve_model(spec, graph, cache_root, gguf_dir)
     dev = resolve_device(device).type
     server = JudgeServer(target, device=dev, continuous_batching=dev == "cuda", log_path=log_path).start()
     return JudgeEndpoint(server.base_url, target, f"{label} (transformers serve)"), server

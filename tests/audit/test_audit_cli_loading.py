@@ -139,3 +139,31 @@ def test_the_callers_tokenizer_is_left_as_it_was():
     for pipeline in ("trl-sft", "hf-clm"):
         audit(tok, data=CONV, pipeline=pipeline, chat_template=NO_END)
         assert tok.pad_token is None and tok.chat_template == CLEAN
+
+
+def test_the_zoo_default_comes_from_the_run_configuration(folders, capsys, monkeypatch):
+    monkeypatch.setenv("HARNESS_TOKENIZER_ZOO", str(folders["clean"].parent))
+    code, cap = _run(["--tokenizer", "clean", "--data", folders["data"], "--json", "-"], capsys)
+    assert code == 0, cap.err
+    assert json.loads(cap.out)["tokenizer"] == "clean"
+
+
+def test_exit_2_on_a_gguf_file_cut_short(tmp_path, capsys):
+    """The models layer's one reader: an interrupted download is named in one line, before any conversion."""
+    import gguf
+    import numpy as np
+
+    whole = tmp_path / "whole.gguf"
+    w = gguf.GGUFWriter(str(whole), arch="llama")
+    w.add_tensor("token_embd.weight", np.zeros((256, 64), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(whole.read_bytes()[:4096])
+    code, cap = _run(["--tokenizer", cut], capsys)
+    assert code == 2
+    assert cap.err.strip().splitlines()[-1].endswith(f"{cut}: incomplete file: 4096 bytes, but its tensors end at "
+                                                     f"byte {whole.stat().st_size} (an interrupted download? fetch "
+                                                     "it again)")

@@ -309,19 +309,19 @@ def test_bench_graph_concurrent_vs_sequential(benchmark, real_shape_base, tmp_pa
 def test_bench_gguf_conversion_two_processes_vs_one(benchmark, tmp_path, monkeypatch):
     """SmolLM2's GGUF to a bf16 folder, cold: the tokenizer half in a spawned process beside the weights
     (what ``convert_gguf`` does) against both halves in this process (its fallback), in the same run."""
-    from harness.train import bases
-    from harness.train.store import Store
+    from harness.config import from_env
+    from harness.models import convert as bases
 
     benchmark.group = "gguf-conversion"
-    path = bases.gguf_dir() / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    path = from_env().gguf_folder / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.is_file():
         pytest.skip(f"{path} is absent: run .ci/fetch-gguf smollm2")
     with monkeypatch.context() as m:
-        m.setattr(bases, "_can_spawn", lambda: False)
+        m.setattr(bases, "can_spawn", lambda: False)
         t0 = time.perf_counter()
-        one, _ = bases.convert_gguf(path, Store(tmp_path / "one"), progress=False)
+        one, _ = bases.convert_gguf(path, tmp_path / "one", progress=False)
         one_s = time.perf_counter() - t0
-    two, _ = benchmark.pedantic(lambda: bases.convert_gguf(path, Store(tmp_path / "two"), progress=False),
+    two, _ = benchmark.pedantic(lambda: bases.convert_gguf(path, tmp_path / "two", progress=False),
                                 rounds=1, iterations=1)
     two_s = benchmark.stats.stats.max
     same = {f.name: f.read_bytes() == (two / f.name).read_bytes() for f in one.iterdir()}

@@ -134,9 +134,9 @@ def _chatml_reply_tokens(tok, reply: str) -> int:
 
 def _smollm2_tokenizer():
     from harness.audit.gguf import gguf_tokenizer_folder
-    from harness.gguffile import gguf_dir
+    from harness.config import from_env
 
-    f = gguf_dir() / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    f = from_env().gguf_folder / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not f.is_file():
         pytest.skip(f"real model: {f} is absent (fetch it with .ci/fetch-gguf smollm2)")
     from transformers import AutoTokenizer

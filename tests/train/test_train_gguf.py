@@ -1,11 +1,12 @@
 """GGUF bases on the CPU: the real SmolLM2-135M-Instruct GGUF (from .ci/fetch-gguf) converted once into
 a bf16 folder, its special tokens and chat template, the pre-flight on its tokenizer, the smollm2 plan's
-ci variant built on the CPU, and bad GGUF inputs refused with exit 2 and one line naming the file."""
+ci variant built on the CPU, a GGUF given through a link into a hub cache, and bad GGUF inputs (missing,
+corrupt, cut short, not the pinned file) refused with exit 2 and one line naming the file."""
 
 from __future__ import annotations
 
 import json
-import time
+import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,9 @@ import pytest
 from harness.__main__ import main
 from harness.errors import LoadError
 from harness.train import build, load_plan
-from harness.train.bases import check_special_tokens, convert_gguf, gguf_dir, gguf_tokens
+from harness.config import from_env
+from harness.models import check_special_tokens, convert_gguf, gguf_tokens
+from harness.models import convert as convert_mod
 from harness.train.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +26,7 @@ SMOL_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 @pytest.fixture(scope="module")
 def smol_file() -> Path:
-    f = gguf_dir() / SMOL
+    f = from_env().gguf_folder / SMOL
     if not f.is_file():
         pytest.skip(f"{f} is absent: run .ci/fetch-gguf smollm2 (HARNESS_GGUF_DIR names the folder)")
     return f
@@ -36,12 +39,12 @@ def fx(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def converted(smol_file, fx) -> Path:
-    folder, ident = convert_gguf(smol_file, Store(fx), sha256=SMOL_SHA, progress=False)
+    folder, ident = convert_gguf(smol_file, fx, sha256=SMOL_SHA, progress=False)
     assert ident == {"kind": "gguf", "sha256": SMOL_SHA, "file": SMOL, "convert_version": 1}
     return folder
 
 
-def test_smollm2_converts_to_a_bf16_folder_once(converted, smol_file, fx):
+def test_smollm2_converts_to_a_bf16_folder_once(converted, smol_file, fx, monkeypatch):
     from safetensors import safe_open
 
     names = {p.name for p in converted.iterdir()}
@@ -54,10 +57,11 @@ def test_smollm2_converts_to_a_bf16_folder_once(converted, smol_file, fx):
         assert {str(st.get_slice(k).get_dtype()) for k in keys} == {"BF16"}
         n = sum(_numel(st.get_slice(k).get_shape()) for k in keys)
     assert n == 134_515_008  # SmolLM2-135M, embeddings tied to the LM head
-    t0, mtime = time.perf_counter(), (converted / "model.safetensors").stat().st_mtime_ns
-    again, _ = convert_gguf(smol_file, Store(fx), progress=False)
+    mtime, calls = (converted / "model.safetensors").stat().st_mtime_ns, []
+    monkeypatch.setattr(convert_mod, "_convert_into", lambda *a: calls.append(a) or {})
+    again, _ = convert_gguf(smol_file, fx, progress=False)
     assert again == converted and (converted / "model.safetensors").stat().st_mtime_ns == mtime
-    assert time.perf_counter() - t0 < 30, "the second call hashes the file, it does not convert again"
+    assert calls == [], "the second call hashes the file, it does not convert again"
 
 
 def _numel(shape) -> int:
@@ -166,14 +170,28 @@ def test_conversion_runs_in_one_process_where_none_can_be_spawned(monkeypatch):
     """A spawned process re-runs ``__main__`` from its file: a script read from stdin has none."""
     import sys
 
-    from harness.train.bases import _can_spawn
+    from harness.models.convert import can_spawn
 
-    assert _can_spawn()
+    assert can_spawn()
     monkeypatch.setattr(sys.modules["__main__"], "__file__", "<stdin>", raising=False)
-    assert not _can_spawn()
+    assert not can_spawn()
 
 
 # ---------------------------------------------------------------------------- bad inputs, exit 2
+
+def _small_gguf(path: Path) -> Path:
+    """A complete GGUF file (a llama header, one float32 tensor) written with the ``gguf`` package."""
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(path), arch="llama")
+    w.add_tensor("token_embd.weight", np.arange(1 << 16, dtype=np.float32).reshape(-1, 64))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
 
 def _cli(capsys, *args: str) -> tuple[int, str]:
     rc = main(["fixtures", "build", str(ROOT / "fixtures" / "plans" / "micro.toml"), "--quiet", *args])
@@ -193,27 +211,64 @@ def test_a_corrupt_gguf_file_exits_2_naming_it(tmp_path, capsys):
     assert rc == 2 and len(err.splitlines()) == 1
     assert err.startswith(f"error: {bad}: not a readable GGUF file")
     assert not list((tmp_path / "fx" / "bases").glob("*")) if (tmp_path / "fx" / "bases").exists() else True
-    assert not any((tmp_path / "fx" / "tmp").iterdir()), "a failed conversion leaves no temp folder"
+    tmp = tmp_path / "fx" / "tmp"
+    assert not tmp.exists() or not any(tmp.iterdir()), "a failed conversion leaves no temp folder"
 
 
 def test_a_gguf_that_does_not_match_its_pinned_sha256_exits_2(tmp_path, capsys):
-    f = tmp_path / "x.gguf"
-    f.write_bytes(b"not the pinned file")
+    """``--base`` over a plan that pins its GGUF: the refusal names the plan file, the field, and the line that
+    lets this file through."""
+    from harness.models import sha256_file
+
+    f = _small_gguf(tmp_path / "x.gguf")
+    digest = sha256_file(f)
     plan = tmp_path / "plan.toml"
     text = (ROOT / "fixtures" / "plans" / "micro.toml").read_text()
-    plan.write_text(text.replace('model = "tiny"', f'model = "{f}"\nsha256 = "{SMOL_SHA}"'))
-    rc = main(["fixtures", "build", str(plan), "--quiet", "--fixtures-dir", str(tmp_path / "fx")])
+    plan.write_text(text.replace('model = "tiny"', f'model = "$HARNESS_GGUF_DIR/{SMOL}"\nsha256 = "{SMOL_SHA}"'))
+    rc = main(["fixtures", "build", str(plan), "--base", str(f), "--quiet", "--fixtures-dir", str(tmp_path / "fx")])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and err.startswith(f"error: {f}: sha256 ") and err.endswith(f"does not match the pinned {SMOL_SHA}")
+    assert rc == 2 and err == (f"error: {f}: sha256 {digest} does not match the pinned {SMOL_SHA} (the pin is "
+                               f"base.sha256 in {plan}); to build on this file, set base.sha256 = \"{digest}\" "
+                               "there or delete that line")
 
 
-def test_the_gguf_dir_follows_the_environment(tmp_path, monkeypatch):
-    from harness.train.bases import expand
+def test_a_gguf_cut_short_exits_2_at_once_saying_so(tmp_path, capsys):
+    """An interrupted download: one line naming the file, before any conversion starts."""
+    whole = _small_gguf(tmp_path / "whole.gguf")
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(whole.read_bytes()[:100_000])
+    rc, err = _cli(capsys, "--base", str(cut), "--fixtures-dir", str(tmp_path / "fx"))
+    assert rc == 2 and err == (f"error: {cut}: incomplete file: 100000 bytes, but its tensors end at byte "
+                               f"{whole.stat().st_size} (an interrupted download? fetch it again)")
+    assert not (tmp_path / "fx" / "tmp").exists() or not any((tmp_path / "fx" / "tmp").iterdir())
 
-    monkeypatch.setenv("HARNESS_GGUF_DIR", str(tmp_path))
-    assert expand("$HARNESS_GGUF_DIR/a.gguf") == f"{tmp_path}/a.gguf"
-    monkeypatch.delenv("HARNESS_GGUF_DIR")
-    assert expand("${HARNESS_GGUF_DIR}/a.gguf") == str(Path("~/.cache/harness/gguf/a.gguf").expanduser())
+
+def test_a_gguf_through_a_link_into_a_hub_cache_builds(converted, smol_file, fx, tmp_path, capsys):
+    """A hub cache holds ``snapshots/<rev>/model.gguf -> ../../blobs/<sha>``: the target has no suffix, and
+    ``--base`` resolves the link to it. The file is a GGUF by its first bytes, and converts to the same folder."""
+    blob = tmp_path / "hub" / "blobs" / SMOL_SHA
+    blob.parent.mkdir(parents=True)
+    try:
+        os.link(smol_file, blob)
+    except OSError:
+        blob.write_bytes(smol_file.read_bytes())
+    link = tmp_path / "hub" / "snapshots" / "main" / SMOL
+    link.parent.mkdir(parents=True)
+    link.symlink_to(Path("..") / ".." / "blobs" / SMOL_SHA)
+    rc = main(["fixtures", "build", str(ROOT / "fixtures" / "plans" / "micro.toml"), "--quiet", "--base", str(link),
+               "--only", "base", "--fixtures-dir", str(fx)])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert f"  {converted}" in out
+
+
+def test_the_gguf_dir_follows_the_environment(tmp_path):
+    from harness.models import expand
+
+    assert expand("$HARNESS_GGUF_DIR/a.gguf", from_env({"HARNESS_GGUF_DIR": str(tmp_path)}).gguf_folder) == \
+        f"{tmp_path}/a.gguf"
+    assert expand("${HARNESS_GGUF_DIR}/a.gguf", from_env({}).gguf_folder) == \
+        str(Path("~/.cache/harness/gguf/a.gguf").expanduser())
     plan = load_plan(ROOT / "fixtures" / "plans" / "gemma3.toml")
     assert plan.base == "$HARNESS_GGUF_DIR/gemma-3-270m-q4_k_m.gguf"
     assert plan.source.chat_template == str(ROOT / "fixtures" / "templates" / "gemma3.jinja")

@@ -1,0 +1,83 @@
+"""Real GGUF files for the models tests: the fetched bases, small GGUF files written with the ``gguf``
+package, and copies of a real file with rewritten metadata (what a badly converted upload looks like)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from harness.config import from_env
+
+SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOL_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+GEMMA = "gemma-3-270m-q4_k_m.gguf"
+
+
+def real_gguf(name: str, fetch: str) -> Path:
+    """A fetched base in the run configuration's GGUF folder, else a skip that says how to fetch it."""
+    f = from_env().gguf_folder / name
+    if not f.is_file():
+        pytest.skip(f"{f} is absent: run .ci/fetch-gguf {fetch} (HARNESS_GGUF_DIR names the folder)")
+    return f
+
+
+def small_gguf(path: Path, n: int = 1 << 16) -> Path:
+    """A complete GGUF file with a llama header and one float32 tensor of ``n`` values (no usable model)."""
+    import gguf
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w = gguf.GGUFWriter(str(path), arch="llama")
+    w.add_name("small")
+    w.add_tensor("token_embd.weight", np.arange(n, dtype=np.float32).reshape(-1, 64))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def rewritten(src: Path, dst: Path, tokens: Optional[dict[int, str]] = None, name: Optional[str] = None) -> Path:
+    """A copy of GGUF ``src`` at ``dst`` with vocabulary entries (id -> text) or ``general.name`` replaced;
+    the tensors are copied as they are (the ``gguf`` package's own new-metadata writer)."""
+    import gguf
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+    reader = gguf.GGUFReader(str(src))
+    writer = gguf.GGUFWriter(str(dst), arch=reader.fields["general.architecture"].contents(),
+                             endianess=reader.endianess)
+    align = reader.fields.get("general.alignment")
+    if align is not None:
+        writer.data_alignment = align.contents()
+    new = {}
+    if tokens:
+        vocab = list(reader.fields["tokenizer.ggml.tokens"].contents())
+        for i, text in tokens.items():
+            vocab[i] = text
+        new["tokenizer.ggml.tokens"] = MetadataDetails(gguf.GGUFValueType.ARRAY, vocab,
+                                                       sub_type=gguf.GGUFValueType.STRING)
+    if name:
+        new["general.name"] = MetadataDetails(gguf.GGUFValueType.STRING, name)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    copy_with_new_metadata(reader, writer, new, [])
+    return dst
+
+
+def vocab_entry(path: Path, i: int) -> str:
+    import gguf
+
+    return gguf.GGUFReader(str(path)).fields["tokenizer.ggml.tokens"].contents(i)
+
+
+def blob_copy(src: Path, dst: Path) -> Path:
+    """``src`` at ``dst`` (a hard link where the filesystem allows, else a copy)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+    return dst
