@@ -12,15 +12,17 @@ import pytest
 
 from harness.audit import audit
 from harness.audit.zoo import load_zoo_spec
+from harness.config import from_env
 from harness.errors import LoadError
 from harness.findings import ClaimResult
 
 ENTRIES = load_zoo_spec()
+RUN = from_env()  # the GGUF folder and HARNESS_UPDATE_SNAPSHOTS, read here at the edge
 
 
 def _tokenizer_source(entry, zoo):
     try:
-        return entry.source(zoo)
+        return entry.source(zoo, RUN.gguf_folder)
     except LoadError as e:  # a GGUF entry whose file has not been fetched
         pytest.skip(str(e))
 
@@ -49,5 +51,5 @@ def test_audit_verdict_matches_expectation(entry, tokenizer_zoo, record_property
     for f in report.findings:
         assert f.count == report.examples, f"{entry.name}: {f.code} in {f.count} of {report.examples} examples"
     # The pinned label snapshot: after a library upgrade, exactly which examples' trained tokens changed.
-    changed = entry.snapshot_changes(report)
+    changed = entry.snapshot_changes(report, update=RUN.update_snapshots)
     assert not changed, f"{entry.name}: labels changed since the snapshot:\n" + "\n".join(changed)

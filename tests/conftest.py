@@ -1,10 +1,140 @@
-"""Fixtures shared by more than one test folder."""
+"""Fixtures shared by more than one test folder; the test order option; the guard on the project's
+``.fixtures/`` and ``findings/``."""
 
 from __future__ import annotations
 
+import os
+import random
 from pathlib import Path
 
 import pytest
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+
+
+# ---- order: --order reverse / shuffle shows a test that leans on another one's leftovers
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("order", "test order (tests/ only)")
+    group.addoption("--order", choices=("given", "reverse", "shuffle"), default="given",
+                    help="run the tests under tests/ as collected, reversed, or shuffled (default: given)")
+    group.addoption("--order-seed", type=int, default=None,
+                    help="seed of --order shuffle (default: a random one, shown in the header)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    worker = getattr(config, "workerinput", None)
+    if worker is not None and "order_seed" in worker:  # an xdist worker takes the controller's seed
+        config.option.order_seed = worker["order_seed"]
+    elif config.getoption("order") == "shuffle" and config.getoption("order_seed") is None:
+        config.option.order_seed = random.randrange(10**6)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """xdist: every worker must collect the same order."""
+    node.workerinput["order_seed"] = node.config.getoption("order_seed")
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    order = config.getoption("order")
+    if order == "given":
+        return None
+    return f"test order: {order}" + (f" (--order-seed {config.getoption('order_seed')})" if order == "shuffle" else "")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    """Reorder the items under tests/ in their own slots; a shuffle keeps each file's tests together
+    (module fixtures are built once) and shuffles the files and the tests inside each."""
+    order = config.getoption("order")
+    slots = [k for k, item in enumerate(items) if TESTS in Path(str(item.path)).parents]
+    if order == "given" or not slots:
+        return
+    mine = [items[k] for k in slots]
+    if order == "reverse":
+        mine.reverse()
+    else:
+        rng = random.Random(config.getoption("order_seed"))
+        files: dict[str, list] = {}
+        for item in mine:
+            files.setdefault(str(item.path), []).append(item)
+        groups = list(files.values())
+        rng.shuffle(groups)
+        for group in groups:
+            rng.shuffle(group)
+        mine = [item for group in groups for item in group]
+    for k, item in zip(slots, mine):
+        items[k] = item
+
+
+# ---- a test under tests/ writes to temp folders only, never the project's .fixtures/ or findings/
+
+GUARDED = (ROOT / ".fixtures", ROOT / "findings")
+
+
+def _folders() -> dict[str, int]:
+    """mtime_ns of each guarded folder and every folder below it: creating, removing or renaming an
+    entry (harness.atomic writes by renaming) changes its folder's."""
+    out = {}
+    for top in GUARDED:
+        for path, _, _ in os.walk(top):
+            try:
+                out[path] = os.stat(path).st_mtime_ns
+            except FileNotFoundError:
+                pass
+    return out
+
+
+def _stamp(folders: dict[str, int]) -> dict[str, int]:
+    """The mtimes now, of the known folders and of the guarded ones (which may have appeared)."""
+    out = {}
+    for path in [*folders, *map(str, GUARDED)]:
+        try:
+            out[path] = os.stat(path).st_mtime_ns
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def _entries() -> set[str]:
+    """Every file and folder below the guarded folders (and those folders themselves)."""
+    out = set()
+    for top in GUARDED:
+        for path, _, names in os.walk(top):
+            out |= {path, *(os.path.join(path, n) for n in names)}
+    return out
+
+
+@pytest.fixture(scope="session")
+def _project_outputs(request) -> dict | None:
+    """The guarded folders as they are; None (no guard) when the session also runs tests outside tests/
+    (claims/ builds into .fixtures/ and writes findings/, on purpose)."""
+    if any(TESTS not in Path(str(item.path)).parents for item in request.session.items):
+        return None
+    folders = _folders()
+    return {"folders": folders, "stamp": _stamp(folders), "entries": _entries()}
+
+
+@pytest.fixture(autouse=True)
+def _no_writes_to_project_outputs(request, _project_outputs):
+    """Fails the test (at teardown) that added or removed a file or folder in the project's .fixtures/ or
+    findings/ (+ added, - removed)."""
+    yield
+    state = _project_outputs
+    if state is None or _stamp(state["folders"]) == state["stamp"]:
+        return
+    entries = _entries()
+    changed = [f"+ {os.path.relpath(e, ROOT)}" for e in sorted(entries - state["entries"])] + \
+              [f"- {os.path.relpath(e, ROOT)}" for e in sorted(state["entries"] - entries)]
+    state.update(folders=_folders(), entries=entries)
+    state["stamp"] = _stamp(state["folders"])
+    if changed:
+        shown = "\n  ".join(changed[:10])
+        pytest.fail(f"{request.node.nodeid} changed the project's .fixtures/ or findings/ (tests write under "
+                    f"tmp_path; another process writing there at the same time shows up here too):\n  {shown}"
+                    + ("\n  ..." if len(changed) > 10 else ""), pytrace=False)
+
 
 
 @pytest.fixture(scope="session")

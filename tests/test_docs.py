@@ -5,9 +5,9 @@ The rule (also in the README, "How the docs are tested"):
 
 - a ``bash`` block right after ``<!-- docs-test: run -->`` runs as written, as one bash script in the
   project root on the CPU (findings in a temp folder; the fixture cache is ``$HARNESS_FIXTURES_DIR``
-  or the project's ``.fixtures/``, as for a user). ``<!-- docs-test: run, needs FILE -->`` skips it
-  when the GGUF file FILE is not in ``$HARNESS_GGUF_DIR``. Long or GPU-only commands are therefore
-  never marked ``run``;
+  or one temp folder the blocks share, never the project's ``.fixtures/``).
+  ``<!-- docs-test: run, needs FILE -->`` skips it when the GGUF file FILE is not in
+  ``$HARNESS_GGUF_DIR``. Long or GPU-only commands are therefore never marked ``run``;
 - every other ``python -m harness ...`` command is parsed by the real command-line parser (an unknown
   command, option or choice fails), every ``pytest`` command's options must be listed by
   ``pytest --help``, ``.ci/`` scripts must exist, and paths under fixtures/, .ci/, tests/, docs/,
@@ -227,14 +227,21 @@ def test_every_kind_of_command_is_checked():
 RUN = [b for b in SHELL if b.run]
 
 
+@pytest.fixture(scope="module")
+def docs_fixtures_dir(tmp_path_factory) -> str:
+    """``$HARNESS_FIXTURES_DIR``, else one temp cache for all blocks (a later block reuses an earlier one's nodes)."""
+    return os.environ.get("HARNESS_FIXTURES_DIR") or str(tmp_path_factory.mktemp("docs_fixtures"))
+
+
 @pytest.mark.parametrize("block", RUN, ids=lambda b: b.where)
-def test_marked_block_runs_as_written(block, tmp_path):
+def test_marked_block_runs_as_written(block, tmp_path, docs_fixtures_dir):
     if block.needs:
         from harness.config import from_env
 
         if not (from_env().gguf_folder / block.needs).is_file():
             pytest.skip(f"{from_env().gguf_folder / block.needs} is absent: run .ci/fetch-gguf")
-    env = dict(os.environ, HARNESS_FINDINGS_DIR=str(tmp_path / "findings"), HF_HUB_OFFLINE="1",
+    env = dict(os.environ, HARNESS_FINDINGS_DIR=str(tmp_path / "findings"), HARNESS_FIXTURES_DIR=docs_fixtures_dir,
+               HF_HUB_OFFLINE="1",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     out = subprocess.run(["bash", "-c", "set -euo pipefail\n" + block.text], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=900)

@@ -8,6 +8,7 @@ from typing import Any, Optional, Union
 
 from harness.audit.findings import CODES
 from harness.audit.loading import FORMATS, REPO_ROOT
+from harness.config import DEFAULT_GGUF_DIR
 from harness.errors import LoadError
 
 TOKENIZERS_TOML = REPO_ROOT / "fixtures" / "tokenizers.toml"
@@ -36,18 +37,20 @@ class ZooEntry:
     limit: Optional[int]
     expect: tuple[str, ...]  # () means clean
     note: str = ""
-    gguf: Optional[str] = None  # a GGUF file name in $HARNESS_GGUF_DIR: its tokenizer is audited
+    gguf: Optional[str] = None  # a GGUF file name in the GGUF folder (HARNESS_GGUF_DIR): its tokenizer is audited
     trust_remote_code: bool = False
     special_tokens: tuple[tuple[str, str], ...] = ()  # tokenizer overrides, e.g. bos_token = eos_token
     fold_system: bool = False
     snapshot: Optional[str] = None  # label snapshot file, relative to the repository root
 
-    def source(self, zoo: Optional[Path]) -> Union[Path, str]:
-        """The GGUF file, the zoo folder, or the hub id to load (GGUF: LoadError when the file is absent)."""
-        if self.gguf:
-            from harness.config import from_env
+    def source(self, zoo: Optional[Path], gguf_dir: Optional[Path] = None) -> Union[Path, str]:
+        """The GGUF file, the zoo folder, or the hub id to load (GGUF: LoadError when the file is absent).
 
-            path = from_env().gguf_folder / self.gguf
+        ``gguf_dir``: where the GGUF files lie (the run config's ``gguf_folder``; default
+        ``~/.cache/harness/gguf``, where ``.ci/fetch-gguf`` puts them).
+        """
+        if self.gguf:
+            path = (gguf_dir if gguf_dir is not None else DEFAULT_GGUF_DIR).expanduser() / self.gguf
             if not path.is_file():
                 raise LoadError(f"{self.name}: GGUF file {str(path)!r} is absent (fetch it with .ci/fetch-gguf)")
             return path
@@ -80,19 +83,19 @@ class ZooEntry:
                     assistant_only_loss=self.assistant_only_loss, fold_system=self.fold_system,
                     tokenizer_kwargs=kwargs or None)
 
-    def snapshot_changes(self, report) -> list[str]:
+    def snapshot_changes(self, report, update: bool = False, root: Path = REPO_ROOT) -> list[str]:
         """Lines naming the sequences whose trained tokens differ from the pinned snapshot ([] if none is pinned).
 
-        ``HARNESS_UPDATE_SNAPSHOTS=1`` rewrites the pinned file instead (after a deliberate upgrade).
+        ``update`` (``HARNESS_UPDATE_SNAPSHOTS=1`` at the edge) rewrites the pinned file instead, after a
+        deliberate upgrade; so does a pinned file that does not exist yet. ``root``: the folder the
+        entry's ``snapshot`` path is relative to (the repository).
         """
-        import os
-
         from harness.audit.snapshot import compare, write_snapshot
 
         if not self.snapshot:
             return []
-        path = REPO_ROOT / self.snapshot
-        if os.environ.get("HARNESS_UPDATE_SNAPSHOTS") == "1" or not path.is_file():
+        path = Path(root) / self.snapshot
+        if update or not path.is_file():
             if path.is_file():
                 path.unlink()
             write_snapshot(report, self.format, path, self.name)

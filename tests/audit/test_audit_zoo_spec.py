@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from harness.audit.findings import CODES
@@ -22,8 +24,6 @@ def test_the_shipped_list_is_valid_and_holds_the_004_controls():
 
 
 def test_the_zoo_covers_every_shared_family_and_twelve_or_more():
-    from pathlib import Path
-
     from harness.audit.loading import REPO_ROOT
 
     entries = load_zoo_spec(TOKENIZERS_TOML)
@@ -53,3 +53,42 @@ def test_bad_entries_name_the_family(tmp_path, body, needle):
     with pytest.raises(LoadError) as e:
         load_zoo_spec(path)
     assert "family #1 (x)" in str(e.value) and needle in str(e.value)
+
+
+# ---- the values an entry takes from the run (the edge reads HARNESS_GGUF_DIR / HARNESS_UPDATE_SNAPSHOTS)
+
+def _entry(**over):
+    from dataclasses import replace
+
+    return replace(load_zoo_spec(TOKENIZERS_TOML)[0], **over)
+
+
+def test_a_gguf_entry_is_looked_up_in_the_folder_it_is_given(tmp_path, monkeypatch):
+    entry = _entry(gguf="tiny.Q4_0.gguf")
+    monkeypatch.setenv("HARNESS_GGUF_DIR", str(tmp_path / "elsewhere"))  # the module does not read it
+    with pytest.raises(LoadError, match=f"GGUF file '{tmp_path}/tiny.Q4_0.gguf' is absent"):
+        entry.source(None, gguf_dir=tmp_path)
+    (tmp_path / "tiny.Q4_0.gguf").write_bytes(b"GGUF")
+    assert entry.source(None, gguf_dir=tmp_path) == tmp_path / "tiny.Q4_0.gguf"
+    with pytest.raises(LoadError) as e:  # no folder given: the documented default
+        _entry(gguf="no-such-model.gguf").source(None)
+    assert str(Path("~/.cache/harness/gguf/no-such-model.gguf").expanduser()) in str(e.value)
+
+
+def test_snapshot_changes_compares_and_rewrites_only_when_told(tmp_path):
+    from audit_synth import CLEAN, CONV, NO_END, bpe
+
+    from harness.audit import audit
+
+    entry = _entry(name="tok", format="conversational", snapshot="snaps/tok.json")
+    clean = audit(bpe(CLEAN), fmt="conversational", data=CONV)
+    assert entry.snapshot_changes(clean, root=tmp_path) == []  # none pinned yet: written
+    pinned = (tmp_path / "snaps" / "tok.json").read_bytes()
+    assert entry.snapshot_changes(clean, root=tmp_path) == []
+    changed = audit(bpe(NO_END), fmt="conversational", data=CONV)
+    lines = entry.snapshot_changes(changed, root=tmp_path)
+    assert len(lines) == 1 + len(CONV) and all("first difference" in line for line in lines[1:]), lines
+    assert (tmp_path / "snaps" / "tok.json").read_bytes() == pinned  # comparing leaves the pinned file alone
+    assert entry.snapshot_changes(changed, update=True, root=tmp_path) == []
+    assert (tmp_path / "snaps" / "tok.json").read_bytes() != pinned
+    assert entry.snapshot_changes(changed, root=tmp_path) == []

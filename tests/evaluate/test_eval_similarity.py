@@ -92,12 +92,14 @@ SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture(scope="module")
-def smol_scorer():
-    """BERTScore on SmolLM2-135M-Instruct's hidden states (a real pretrained decoder, from its GGUF file)."""
+def smol_scorer(tmp_path_factory):
+    """BERTScore on SmolLM2-135M-Instruct's hidden states (a real pretrained decoder, from its GGUF file),
+    converted into ``$HARNESS_FIXTURES_DIR`` or a temp cache, never the project's ``.fixtures/``."""
     gguf = Path(os.environ.get("HARNESS_GGUF_DIR", "~/.cache/harness/gguf")).expanduser() / SMOL
     if not gguf.is_file():
         pytest.skip(f"real model: {gguf} is absent (fetch it with .ci/fetch-gguf smollm2)")
-    scorer, note = try_bert_score(SMOL, None)
+    cache = Path(os.environ.get("HARNESS_FIXTURES_DIR") or tmp_path_factory.mktemp("fixtures"))
+    scorer, note = try_bert_score(SMOL, None, cache_root=cache)
     assert scorer is not None, note
     return scorer
 
