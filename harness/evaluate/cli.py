@@ -73,13 +73,17 @@ def run(args: argparse.Namespace) -> int:
     bad = [s for s in sources if s not in SOURCES]
     if bad or not sources:
         raise HarnessError(f"--sources: unknown source(s) {bad or sources}; known: {', '.join(SOURCES)}")
+    from harness.config import from_env
+
+    env = from_env()  # this command is an edge: the environment is read here, once
+    fixtures = args.fixtures_dir or (str(env.fixtures_dir) if env.fixtures_dir else None)
     plan = load_plan(args.plan)
-    graph = build(plan, fixtures_dir=args.fixtures_dir, device=args.device, only=args.only)
+    graph = build(plan, fixtures_dir=fixtures, device=args.device, only=args.only)
     settings = GenSettings(args.max_new_tokens, args.batch_size)
     persona_limit = min(x for x in (args.limit, plan.limit) if x) if (args.limit or plan.limit) else 0
     gens = graph_generations(graph, sources, settings, nodes=args.only, limit=persona_limit, eval_limit=args.limit,
                              device=args.device,
-                             cache_root=Path(args.fixtures_dir) if args.fixtures_dir else None)
+                             cache_root=Path(fixtures) if fixtures else None)
     out = Path(args.out)
     written = write_table(generation_table(gens), out)
     qs = {s: (p.ids, p.questions) for s in sources for p in [prompts(s, persona_limit if s == "persona" else args.limit)]}

@@ -9,7 +9,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError
 from harness.findings.kinds import KINDS
 from harness.findings.session import Case, FindingsSession
 from harness.findings.verdict import ClaimResult, assert_holds, evaluate
@@ -82,15 +81,3 @@ def run_case(session: FindingsSession, case: Case, request: Any) -> list[ClaimRe
         return rows
     assert_holds(rows, _detail(case, rows, session, graph))
     return rows
-
-
-def no_match_message(session: FindingsSession, keyword: str) -> str:
-    """What ``-k`` matched no claim says: the ids (and one case id) that exist."""
-    try:
-        specs = session.specs()
-    except HarnessError as exc:
-        return f"-k {keyword!r} matched no claim case; the claims could not be loaded: {exc}"
-    ids = ", ".join(s.id for s in specs)
-    example = session.cases()[0].id if specs else "-"
-    return (f"-k {keyword!r} matched no claim case. Claims in {session.options.claims}: {ids} "
-            f"(case ids look like {example!r})")

@@ -10,8 +10,11 @@ import datetime as _dt
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
+import pytest
+
+from harness.config import RunConfig
 from harness.errors import HarnessError
 from harness.findings.baseline import Comparison, compare
 from harness.findings.builds import Builds, needs, quiet
@@ -24,6 +27,10 @@ from harness.versions import library_versions, version_changes
 
 DEFAULT_PLAN = Path("fixtures") / "plans" / "tiny.toml"
 CLAIMS_DIR = Path("fixtures") / "claims"
+
+
+#: where the pytest plugin keeps the session (here, below both the plugin and its xdist glue)
+SESSION = pytest.StashKey["FindingsSession"]()
 
 
 def plan_path(option: str | None, root: Path) -> Path:
@@ -77,12 +84,19 @@ class Options:
     claims_dir: Path | None = None
     findings_dir: Path | None = None
     fixtures_dir: str | None = None
+    zoo: Path | None = None  # the folder of real tokenizer folders (--harness-zoo)
     run: str = ""
     baseline: str | None = None
     strict: bool = False
     seeds: int = 1
     device: str = "auto"
     judge_serve: str | None = None  # --judge-serve MODEL: served on loopback as the LLM judge
+    env: RunConfig = field(default_factory=RunConfig)  # the HARNESS_* variables, read once by the plugin
+
+    @property
+    def slot(self) -> str | None:
+        """The device slot this process was pinned to (a pytest-xdist worker's GPU), else None."""
+        return self.env.slot
 
     @property
     def claims(self) -> Path:
@@ -143,9 +157,9 @@ class FindingsSession(Collector):
         self._specs: list[ClaimSpec] | None = None
         self._memo: dict[Any, Any] = {}
         self.seeds: list[int] = []
-        self.no_match: str | None = None  # what -k matching no claim case says
-        self.claims_deselected = False
-        self.merged_meta: dict[str, Any] = {}  # from pytest-xdist workers (harness.findings.merge)
+        self.no_match: str | None = None  # what -k matching no claim case says (:meth:`keyword_matched`)
+        self.claims_deselected = False  # some claim case was deselected (:meth:`deselected_claims`)
+        self.merged_meta: dict[str, Any] = {}  # from pytest-xdist workers (:meth:`take_worker`)
         self.log_path = Path(options.fixtures_dir or options.root / ".fixtures") / "logs" / f"{options.run}.log"
         self.builds = Builds(options.fixtures_dir, options.device, lambda msg: self.say(msg), self.log_path)
         self._planned: list[Case] | None = None  # cases whose nodes the first prepare() builds
@@ -364,6 +378,53 @@ class FindingsSession(Collector):
     def preflight(self) -> list[NodePreflight]:
         """The pre-flight of every trained node the claims read (this process's graphs, else the workers')."""
         return self.builds.preflight(self.options.seeds) or list(self.merged_preflight)
+
+    # ------------------------------------------------------------------ what the plugin tells the session
+    def deselected_claims(self) -> None:
+        """``-k``/``-m`` deselected some claim case."""
+        self.claims_deselected = True
+
+    def keyword_matched(self, keyword: str, any_claim: bool) -> None:
+        """After collection: when ``-k keyword`` deselected claim cases and left none, say which exist."""
+        if not (keyword and self.claims_deselected and not any_claim):
+            return
+        try:
+            specs = self.specs()
+        except HarnessError as exc:
+            self.no_match = f"-k {keyword!r} matched no claim case; the claims could not be loaded: {exc}"
+            return
+        ids = ", ".join(s.id for s in specs)
+        example = self.cases()[0].id if specs else "-"
+        self.no_match = (f"-k {keyword!r} matched no claim case. Claims in {self.options.claims}: {ids} "
+                         f"(case ids look like {example!r})")
+
+    def computed_diffs(self) -> bool:
+        """Whether this session computed the graph's diffs (a worker tells the controller, which plots them)."""
+        return bool(self._memo.get(("diffs",)))
+
+    def workers_computed_diffs(self) -> bool:
+        """Whether a pytest-xdist worker computed diffs (so the controller reads them from the disk cache)."""
+        return bool(self.merged_meta.get("diffs"))
+
+    def take_worker(self, rows: Iterable[ClaimResult], *, seeds: Iterable[int] = (), base_identity: Any = None,
+                    diffs: bool = False, preflight: Iterable[NodePreflight] = (),
+                    worker: dict[str, Any] | None = None) -> None:
+        """Merge one pytest-xdist worker's rows and metadata (rows sorted by claim, pair, check and seed,
+        as no worker order is meaningful; a node two workers read is listed once in the pre-flight)."""
+        if base_identity:
+            self.merged_meta["base_identity"] = base_identity
+        self.merged_meta["diffs"] = self.merged_meta.get("diffs", False) or diffs
+        for p in preflight:
+            if p not in self.merged_preflight:
+                self.merged_preflight.append(p)
+        if worker is not None:
+            workers = self.merged_meta.setdefault("workers", {})
+            workers[worker["id"]] = worker["gpu"]
+            self.merged_meta["workers"] = dict(sorted(workers.items()))
+        self.merged_preflight.sort(key=lambda p: (p.variant or "", p.seed or 0, p.node))
+        self.seeds = sorted(set(self.seeds) | set(seeds))
+        self.record(list(rows))
+        self.results.sort(key=lambda r: (r.claim, r.pair, r.check, -1 if r.seed is None else r.seed))
 
 
 def finish(results: Sequence[ClaimResult], *, findings_dir: Path, plan: str, run: str, meta: dict[str, Any],
