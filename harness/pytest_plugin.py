@@ -175,16 +175,20 @@ def tokenizer_zoo(pytestconfig: pytest.Config) -> Path:
 # ---- claims: parametrization and fixtures --------------------------------------------------
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "claim_case" not in metafunc.fixturenames:
-        return
+    """``claim_case``: every case of every spec in the claims folder; ``zoo_case``: every zoo tokenizer a spec
+    of that folder names."""
     from harness.errors import HarnessError
     from harness.findings.runner import params
 
+    fs = _session(metafunc.config)
     try:
-        cases = params(_session(metafunc.config))
+        if "claim_case" in metafunc.fixturenames:
+            metafunc.parametrize("claim_case", params(fs))
+        if "zoo_case" in metafunc.fixturenames:
+            cases = fs.zoo_cases()
+            metafunc.parametrize("zoo_case", cases, ids=[c.id for c in cases])
     except HarnessError as exc:  # a bad spec: one collection error naming the file and the field
         raise pytest.UsageError(str(exc)) from None
-    metafunc.parametrize("claim_case", cases)
 
 
 def _is_claim_case(item: pytest.Item) -> bool:

@@ -20,7 +20,7 @@ from harness.findings.baseline import Comparison, compare
 from harness.findings.builds import Builds, needs, quiet
 from harness.findings.diffs import DiffSource, NodeSet
 from harness.findings.preflight import NodePreflight
-from harness.findings.report import load_json, plot_graph, spreads, write
+from harness.findings.report import conflict_pairs, load_json, plot_graph, spreads, write
 from harness.findings.spec import ClaimSpec, Control, Pair, load_specs
 from harness.findings.verdict import ClaimResult, Collector
 from harness.versions import library_versions, version_changes
@@ -119,6 +119,23 @@ class Case:
     def id(self) -> str:
         tail = f"-control:{self.control.variant}" if self.control else ""
         return f"{self.spec.id}-{self.pair.label}{tail}"
+
+
+@dataclass(frozen=True)
+class ZooCase:
+    """One zoo tokenizer of a ``generations`` spec's ``zoo`` list: a small model is trained for it and its
+    generations are checked like the graph's nodes (``claims/test_eos_learned.py``)."""
+
+    spec: ClaimSpec
+    tokenizer: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.spec.id}-zoo:{self.tokenizer}"
+
+    @property
+    def pair(self) -> Pair:
+        return Pair((("tokenizer", f"zoo:{self.tokenizer}"),))
 
 
 @dataclass
@@ -234,6 +251,14 @@ class FindingsSession(Collector):
             out += [Case(s, p) for p in s.pairs]
             out += [Case(s, p, c) for c in s.controls for p in s.pairs if c.covers(p.label)]
         return out
+
+    def zoo_cases(self) -> list[ZooCase]:
+        """Every zoo tokenizer every spec of the claims folder names (``zoo = [...]``)."""
+        return [ZooCase(s, name) for s in self.specs() for name in s.zoo]
+
+    def eos_cache(self) -> Path:
+        """Where the zoo tokenizers' small models and their generations are cached."""
+        return diff_cache_dir(self.options.fixtures_dir, self.options.root).parent / "eos"
 
     # ------------------------------------------------------------------ graphs and sources
     def memo(self, key: Any, make: Callable[[], Any]) -> Any:
@@ -364,7 +389,11 @@ class FindingsSession(Collector):
         sources = self._memo.get(("diffs",))
         if not sources:
             return []
-        return plot_graph(sources[0][1], self.plan, folder, run)
+        try:
+            specs = self.specs()
+        except HarnessError:
+            specs = []
+        return plot_graph(sources[0][1], self.plan, folder, run, conflict_pairs(specs, sources[0][1]))
 
     def finish(self) -> Outcome | None:
         """Write the findings (when any row was recorded), compare with the baseline."""

@@ -219,3 +219,8 @@ def test_an_isolated_statistic_is_gone_after_the_block(tmp_path):
     assert "always_one" not in STATISTICS and "always_one" not in STATISTICS.kinds
     with pytest.raises(LoadError, match="unknown statistic 'always_one'"):
         load_spec(write(tmp_path, GOOD.replace('"l2_ratio"', '"always_one"')))
+
+
+def test_zoo_tokenizers_belong_to_a_generations_claim(tmp_path):
+    with pytest.raises(LoadError, match=r"cx.toml.*zoo.*only a claim of kind 'generations'"):
+        load_spec(write(tmp_path, GOOD.replace('kind = "weights"', 'kind = "weights"\nzoo = ["vicuna-1.5"]')))
