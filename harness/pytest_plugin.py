@@ -18,7 +18,7 @@ Fixtures for claim files:
 - ``claim_sources``: ``[(training seed, DiffSource)]``: diffs computed once per session, cached on
   disk under ``<fixtures dir>/diffs`` keyed by the node keys.
 - ``claim_result``: call it with a :class:`harness.findings.ClaimResult` (or a list) to put rows
-  in the terminal summary and the findings files (same as ``harness.findings.record``).
+  in the terminal summary and the findings files (the session's ``record``).
 """
 
 from __future__ import annotations
@@ -269,21 +269,10 @@ def claim_result(findings_session):
 
 # ---- findings: collect, write, compare, summarise -------------------------------------------
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    from harness.findings.verdict import activate
-
-    fs = _session(session.config)
-    if fs is not None:
-        activate(fs)  # harness.findings.record() goes to this session
-
-
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    from harness.findings.verdict import deactivate
-
     fs = _session(session.config)
     if fs is None:
         return
-    deactivate(fs)
     fs.close()
     if hasattr(session.config, "workerinput"):  # an xdist worker: the controller writes the one report
         from harness.findings.merge import payload

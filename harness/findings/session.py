@@ -22,7 +22,7 @@ from harness.findings.diffs import DiffSource, NodeSet
 from harness.findings.preflight import NodePreflight
 from harness.findings.report import conflict_pairs, load_json, plot_graph, spreads, write
 from harness.findings.spec import ClaimSpec, Control, Pair, load_specs
-from harness.findings.verdict import ClaimResult, Collector
+from harness.findings.verdict import ClaimResult
 from harness.versions import library_versions, version_changes
 
 DEFAULT_PLAN = Path("fixtures") / "plans" / "tiny.toml"
@@ -162,11 +162,11 @@ class Outcome:
         return bool(self.regressions or self.disagreements)
 
 
-class FindingsSession(Collector):
+class FindingsSession:
     """Options, plan, graphs, sources, rows and the end-of-session work of one pytest session."""
 
     def __init__(self, options: Options, say: Callable[[str], None] = print) -> None:
-        super().__init__()
+        self.results: list[ClaimResult] = []  # the rows recorded in this session (:meth:`record`)
         self.options = options
         self.say = say
         self.outcome: Outcome | None = None
@@ -181,6 +181,10 @@ class FindingsSession(Collector):
         self.builds = Builds(options.fixtures_dir, options.device, lambda msg: self.say(msg), self.log_path)
         self._planned: list[Case] | None = None  # cases whose nodes the first prepare() builds
         self.merged_preflight: list[NodePreflight] = []  # from pytest-xdist workers
+
+    def record(self, results: ClaimResult | Iterable[ClaimResult]) -> None:
+        """Add result rows to this session's findings (terminal summary, JSON/Markdown files)."""
+        self.results.extend([results] if isinstance(results, ClaimResult) else results)
 
     # ------------------------------------------------------------------ options
     def check(self) -> None:
