@@ -112,25 +112,6 @@ class Builds:
         return out
 
 
-def needs(plan: Any, cases: Iterable[Any], seeds: Sequence[int]) -> list[tuple[Any, list[str]]]:
-    """``[(plan, nodes)]`` the claim ``cases`` read: a case on the plan reads its nodes under every training
-    seed, a negative control's case under its variant. Cases that will skip (no such variant or node) read none."""
-    wants: list[tuple[Any, list[str]]] = []
-    for case in cases:
-        control = case.control
-        if control is not None and control.variant not in plan.variants:
-            continue  # the case skips (see harness.findings.runner.run_case)
-        vplan = plan.variant(control.variant) if control else plan
-        if case.spec.missing_nodes(case.pair, vplan.names):
-            continue
-        nodes = [case.pair[r] for r in case.spec.roles if case.pair[r] in vplan.names]
-        if control is None:
-            wants += [(plan if s == plan.seed else plan.with_seed(s), nodes) for s in seeds]
-        else:
-            wants.append((vplan, nodes))
-    return wants
-
-
 @contextlib.contextmanager
 def quiet(log_path: Path) -> Iterator[None]:
     """Training and generation output goes to ``log_path``, not to pytest's captured output: this process's

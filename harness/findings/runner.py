@@ -26,8 +26,7 @@ def params(session: FindingsSession) -> list[Any]:
 
 
 def _logs(session: FindingsSession, graph: Any, case: Case) -> str:
-    nodes = [case.pair[r] for r in case.spec.roles if case.pair[r] in graph.names]
-    dirs = [f"{n}: {Path(graph.path(n))}" for n in nodes]
+    dirs = [f"{n}: {Path(graph.path(n))}" for n in session.resolve(case).nodes]
     return (f"logs: {session.log_path} (build and generation output); node folders (log.json, curves.png): "
             + "; ".join(dirs))
 
@@ -45,12 +44,10 @@ def run_case(session: FindingsSession, case: Case, request: Any) -> list[ClaimRe
 
     spec, pair, control = case.spec, case.pair, case.control
     plan = session.plan
-    if control is not None and control.variant not in plan.variants:
-        pytest.skip(f"{spec.id}: plan {plan.name!r} has no variant {control.variant!r} (negative control)")
-    vplan = plan.variant(control.variant) if control else plan
-    missing = spec.missing_nodes(pair, vplan.names)
-    if missing:
-        pytest.skip(f"{spec.id}: plan {vplan.name!r} has no node {', '.join(missing)} (roles: {', '.join(spec.roles)})")
+    resolved = session.resolve(case)
+    if resolved.skip:
+        pytest.skip(resolved.skip)
+    vplan = resolved.plan
     known = None if control else session.known_deviation(spec, pair)
     if known:
         request.applymarker(pytest.mark.xfail(reason=f"known deviation on {plan.name} / {session.base}: {known}",
@@ -72,7 +69,7 @@ def run_case(session: FindingsSession, case: Case, request: Any) -> list[ClaimRe
         note = "; ".join(x for x in (f"known deviation: {known}" if known else "", said) if x)
         rows = [dataclasses.replace(r, note=note) for r in rows]
     session.record(rows)
-    _, graph = session.graph(control, [])
+    graph = session.builds.graph_of(resolved.plans[0])
     if control is not None:
         if all(r.passed for r in rows):
             raise AssertionError(f"negative control {control.variant!r} of {spec.id}: the claim still holds, so its "

@@ -17,7 +17,7 @@ import pytest
 from harness.config import RunConfig
 from harness.errors import HarnessError
 from harness.findings.baseline import Comparison, compare
-from harness.findings.builds import Builds, needs, quiet
+from harness.findings.builds import Builds, quiet
 from harness.findings.diffs import DiffSource, NodeSet
 from harness.findings.preflight import NodePreflight
 from harness.findings.report import conflict_pairs, load_json, plot_graph, spreads, write
@@ -119,6 +119,19 @@ class Case:
     def id(self) -> str:
         tail = f"-control:{self.control.variant}" if self.control else ""
         return f"{self.spec.id}-{self.pair.label}{tail}"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A claim case resolved once per session (:meth:`FindingsSession.resolve`): the plan it reads (the plan,
+    or its negative control's variant), the graphs it reads (that plan under every training seed, or the
+    variant), the nodes it reads in them, or why it skips."""
+
+    case: Case
+    plan: Any
+    plans: tuple[Any, ...]
+    nodes: tuple[str, ...]
+    skip: str | None = None
 
 
 @dataclass(frozen=True)
@@ -288,32 +301,64 @@ class FindingsSession:
         cases, self._planned = self._planned, None
         if not cases:
             return
-        self.builds.build_all(needs(self.plan, cases, training_seeds(self.plan, self.options.seeds)))
+        self.builds.build_all([(p, r.nodes) for r in map(self.resolve, cases) if r.skip is None for p in r.plans])
+
+    def seed_plans(self) -> list[tuple[int, Any]]:
+        """``[(training seed, plan)]``, one per ``--harness-seeds`` (the plan itself under its own seed)."""
+
+        def make() -> list[tuple[int, Any]]:
+            plan = self.plan
+            return [(s, plan if s == plan.seed else plan.with_seed(s))
+                    for s in training_seeds(plan, self.options.seeds)]
+
+        return self.memo(("seed-plans",), make)
+
+    def variant_plan(self, variant: str) -> Any:
+        """The plan with its ``[variants.NAME]`` table applied (a negative control's graph)."""
+        return self.memo(("variant-plan", variant), lambda: self.plan.variant(variant))
+
+    def resolve(self, case: Case) -> Resolved:
+        """Which plan, graphs and nodes ``case`` reads, or why it skips: worked out once per case and session."""
+
+        def make() -> Resolved:
+            spec, pair, control, plan = case.spec, case.pair, case.control, self.plan
+            if control is not None and control.variant not in plan.variants:
+                return Resolved(case, plan, (), (), f"{spec.id}: plan {plan.name!r} has no variant "
+                                                    f"{control.variant!r} (negative control)")
+            vplan = self.variant_plan(control.variant) if control else plan
+            missing = spec.missing_nodes(pair, vplan.names)
+            if missing:
+                return Resolved(case, vplan, (), (), f"{spec.id}: plan {vplan.name!r} has no node "
+                                                     f"{', '.join(missing)} (roles: {', '.join(spec.roles)})")
+            plans = (vplan,) if control else tuple(p for _, p in self.seed_plans())
+            return Resolved(case, vplan, plans, tuple(pair[r] for r in spec.roles if pair[r] in vplan.names))
+
+        return self.memo(("case", case.id), make)
 
     def graphs(self, nodes: Sequence[str] | None = None) -> list[tuple[int, Any]]:
         """``[(training seed, Graph)]``, one per ``--harness-seeds`` (with ``nodes`` and their ancestors built)."""
-        plan = self.plan
-        self.seeds = training_seeds(plan, self.options.seeds)
-        return [(s, self.build(plan if s == plan.seed else plan.with_seed(s), nodes)) for s in self.seeds]
+        seed_plans = self.seed_plans()
+        self.seeds = [s for s, _ in seed_plans]
+        return [(s, self.build(p, nodes)) for s, p in seed_plans]
 
     def graph(self, control: Control | None = None, nodes: Sequence[str] | None = None) -> tuple[Any, Any]:
         """(plan, graph) of the plan itself or of a negative control's variant."""
         if control is None:
             return self.plan, self.graphs(nodes)[0][1]
-        plan = self.plan.variant(control.variant)
+        plan = self.variant_plan(control.variant)
         return plan, self.build(plan, nodes)
 
-    def prepare(self, case: Case) -> None:
-        """Build the nodes the case names (and their ancestors) under every training seed it reads; the first
-        call builds those of every planned case (:meth:`plan_cases`)."""
+    def prepare(self, case: Case) -> Resolved:
+        """Build the nodes the case reads (and their ancestors) in every graph it reads; the first call builds
+        those of every planned case (:meth:`plan_cases`). Returns the case resolved."""
         if self._planned is not None:
             self._prebuild()
-        plan = self.plan.variant(case.control.variant) if case.control else self.plan
-        nodes = [case.pair[r] for r in case.spec.roles if case.pair[r] in plan.names]
-        if case.control is None and case.spec.kind == "weights":
-            self.graphs(nodes)
-        else:
-            self.graph(case.control, nodes)
+        r = self.resolve(case)
+        if case.control is None:
+            self.seeds = [s for s, _ in self.seed_plans()]  # the training seeds the findings report
+        for plan in r.plans:
+            self.build(plan, r.nodes)
+        return r
 
     def diff_sources(self, control: Control | None = None) -> list[tuple[int | None, DiffSource]]:
         cache = diff_cache_dir(self.options.fixtures_dir, self.options.root)
