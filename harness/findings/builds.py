@@ -33,8 +33,10 @@ def describe(plan: Any) -> str:
 class Builds:
     """The graphs one session built, and which of their nodes it asked for."""
 
-    def __init__(self, fixtures_dir: str | None, device: str, say: Callable[[str], None], log_path: Path) -> None:
+    def __init__(self, fixtures_dir: str | None, device: str, say: Callable[[str], None], log_path: Path,
+                 devices: str | None = None) -> None:
         self.fixtures_dir, self.device, self.say, self.log_path = fixtures_dir, device, say, log_path
+        self.devices = devices  # the device slots nodes train on (HARNESS_DEVICES; default: the visible GPUs)
         self.graphs: dict[GraphKey, Any] = {}
         self.asked: dict[GraphKey, set[str]] = {}
         self.calls: list[tuple[GraphKey, tuple[str, ...]]] = []  # every build() this session made: (graph, only)
@@ -55,8 +57,10 @@ class Builds:
         only = tuple(todo) or (plan.names[0],)
         self.calls.append((key, only))
         with quiet(self.log_path):
+            # the one call into the graph engine; the session's log path reaches the build's workers through
+            # quiet() until harness.train.build takes it as an argument
             self.graphs[key] = build(plan, only=list(only), fixtures_dir=self.fixtures_dir, device=self.device,
-                                     progress=False, on_node=self._progress(describe(plan), todo))
+                                     devices=self.devices, progress=False, on_node=self._progress(describe(plan), todo))
         asked.update(todo)
         return self.graphs[key]
 

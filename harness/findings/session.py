@@ -191,7 +191,8 @@ class FindingsSession:
         self.claims_deselected = False  # some claim case was deselected (:meth:`deselected_claims`)
         self.merged_meta: dict[str, Any] = {}  # from pytest-xdist workers (:meth:`take_worker`)
         self.log_path = Path(options.fixtures_dir or options.root / ".fixtures") / "logs" / f"{options.run}.log"
-        self.builds = Builds(options.fixtures_dir, options.device, lambda msg: self.say(msg), self.log_path)
+        self.builds = Builds(options.fixtures_dir, options.device, lambda msg: self.say(msg), self.log_path,
+                             options.env.devices)
         self._planned: list[Case] | None = None  # cases whose nodes the first prepare() builds
         self.merged_preflight: list[NodePreflight] = []  # from pytest-xdist workers
 
