@@ -137,3 +137,9 @@ def test_a_variant_applies_and_its_name_is_in_the_findings(run, tmp_path):
     meta = json.loads((tmp_path / "out" / "tiny" / "v.json").read_text())["meta"]
     assert meta["variant"] == "c1_dpo_at_sft_lr" and meta["recipe"]["dpo"]["learning_rate"] == 1e-4
     assert "- variant: `c1_dpo_at_sft_lr`" in (tmp_path / "out" / "tiny" / "v.md").read_text()
+
+
+def test_a_malformed_harness_variable_is_a_usage_error_naming_it(run):
+    """The plugin reads the environment once (harness.config.from_env); a bad value stops the session."""
+    r = run(HARNESS_JUDGE_LIMIT="ten")
+    assert r.returncode == 4 and "HARNESS_JUDGE_LIMIT='ten': not an integer" in r.stderr, r.stdout + r.stderr
