@@ -18,7 +18,7 @@ Fixtures for claim files:
 - ``claim_sources``: ``[(training seed, DiffSource)]``: diffs computed once per session, cached on
   disk under ``<fixtures dir>/diffs`` keyed by the node keys.
 - ``claim_result``: call it with a :class:`harness.findings.ClaimResult` (or a list) to put rows
-  in the terminal summary and the findings files (same as ``harness.findings.record``).
+  in the terminal summary and the findings files (the session's ``record``).
 """
 
 from __future__ import annotations
@@ -35,33 +35,31 @@ MARKERS = {
     "tokenizers": "needs real tokenizer files (the tokenizer zoo folder or the hub)",
 }
 
-_SESSION = pytest.StashKey["FindingsSession"]()  # noqa: F821 - harness.findings.session
-
 # pytest-xdist: one worker per GPU, rows merged into one report (its hooks are optional without xdist)
-pytest_plugins = ["harness.findings.merge"]
+pytest_plugins = ["harness.xdist_plugin"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("harness", "fine-tuning claims harness")
-    group.addoption("--harness-plan", dest="harness_plan", default=os.environ.get("HARNESS_PLAN"),
+    group.addoption("--harness-plan", dest="harness_plan", default=None,
                     help="plan TOML whose fixture graph the claims run on (default: fixtures/plans/tiny.toml)")
-    group.addoption("--harness-base", dest="harness_base", default=os.environ.get("HARNESS_BASE"),
+    group.addoption("--harness-base", dest="harness_base", default=None,
                     help="swap the plan's base model (hub id, model folder or GGUF file) without editing the plan")
-    group.addoption("--harness-variant", dest="harness_variant", default=os.environ.get("HARNESS_VARIANT"),
+    group.addoption("--harness-variant", dest="harness_variant", default=None,
                     metavar="NAME", help="apply the plan's [variants.NAME] table (e.g. smollm2's cudagraphs); "
                     "negative controls apply on top of it")
-    group.addoption("--claims-dir", dest="harness_claims_dir", default=os.environ.get("HARNESS_CLAIMS_DIR"),
+    group.addoption("--claims-dir", dest="harness_claims_dir", default=None,
                     help="folder of claim spec TOML files to run (default: fixtures/claims)")
     group.addoption("--harness-fixtures-dir", "--fixtures-dir", dest="harness_fixtures_dir",
-                    default=os.environ.get("HARNESS_FIXTURES_DIR"),
+                    default=None,
                     help="fixture cache folder (default: .fixtures/ in the project; env HARNESS_FIXTURES_DIR)")
     group.addoption("--harness-device", dest="harness_device", default="auto",
                     choices=("auto", "cpu", "cuda"), help="device for training and diffs")
     group.addoption("--harness-zoo", "--tokenizer-zoo", dest="harness_zoo",
-                    default=os.environ.get("HARNESS_TOKENIZER_ZOO"),
+                    default=None,
                     help="folder of real tokenizer folders (default: ../shared/tokenizers when present)")
     group.addoption("--harness-findings-dir", "--findings-dir", dest="harness_findings_dir",
-                    default=os.environ.get("HARNESS_FINDINGS_DIR"),
+                    default=None,
                     help="where findings JSON/Markdown/PNG are written (default: findings/)")
     group.addoption("--harness-baseline", "--findings-baseline", dest="harness_baseline", default=None,
                     help="a findings JSON (this model's, or another base's or plan's) to compare the shared checks with")
@@ -71,7 +69,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="build the plan under N training seeds and check that verdicts agree")
     group.addoption("--harness-run-id", dest="harness_run_id", default=None,
                     help="name of this run's findings files (default: a UTC timestamp)")
-    group.addoption("--judge-serve", dest="judge_serve", default=os.environ.get("HARNESS_JUDGE_SERVE"),
+    group.addoption("--judge-serve", dest="judge_serve", default=None,
                     metavar="MODEL", help="serve MODEL (folder, hub id, .gguf file or plan node) with `transformers "
                     "serve` on loopback as the LLM judge (env HARNESS_JUDGE_SERVE)")
 
@@ -92,10 +90,12 @@ def _say(config: pytest.Config):
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """Read the environment once (:func:`harness.config.from_env`): an option given on the command line wins
+    over its ``HARNESS_*`` variable; the session's frozen Options keep both."""
     from harness.config import from_env
     from harness.errors import HarnessError
     from harness.findings.merge import run_id
-    from harness.findings.session import FindingsSession, Options, default_run_id, plan_path
+    from harness.findings.session import SESSION, FindingsSession, Options, default_run_id, plan_path
 
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
@@ -104,41 +104,57 @@ def pytest_configure(config: pytest.Config) -> None:
 
         if not torch.cuda.is_available():
             raise pytest.UsageError("--harness-device cuda was given but torch sees no CUDA device")
+    try:
+        env = from_env()
+    except HarnessError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+    def opt(name: str, value: object) -> object:
+        return config.getoption(name, None) or value
+
     root = Path(str(config.rootpath))
-    opt_plan = config.getoption("harness_plan", None)
-    findings = config.getoption("harness_findings_dir", None)
-    claims = config.getoption("harness_claims_dir", None)
+    opt_plan = opt("harness_plan", env.plan)
+    findings = opt("harness_findings_dir", env.findings_dir)
+    claims = opt("harness_claims_dir", env.claims_dir)
+    fixtures = opt("harness_fixtures_dir", env.fixtures_dir)
+    zoo = opt("harness_zoo", env.tokenizer_zoo)
+    if zoo is None and (root.parent / "shared" / "tokenizers").is_dir():
+        zoo = root.parent / "shared" / "tokenizers"
     options = Options(
         root=root, plan_path=plan_path(opt_plan, root), plan_given=bool(opt_plan),
-        base=config.getoption("harness_base", None), variant=config.getoption("harness_variant", None) or None,
-        data_dir=from_env().data_dir,
+        base=opt("harness_base", env.base), variant=opt("harness_variant", env.variant) or None,
+        data_dir=env.data_dir,
         claims_dir=Path(claims).resolve() if claims else None,
         findings_dir=Path(findings) if findings else None,
-        fixtures_dir=config.getoption("harness_fixtures_dir", None),
+        fixtures_dir=str(fixtures) if fixtures else None, zoo=Path(zoo) if zoo else None,
         run=config.getoption("harness_run_id", None) or run_id(config) or default_run_id(),
         baseline=config.getoption("harness_baseline", None), strict=config.getoption("harness_strict", False),
         seeds=config.getoption("harness_seeds", 1), device=config.getoption("harness_device", "auto"),
-        judge_serve=config.getoption("judge_serve", None) or None)
+        judge_serve=opt("judge_serve", env.judge_serve) or None, env=env)
     session = FindingsSession(options, say=_say(config))
     try:
         session.check()
     except HarnessError as exc:
         raise pytest.UsageError(str(exc)) from None
-    config.stash[_SESSION] = session
+    config.stash[SESSION] = session
+
+
+def _session(config: pytest.Config):
+    from harness.findings.session import SESSION
+
+    return config.stash.get(SESSION, None)
 
 
 def _zoo_dir(config: pytest.Config) -> Path | None:
-    opt = config.getoption("harness_zoo", None)
-    if opt:
-        return Path(opt)
-    default = Path(str(config.rootpath)).parent / "shared" / "tokenizers"
-    return default if default.is_dir() else None
+    fs = _session(config)
+    return fs.options.zoo if fs is not None else None
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    fs = _session(item.config)
     if item.get_closest_marker("judge") and not (
         os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL")
-        or item.config.getoption("judge_serve", None)
+        or (fs is not None and fs.options.judge_serve)
     ):
         pytest.skip("judge: no LLM judge endpoint configured (set OPENAI_API_KEY or OPENAI_BASE_URL, "
                     "or pass --judge-serve MODEL)")
@@ -160,16 +176,20 @@ def tokenizer_zoo(pytestconfig: pytest.Config) -> Path:
 # ---- claims: parametrization and fixtures --------------------------------------------------
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "claim_case" not in metafunc.fixturenames:
-        return
+    """``claim_case``: every case of every spec in the claims folder; ``zoo_case``: every zoo tokenizer a spec
+    of that folder names."""
     from harness.errors import HarnessError
     from harness.findings.runner import params
 
+    fs = _session(metafunc.config)
     try:
-        cases = params(metafunc.config.stash[_SESSION])
+        if "claim_case" in metafunc.fixturenames:
+            metafunc.parametrize("claim_case", params(fs))
+        if "zoo_case" in metafunc.fixturenames:
+            cases = fs.zoo_cases()
+            metafunc.parametrize("zoo_case", cases, ids=[c.id for c in cases])
     except HarnessError as exc:  # a bad spec: one collection error naming the file and the field
         raise pytest.UsageError(str(exc)) from None
-    metafunc.parametrize("claim_case", cases)
 
 
 def _is_claim_case(item: pytest.Item) -> bool:
@@ -178,31 +198,29 @@ def _is_claim_case(item: pytest.Item) -> bool:
 
 def pytest_deselected(items: list) -> None:
     if items and any(_is_claim_case(i) for i in items):
-        fs = items[0].config.stash.get(_SESSION, None)
+        fs = _session(items[0].config)
         if fs is not None:
-            fs.claims_deselected = True
+            fs.deselected_claims()
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     """The selected claim cases go to the findings session (its first case builds all their nodes; an
     xdist worker builds per case, as it runs only some); ``-k`` that selects none: list the claim ids."""
-    keyword = session.config.getoption("keyword", "")
-    fs = session.config.stash.get(_SESSION, None)
-    if fs is not None and not hasattr(session.config, "workerinput"):
+    fs = _session(session.config)
+    if fs is None:
+        return
+    if not hasattr(session.config, "workerinput"):
         fs.plan_cases([i.callspec.params["claim_case"] for i in session.items
                        if _is_claim_case(i) and hasattr(i, "callspec")])
-    if not keyword or fs is None or not getattr(fs, "claims_deselected", False):
-        return
-    if not any(_is_claim_case(i) for i in session.items):
-        from harness.findings.runner import no_match_message
-
-        fs.no_match = no_match_message(fs, keyword)
+    fs.keyword_matched(session.config.getoption("keyword", ""), any(_is_claim_case(i) for i in session.items))
 
 
 @pytest.fixture(scope="session")
 def findings_session(pytestconfig: pytest.Config):
     """The session's :class:`harness.findings.session.FindingsSession`."""
-    return pytestconfig.stash[_SESSION]
+    from harness.findings.session import SESSION
+
+    return pytestconfig.stash[SESSION]
 
 
 def _skip_without_cuda(plan) -> None:
@@ -252,28 +270,17 @@ def claim_result(findings_session):
 
 # ---- findings: collect, write, compare, summarise -------------------------------------------
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    from harness.findings.verdict import activate
-
-    fs = session.config.stash.get(_SESSION, None)
-    if fs is not None:
-        activate(fs)  # harness.findings.record() goes to this session
-
-
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    from harness.findings.verdict import deactivate
-
-    fs = session.config.stash.get(_SESSION, None)
+    fs = _session(session.config)
     if fs is None:
         return
-    deactivate(fs)
     fs.close()
     if hasattr(session.config, "workerinput"):  # an xdist worker: the controller writes the one report
         from harness.findings.merge import payload
 
-        session.config.workeroutput.update(payload(fs))
+        session.config.workeroutput.update(payload(fs, session.config.workerinput.get("workerid", "?")))
         return
-    if fs.merged_meta.get("diffs"):  # the controller of workers that computed diffs: plots from the disk cache
+    if fs.workers_computed_diffs():  # the controller of workers that computed diffs: plots from the disk cache
         try:
             fs.diff_sources()
         except Exception as exc:  # plots are a report extra
@@ -288,11 +295,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     from harness.findings.preflight import table as preflight_table
     from harness.findings.report import spread_table, spreads, table
 
-    fs = config.stash.get(_SESSION, None)
+    fs = _session(config)
     if fs is None:
         return
     tr = terminalreporter
-    if getattr(fs, "no_match", None):
+    if fs.no_match:
         tr.write_line(fs.no_match, yellow=True)
     if fs.outcome is None:
         return

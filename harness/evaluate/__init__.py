@@ -7,7 +7,8 @@
 - :mod:`~harness.evaluate.similarity`: sacrebleu BLEU, bert-score, tables 24 and 27.
 - :mod:`~harness.evaluate.judge`: the LLM judge through the ``openai`` client (table 25).
 - :mod:`~harness.inference.selfgen`: self-generated SFT/DPO data by centrality.
-- :mod:`~harness.evaluate.claims`: the C7/C8 statistics (registered with the findings).
+- :mod:`~harness.evaluate.claims`: the C7/C8 margins (named as claim statistics in
+  :mod:`harness.findings.outputs`).
 
 Submodules are imported on use, so importing this package costs nothing.
 """

@@ -75,14 +75,16 @@ def run(args: argparse.Namespace) -> int:
         raise HarnessError(f"--sources: unknown source(s) {bad or sources}; known: {', '.join(SOURCES)}")
     from harness.config import from_env
 
-    plan = load_plan(args.plan).with_data(from_env().data_dir)  # HARNESS_DATA_DIR, read here at the edge
-    graph = build(plan, fixtures_dir=args.fixtures_dir, device=args.device, only=args.only)
+    env = from_env()  # this command is an edge: the environment is read here, once
+    fixtures = args.fixtures_dir or (str(env.fixtures_dir) if env.fixtures_dir else None)
+    plan = load_plan(args.plan).with_data(env.data_dir)
+    graph = build(plan, fixtures_dir=fixtures, device=args.device, only=args.only)
     settings = GenSettings(args.max_new_tokens, args.batch_size)
     persona_limit = min(x for x in (args.limit, plan.limit) if x) if (args.limit or plan.limit) else 0
     gens = graph_generations(graph, sources, settings, nodes=args.only, limit=persona_limit, eval_limit=args.limit,
                              data_dir=plan.data_dir,
                              device=args.device,
-                             cache_root=Path(args.fixtures_dir) if args.fixtures_dir else None)
+                             cache_root=Path(fixtures) if fixtures else None)
     out = Path(args.out)
     written = write_table(generation_table(gens), out)
     qs = {s: (p.ids, p.questions) for s in sources

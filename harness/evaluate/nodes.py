@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -112,14 +111,14 @@ def prompts(source: str, limit: int = 0, system: bool = True, folder: Path | Non
     return Prompts(source, tuple(r[0] for r in rows), tuple(r[1] for r in rows), msgs)
 
 
-def fixtures_dir(graph: Any = None) -> Path:
-    """The fixture store: the graph's own root when it has one, else ``$HARNESS_FIXTURES_DIR``, else ``.fixtures``."""
+def fixtures_dir(graph: Any = None, default: Path | None = None) -> Path:
+    """The fixture store: the graph's own root when it has one, else ``default`` (the caller's
+    ``--fixtures-dir`` or ``HARNESS_FIXTURES_DIR``), else the project's ``.fixtures``."""
     for attr in ("fixtures_dir", "root", "store_dir"):
         root = getattr(graph, attr, None)
         if root is not None and not callable(root):
             return Path(root)
-    env = os.environ.get("HARNESS_FIXTURES_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / ".fixtures"
+    return Path(default) if default is not None else Path(__file__).resolve().parents[2] / ".fixtures"
 
 
 def cache_path(root: Path, node: str, node_key: str, p: Prompts, settings: GenSettings) -> Path:

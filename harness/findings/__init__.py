@@ -2,14 +2,14 @@
 
 Claims are data (``fixtures/claims/*.toml``, see :mod:`harness.findings.spec`) run by one
 spec-driven runner (:mod:`harness.findings.runner`). A check computed another way builds its row
-and records it, through the ``claim_result`` fixture of the pytest plugin or :func:`record`::
+and records it through the ``claim_result`` fixture of the pytest plugin (the session owns its rows)::
 
-    from harness.findings import ClaimResult, assert_holds, record
+    from harness.findings import ClaimResult, assert_holds
 
     def test_c9(claim_result):
         row = ClaimResult.make("C9", "sft_d0", measured=bleu, threshold=0.0, comparator=">",
                                reference_value=0.107, check="bleu_own_minus_other")
-        claim_result(row)          # or record(row)
+        claim_result(row)
         assert_holds([row])
 
 ``ClaimResult.make`` computes the margin (positive = holds) and the verdict. Importing this package
@@ -18,9 +18,9 @@ imports no engine: a kind's statistics provider is imported when a spec of that 
 
 from harness.findings.spec import Check, ClaimSpec, Pair, load_spec, load_specs
 from harness.findings.statistics import STATISTICS, GenerationSource, NotMeasured, load_providers
-from harness.findings.verdict import ClaimResult, assert_holds, clear, evaluate, record, recorded
+from harness.findings.verdict import ClaimResult, assert_holds, evaluate
 
 __all__ = [
     "Check", "ClaimSpec", "Pair", "load_spec", "load_specs", "STATISTICS", "GenerationSource", "NotMeasured",
-    "ClaimResult", "assert_holds", "clear", "evaluate", "load_providers", "record", "recorded",
+    "ClaimResult", "assert_holds", "evaluate", "load_providers",
 ]

@@ -33,8 +33,10 @@ def describe(plan: Any) -> str:
 class Builds:
     """The graphs one session built, and which of their nodes it asked for."""
 
-    def __init__(self, fixtures_dir: str | None, device: str, say: Callable[[str], None], log_path: Path) -> None:
+    def __init__(self, fixtures_dir: str | None, device: str, say: Callable[[str], None], log_path: Path,
+                 devices: str | None = None) -> None:
         self.fixtures_dir, self.device, self.say, self.log_path = fixtures_dir, device, say, log_path
+        self.devices = devices  # the device slots nodes train on (HARNESS_DEVICES; default: the visible GPUs)
         self.graphs: dict[GraphKey, Any] = {}
         self.asked: dict[GraphKey, set[str]] = {}
         self.calls: list[tuple[GraphKey, tuple[str, ...]]] = []  # every build() this session made: (graph, only)
@@ -55,8 +57,10 @@ class Builds:
         only = tuple(todo) or (plan.names[0],)
         self.calls.append((key, only))
         with quiet(self.log_path):
+            # the one call into the graph engine; the session's log path reaches the build's workers through
+            # quiet() until harness.train.build takes it as an argument
             self.graphs[key] = build(plan, only=list(only), fixtures_dir=self.fixtures_dir, device=self.device,
-                                     progress=False, on_node=self._progress(describe(plan), todo))
+                                     devices=self.devices, progress=False, on_node=self._progress(describe(plan), todo))
         asked.update(todo)
         return self.graphs[key]
 
@@ -110,25 +114,6 @@ class Builds:
                 if name in self.asked.get(key, ()) and plan.node(name).method != "base" and graph.is_built(name):
                     out.append(from_meta(name, graph.meta(name), plan.seed if seeds > 1 else None, plan.variant_name))
         return out
-
-
-def needs(plan: Any, cases: Iterable[Any], seeds: Sequence[int]) -> list[tuple[Any, list[str]]]:
-    """``[(plan, nodes)]`` the claim ``cases`` read: a case on the plan reads its nodes under every training
-    seed, a negative control's case under its variant. Cases that will skip (no such variant or node) read none."""
-    wants: list[tuple[Any, list[str]]] = []
-    for case in cases:
-        control = case.control
-        if control is not None and control.variant not in plan.variants:
-            continue  # the case skips (see harness.findings.runner.run_case)
-        vplan = plan.variant(control.variant) if control else plan
-        if case.spec.missing_nodes(case.pair, vplan.names):
-            continue
-        nodes = [case.pair[r] for r in case.spec.roles if case.pair[r] in vplan.names]
-        if control is None:
-            wants += [(plan if s == plan.seed else plan.with_seed(s), nodes) for s in seeds]
-        else:
-            wants.append((vplan, nodes))
-    return wants
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 from harness.atomic import atomic_path, write_bytes
 from harness.findings import preflight as _preflight
 from harness.findings.preflight import NodePreflight
-from harness.findings.statistics import layer_values
+from harness.findings.statistics import layer_values, resolve
 from harness.findings.verdict import ClaimResult
 
 if TYPE_CHECKING:
@@ -206,19 +206,46 @@ def plot_conflict_rates(diffs: Mapping[str, Mapping[str, Any]], path: Path, titl
     return Path(path)
 
 
-def plot_graph(source: DiffSource, plan: Any, folder: Path, run: str) -> list[Path]:
-    """Per-layer L2 deviation for every SFT and DPO node (against its start), and conflict rates per layer."""
+#: the statistic whose checks name the task-vector pairs the conflict-rate plot draws
+CONFLICT_STATISTIC = "conflict_ratio"
+
+
+def conflict_pairs(specs: Iterable[Any], source: Any) -> list[tuple[str, str, str]]:
+    """``(a, b, ref)`` node triples, in spec order, that the specs' ``conflict_ratio`` checks compare (their
+    ``num`` and ``den`` references resolved for each pair): the task vectors a−ref and b−ref."""
+    out: list[tuple[str, str, str]] = []
+    for spec in specs:
+        for check in spec.checks:
+            if check.statistic != CONFLICT_STATISTIC:
+                continue
+            params = check.kwargs()
+            for pair in spec.pairs:
+                for refs in (params.get("den"), params.get("num")):
+                    if not refs or len(refs) != 3:
+                        continue
+                    try:
+                        triple = tuple(resolve(source, pair, r) for r in refs)
+                    except Exception:  # noqa: BLE001 - a node the graph lacks is simply not plotted
+                        continue
+                    if triple not in out:
+                        out.append(triple)  # type: ignore[arg-type]
+    return out
+
+
+def plot_graph(source: DiffSource, plan: Any, folder: Path, run: str,
+               conflicts: Sequence[tuple[str, str, str]] = ()) -> list[Path]:
+    """Per-layer L2 deviation for every SFT and DPO node (against its start), and the conflict rates per layer
+    of the task-vector pairs ``conflicts`` names (:func:`conflict_pairs`), where the graph has both nodes."""
     trained = [n for n in plan.names if plan.node(n).method != "base"
                and (source.nodes.path(n) / "config.json").is_file()]  # a partial run (-k) built only some
     sft = {n: source.diff(plan.node(n).parent, n) for n in trained if plan.node(n).method == "sft"}
     dpo = {n: source.diff(plan.node(n).parent, n) for n in trained if plan.node(n).method == "dpo"}
-    base = next(n for n in plan.names if plan.node(n).method == "base")
     imgs = [plot_layer_deviation(sft, folder / f"{run}-sft-layer-deviation.png",
                                  "SFT nodes: layer L2 − mean (vs the node trained from; seed table 14)"),
             plot_layer_deviation(dpo, folder / f"{run}-dpo-layer-deviation.png",
                                  "DPO nodes: layer L2 − mean (vs the node trained from; seed table 15)")]
-    pairs = [("sft_d0", "sft_d1"), ("dpo_d0", "dpo_d1"), ("dpo_d0@sft_d2", "dpo_d1@sft_d2")]
-    conflicts = {f"{a} vs {b} (ref {base})": source.diff(a, b, base) for a, b in pairs if a in trained and b in trained}
-    if conflicts:
-        imgs.append(plot_conflict_rates(conflicts, folder / f"{run}-conflict-rates.png", "Sign-conflict rate per layer"))
+    rates = {f"{a} vs {b} (ref {ref})": source.diff(a, b, ref) for a, b, ref in conflicts
+             if a in trained and b in trained and ref in plan.names}
+    if rates:
+        imgs.append(plot_conflict_rates(rates, folder / f"{run}-conflict-rates.png", "Sign-conflict rate per layer"))
     return imgs

@@ -9,7 +9,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from harness.errors import HarnessError
 from harness.findings.kinds import KINDS
 from harness.findings.session import Case, FindingsSession
 from harness.findings.verdict import ClaimResult, assert_holds, evaluate
@@ -27,8 +26,7 @@ def params(session: FindingsSession) -> list[Any]:
 
 
 def _logs(session: FindingsSession, graph: Any, case: Case) -> str:
-    nodes = [case.pair[r] for r in case.spec.roles if case.pair[r] in graph.names]
-    dirs = [f"{n}: {Path(graph.path(n))}" for n in nodes]
+    dirs = [f"{n}: {Path(graph.path(n))}" for n in session.resolve(case).nodes]
     return (f"logs: {session.log_path} (build and generation output); node folders (log.json, curves.png): "
             + "; ".join(dirs))
 
@@ -46,12 +44,10 @@ def run_case(session: FindingsSession, case: Case, request: Any) -> list[ClaimRe
 
     spec, pair, control = case.spec, case.pair, case.control
     plan = session.plan
-    if control is not None and control.variant not in plan.variants:
-        pytest.skip(f"{spec.id}: plan {plan.name!r} has no variant {control.variant!r} (negative control)")
-    vplan = plan.variant(control.variant) if control else plan
-    missing = spec.missing_nodes(pair, vplan.names)
-    if missing:
-        pytest.skip(f"{spec.id}: plan {vplan.name!r} has no node {', '.join(missing)} (roles: {', '.join(spec.roles)})")
+    resolved = session.resolve(case)
+    if resolved.skip:
+        pytest.skip(resolved.skip)
+    vplan = resolved.plan
     known = None if control else session.known_deviation(spec, pair)
     if known:
         request.applymarker(pytest.mark.xfail(reason=f"known deviation on {plan.name} / {session.base}: {known}",
@@ -73,7 +69,7 @@ def run_case(session: FindingsSession, case: Case, request: Any) -> list[ClaimRe
         note = "; ".join(x for x in (f"known deviation: {known}" if known else "", said) if x)
         rows = [dataclasses.replace(r, note=note) for r in rows]
     session.record(rows)
-    _, graph = session.graph(control, [])
+    graph = session.builds.graph_of(resolved.plans[0])
     if control is not None:
         if all(r.passed for r in rows):
             raise AssertionError(f"negative control {control.variant!r} of {spec.id}: the claim still holds, so its "
@@ -82,15 +78,3 @@ def run_case(session: FindingsSession, case: Case, request: Any) -> list[ClaimRe
         return rows
     assert_holds(rows, _detail(case, rows, session, graph))
     return rows
-
-
-def no_match_message(session: FindingsSession, keyword: str) -> str:
-    """What ``-k`` matched no claim says: the ids (and one case id) that exist."""
-    try:
-        specs = session.specs()
-    except HarnessError as exc:
-        return f"-k {keyword!r} matched no claim case; the claims could not be loaded: {exc}"
-    ids = ", ".join(s.id for s in specs)
-    example = session.cases()[0].id if specs else "-"
-    return (f"-k {keyword!r} matched no claim case. Claims in {session.options.claims}: {ids} "
-            f"(case ids look like {example!r})")

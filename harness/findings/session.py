@@ -10,20 +10,27 @@ import datetime as _dt
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
+import pytest
+
+from harness.config import RunConfig
 from harness.errors import HarnessError
 from harness.findings.baseline import Comparison, compare
-from harness.findings.builds import Builds, needs, quiet
+from harness.findings.builds import Builds, quiet
 from harness.findings.diffs import DiffSource, NodeSet
 from harness.findings.preflight import NodePreflight
-from harness.findings.report import load_json, plot_graph, spreads, write
+from harness.findings.report import conflict_pairs, load_json, plot_graph, spreads, write
 from harness.findings.spec import ClaimSpec, Control, Pair, load_specs
-from harness.findings.verdict import ClaimResult, Collector
+from harness.findings.verdict import ClaimResult
 from harness.versions import library_versions, version_changes
 
 DEFAULT_PLAN = Path("fixtures") / "plans" / "tiny.toml"
 CLAIMS_DIR = Path("fixtures") / "claims"
+
+
+#: where the pytest plugin keeps the session (here, below both the plugin and its xdist glue)
+SESSION = pytest.StashKey["FindingsSession"]()
 
 
 def plan_path(option: str | None, root: Path) -> Path:
@@ -78,12 +85,19 @@ class Options:
     claims_dir: Path | None = None
     findings_dir: Path | None = None
     fixtures_dir: str | None = None
+    zoo: Path | None = None  # the folder of real tokenizer folders (--harness-zoo)
     run: str = ""
     baseline: str | None = None
     strict: bool = False
     seeds: int = 1
     device: str = "auto"
     judge_serve: str | None = None  # --judge-serve MODEL: served on loopback as the LLM judge
+    env: RunConfig = field(default_factory=RunConfig)  # the HARNESS_* variables, read once by the plugin
+
+    @property
+    def slot(self) -> str | None:
+        """The device slot this process was pinned to (a pytest-xdist worker's GPU), else None."""
+        return self.env.slot
 
     @property
     def claims(self) -> Path:
@@ -106,6 +120,36 @@ class Case:
     def id(self) -> str:
         tail = f"-control:{self.control.variant}" if self.control else ""
         return f"{self.spec.id}-{self.pair.label}{tail}"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A claim case resolved once per session (:meth:`FindingsSession.resolve`): the plan it reads (the plan,
+    or its negative control's variant), the graphs it reads (that plan under every training seed, or the
+    variant), the nodes it reads in them, or why it skips."""
+
+    case: Case
+    plan: Any
+    plans: tuple[Any, ...]
+    nodes: tuple[str, ...]
+    skip: str | None = None
+
+
+@dataclass(frozen=True)
+class ZooCase:
+    """One zoo tokenizer of a ``generations`` spec's ``zoo`` list: a small model is trained for it and its
+    generations are checked like the graph's nodes (``claims/test_eos_learned.py``)."""
+
+    spec: ClaimSpec
+    tokenizer: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.spec.id}-zoo:{self.tokenizer}"
+
+    @property
+    def pair(self) -> Pair:
+        return Pair((("tokenizer", f"zoo:{self.tokenizer}"),))
 
 
 @dataclass
@@ -132,11 +176,11 @@ class Outcome:
         return bool(self.regressions or self.disagreements)
 
 
-class FindingsSession(Collector):
+class FindingsSession:
     """Options, plan, graphs, sources, rows and the end-of-session work of one pytest session."""
 
     def __init__(self, options: Options, say: Callable[[str], None] = print) -> None:
-        super().__init__()
+        self.results: list[ClaimResult] = []  # the rows recorded in this session (:meth:`record`)
         self.options = options
         self.say = say
         self.outcome: Outcome | None = None
@@ -144,13 +188,18 @@ class FindingsSession(Collector):
         self._specs: list[ClaimSpec] | None = None
         self._memo: dict[Any, Any] = {}
         self.seeds: list[int] = []
-        self.no_match: str | None = None  # what -k matching no claim case says
-        self.claims_deselected = False
-        self.merged_meta: dict[str, Any] = {}  # from pytest-xdist workers (harness.findings.merge)
+        self.no_match: str | None = None  # what -k matching no claim case says (:meth:`keyword_matched`)
+        self.claims_deselected = False  # some claim case was deselected (:meth:`deselected_claims`)
+        self.merged_meta: dict[str, Any] = {}  # from pytest-xdist workers (:meth:`take_worker`)
         self.log_path = Path(options.fixtures_dir or options.root / ".fixtures") / "logs" / f"{options.run}.log"
-        self.builds = Builds(options.fixtures_dir, options.device, lambda msg: self.say(msg), self.log_path)
+        self.builds = Builds(options.fixtures_dir, options.device, lambda msg: self.say(msg), self.log_path,
+                             options.env.devices)
         self._planned: list[Case] | None = None  # cases whose nodes the first prepare() builds
         self.merged_preflight: list[NodePreflight] = []  # from pytest-xdist workers
+
+    def record(self, results: ClaimResult | Iterable[ClaimResult]) -> None:
+        """Add result rows to this session's findings (terminal summary, JSON/Markdown files)."""
+        self.results.extend([results] if isinstance(results, ClaimResult) else results)
 
     # ------------------------------------------------------------------ options
     def check(self) -> None:
@@ -222,6 +271,14 @@ class FindingsSession(Collector):
             out += [Case(s, p, c) for c in s.controls for p in s.pairs if c.covers(p.label)]
         return out
 
+    def zoo_cases(self) -> list[ZooCase]:
+        """Every zoo tokenizer every spec of the claims folder names (``zoo = [...]``)."""
+        return [ZooCase(s, name) for s in self.specs() for name in s.zoo]
+
+    def eos_cache(self) -> Path:
+        """Where the zoo tokenizers' small models and their generations are cached."""
+        return diff_cache_dir(self.options.fixtures_dir, self.options.root).parent / "eos"
+
     # ------------------------------------------------------------------ graphs and sources
     def memo(self, key: Any, make: Callable[[], Any]) -> Any:
         if key not in self._memo:
@@ -246,32 +303,64 @@ class FindingsSession(Collector):
         cases, self._planned = self._planned, None
         if not cases:
             return
-        self.builds.build_all(needs(self.plan, cases, training_seeds(self.plan, self.options.seeds)))
+        self.builds.build_all([(p, r.nodes) for r in map(self.resolve, cases) if r.skip is None for p in r.plans])
+
+    def seed_plans(self) -> list[tuple[int, Any]]:
+        """``[(training seed, plan)]``, one per ``--harness-seeds`` (the plan itself under its own seed)."""
+
+        def make() -> list[tuple[int, Any]]:
+            plan = self.plan
+            return [(s, plan if s == plan.seed else plan.with_seed(s))
+                    for s in training_seeds(plan, self.options.seeds)]
+
+        return self.memo(("seed-plans",), make)
+
+    def variant_plan(self, variant: str) -> Any:
+        """The plan with its ``[variants.NAME]`` table applied (a negative control's graph)."""
+        return self.memo(("variant-plan", variant), lambda: self.plan.variant(variant))
+
+    def resolve(self, case: Case) -> Resolved:
+        """Which plan, graphs and nodes ``case`` reads, or why it skips: worked out once per case and session."""
+
+        def make() -> Resolved:
+            spec, pair, control, plan = case.spec, case.pair, case.control, self.plan
+            if control is not None and control.variant not in plan.variants:
+                return Resolved(case, plan, (), (), f"{spec.id}: plan {plan.name!r} has no variant "
+                                                    f"{control.variant!r} (negative control)")
+            vplan = self.variant_plan(control.variant) if control else plan
+            missing = spec.missing_nodes(pair, vplan.names)
+            if missing:
+                return Resolved(case, vplan, (), (), f"{spec.id}: plan {vplan.name!r} has no node "
+                                                     f"{', '.join(missing)} (roles: {', '.join(spec.roles)})")
+            plans = (vplan,) if control else tuple(p for _, p in self.seed_plans())
+            return Resolved(case, vplan, plans, tuple(pair[r] for r in spec.roles if pair[r] in vplan.names))
+
+        return self.memo(("case", case.id), make)
 
     def graphs(self, nodes: Sequence[str] | None = None) -> list[tuple[int, Any]]:
         """``[(training seed, Graph)]``, one per ``--harness-seeds`` (with ``nodes`` and their ancestors built)."""
-        plan = self.plan
-        self.seeds = training_seeds(plan, self.options.seeds)
-        return [(s, self.build(plan if s == plan.seed else plan.with_seed(s), nodes)) for s in self.seeds]
+        seed_plans = self.seed_plans()
+        self.seeds = [s for s, _ in seed_plans]
+        return [(s, self.build(p, nodes)) for s, p in seed_plans]
 
     def graph(self, control: Control | None = None, nodes: Sequence[str] | None = None) -> tuple[Any, Any]:
         """(plan, graph) of the plan itself or of a negative control's variant."""
         if control is None:
             return self.plan, self.graphs(nodes)[0][1]
-        plan = self.plan.variant(control.variant)
+        plan = self.variant_plan(control.variant)
         return plan, self.build(plan, nodes)
 
-    def prepare(self, case: Case) -> None:
-        """Build the nodes the case names (and their ancestors) under every training seed it reads; the first
-        call builds those of every planned case (:meth:`plan_cases`)."""
+    def prepare(self, case: Case) -> Resolved:
+        """Build the nodes the case reads (and their ancestors) in every graph it reads; the first call builds
+        those of every planned case (:meth:`plan_cases`). Returns the case resolved."""
         if self._planned is not None:
             self._prebuild()
-        plan = self.plan.variant(case.control.variant) if case.control else self.plan
-        nodes = [case.pair[r] for r in case.spec.roles if case.pair[r] in plan.names]
-        if case.control is None and case.spec.kind == "weights":
-            self.graphs(nodes)
-        else:
-            self.graph(case.control, nodes)
+        r = self.resolve(case)
+        if case.control is None:
+            self.seeds = [s for s, _ in self.seed_plans()]  # the training seeds the findings report
+        for plan in r.plans:
+            self.build(plan, r.nodes)
+        return r
 
     def diff_sources(self, control: Control | None = None) -> list[tuple[int | None, DiffSource]]:
         cache = diff_cache_dir(self.options.fixtures_dir, self.options.root)
@@ -351,7 +440,11 @@ class FindingsSession(Collector):
         sources = self._memo.get(("diffs",))
         if not sources:
             return []
-        return plot_graph(sources[0][1], self.plan, folder, run)
+        try:
+            specs = self.specs()
+        except HarnessError:
+            specs = []
+        return plot_graph(sources[0][1], self.plan, folder, run, conflict_pairs(specs, sources[0][1]))
 
     def finish(self) -> Outcome | None:
         """Write the findings (when any row was recorded), compare with the baseline."""
@@ -365,6 +458,53 @@ class FindingsSession(Collector):
     def preflight(self) -> list[NodePreflight]:
         """The pre-flight of every trained node the claims read (this process's graphs, else the workers')."""
         return self.builds.preflight(self.options.seeds) or list(self.merged_preflight)
+
+    # ------------------------------------------------------------------ what the plugin tells the session
+    def deselected_claims(self) -> None:
+        """``-k``/``-m`` deselected some claim case."""
+        self.claims_deselected = True
+
+    def keyword_matched(self, keyword: str, any_claim: bool) -> None:
+        """After collection: when ``-k keyword`` deselected claim cases and left none, say which exist."""
+        if not (keyword and self.claims_deselected and not any_claim):
+            return
+        try:
+            specs = self.specs()
+        except HarnessError as exc:
+            self.no_match = f"-k {keyword!r} matched no claim case; the claims could not be loaded: {exc}"
+            return
+        ids = ", ".join(s.id for s in specs)
+        example = self.cases()[0].id if specs else "-"
+        self.no_match = (f"-k {keyword!r} matched no claim case. Claims in {self.options.claims}: {ids} "
+                         f"(case ids look like {example!r})")
+
+    def computed_diffs(self) -> bool:
+        """Whether this session computed the graph's diffs (a worker tells the controller, which plots them)."""
+        return bool(self._memo.get(("diffs",)))
+
+    def workers_computed_diffs(self) -> bool:
+        """Whether a pytest-xdist worker computed diffs (so the controller reads them from the disk cache)."""
+        return bool(self.merged_meta.get("diffs"))
+
+    def take_worker(self, rows: Iterable[ClaimResult], *, seeds: Iterable[int] = (), base_identity: Any = None,
+                    diffs: bool = False, preflight: Iterable[NodePreflight] = (),
+                    worker: dict[str, Any] | None = None) -> None:
+        """Merge one pytest-xdist worker's rows and metadata (rows sorted by claim, pair, check and seed,
+        as no worker order is meaningful; a node two workers read is listed once in the pre-flight)."""
+        if base_identity:
+            self.merged_meta["base_identity"] = base_identity
+        self.merged_meta["diffs"] = self.merged_meta.get("diffs", False) or diffs
+        for p in preflight:
+            if p not in self.merged_preflight:
+                self.merged_preflight.append(p)
+        if worker is not None:
+            workers = self.merged_meta.setdefault("workers", {})
+            workers[worker["id"]] = worker["gpu"]
+            self.merged_meta["workers"] = dict(sorted(workers.items()))
+        self.merged_preflight.sort(key=lambda p: (p.variant or "", p.seed or 0, p.node))
+        self.seeds = sorted(set(self.seeds) | set(seeds))
+        self.record(list(rows))
+        self.results.sort(key=lambda r: (r.claim, r.pair, r.check, -1 if r.seed is None else r.seed))
 
 
 def finish(results: Sequence[ClaimResult], *, findings_dir: Path, plan: str, run: str, meta: dict[str, Any],

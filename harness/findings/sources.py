@@ -7,7 +7,6 @@ inside the functions, never when ``harness.findings`` is imported.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -92,10 +91,9 @@ def similarity(session: Any, spec: ClaimSpec, pair: Pair, control: Control | Non
             gens = graph_generations(graph, ["persona"], gen_budget(session, plan, graph)[0], nodes, limit=plan.limit,
                                      data_dir=plan.data_dir,
                                      device=session.options.device, cache_root=_cache_root(session), progress=False)
-            layers = os.environ.get("HARNESS_BERTSCORE_LAYERS")
-            scorer, note = try_bert_score(os.environ.get("HARNESS_BERTSCORE_MODEL", DEFAULT_BERT),
-                                          int(layers) if layers else None, _device_type(session), graph=graph,
-                                          cache_root=_cache_root(session))
+            env = session.options.env
+            scorer, note = try_bert_score(env.bertscore_model or DEFAULT_BERT, env.bertscore_layers,
+                                          _device_type(session), graph=graph, cache_root=_cache_root(session))
         items = data.load_persona(plan.data_dir)[: plan.limit or None]
         texts = {n: [g.text for g in gens[(n, "persona")]] for n in nodes}
         return table24(texts, [i.d0 for i in items], [i.d1 for i in items], bleu_tokenizer(), scorer, note)
@@ -104,7 +102,8 @@ def similarity(session: Any, spec: ClaimSpec, pair: Pair, control: Control | Non
 
 
 def judge(session: Any, spec: ClaimSpec, pair: Pair, control: Control | None) -> Sources:
-    """Mean LLM-judge scores per node and prompt source (``HARNESS_JUDGE_MODEL``, ``HARNESS_JUDGE_LIMIT``)."""
+    """Mean LLM-judge scores per node and prompt source (the judge's model, limit, token budget and
+    concurrency come from the session's options: ``HARNESS_JUDGE_*``)."""
 
     def make() -> Any:
         from harness.evaluate.judge import Judge, JudgeConfig, mean_score
@@ -113,7 +112,8 @@ def judge(session: Any, spec: ClaimSpec, pair: Pair, control: Control | None) ->
         plan = session.plan.variant(control.variant) if control else session.plan
         nodes = sorted({p[r] for p in spec.pairs for r in spec.roles if p[r] in plan.names})
         _, graph = session.graph(control, nodes)
-        limit = int(os.environ.get("HARNESS_JUDGE_LIMIT", "0"))
+        env = session.options.env
+        limit = env.judge_limit
         persona_limit = min(limit, plan.limit) if limit and plan.limit else (limit or plan.limit)
         with session.quiet():
             gens = graph_generations(graph, ["persona", "eval"], gen_budget(session, plan, graph)[0], nodes,
@@ -124,8 +124,8 @@ def judge(session: Any, spec: ClaimSpec, pair: Pair, control: Control | None) ->
         root = _cache_root(session) or fixtures_dir(graph)
         endpoint = session.judge_endpoint()
         j = Judge(JudgeConfig(model=endpoint.model, base_url=endpoint.base_url, cache_dir=root / "judge",
-                              max_tokens=int(os.environ.get("HARNESS_JUDGE_MAX_TOKENS", "1024")),
-                              concurrency=int(os.environ.get("HARNESS_JUDGE_CONCURRENCY", "8"))))
+                              max_tokens=1024 if env.judge_max_tokens is None else env.judge_max_tokens,
+                              concurrency=8 if env.judge_concurrency is None else env.judge_concurrency))
         means = JudgeMeans()
         for source in ("persona", "eval"):
             qs = prompts(source, folder=plan.data_dir).questions  # zip stops at the (limited) generations

@@ -399,12 +399,15 @@ def load_spec(path: PathLike, statistics: Any = None) -> ClaimSpec:
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
         raise _err(path, "check", f"two checks are labelled {dup!r}; give each a distinct label")
+    zoo = _names(path, data, "zoo", "zoo", "tokenizer folder names")
+    if zoo and kind != "generations":
+        raise _err(path, "zoo", f"only a claim of kind 'generations' trains a model per zoo tokenizer, not {kind!r}")
     return ClaimSpec(
         id=_str(path, data, "id", "id"), kind=kind,
         statement=_str(path, data, "statement", "statement"),
         reference_table=_str(path, data, "reference_table", "reference_table"),
         roles=roles, negative_control=text, pairs=pairs, checks=checks, source=path, data_roles=data_roles,
-        controls=controls, zoo=_names(path, data, "zoo", "zoo", "tokenizer folder names"),
+        controls=controls, zoo=zoo,
         known_deviations=_deviations(path, data.get("known_deviation"), labels),
     )
 

@@ -16,15 +16,11 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 from harness.errors import HarnessError
-from harness.findings.kinds import statistic
+from harness.findings.kinds import STATISTICS, Statistic, statistic  # noqa: F401 - STATISTICS is read from here
 from harness.findings.spec import BASE_REF, Pair
-from harness.registry import Registry
-
-Statistic = Callable[..., float]
-STATISTICS: Registry[Statistic] = Registry("statistic")
 
 _PARENT = re.compile(r"^parent\((\w+)\)$")
 _LAYER = re.compile(r"(\d+)\s*$")

@@ -1,9 +1,9 @@
-"""Claim results: one row per (claim, pair, check), and the session collector.
+"""Claim results: one row per (claim, pair, check).
 
 ``evaluate(spec, source, pair)`` runs each check of a spec through its statistic and returns
 :class:`ClaimResult` rows. Claim files that compute their value another way build a row with
-:meth:`ClaimResult.make` and hand it to :func:`record` (or the ``claim_result`` fixture), so it
-shows up in the terminal summary and the findings files.
+:meth:`ClaimResult.make` and hand it to the ``claim_result`` fixture (the findings session's
+``record``), so it shows up in the terminal summary and the findings files.
 """
 
 from __future__ import annotations
@@ -116,49 +116,6 @@ def evaluate(spec: ClaimSpec, source: Any, pair: Pair, *, plan: str = "", seed: 
                                      reference_value=check.reference_for(pair.label), check=check.name, plan=plan,
                                      seed=seed, tolerance=check.tolerance, floor=check.floor))
     return rows
-
-
-# ---- where rows go -------------------------------------------------------------------------
-# The pytest plugin's FindingsSession (in pytest's stash) collects the rows; it makes itself the
-# target of record() while its session runs and hands the target back to the one before it.
-
-class Collector:
-    """Something rows can be recorded into (the findings session)."""
-
-    def __init__(self) -> None:
-        self.results: list[ClaimResult] = []
-        self._previous: Collector | None = None
-
-    def record(self, results: ClaimResult | Iterable[ClaimResult]) -> None:
-        self.results.extend([results] if isinstance(results, ClaimResult) else results)
-
-
-class _Target:
-    current: Collector = Collector()  # rows recorded outside any harness pytest session
-
-
-def activate(collector: Collector) -> None:
-    """Send :func:`record` to ``collector`` until :func:`deactivate`."""
-    collector._previous, _Target.current = _Target.current, collector
-
-
-def deactivate(collector: Collector) -> None:
-    if _Target.current is collector and collector._previous is not None:
-        _Target.current, collector._previous = collector._previous, None
-
-
-def record(results: ClaimResult | Iterable[ClaimResult]) -> None:
-    """Add result rows to this session's findings (terminal summary, JSON/Markdown files)."""
-    _Target.current.record(results)
-
-
-def recorded() -> list[ClaimResult]:
-    """The rows recorded in the current session so far."""
-    return list(_Target.current.results)
-
-
-def clear() -> None:
-    _Target.current.results.clear()
 
 
 def assert_holds(results: Iterable[ClaimResult], detail: str = "") -> None:

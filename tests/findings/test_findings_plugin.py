@@ -1,15 +1,16 @@
-"""The pytest plugin end to end, in a child pytest: summary table, files, baseline compare-fail,
-seed disagreement and conflicting options (pytest.UsageError)."""
+"""The pytest plugin end to end, in an inner pytest run (``pytester``): summary table, files, baseline
+compare-fail, seed disagreement and conflicting options (pytest.UsageError)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
 
 import pytest
+
+pytest_plugins = ["pytester"]
 
 CLAIM_FILE = '''
 import os
@@ -27,19 +28,37 @@ def test_c9(claim_result, seed):
 '''
 
 
-def run(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    (tmp_path / "test_c9.py").write_text(CLAIM_FILE)
-    if not (tmp_path / "conftest.py").exists():
-        (tmp_path / "conftest.py").write_text("")  # makes tmp_path the rootdir
-    e = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), **env}
-    e.pop("HARNESS_FINDINGS_DIR", None)
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "test_c9.py",
-                           "--findings-dir", str(tmp_path / "out"), *args],
-                          cwd=tmp_path, env=e, capture_output=True, text=True, timeout=120)
+C9_VARIABLES = ("C9_VALUE", "C9_VALUE_0", "C9_VALUE_1", "C9_SEEDS")
 
 
-def test_summary_table_and_files(tmp_path):
-    r = run(tmp_path, "--harness-run-id", "r1", C9_VALUE="0.1")
+@pytest.fixture
+def tmp_path(pytester: pytest.Pytester) -> Path:
+    """The inner run's folder (its rootdir: it holds an empty conftest.py and the C9 claim file)."""
+    pytester.makeconftest("")
+    pytester.makepyfile(test_c9=CLAIM_FILE)
+    return pytester.path
+
+
+@pytest.fixture
+def run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., SimpleNamespace]:
+    """``run(*args, **C9 variables)``: the C9 claim file under the harness plugin, in this process."""
+    monkeypatch.delenv("HARNESS_FINDINGS_DIR", raising=False)
+
+    def go(*args: str, **env: str) -> SimpleNamespace:
+        with monkeypatch.context() as m:
+            for k in C9_VARIABLES:
+                m.delenv(k, raising=False)
+            for k, v in env.items():
+                m.setenv(k, v)
+            r = pytester.runpytest("-p", "no:cacheprovider", "-q", "test_c9.py", "--findings-dir",
+                                   str(tmp_path / "out"), *args)
+        return SimpleNamespace(returncode=int(r.ret), stdout=r.stdout.str(), stderr=r.stderr.str())
+
+    return go
+
+
+def test_summary_table_and_files(run, tmp_path):
+    r = run("--harness-run-id", "r1", C9_VALUE="0.1")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "harness findings" in r.stdout
     line = next(l for l in r.stdout.splitlines() if l.startswith("C9"))
@@ -49,27 +68,27 @@ def test_summary_table_and_files(tmp_path):
     assert (tmp_path / "out" / "tiny" / "r1.md").is_file()
 
 
-def test_baseline_compare_fail(tmp_path):
-    assert run(tmp_path, "--harness-run-id", "base", C9_VALUE="0.1").returncode == 0
+def test_baseline_compare_fail(run, tmp_path):
+    assert run("--harness-run-id", "base", C9_VALUE="0.1").returncode == 0
     base = str(tmp_path / "out" / "tiny" / "base.json")
-    ok = run(tmp_path, "--findings-baseline", base, "--harness-run-id", "r2", C9_VALUE="0.12")
+    ok = run("--findings-baseline", base, "--harness-run-id", "r2", C9_VALUE="0.12")
     assert ok.returncode == 0 and "no regression against" in ok.stdout, ok.stdout
-    moved = run(tmp_path, "--findings-baseline", base, "--harness-run-id", "r3", C9_VALUE="0.2")
+    moved = run("--findings-baseline", base, "--harness-run-id", "r3", C9_VALUE="0.2")
     assert moved.returncode == 1, moved.stdout  # every test passed: the baseline fails the session, and says so
     assert "Findings have regressed" in moved.stdout and "although the tests passed" in moved.stdout
     assert "+100.0%; tolerance 50%" in moved.stdout
     # fail -> pass is an improvement: reported, the session passes unless --findings-strict
-    bad = run(tmp_path, "--harness-run-id", "bad", C9_VALUE="0.3")
+    bad = run("--harness-run-id", "bad", C9_VALUE="0.3")
     assert bad.returncode == 1 and "FAILED test_c9.py::test_c9" in bad.stdout, bad.stdout  # -rf names it
     worse = str(tmp_path / "out" / "tiny" / "bad.json")
-    better = run(tmp_path, "--findings-baseline", worse, "--harness-run-id", "r4", C9_VALUE="0.1")
+    better = run("--findings-baseline", worse, "--harness-run-id", "r4", C9_VALUE="0.1")
     assert better.returncode == 0 and "improved: C9 ratio [a/b]: verdict fail -> pass" in better.stdout, better.stdout
-    strict = run(tmp_path, "--findings-baseline", worse, "--findings-strict", "--harness-run-id", "r5", C9_VALUE="0.1")
+    strict = run("--findings-baseline", worse, "--findings-strict", "--harness-run-id", "r5", C9_VALUE="0.1")
     assert strict.returncode == 1 and "(--findings-strict)" in strict.stdout, strict.stdout
 
 
-def test_seed_disagreement_fails_the_session(tmp_path):
-    r = run(tmp_path, "--harness-run-id", "s", C9_SEEDS="1", C9_VALUE_0="0.1", C9_VALUE_1="0.3")
+def test_seed_disagreement_fails_the_session(run, tmp_path):
+    r = run("--harness-run-id", "s", C9_SEEDS="1", C9_VALUE_0="0.1", C9_VALUE_1="0.3")
     assert r.returncode == 1, r.stdout
     assert "spread across training seeds" in r.stdout and "verdicts disagree across seeds" in r.stdout
 
@@ -81,40 +100,46 @@ def test_seed_disagreement_fails_the_session(tmp_path):
     (["--harness-plan", str(Path(__file__).resolve().parents[2] / "fixtures" / "plans" / "tiny.toml"),
       "--harness-variant", "nope"], "no variant 'nope'; known: c1_dpo_at_sft_lr, c4_bf16, c5_zero_step_dpo"),
 ])
-def test_conflicting_options_are_usage_errors(tmp_path, args, message):
-    r = run(tmp_path, *args)
+def test_conflicting_options_are_usage_errors(run, args, message):
+    r = run(*args)
     assert r.returncode == 4, r.stdout + r.stderr  # pytest's usage-error exit code
     assert message in r.stderr
 
 
-def test_baseline_of_another_plan_is_compared_and_named(tmp_path):
+def test_baseline_of_another_plan_is_compared_and_named(run, tmp_path):
     plan = str(Path(__file__).resolve().parents[2] / "fixtures" / "plans" / "tiny.toml")
-    assert run(tmp_path, "--harness-run-id", "base", "--harness-plan", plan).returncode == 0
+    assert run("--harness-run-id", "base", "--harness-plan", plan).returncode == 0
     other = tmp_path / "other.json"
     data = json.loads((tmp_path / "out" / "tiny" / "base.json").read_text())
     assert data["meta"]["base"].startswith("tiny-") and data["meta"]["recipe"]["dpo"]["learning_rate"] == 1e-5
     data["meta"].update(plan="smollm2", base="SmolLM2-135M-Instruct-Q8_0.gguf")
     data["results"][0]["measured"] = 0.3  # another model measured 0.3: a move, the finding, not a failure
     other.write_text(json.dumps(data))
-    r = run(tmp_path, "--findings-baseline", str(other), "--harness-run-id", "x", "--harness-plan", plan)
+    r = run("--findings-baseline", str(other), "--harness-run-id", "x", "--harness-plan", plan)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "plan 'tiny' on base 'tiny-" in r.stdout and "plan 'smollm2' on base 'SmolLM2-135M" in r.stdout
     assert "moved beyond tolerance: C9 ratio [a/b]: measured 0.3 -> 0.1" in r.stdout
 
 
-def test_seeds_with_a_plan_that_trains_nothing_is_a_usage_error(tmp_path):
+def test_seeds_with_a_plan_that_trains_nothing_is_a_usage_error(run, tmp_path):
     root = Path(__file__).resolve().parents[2]
     plan = tmp_path / "baseonly.toml"
     plan.write_text(f'extends = "{root / "fixtures" / "plans" / "tiny.toml"}"\n[[nodes]]\nname = "base"\nmethod = "base"\n',
                     encoding="utf-8")
-    r = run(tmp_path, "--harness-plan", str(plan), "--harness-seeds", "2")
+    r = run("--harness-plan", str(plan), "--harness-seeds", "2")
     assert r.returncode == 4 and "trains no node, so it cannot be reseeded" in r.stderr, r.stderr
 
 
-def test_a_variant_applies_and_its_name_is_in_the_findings(tmp_path):
+def test_a_variant_applies_and_its_name_is_in_the_findings(run, tmp_path):
     plan = str(Path(__file__).resolve().parents[2] / "fixtures" / "plans" / "tiny.toml")
-    r = run(tmp_path, "--harness-run-id", "v", "--harness-plan", plan, "--harness-variant", "c1_dpo_at_sft_lr")
+    r = run("--harness-run-id", "v", "--harness-plan", plan, "--harness-variant", "c1_dpo_at_sft_lr")
     assert r.returncode == 0, r.stdout + r.stderr
     meta = json.loads((tmp_path / "out" / "tiny" / "v.json").read_text())["meta"]
     assert meta["variant"] == "c1_dpo_at_sft_lr" and meta["recipe"]["dpo"]["learning_rate"] == 1e-4
     assert "- variant: `c1_dpo_at_sft_lr`" in (tmp_path / "out" / "tiny" / "v.md").read_text()
+
+
+def test_a_malformed_harness_variable_is_a_usage_error_naming_it(run):
+    """The plugin reads the environment once (harness.config.from_env); a bad value stops the session."""
+    r = run(HARNESS_JUDGE_LIMIT="ten")
+    assert r.returncode == 4 and "HARNESS_JUDGE_LIMIT='ten': not an integer" in r.stderr, r.stdout + r.stderr

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -151,3 +153,19 @@ def test_findings_record_library_versions_and_baseline_names_changes(tmp_path):
     assert moved.version_changes == [f"trl 0.9.0 -> {version('trl')}"]
     assert moved.regressions == []
     assert '"reference_value": 0.04' in first.json_path.read_text()
+
+
+def test_conflict_plot_pairs_come_from_the_specs(family, tmp_path):
+    """The conflict-rate plot draws the task-vector pairs the specs' conflict_ratio checks compare (C4's), and
+    a user's spec with other nodes draws those."""
+    from harness.findings import load_specs
+    from harness.findings.report import conflict_pairs
+
+    source = family()
+    specs = load_specs(Path(__file__).resolve().parents[2] / "fixtures" / "claims")
+    assert conflict_pairs(specs, source) == [("sft_d0", "sft_d1", "base"), ("dpo_d0", "dpo_d1", "base"),
+                                             ("dpo_d0@sft_d2", "dpo_d1@sft_d2", "base")]
+    mine = [s for s in specs if s.id == "C4"][0]
+    mine = dataclasses.replace(mine, pairs=tuple(dataclasses.replace(p, roles=tuple(
+        (r, n.replace("sft_d2", "sft_d1")) for r, n in p.roles)) for p in mine.pairs[1:]))
+    assert conflict_pairs([mine], source) == [("sft_d0", "sft_d1", "base"), ("dpo_d0@sft_d1", "dpo_d1@sft_d1", "base")]

@@ -152,7 +152,23 @@ def test_importing_findings_imports_no_engine():
             "bad = sorted(m for m in sys.modules if m.startswith(('harness.evaluate', 'harness.train', 'trl'))); "
             "assert not bad, bad; "
             "harness.findings.load_specs('fixtures/claims'); "
-            "assert 'harness.evaluate.claims' in sys.modules  # a similarity/judge spec loads its provider")
+            "assert 'harness.findings.outputs' in sys.modules  # a similarity/judge spec loads its provider")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_zoo_cases_come_from_the_claims_folder(tmp_path):
+    """claims/test_eos_learned.py runs the zoo tokenizers of the --claims-dir's specs, not the repo's C6."""
+    folder = tmp_path / "my_claims"
+    folder.mkdir()
+    text = (CLAIMS / "c6_eos_learned.toml").read_text(encoding="utf-8")
+    text = text.replace('id = "C6"', 'id = "MY6"').replace('zoo = ["vicuna-1.5"]', 'zoo = ["mine-a", "mine-b"]')
+    (folder / "my6.toml").write_text(text, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--co",
+                        str(ROOT / "claims" / "test_eos_learned.py"), "--rootdir", str(ROOT),
+                        "--claims-dir", str(folder)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    ids = [line.split("[", 1)[1].rstrip("]") for line in r.stdout.splitlines() if "::test_eos_learned" in line]
+    assert ids == ["MY6-zoo:mine-a", "MY6-zoo:mine-b"]

@@ -187,3 +187,31 @@ def test_a_node_that_cannot_be_built_fails_only_the_cases_that_read_it(small_mod
     assert fs.builds.graph_of(fs.plan).is_built("sft_d0")
     with pytest.raises(PreflightError, match=r"sft_d1 \[trl-sft\]"):
         fs.prepare(cases[0])  # sft_d1
+
+
+def test_a_case_is_resolved_once_and_its_nodes_built_once(setup, serial, tmp_path):
+    """In process, on the serial run's cache: each case's plan, nodes and skip reason are worked out once per
+    session (the same object every time), and running its cases' steps (prepare, the graphs, the diff sources,
+    the runner's graph) calls the graph engine once per graph."""
+    from harness.findings.session import FindingsSession, Options
+
+    claims = tmp_path / "claims"
+    claims.mkdir()
+    (claims / "my1.toml").write_text(SPEC.replace('pairs = [{ dpo = "dpo_d1", sft = "sft_d1" }]',
+                                                  'pairs = [{ dpo = "dpo_d0", sft = "sft_d0" }, '
+                                                  '{ dpo = "dpo_d1", sft = "sft_d1" }]'), encoding="utf-8")
+    (claims / "my2.toml").write_text(node_spec('[{ node = "sft_d1" }, { node = "dpo_d1" }]'), encoding="utf-8")
+    fs = FindingsSession(Options(root=ROOT, plan_path=setup["plan"], plan_given=True, claims_dir=claims,
+                                 fixtures_dir=str(serial["fx"]), device="cpu", run="once"), say=lambda m: None)
+    cases = fs.cases()
+    first = [fs.resolve(c) for c in cases]
+    assert first[0].skip == "MY1: plan 'mb' has no node dpo_d0, sft_d0 (roles: dpo, sft)" and first[0].plans == ()
+    assert first[1].nodes == ("dpo_d1", "sft_d1") and first[1].skip is None
+    assert first[2].nodes == ("sft_d1",) and [p.seed for p in first[2].plans] == [fs.plan.seed]
+    fs.plan_cases(cases)
+    for case in cases[1:]:
+        assert fs.prepare(case) is fs.resolve(case)
+        fs.graph(case.control, [])
+        fs.diff_sources(case.control)
+    assert [fs.resolve(c) for c in cases] == first and all(a is b for a, b in zip(first, map(fs.resolve, cases)))
+    assert fs.builds.calls == [(("mb", None, 0, "tiny"), ("base", "sft_d1", "dpo_d1"))]

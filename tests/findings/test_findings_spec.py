@@ -182,3 +182,45 @@ def test_a_known_deviation_can_be_keyed_by_device(tmp_path):
     with pytest.raises(LoadError, match=r"known_deviation\[0\].device'.*one of cpu, cuda, got 'gpu'"):
         load_spec(write(tmp_path, GOOD + on_cuda.replace('"cuda"', '"gpu"')), STATISTICS)
 
+
+
+# ---- the statistics registry -------------------------------------------------------------------
+
+def test_a_statistic_name_registered_twice_is_an_error_naming_both_functions():
+    """A second statistic under a taken name (even for another kind) is refused: it must not attach its kind
+    to the first function."""
+    from harness.errors import HarnessError
+    from harness.findings.kinds import register_statistic
+
+    def l2_ratio(source, pair):  # same name as the weights statistic
+        return 0.0
+
+    with STATISTICS.isolated():
+        with pytest.raises(HarnessError) as err:
+            register_statistic("generations", "l2_ratio", l2_ratio)
+        msg = str(err.value)
+        assert "statistic 'l2_ratio' is registered twice" in msg
+        assert "harness.findings.statistics.l2_ratio" in msg
+        assert "test_a_statistic_name_registered_twice_is_an_error_naming_both_functions.<locals>.l2_ratio" in msg
+        assert STATISTICS.kinds["l2_ratio"] == "weights"
+    assert STATISTICS.accepts("weights", "l2_ratio") and not STATISTICS.accepts("generations", "l2_ratio")
+
+
+def test_an_isolated_statistic_is_gone_after_the_block(tmp_path):
+    from harness.findings.kinds import statistic
+
+    with STATISTICS.isolated():
+        @statistic("weights", "always_one")
+        def always_one(source, pair):
+            return 1.0
+
+        spec = load_spec(write(tmp_path, GOOD.replace('"l2_ratio"', '"always_one"')))
+        assert spec.checks[0].statistic == "always_one"
+    assert "always_one" not in STATISTICS and "always_one" not in STATISTICS.kinds
+    with pytest.raises(LoadError, match="unknown statistic 'always_one'"):
+        load_spec(write(tmp_path, GOOD.replace('"l2_ratio"', '"always_one"')))
+
+
+def test_zoo_tokenizers_belong_to_a_generations_claim(tmp_path):
+    with pytest.raises(LoadError, match=r"cx.toml.*zoo.*only a claim of kind 'generations'"):
+        load_spec(write(tmp_path, GOOD.replace('kind = "weights"', 'kind = "weights"\nzoo = ["vicuna-1.5"]')))

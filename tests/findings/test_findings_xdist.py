@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.config import RunConfig
 from harness.findings import ClaimResult
 from harness.findings.merge import group_of, merge, payload, worker_gpu
 from harness.findings.session import FindingsSession, Options
@@ -19,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[2]
 pytest.importorskip("xdist", reason="pytest-xdist is not installed (the test extra)")
 
 
-def session(tmp_path: Path) -> FindingsSession:
+def session(tmp_path: Path, slot: str | None = None) -> FindingsSession:
     return FindingsSession(Options(root=ROOT, plan_path=ROOT / "fixtures" / "plans" / "tiny.toml",
-                                   findings_dir=tmp_path), say=lambda m: None)
+                                   findings_dir=tmp_path, env=RunConfig(slot=slot)), say=lambda m: None)
 
 
 def test_worker_k_takes_gpu_k_mod_n():
@@ -38,15 +39,13 @@ def test_cases_of_one_spec_share_a_group_and_controls_group_by_variant(tmp_path)
     assert groups["C5-dpo_d1@sft_d1/sft_d1"] != groups["C2-sft_d0"]
 
 
-def test_rows_from_workers_merge_into_one_sorted_list(tmp_path, monkeypatch):
+def test_rows_from_workers_merge_into_one_sorted_list(tmp_path):
     rows = [ClaimResult.make("C2", f"sft_d{i}", 1.0 + i, 1.0, ">", check="ratio") for i in range(3)]
     workers = []
     for wid, part in (("gw0", [rows[2], rows[0]]), ("gw1", [rows[1]])):
-        w = session(tmp_path)
+        w = session(tmp_path, slot={"gw0": "0", "gw1": "1"}[wid])
         w.record(part)
-        monkeypatch.setenv("PYTEST_XDIST_WORKER", wid)
-        monkeypatch.setenv("HARNESS_SLOT", {"gw0": "0", "gw1": "1"}[wid])
-        workers.append(json.loads(json.dumps(payload(w))))  # what crosses the process boundary
+        workers.append(json.loads(json.dumps(payload(w, wid))))  # what crosses the process boundary
     controller = session(tmp_path)
     for out in workers:
         merge(controller, [out])

@@ -79,7 +79,6 @@ def test_c8_negative_control_constant_judge_gives_zero_margin(judge_server, judg
     """The C8 spec's negative control: a judge blind to the persona scores styled and plain alike."""
     from pathlib import Path
 
-    import harness.evaluate.claims  # noqa: F401  (registers judge_margin)
     from harness.findings import evaluate, load_spec
 
     c8 = load_spec(Path(__file__).resolve().parents[2] / "fixtures" / "claims" / "c8_judge.toml")
