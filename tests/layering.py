@@ -268,3 +268,25 @@ def environment_reads(root: Path = ROOT, allowed: tuple[str, ...] = ("harness.co
             if hit:
                 out.append(f"{path.relative_to(root.parent)}:{n.lineno}: {ast.unparse(n)}")
     return out
+
+
+#: Modules that may read the run configuration (harness.config.from_env): the edges, where a command, the
+#: pytest plugin or a spawned worker starts.
+EDGES = ("harness.pytest_plugin", "harness.xdist_plugin", "harness.__main__", "harness.train.worker")
+
+
+def is_edge(module: str) -> bool:
+    return module in EDGES or module.endswith(".cli") or module.endswith("_cli")
+
+
+def config_reads_below_the_edges(root: Path = ROOT) -> list[str]:
+    """Calls of ``from_env()`` outside the edges: below them, values come as arguments."""
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        mod = module_name(path, root)
+        if is_edge(mod) or mod == "harness.config":
+            continue
+        for n in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(n, ast.Call) and getattr(n.func, "id", getattr(n.func, "attr", None)) == "from_env":
+                out.append(f"{path.relative_to(root.parent)}:{n.lineno}: {ast.unparse(n)}")
+    return out

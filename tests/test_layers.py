@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from layering import LAYERS, Graph, environment_reads, layer_of, read_graph
+from layering import LAYERS, Graph, config_reads_below_the_edges, environment_reads, layer_of, read_graph
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,21 @@ def test_the_checks_see_a_function_level_circle_and_an_upward_import(tmp_path):
 def test_harness_variables_are_read_only_by_the_run_config():
     """Options and the environment are read once, at the edge (harness/config.py); nothing below reads them."""
     assert environment_reads() == []
+
+
+def test_the_run_config_is_read_only_at_the_edges():
+    """``from_env()`` is called by the plugin, the commands and a worker's entry; everything below takes arguments."""
+    assert config_reads_below_the_edges() == []
+
+
+def test_the_edge_check_sees_a_deep_read(tmp_path):
+    pkg = tmp_path / "harness"
+    (pkg / "train").mkdir(parents=True)
+    for f in ("__init__.py", "train/__init__.py"):
+        (pkg / f).write_text("")
+    (pkg / "train" / "cli.py").write_text("from harness.config import from_env\nENV = from_env()\n")
+    (pkg / "train" / "deep.py").write_text("def f():\n    from harness import config\n    return config.from_env()\n")
+    assert [r.split(": ", 1)[1] for r in config_reads_below_the_edges(pkg)] == ["config.from_env()"]
 
 
 def test_the_environment_check_sees_a_read_through_a_constant(tmp_path):

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                        pipeline=args.pipeline, max_length=args.max_length, response_marker=args.response_marker,
                        zoo=args.zoo or env.tokenizer_zoo, tokenizer_kwargs=kwargs or None, limit=args.limit,
                        assistant_only_loss=args.assistant_only_loss, fold_system=args.fold_system,
-                       data_dir=env.data_dir)
+                       data_dir=env.data_dir, cache_root=env.fixtures_dir)
     if args.json:
         _write_json(report.to_dict(), args.json)
     out = Console(stderr=args.json == "-")

@@ -33,6 +33,7 @@ def audit(
     assistant_only_loss: bool = False,
     fold_system: bool = False,
     data_dir: Union[str, Path, None] = None,
+    cache_root: Union[str, Path, None] = None,
 ) -> AuditReport:
     """Audit what ``pipeline`` trains on for ``tokenizer`` and a dataset.
 
@@ -44,6 +45,7 @@ def audit(
     template's ``{% generation %}`` blocks decide what is trained). ``fold_system`` folds a
     system message into the first user turn (for templates that reject the system role).
     ``data_dir`` is where the persona fixtures are read (default: the packaged ``fixtures/data``).
+    ``cache_root`` is the fixture cache a ``.gguf`` tokenizer is converted into (default: the project's).
     """
     if fmt not in FORMATS:
         raise HarnessError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
@@ -58,7 +60,7 @@ def audit(
         raise HarnessError(f"max_length must be a positive number of tokens, not {max_length!r}")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise HarnessError(f"limit must be a positive number of examples, not {limit!r}")
-    tok, name, gen, old_template = _load(tokenizer, chat_template, zoo, tokenizer_kwargs)
+    tok, name, gen, old_template = _load(tokenizer, chat_template, zoo, tokenizer_kwargs, cache_root)
     try:
         return _audit(tok, name, gen, fmt=fmt, data=data, pipeline=pipeline, names=names, max_length=max_length,
                       response_marker=response_marker, generation_eos=generation_eos, limit=limit,
@@ -141,12 +143,12 @@ def check_encodes(tok, name: str, records: list[dict]) -> None:
                             f"{'no tokens' if not row else 'only unknown tokens'} (vocabulary size {len(tok)})")
 
 
-def _load(tokenizer: Any, chat_template, zoo, kwargs) -> tuple[Any, str, list[int], Any]:
+def _load(tokenizer: Any, chat_template, zoo, kwargs, cache_root=None) -> tuple[Any, str, list[int], Any]:
     """The tokenizer, its name, its generation EOS ids, and the template to restore afterwards."""
     old: Any = _KEEP
     if isinstance(tokenizer, (str, Path)):
         where = resolve_tokenizer(tokenizer, zoo)
-        tok = load_tokenizer(tokenizer, zoo, **(kwargs or {}))
+        tok = load_tokenizer(tokenizer, zoo, cache_root=cache_root, **(kwargs or {}))
         name, gen = str(tokenizer), generation_eos_ids(where)
     else:
         tok, name, gen = tokenizer, getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__, []

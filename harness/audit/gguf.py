@@ -14,13 +14,12 @@ from harness.errors import LoadError
 
 
 def cache_root_or_default(cache_root: Optional[Path]) -> Path:
-    """``cache_root``, else the run configuration's fixtures dir (until every caller passes one)."""
+    """``cache_root``, else the project's default fixture cache (the edges pass ``HARNESS_FIXTURES_DIR``'s)."""
     if cache_root is not None:
         return Path(cache_root)
-    from harness.config import from_env
     from harness.models import default_cache_root
 
-    return from_env().fixtures_dir or default_cache_root()
+    return default_cache_root()
 
 
 def gguf_tokenizer_folder(path: Path, cache_root: Optional[Path] = None) -> Path:

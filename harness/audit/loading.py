@@ -26,15 +26,10 @@ REQUIRED: dict[str, dict[str, type]] = {
 
 
 def zoo_dir(explicit: Union[str, Path, None] = None) -> Optional[Path]:
-    """The tokenizer zoo: ``explicit``, else the run configuration's (``HARNESS_TOKENIZER_ZOO``), else
+    """The tokenizer zoo: ``explicit`` (the edges pass ``HARNESS_TOKENIZER_ZOO``'s), else
     ``../shared/tokenizers`` if present."""
     if explicit:
         return Path(explicit)
-    from harness.config import from_env  # until every caller passes the zoo down
-
-    configured = from_env().tokenizer_zoo
-    if configured:
-        return Path(configured)
     default = REPO_ROOT.parent / "shared" / "tokenizers"
     return default if default.is_dir() else None
 

@@ -44,10 +44,13 @@ def run(args: argparse.Namespace) -> int:
     from harness.inference.selfgen import write_jsonl
     from harness.evaluate.similarity import write_table
 
+    from harness.config import from_env
     from harness.inference.serve import session_endpoint
 
+    env = from_env()  # this command is an edge: HARNESS_FIXTURES_DIR, HARNESS_GGUF_DIR, read here once
     rows = load_generations(Path(args.generations))
-    endpoint, server = session_endpoint(args.serve, device=args.device)
+    endpoint, server = session_endpoint(args.serve, device=args.device, cache_root=env.fixtures_dir,
+                                        gguf_dir=env.gguf_folder, judge_model=env.judge_model)
     try:
         cfg = JudgeConfig(model=endpoint.model if args.serve else args.model, language=args.language,
                           concurrency=args.concurrency, max_attempts=args.max_attempts, backoff_base=args.backoff,

@@ -143,7 +143,8 @@ class BertScore:
 
 
 def try_bert_score(model: Optional[str], num_layers: Optional[int], device: str = "cpu", *, graph: Any = None,
-                   cache_root: Optional[Path] = None) -> tuple[Optional[BertScore], str]:
+                   cache_root: Optional[Path] = None, gguf_dir: Optional[Path] = None
+                   ) -> tuple[Optional[BertScore], str]:
     """A scorer, or ``None`` and the reason when the model cannot be loaded or none is asked for.
 
     ``model`` may also name a node of ``graph`` or a ``.gguf`` file (dequantized once into a cached folder).
@@ -155,7 +156,7 @@ def try_bert_score(model: Optional[str], num_layers: Optional[int], device: str 
         if (graph is not None and model in getattr(graph, "names", ())) or str(model).endswith(".gguf"):
             from harness.inference.serve import resolve_model
 
-            model, name = resolve_model(model, graph, cache_root)
+            model, name = resolve_model(model, graph, cache_root, gguf_dir)
         return BertScore(model, num_layers, device, name=name), ""
     except LoadError as e:
         return None, f"BERTScore skipped: {e}"

@@ -390,7 +390,8 @@ class FindingsSession:
             log.parent.mkdir(parents=True, exist_ok=True)
             endpoint, self._judge_server = session_endpoint(
                 spec, graph, device=self.options.device, log_path=log,
-                cache_root=Path(self.options.fixtures_dir) if self.options.fixtures_dir else None)
+                cache_root=Path(self.options.fixtures_dir) if self.options.fixtures_dir else None,
+                judge_model=self.options.env.judge_model, gguf_dir=self.options.env.gguf_folder)
             return endpoint
 
         return self.memo(("judge-endpoint",), make)

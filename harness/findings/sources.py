@@ -93,7 +93,8 @@ def similarity(session: Any, spec: ClaimSpec, pair: Pair, control: Control | Non
                                      device=session.options.device, cache_root=_cache_root(session), progress=False)
             env = session.options.env
             scorer, note = try_bert_score(env.bertscore_model or DEFAULT_BERT, env.bertscore_layers,
-                                          _device_type(session), graph=graph, cache_root=_cache_root(session))
+                                          _device_type(session), graph=graph, cache_root=_cache_root(session),
+                                          gguf_dir=env.gguf_folder)
         items = data.load_persona(plan.data_dir)[: plan.limit or None]
         texts = {n: [g.text for g in gens[(n, "persona")]] for n in nodes}
         return table24(texts, [i.d0 for i in items], [i.d1 for i in items], bleu_tokenizer(), scorer, note)

@@ -175,13 +175,12 @@ def gguf_folder(gguf: Path, cache_root: Optional[Path] = None) -> Path:
 
 
 def _cache_root(cache_root: Optional[Path]) -> Path:
-    """``cache_root``, else the run configuration's fixtures dir (until every caller passes one)."""
+    """``cache_root``, else the project's default fixture cache (the edges pass ``HARNESS_FIXTURES_DIR``'s)."""
     if cache_root is not None:
         return Path(cache_root)
-    from harness.config import from_env
     from harness.models import default_cache_root
 
-    return from_env().fixtures_dir or default_cache_root()
+    return default_cache_root()
 
 
 def resolve_model(spec: str, graph: Any = None, cache_root: Optional[Path] = None,
@@ -189,7 +188,7 @@ def resolve_model(spec: str, graph: Any = None, cache_root: Optional[Path] = Non
     """``(what the server loads, a label for reports)`` for a folder, ``.gguf`` file, plan node or hub id.
 
     A node name of ``graph`` wins over a folder of the same name; a bare GGUF file name is also
-    looked up in ``gguf_dir`` (default: the run configuration's, ``~/.cache/harness/gguf``).
+    looked up in ``gguf_dir`` (the edges pass ``HARNESS_GGUF_DIR``; default ``~/.cache/harness/gguf``).
     """
     from harness.models import find_gguf
 
@@ -199,11 +198,9 @@ def resolve_model(spec: str, graph: Any = None, cache_root: Optional[Path] = Non
         return str(Path(graph.path(spec)).resolve()), f"plan node {spec}"
     p = Path(spec).expanduser()
     if spec.endswith(".gguf") and not p.is_file():
-        if gguf_dir is None:
-            from harness.config import from_env
+        from harness.config import DEFAULT_GGUF_DIR
 
-            gguf_dir = from_env().gguf_folder
-        p = Path(gguf_dir).expanduser() / spec
+        p = Path(gguf_dir or DEFAULT_GGUF_DIR).expanduser() / spec
     if (spec.endswith(".gguf") or p.is_file()) and find_gguf(str(p)) is not None:
         return str(gguf_folder(p, cache_root).resolve()), p.name
     if p.is_dir():
@@ -236,17 +233,13 @@ def session_endpoint(spec: Optional[str], graph: Any = None, *, device: str = "a
                      judge_model: Optional[str] = None, gguf_dir: Optional[Path] = None
                      ) -> tuple[JudgeEndpoint, Optional[JudgeServer]]:
     """The claims session's judge: ``spec`` served on loopback (the caller stops the server), else
-    the environment's (``OPENAI_*``, model ``judge_model``: the run configuration's ``HARNESS_JUDGE_MODEL``,
+    the environment's (``OPENAI_*``, model ``judge_model``: the edges pass ``HARNESS_JUDGE_MODEL``;
     default gpt-4o-mini).
 
     On CUDA the server batches concurrent requests (``--continuous-batching``); on the CPU it
     generates one request at a time (its continuous batching is slower there for few requests).
     """
     if not spec:
-        if judge_model is None:  # until every caller passes it: the run configuration's value
-            from harness.config import from_env
-
-            judge_model = from_env().judge_model
         model = judge_model or "gpt-4o-mini"
         return JudgeEndpoint(None, model, model), None
     from harness.inference.generate import resolve_device
