@@ -1,11 +1,11 @@
-"""``audit()``: run the real pipelines on a dataset and collect the label/EOS findings."""
+"""``audit()``: run the real pipelines on a dataset and collect the label/EOS codes it reports."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
-from harness.audit import findings as F
+from harness.audit import codes as F
 from harness.audit.loading import (FORMATS, check_tokenizer, default_records, detect_format,
                                    generation_eos_ids, load_records, load_tokenizer, read_template,
                                    render, resolve_tokenizer, system_hint, tokenize_messages)

@@ -1,11 +1,11 @@
-"""The audit's result: findings aggregated per code, with the audited sequences kept for the view."""
+"""The audit's result: the codes it reported, aggregated per code, with the audited sequences kept for the view."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from harness.audit.findings import CODES, ERROR, IGNORE, Hit
+from harness.audit.codes import CODES, ERROR, IGNORE, Hit
 from harness.audit.pipelines import Trained
 
 MAX_LISTED = 50  # example indices (and their positions) kept per finding

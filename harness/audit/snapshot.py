@@ -15,7 +15,7 @@ from typing import Any, Optional, Union
 
 from harness import versions
 from harness.atomic import write_bytes
-from harness.audit.findings import IGNORE
+from harness.audit.codes import IGNORE
 from harness.audit.report import AuditReport
 from harness.errors import LoadError
 

@@ -3,7 +3,7 @@
 Qwen3-style templates put an empty ``<think>\\n\\n</think>`` into the final assistant turn and strip
 the reasoning of earlier turns. Training on the first teaches the model to answer without
 reasoning; the second silently drops reasoning the data holds. Both need a vocabulary with a
-``<think>`` token (:attr:`harness.audit.findings.TokenInfo.think_ids`).
+``<think>`` token (:attr:`harness.audit.codes.TokenInfo.think_ids`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from harness.audit.findings import IGNORE, WARNING, Hit, TokenInfo
+from harness.audit.codes import IGNORE, WARNING, Hit, TokenInfo
 from harness.audit.pipelines import Trained
 
 _BLOCK = re.compile(r"<think>(.*?)</think>", re.S)

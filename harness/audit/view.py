@@ -8,7 +8,7 @@ from rich.console import Console, Group
 from rich.padding import Padding
 from rich.text import Text
 
-from harness.audit.findings import ERROR, IGNORE, TokenInfo
+from harness.audit.codes import ERROR, IGNORE, TokenInfo
 from harness.audit.report import Audited, AuditReport
 
 TRAINED = "green"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from harness.audit.findings import CODES
+from harness.audit.codes import CODES
 from harness.audit.loading import FORMATS, REPO_ROOT
 from harness.config import DEFAULT_GGUF_DIR
 from harness.errors import LoadError

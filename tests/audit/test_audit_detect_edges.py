@@ -4,7 +4,7 @@ not a stop token (still ``eos-missing``), and a trained BOS at prompt position 0
 from __future__ import annotations
 
 from audit_synth import bpe
-from harness.audit.findings import detect, token_info
+from harness.audit.codes import detect, token_info
 
 IGNORE = -100
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from audit_synth import CLEAN, bpe, conv
 from harness.audit import audit, trained_text
-from harness.audit.findings import ERROR, IGNORE
+from harness.audit.codes import ERROR, IGNORE
 
 TOK = bpe(CLEAN)
 STOP = "<|im_end|>"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.audit.findings import CODES
+from harness.audit.codes import CODES
 from harness.audit.zoo import TOKENIZERS_TOML, load_zoo_spec
 from harness.errors import LoadError
 

@@ -1,4 +1,4 @@
-"""Finding codes of the label/EOS audit and the detectors that produce them.
+"""The label/EOS audit's codes and the detectors that produce them.
 
 Every code is registered once in :data:`CODES` with its default severity, a message and a fix
 hint. The detectors read one trained sequence (ids, labels, the reference prompt length) and
