@@ -28,6 +28,16 @@ def resolve_device(device: str = "auto") -> str:
     return resolve(device)
 
 
+def load_tokenizer(model_dir: str | Path) -> Any:
+    """A model folder's tokenizer, its pad token the EOS when it has none (trl's trainers need one)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def ddp_env() -> tuple[int, int, int]:
     """(world size, rank, local rank) under ``accelerate launch`` (torchrun's variables); (1, 0, 0) alone."""
     env = os.environ

@@ -1,7 +1,7 @@
 """The recipe sections of a plan (LoRA, SFT/DPO trainer settings, the tiny base, the base's source) and
 the type-checking that turns a TOML table into one of them.
 
-Every section is a frozen dataclass; :func:`_apply` sets a table's keys on one (each key known, each
+Every section is a frozen dataclass; :func:`apply_table` sets a table's keys on one (each key known, each
 value of the field's type) and validates the result. Errors are :class:`PlanError` naming the file and
 the field. :mod:`harness.train.plan` builds plans, nodes and variants from these.
 """
@@ -152,7 +152,7 @@ def _typed(value: Any, kind: type, where: str) -> Any:
     return value
 
 
-def _apply(obj: Any, table: Mapping[str, Any], where: str) -> Any:
+def apply_table(obj: Any, table: Mapping[str, Any], where: str) -> Any:
     """A copy of dataclass ``obj`` with ``table``'s keys set, each type-checked."""
     fields = {f.name: f for f in dataclasses.fields(obj)}
     _check_keys(table, set(fields), where)
@@ -172,6 +172,9 @@ def _apply(obj: Any, table: Mapping[str, Any], where: str) -> Any:
     new = replace(obj, **kw)
     _validate_section(new, where)
     return new
+
+
+_apply = apply_table  # the name plan.py imports
 
 
 def _validate_section(obj: Any, where: str) -> None:
