@@ -74,7 +74,9 @@ def test_a_multi_gpu_node_takes_whole_idle_slots_and_too_wide_a_node_is_refused(
     plan = load_plan(MICRO)
     slots = [Slot("a", 2), Slot("b", 2)]
     log, events = run_schedule(plan, slots, gpus=lambda n: 2 if n == "dpo_d1@sft_d0" else 1)
-    assert [(a.node, a.slots) for a in log] == [("sft_d0", ("a",)), ("dpo_d1@sft_d0", ("a", "b"))]
+    # the ORPO node, ready with the DPO node, waits while the DPO node holds both slots
+    assert [(a.node, a.slots) for a in log] == [("sft_d0", ("a",)), ("dpo_d1@sft_d0", ("a", "b")),
+                                                ("orpo_d1@sft_d0", ("a",))]
     with pytest.raises(HarnessError, match=r"node 'dpo_d1@sft_d0' asks for 3 GPUs; only 2 device\(s\) \(a, b\)"):
         run_schedule(plan, slots, gpus=lambda n: 3 if n == "dpo_d1@sft_d0" else 1)
 
@@ -240,7 +242,7 @@ def test_a_dpo_node_with_precomputed_reference_logps_trains_over_two_processes(s
     fx = own_copy(single, tmp_path)
     one = build(plan, fixtures_dir=fx, device="cpu", progress=False, only="dpo_d1@sft_d0")
     two = build(with_gpus(plan, 2), fixtures_dir=fx, device="cpu", progress=False, only="dpo_d1@sft_d0")
-    assert two.trained == ["sft_d0", "dpo_d1@sft_d0"] == "dpo_d1@sft_d0" and two.meta("dpo_d1@sft_d0")["train"]["gpus"] == 2
+    assert two.trained == ["sft_d0", "dpo_d1@sft_d0"] and two.meta("dpo_d1@sft_d0")["train"]["gpus"] == 2
     a, b = one.log("dpo_d1@sft_d0"), two.log("dpo_d1@sft_d0")
     assert len(a) == len(b) > 0
     for x, y in zip(a, b):
