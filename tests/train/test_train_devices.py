@@ -119,21 +119,25 @@ def test_the_cli_takes_its_devices_from_the_environment_and_names_a_bad_value(mo
     assert "$HARNESS_DEVICES 'x,x': device 'x' is listed twice" in capsys.readouterr().err
 
 
-def test_worker_pools_start_at_once_and_warm_up_before_any_node():
-    """A build opens its pools before the pre-flight: the workers start and import trl meanwhile."""
+def test_worker_pools_start_at_once_and_warm_up_before_any_node(tmp_path):
+    """A build opens its pools before the pre-flight: the workers start and import trl meanwhile; each is
+    pinned to its slot and writes its output to the log it was given."""
     import multiprocessing
 
     from harness.train.devices import close_pools, open_pools
 
-    pools = open_pools([Slot("a", 2), Slot("b", 1)], n_nodes=5)
+    log = tmp_path / "build.log"
+    pools = open_pools([Slot("a", 2), Slot("b", 1)], n_nodes=5, worker_log=log)
     try:
         assert len(multiprocessing.active_children()) == 3, "every worker starts before a node is handed over"
         loaded = [pools[s].submit(eval, "'trl' in __import__('sys').modules").result(timeout=300) for s in "ab"]
         assert loaded == [True, True], "the workers imported trl's trainers while waiting"
         assert pools["a"].submit(eval, "__import__('os').environ['CUDA_VISIBLE_DEVICES']").result(timeout=60) == "a"
+        pools["b"].submit(eval, "print('from slot b', flush=True)").result(timeout=60)
     finally:
         close_pools(pools)
     assert not multiprocessing.active_children()
+    assert "from slot b" in log.read_text(encoding="utf-8")
 
 
 # ---- real builds: micro plus a second child of the base, so two nodes are ready at once --------
