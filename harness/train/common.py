@@ -1,4 +1,4 @@
-"""Shared pieces of the SFT and DPO recipes: device choice, model loading (4-bit on CUDA),
+"""Shared pieces of the training recipes (SFT, DPO, ORPO): device choice, model loading (4-bit on CUDA),
 the LoRA config, trainer arguments, the log and the merge. No training logic lives here."""
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ from typing import Any, Mapping
 
 from harness.errors import HarnessError
 from harness.train import methods
-from harness.train.recipe import (SCHEDULERS, BaseSource, FrozenDict, LoraSpec, PlanError, Recipe, TinySpec, _apply,
-                                  _check_keys, _freeze, _typed)
+from harness.train.recipe import SCHEDULERS, BaseSource, FrozenDict, LoraSpec, PlanError, Recipe, TinySpec
+from harness.train.recipe import apply_table as _apply, check_keys as _check_keys, freeze as _freeze, typed as _typed
 
 __all__ = ["BaseSource", "FrozenDict", "LoraSpec", "Node", "Plan", "PlanError", "Recipe", "SCHEDULERS", "TinySpec",
            "load_plan", "plan_from_dict"]
