@@ -141,7 +141,7 @@ def _no_writes_to_project_outputs(request, _project_outputs):
 def small_model_folder(tmp_path_factory) -> Path:
     """A small random Llama with the tiny tokenizer (400 tokens, 2 layers), saved as a model folder: a
     non-tiny base that every plan must pre-flight and load like a real checkpoint."""
-    from harness.train.graph import _tiny_texts
+    from harness.train.keys import tiny_texts as _tiny_texts
     from harness.train.tiny import make_tiny_model, make_tiny_tokenizer
 
     folder = tmp_path_factory.mktemp("small_model") / "tiny-base"

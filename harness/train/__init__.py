@@ -1,4 +1,5 @@
-"""Fixture graph: plans, the tiny base, SFT/DPO recipes (trl + peft, QLoRA on CUDA) and the cache.
+"""Fixture graph: plans, the tiny base, the training methods (:mod:`harness.train.methods`: SFT, DPO, ORPO
+through trl + peft, QLoRA on CUDA) and the cache.
 
 >>> plan = load_plan("fixtures/plans/tiny.toml")
 >>> graph = build(plan)                      # cached: retrains only what changed

@@ -41,8 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from harness.config import from_env
     from harness.train.store import Store
 
+    config = from_env()  # the edge: $HARNESS_FIXTURES_DIR and $HARNESS_DEVICES as the options' defaults
+    fixtures_dir = args.fixtures_dir or config.fixtures_dir
     if args.action == "build":
         from harness.train import build, load_plan
 
@@ -61,9 +64,14 @@ def run(args: argparse.Namespace) -> int:
             plan = with_gpus(plan, args.gpus)
         for name in args.only or []:
             plan.node(name)
-        graph = build(plan, fixtures_dir=args.fixtures_dir, device=args.device, only=args.only,
+        devices = args.devices
+        if devices is None and config.devices:
+            from harness.train.gpus import parse_devices
+
+            devices = parse_devices(config.devices, "$HARNESS_DEVICES")
+        graph = build(plan, fixtures_dir=fixtures_dir, device=args.device, only=args.only,
                       rebuild=args.rebuild, progress=not args.quiet, jobs=args.jobs,
-                      preflight=not args.no_preflight, devices=args.devices)
+                      preflight=not args.no_preflight, devices=devices)
         print(f"trained {len(graph.trained)} node(s)" + (f": {', '.join(graph.trained)}" if graph.trained else ""))
         timeline = graph.describe_timeline()
         if timeline:
@@ -72,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             if graph.is_built(name):
                 print(f"{name:16s} {graph.key(name)[:16]}  {graph.path(name)}")
         return 0
-    store = Store(args.fixtures_dir)
+    store = Store(fixtures_dir)
     if args.action == "list":
         n = 0
         for path, meta in store.entries():

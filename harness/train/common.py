@@ -1,4 +1,4 @@
-"""Shared pieces of the SFT and DPO recipes: device choice, model loading (4-bit on CUDA),
+"""Shared pieces of the training recipes (SFT, DPO, ORPO): device choice, model loading (4-bit on CUDA),
 the LoRA config, trainer arguments, the log and the merge. No training logic lives here."""
 
 from __future__ import annotations
@@ -26,6 +26,16 @@ def resolve_device(device: str = "auto") -> str:
     from harness.device import resolve_device as resolve
 
     return resolve(device)
+
+
+def load_tokenizer(model_dir: str | Path) -> Any:
+    """A model folder's tokenizer, its pad token the EOS when it has none (trl's trainers need one)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def ddp_env() -> tuple[int, int, int]:

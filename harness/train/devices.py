@@ -2,9 +2,8 @@
 scheduler that hands each ready node (parent done) to the slot with the most room.
 
 A *slot* is one GPU (its id as ``CUDA_VISIBLE_DEVICES`` spells it) holding ``capacity`` nodes at once. On a
-machine without GPUs, ``--devices a,b`` (or ``$HARNESS_DEVICES``) names fake slots: the same scheduler, the
-same pinning (the worker's environment says which slot it is), CPU training. A node with ``gpus = N`` in
-its recipe (see :mod:`harness.train.distributed`) takes N whole idle slots and trains through
+machine without GPUs, ``devices = "a,b"`` names fake slots: the same scheduler, the same pinning, CPU
+training. A node with ``gpus = N`` in its recipe (see :mod:`harness.train.distributed`) takes N whole idle slots and trains through
 ``accelerate launch`` from the main process. The fixture cache and its per-node locks stay the single
 source of truth: a slot only decides *where* a node trains, never whether it does.
 """
@@ -17,9 +16,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from harness.errors import HarnessError
+from harness.train.gpus import choose_threads, parse_devices, pin, visible_gpus, worker_init  # noqa: F401
 
-ENV = "HARNESS_DEVICES"
-SLOT_ENV = "HARNESS_SLOT"  # set in each worker: the slot it is pinned to
+# choose_threads and pin live in harness.train.gpus; findings/ still imports them from here.
 
 
 @dataclass(frozen=True)
@@ -28,33 +27,6 @@ class Slot:
 
     id: str
     capacity: int
-
-
-def parse_devices(spec: str | Sequence[str] | None, where: str = "--devices") -> list[str] | None:
-    """``"0,1"`` (or a list) → ``["0", "1"]``; None or "" → None. Empty or repeated entries are errors."""
-    if spec is None:
-        return None
-    items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
-    if items == [""]:
-        return None
-    if any(not s for s in items):
-        raise HarnessError(f"{where} {spec!r}: an empty device name; give ids separated by commas, e.g. 0,1")
-    dup = sorted({s for s in items if items.count(s) > 1})
-    if dup:
-        raise HarnessError(f"{where} {spec!r}: device {dup[0]!r} is listed twice")
-    return items
-
-
-def visible_gpus() -> list[str]:
-    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` ids (empty without CUDA)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return []
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    ids = [s.strip() for s in visible.split(",") if s.strip()] if visible else []
-    n = torch.cuda.device_count()
-    return ids[:n] if ids else [str(i) for i in range(n)]
 
 
 def _split(total: int, n: int) -> list[int]:
@@ -66,11 +38,11 @@ def make_slots(device: str, jobs: int | None, base_dir: Path | None = None,
                devices: str | Sequence[str] | None = None) -> list[Slot]:
     """The slots a build uses.
 
-    ``devices`` (else ``$HARNESS_DEVICES``, else every visible GPU on CUDA) names them; without any, one
+    ``devices`` (else every visible GPU on CUDA) names them; without any, one
     unpinned slot of ``jobs`` (default 1). ``jobs`` is the total over all slots; by default each GPU holds
     as many nodes as its free memory allows (:func:`per_gpu_capacity`), each fake slot one.
     """
-    names = parse_devices(devices) or parse_devices(os.environ.get(ENV), f"${ENV}")
+    names = parse_devices(devices)
     if names is None and device == "cuda":
         names = visible_gpus() or None
     if names is None:
@@ -106,73 +78,10 @@ def needs_launch(plan: Any, names: Sequence[str]) -> bool:
 
 
 def is_here(slot: Slot, device: str) -> bool:
-    """Whether this process already trains on ``slot`` (no worker needed): an unpinned slot, the slot this
-    process was pinned to, or on CUDA the first GPU it sees (where an in-process build puts the model)."""
-    if not slot.id or os.environ.get(SLOT_ENV) == slot.id:
-        return True
-    return device == "cuda" and visible_gpus()[:1] == [slot.id]
-
-
-def pin(slot_id: str) -> None:
-    """Pin this process (before CUDA starts in it) to ``slot_id``."""
-    os.environ[SLOT_ENV] = slot_id
-    os.environ[ENV] = slot_id  # builds started here use this slot only
-    if slot_id:
-        os.environ["CUDA_VISIBLE_DEVICES"] = slot_id
-
-
-def worker_info() -> dict[str, str | int | None]:
-    """Where this process trains: its slot, the GPUs it sees and its torch threads (in each node's meta.json)."""
-    import torch
-
-    return {"slot": os.environ.get(SLOT_ENV), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "torch_threads": torch.get_num_threads()}
-
-
-def _slot_init(slot_id: str, jobs: int) -> None:
-    pin(slot_id)
-    worker_init(jobs)
-
-
-#: A file build workers write their output to (the claims session's log), instead of the parent's stdout.
-LOG_ENV = "HARNESS_BUILD_LOG"
-
-
-def worker_init(jobs: int) -> None:
-    """Die with the parent (a SIGKILLed build leaves no orphans), write to ``$HARNESS_BUILD_LOG`` when set, and
-    share the cores (the slot's GPU is pinned before this: :func:`harness.train.devices.pin`)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.environ.get(LOG_ENV):
-        fd = os.open(os.environ[LOG_ENV], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
-    choose_threads(jobs)
-
-
-#: Intra-op threads of CPU training. One, whatever the machine's load or cores: a float sum split over another
-#: number of threads rounds differently, and one node key must give the same weights (the tiny base
-#: pretrained with 2 threads differed from 1 thread's by up to 0.17, and moved C6 sft_d0 from 0.97 to 0.89).
-CPU_TRAIN_THREADS = 1
-
-
-def choose_threads(jobs: int = 1) -> None:
-    """Threads of a builder: on the CPU :data:`CPU_TRAIN_THREADS`; on CUDA, concurrent workers get an equal share
-    of the cores (8 workers with a thread pool of all 16 cores each oversubscribed the H200 host: a
-    launch-bound step went from 0.34 s alone to 0.6 s)."""
-    import torch
-
-    if torch.cuda.is_available():
-        if jobs > 1:
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
-        return
-    torch.set_num_threads(CPU_TRAIN_THREADS)
+    """Whether this process already trains on ``slot`` (no worker needed): an unpinned slot, or on CUDA the
+    first GPU this process sees (where an in-process build puts the model; a process pinned to one GPU
+    sees only that one)."""
+    return not slot.id or (device == "cuda" and visible_gpus()[:1] == [slot.id])
 
 
 # ---------------------------------------------------------------------------- the scheduler
@@ -263,16 +172,17 @@ def warm_worker() -> None:
     from harness.train import dpo, sft  # noqa: F401
 
 
-def open_pools(slots: Sequence[Slot], n_nodes: int) -> dict[str, Any]:
+def open_pools(slots: Sequence[Slot], n_nodes: int, worker_log: str | Path | None = None) -> dict[str, Any]:
     """One spawned worker pool per slot (pinned to it), its workers started at once and warming up
-    (:func:`warm_worker`) while this process carries on."""
+    (:func:`warm_worker`) while this process carries on. ``worker_log``: a file the workers write their
+    output to instead of this process's stdout (see :func:`harness.train.gpus.worker_init`)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
     total = sum(s.capacity for s in slots)
-    pools = {s.id: ProcessPoolExecutor(max_workers=s.capacity, mp_context=ctx, initializer=_slot_init,
-                                       initargs=(s.id, total)) for s in slots}
+    pools = {s.id: ProcessPoolExecutor(max_workers=s.capacity, mp_context=ctx, initializer=worker_init,
+                                       initargs=(s.id, total, worker_log)) for s in slots}
     for s in slots:
         for _ in range(min(s.capacity, n_nodes)):  # a spawn pool starts one worker per waiting task
             pools[s.id].submit(warm_worker)
@@ -288,16 +198,16 @@ def close_pools(pools: dict[str, Any]) -> None:
 def build_on_slots(graph: Any, todo: list[str], inputs: dict, forced: set[str], slots: Sequence[Slot], bar: Any,
                    checks: dict[str, dict | None],
                    tell: Callable[[str, str], None] = lambda name, event: None,
-                   pools: dict[str, Any] | None = None) -> list[Assignment]:
+                   pools: dict[str, Any] | None = None, worker_log: str | Path | None = None) -> list[Assignment]:
     """Train ``todo`` over ``slots``: the slots' worker pools (``pools`` from :func:`open_pools`, else opened
     here), multi-GPU nodes through ``accelerate launch`` from a thread of this process on the slots they were
     given. ``tell(name, event)`` hears of each node's start and end here (see :func:`harness.train.graph.build`)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from harness.train import distributed
-    from harness.train.graph import _locked_build
+    from harness.train.node import locked_build
 
-    pools = pools if pools is not None else open_pools(slots, len(todo))
+    pools = pools if pools is not None else open_pools(slots, len(todo), worker_log)
     threads = ThreadPoolExecutor(max_workers=max(1, len(slots)))
 
     def gpus_of(name: str) -> int:
@@ -311,10 +221,10 @@ def build_on_slots(graph: Any, todo: list[str], inputs: dict, forced: set[str], 
     def start(name: str, chosen: tuple[Slot, ...]) -> Any:
         args = (graph, name, inputs[name], name in forced, False, checks.get(name))
         tell(name, "start")
-        if gpus_of(name) > 1:
-            futures[name] = threads.submit(distributed.on_devices, [s.id for s in chosen if s.id], _locked_build, *args)
+        if gpus_of(name) > 1:  # from a thread here, launching on the slots it was given
+            futures[name] = threads.submit(locked_build, *args, None, tuple(s.id for s in chosen if s.id))
         else:
-            futures[name] = pools[chosen[0].id].submit(_locked_build, *args)
+            futures[name] = pools[chosen[0].id].submit(locked_build, *args, chosen[0].id or None)
         return futures[name]
 
     def show(running: dict[str, tuple[str, ...]]) -> None:

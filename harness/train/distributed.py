@@ -29,18 +29,18 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from harness import atomic
 from harness.errors import HarnessError
-from harness.train.common import SHARED_DATA_DIR
+from harness.train import methods
+from harness.train.common import SHARED_DATA_DIR, load_tokenizer
+from harness.train.gpus import choose_threads, visible_gpus
 
 LAUNCH_DIR = "_launch"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-_local = threading.local()
 
 
 def gpus_of(recipe: Any) -> int:
@@ -50,20 +50,11 @@ def gpus_of(recipe: Any) -> int:
 
 def with_gpus(plan: Any, n: int) -> Any:
     """``plan`` with every trained node on ``n`` GPUs (node overrides that set ``gpus`` win)."""
-    from harness.train.recipe import _apply
+    from harness.train.recipe import apply_table
 
     where = f"{plan.path or plan.name}: --gpus"
-    return dataclasses.replace(plan, sft=_apply(plan.sft, {"gpus": n}, where),
-                               dpo=_apply(plan.dpo, {"gpus": n}, where))
-
-
-def on_devices(ids: Sequence[str], fn: Callable[..., Any], *args: Any) -> Any:
-    """Call ``fn(*args)`` with :func:`train` launching on the GPUs ``ids`` (the scheduler's slots)."""
-    _local.ids = list(ids)
-    try:
-        return fn(*args)
-    finally:
-        _local.ids = None
+    return dataclasses.replace(plan, **{s: apply_table(getattr(plan, s), {"gpus": n}, where)
+                                        for s in methods.sections()})
 
 
 def _free_port() -> int:
@@ -91,15 +82,14 @@ def launch_command(config: Path, job: Path) -> list[str]:
 
 
 def train(parent_dir: Path, method: str, records: list[dict], plan: Any, name: str, out: Path,
-          device: str) -> dict[str, Any]:
-    """Train node ``name`` of ``plan`` into ``out`` over ``gpus`` processes; returns what the launch was."""
+          device: str, gpu_ids: Sequence[str] = ()) -> dict[str, Any]:
+    """Train node ``name`` of ``plan`` into ``out`` over ``gpus`` processes; returns what the launch was.
+    On CUDA the processes run on ``gpu_ids`` (the scheduler's slots), else on the first visible GPUs."""
     recipe = plan.recipe(name)
     n = gpus_of(recipe)
     ids: list[str] = []
     if device == "cuda":
-        from harness.train.devices import visible_gpus
-
-        ids = list(getattr(_local, "ids", None) or visible_gpus()[:n])
+        ids = list(gpu_ids or visible_gpus()[:n])
         if len(ids) < n:
             raise HarnessError(f"node {name!r}: gpus = {n} but only {len(ids)} GPU(s) are visible "
                                f"({','.join(ids) or 'none'})")
@@ -142,8 +132,6 @@ def root_cause(log_text: str) -> str:
 
 def _worker(job_file: str) -> None:
     """One DDP process: the node's recipe, as in one process, on its share of every batch."""
-    from harness.train.devices import choose_threads
-    from harness.train.graph import _load_tokenizer
     from harness.train.recipe import LoraSpec, Recipe
 
     job = json.loads(Path(job_file).read_text(encoding="utf-8"))
@@ -152,11 +140,8 @@ def _worker(job_file: str) -> None:
     if isinstance(lora["target_modules"], list):
         lora["target_modules"] = tuple(lora["target_modules"])
     records = [json.loads(line) for line in Path(job["records"]).read_text(encoding="utf-8").splitlines() if line]
-    if job["method"] == "sft":
-        from harness.train.sft import train_sft as fn
-    else:
-        from harness.train.dpo import train_dpo as fn
-    fn(job["parent"], _load_tokenizer(Path(job["parent"])), records, Recipe(**job["recipe"]), job["out"],
+    fn = methods.get(job["method"]).train_function()
+    fn(job["parent"], load_tokenizer(Path(job["parent"])), records, Recipe(**job["recipe"]), job["out"],
        job["device"], lora=LoraSpec(**lora), quantize_4bit=job["quantize_4bit"], seed=job["seed"], progress=False)
 
 

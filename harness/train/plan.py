@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from harness.errors import HarnessError
-from harness.train.recipe import (SCHEDULERS, BaseSource, FrozenDict, LoraSpec, PlanError, Recipe, TinySpec, _apply,
-                                  _check_keys, _freeze, _typed)
+from harness.train import methods
+from harness.train.recipe import SCHEDULERS, BaseSource, FrozenDict, LoraSpec, PlanError, Recipe, TinySpec
+from harness.train.recipe import apply_table as _apply, check_keys as _check_keys, freeze as _freeze, typed as _typed
 
 __all__ = ["BaseSource", "FrozenDict", "LoraSpec", "Node", "Plan", "PlanError", "Recipe", "SCHEDULERS", "TinySpec",
            "load_plan", "plan_from_dict"]
 
-METHODS = ("base", "sft", "dpo")
 DATASET_NAMES = ("d0", "d1", "d2")
 #: A node whose data its parent makes by seed 003's loop (``selfgen = {...}`` on the node).
 SELFGEN = "selfgen"
@@ -97,7 +97,7 @@ class Plan:
         node = self.node(name)
         if node.method == "base":
             raise HarnessError(f"{self._where()}: node {name!r} is the base; it has no recipe")
-        rec = self.sft if node.method == "sft" else self.dpo
+        rec = getattr(self, methods.get(node.method).section)
         return _apply(rec, node.overrides, f"{self._where()}: nodes.{name!r}") if node.overrides else rec
 
     def ancestors(self, name: str) -> list[str]:
@@ -162,8 +162,8 @@ def _parse_nodes(raw: Any, where: str, base_dir: Path | None = None) -> tuple[No
         if name in seen:
             raise PlanError(f"{w}.name: duplicate node name {name!r}")
         method = t.get("method")
-        if method not in METHODS:
-            raise PlanError(f"{w}.method: must be one of {', '.join(METHODS)}, got {method!r}")
+        if method not in methods.names():
+            raise PlanError(f"{w}.method: must be one of {', '.join(methods.names())}, got {method!r}")
         dataset, parent = t.get("dataset"), t.get("parent")
         source: dict = {}
         if method == "base":
@@ -172,7 +172,7 @@ def _parse_nodes(raw: Any, where: str, base_dir: Path | None = None) -> tuple[No
         else:
             from harness.userdata import plan_source
 
-            source = plan_source(dataset, method, f"{w}.dataset", base_dir, PlanError)
+            source = plan_source(dataset, methods.get(method).kind, f"{w}.dataset", base_dir, PlanError)
             if source:
                 dataset = source["path"]
             elif dataset not in DATASET_NAMES + (SELFGEN,):
@@ -355,7 +355,7 @@ def _apply_variant(plan: Plan, vname: str, table: Mapping[str, Any]) -> Plan:
             if not isinstance(over, Mapping) or n.method == "base":
                 raise PlanError(f"{where}.nodes.{n.name!r}: must be a table of recipe keys of a trained node")
             merged = {**n.overrides, **over}
-            rec = plan.sft if n.method == "sft" else plan.dpo
+            rec = getattr(plan, methods.get(n.method).section)
             _apply(rec, merged, f"{where}.nodes.{n.name!r}")
             n = replace(n, overrides=_freeze(merged))
         nodes.append(n)

@@ -3,7 +3,7 @@
 Two checks, both on the tokenizer the node trains with:
 
 - the label audit (:func:`harness.audit.audit`) on the node's training records, with the pipeline
-  it trains through (``trl-sft`` or ``trl-dpo``), its ``max_length`` and the generation EOS ids;
+  it trains through (its method's pre-flight pipeline, :mod:`harness.train.methods`), its ``max_length`` and the generation EOS ids;
 - the stop tokens: the tokenizer's EOS, the generation config's EOS ids and the token that ends an
   assistant turn in the chat template must agree (the template's end-of-turn and the tokenizer's
   EOS must both be ones generation stops on).
@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from harness.errors import HarnessError
-
-PIPELINE = {"sft": ("trl-sft", "conversational"), "dpo": ("trl-dpo", "preference")}
+from harness.train import methods
+from harness.train.plan import SELFGEN
 
 
 class PreflightError(HarnessError):
@@ -103,7 +103,7 @@ def run(node: str, method: str, tok: Any, model_dir: str | Path, records: Sequen
     """Pre-flight one node; raises :class:`PreflightError` on an error the plan does not allow."""
     from harness.audit import audit
 
-    pipeline, fmt = PIPELINE[method]
+    pipeline, fmt = methods.get(method).preflight
     gen = generation_eos(model_dir)
     eot, found = stop_token_findings(tok, gen)
     report = audit(tok, data=list(records), fmt=fmt, pipeline=pipeline, max_length=max_length,
@@ -124,3 +124,28 @@ def run(node: str, method: str, tok: Any, model_dir: str | Path, records: Sequen
                              "fix the base or template, allow the code in the plan's [preflight] allow "
                              "with a reason, or pass --no-preflight")
     return result
+
+
+def preflight_nodes(plan: Any, names: Sequence[str], tok_dir: Path) -> dict[str, dict]:
+    """Pre-flight ``names`` (trained nodes of ``plan``) with the tokenizer in ``tok_dir``; raises on the first
+    error. Nodes whose method, records and ``max_length`` agree share one audit (DPO on d0 after any parent)."""
+    from harness import data
+    from harness.train.common import load_tokenizer
+    from harness.train.keys import node_records
+
+    tok = load_tokenizer(tok_dir)
+    where = f"{plan.path or plan.name}: "
+    out: dict[str, dict] = {}
+    done: dict[tuple, dict] = {}
+    for name in names:
+        node = plan.node(name)
+        if node.dataset == SELFGEN:  # its records exist only once its parent has generated them
+            out[name] = {"status": "at-build", "reason": "selfgen records are audited when they are made"}
+            continue
+        records, max_length = node_records(plan, name), plan.recipe(name).max_length
+        key = (node.method, data.records_hash(records), max_length)
+        if key not in done:
+            done[key] = run(name, node.method, tok, tok_dir, records, max_length, plan.preflight_allow,
+                            where).to_dict()
+        out[name] = {**done[key], "node": name}
+    return out

@@ -1,7 +1,7 @@
 """The recipe sections of a plan (LoRA, SFT/DPO trainer settings, the tiny base, the base's source) and
 the type-checking that turns a TOML table into one of them.
 
-Every section is a frozen dataclass; :func:`_apply` sets a table's keys on one (each key known, each
+Every section is a frozen dataclass; :func:`apply_table` sets a table's keys on one (each key known, each
 value of the field's type) and validates the result. Errors are :class:`PlanError` naming the file and
 the field. :mod:`harness.train.plan` builds plans, nodes and variants from these.
 """
@@ -33,8 +33,8 @@ class FrozenDict(dict):
         return (FrozenDict, (dict(self),))
 
 
-def _freeze(d: Mapping[str, Any]) -> Mapping[str, Any]:
-    return FrozenDict({k: _freeze(v) if isinstance(v, dict) else v for k, v in d.items()})
+def freeze(d: Mapping[str, Any]) -> Mapping[str, Any]:
+    return FrozenDict({k: freeze(v) if isinstance(v, dict) else v for k, v in d.items()})
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ class BaseSource:
 
 # ---------------------------------------------------------------------- tables into sections
 
-def _check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
+def check_keys(table: Mapping[str, Any], allowed: set[str], where: str) -> None:
     for key in table:
         if key not in allowed:
             raise PlanError(f"{where}: unknown field {key!r}; known: {', '.join(sorted(allowed))}")
@@ -138,7 +138,7 @@ def _compile_option(value: Any, where: str) -> bool | str:
     return True if value == "default" else value
 
 
-def _typed(value: Any, kind: type, where: str) -> Any:
+def typed(value: Any, kind: type, where: str) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is bool and not isinstance(value, bool):
@@ -152,10 +152,10 @@ def _typed(value: Any, kind: type, where: str) -> Any:
     return value
 
 
-def _apply(obj: Any, table: Mapping[str, Any], where: str) -> Any:
+def apply_table(obj: Any, table: Mapping[str, Any], where: str) -> Any:
     """A copy of dataclass ``obj`` with ``table``'s keys set, each type-checked."""
     fields = {f.name: f for f in dataclasses.fields(obj)}
-    _check_keys(table, set(fields), where)
+    check_keys(table, set(fields), where)
     kw = {}
     for key, value in table.items():
         default = getattr(obj, key)
@@ -167,11 +167,12 @@ def _apply(obj: Any, table: Mapping[str, Any], where: str) -> Any:
         elif key == "compile":
             value = _compile_option(value, f"{where}.{key}")
         else:
-            value = _typed(value, type(default), f"{where}.{key}")
+            value = typed(value, type(default), f"{where}.{key}")
         kw[key] = value
     new = replace(obj, **kw)
     _validate_section(new, where)
     return new
+
 
 
 def _validate_section(obj: Any, where: str) -> None:

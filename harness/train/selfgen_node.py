@@ -25,10 +25,11 @@ def selfgen_records(graph: Any, name: str, tmp: Path, meta: dict) -> list[dict]:
     """The parent generates, embeds and picks its own data; kept in the node folder as ``selfgen.jsonl``."""
     from harness import data
     from harness.inference.selfgen import SelfgenSpec, make_records, write_jsonl
+    from harness.train.methods import get
 
     plan, node = graph.plan, graph.plan.node(name)
     spec = SelfgenSpec(**dict(node.selfgen))
-    records, stats = make_records(graph.path(node.parent), spec, node.method, data_seed=plan.data_seed,
+    records, stats = make_records(graph.path(node.parent), spec, get(node.method).kind, data_seed=plan.data_seed,
                                   limit=plan.limit, seed=plan.seed, system=data.system_prompt(plan.data_dir),
                                   device=graph.device, data_dir=plan.data_dir)
     if not records:

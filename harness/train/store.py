@@ -1,7 +1,7 @@
 """The fixture cache: content-addressed node folders, written to a temp folder and renamed in.
 
-Layout under the fixtures dir (default ``.fixtures/`` in the project, ``HARNESS_FIXTURES_DIR``
-or ``--fixtures-dir``)::
+Layout under the fixtures dir (default ``.fixtures/`` in the project; the CLIs and the pytest plugin
+pass ``--fixtures-dir`` or ``$HARNESS_FIXTURES_DIR``)::
 
     nodes/<node>-<key16>/   model.safetensors, config.json, tokenizer files, adapter/,
                             log.json, curves.png, meta.json (written last: the completion mark)
@@ -21,15 +21,13 @@ from typing import Any, Iterator
 
 from harness import versions
 
-ENV = "HARNESS_FIXTURES_DIR"
 META_FILE = "meta.json"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-def default_fixtures_dir() -> Path:
-    """``$HARNESS_FIXTURES_DIR`` or ``.fixtures/`` in the project root."""
-    env = os.environ.get(ENV)
-    return Path(env) if env else PROJECT_ROOT / ".fixtures"
+def default_fixtures_dir(configured: str | Path | None = None) -> Path:
+    """``configured`` (a run's fixtures dir, e.g. ``RunConfig.fixtures_dir``) or ``.fixtures/`` in the project."""
+    return Path(configured) if configured else PROJECT_ROOT / ".fixtures"
 
 
 def cache_key(inputs: Any) -> str:

@@ -53,7 +53,7 @@ def _dump() -> None:
 
 
 def test_bench_smollm2_graph_1_vs_2_gpus(benchmark, tmp_path):
-    from harness.train.graph import _resolve_base
+    from harness.train.keys import resolve_base as _resolve_base
     from harness.train.store import Store
 
     benchmark.group = "graph-2gpu"
@@ -106,7 +106,7 @@ def test_bench_8b_qlora_sft_ddp_1_vs_2_gpus(benchmark, tmp_path_factory):
     if tok_dir:
         tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     else:
-        from harness.train.graph import _tiny_texts
+        from harness.train.keys import tiny_texts as _tiny_texts
         from harness.train.tiny import make_tiny_tokenizer
 
         tokenizer = make_tiny_tokenizer(_tiny_texts()[1], 2000)

@@ -91,7 +91,7 @@ def _profiling_timer(record: dict):
 
 @pytest.fixture(scope="module")
 def smollm2_base(tmp_path_factory):
-    from harness.train.graph import _resolve_base
+    from harness.train.keys import resolve_base as _resolve_base
     from harness.train.store import Store
 
     plan = load_plan(ROOT / "fixtures" / "plans" / "smollm2.toml")

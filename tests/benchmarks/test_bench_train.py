@@ -116,7 +116,7 @@ def test_bench_seed_recipe_8b_shaped(benchmark, tmp_path_factory):
     if tok_dir:
         tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     else:  # the tiny tokenizer: ids fit any vocabulary, sequences are shorter than Llama-3's
-        from harness.train.graph import _tiny_texts
+        from harness.train.keys import tiny_texts as _tiny_texts
         from harness.train.tiny import make_tiny_tokenizer
 
         tokenizer = make_tiny_tokenizer(_tiny_texts()[1], 2000)
@@ -336,7 +336,7 @@ def test_bench_gguf_conversion_two_processes_vs_one(benchmark, tmp_path, monkeyp
 def test_bench_smollm2_graph_cudagraphs_vs_eager(benchmark, tmp_path, monkeypatch):
     """The smollm2 seed graph cold on one GPU: eager (the plan as written) against variant ``cudagraphs``, in
     the same run, each with a fresh fixture folder and inductor cache; the base converted once beforehand."""
-    from harness.train.graph import _resolve_base
+    from harness.train.keys import resolve_base as _resolve_base
     from harness.train.store import Store
 
     benchmark.group = "smollm2-graph"

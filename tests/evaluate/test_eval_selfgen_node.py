@@ -70,5 +70,5 @@ def test_node_key_covers_the_selfgen_settings():
     (dict(SFT_SG, dataset="d1"), "only a node with dataset = 'selfgen'"),
 ])
 def test_bad_selfgen_tables_name_the_field(node, field):
-    with pytest.raises(PlanError, match=rf"nodes\[3\] \(sft_sg@sft_d0\).*{field}"):
+    with pytest.raises(PlanError, match=rf"nodes\[\d+\] \(sft_sg@sft_d0\).*{field}"):
         plan_from_dict(micro_with(node), name="m")

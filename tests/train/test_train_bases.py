@@ -21,7 +21,7 @@ MICRO = ROOT / "fixtures" / "plans" / "micro.toml"
 
 
 def test_a_local_folder_base_is_used_in_place(tmp_path):
-    from harness.train.graph import _tiny_texts
+    from harness.train.keys import tiny_texts as _tiny_texts
     from harness.train.tiny import make_tiny_model, make_tiny_tokenizer
 
     folder = tmp_path / "my-base"
@@ -52,7 +52,7 @@ def test_a_local_folder_base_is_used_in_place(tmp_path):
     # the folder's files are its identity: touching its weights changes every key
     (folder / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes() + b"")
     os.utime(folder / "model.safetensors", (1, 1))
-    from harness.train.graph import _resolve_base, plan_keys
+    from harness.train.keys import resolve_base as _resolve_base, plan_keys
 
     again = plan_keys(plan, "cpu", _resolve_base(plan)[1])[0]
     assert again["sft_d0"] != graph.key("sft_d0")

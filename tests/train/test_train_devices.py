@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -73,7 +74,9 @@ def test_a_multi_gpu_node_takes_whole_idle_slots_and_too_wide_a_node_is_refused(
     plan = load_plan(MICRO)
     slots = [Slot("a", 2), Slot("b", 2)]
     log, events = run_schedule(plan, slots, gpus=lambda n: 2 if n == "dpo_d1@sft_d0" else 1)
-    assert [(a.node, a.slots) for a in log] == [("sft_d0", ("a",)), ("dpo_d1@sft_d0", ("a", "b"))]
+    # the ORPO node, ready with the DPO node, waits while the DPO node holds both slots
+    assert [(a.node, a.slots) for a in log] == [("sft_d0", ("a",)), ("dpo_d1@sft_d0", ("a", "b")),
+                                                ("orpo_d1@sft_d0", ("a",))]
     with pytest.raises(HarnessError, match=r"node 'dpo_d1@sft_d0' asks for 3 GPUs; only 2 device\(s\) \(a, b\)"):
         run_schedule(plan, slots, gpus=lambda n: 3 if n == "dpo_d1@sft_d0" else 1)
 
@@ -92,7 +95,7 @@ def test_a_failed_node_raises_and_its_children_never_start():
     assert started == ["sft_d0"]
 
 
-def test_device_lists_and_slot_capacities(monkeypatch):
+def test_device_lists_and_slot_capacities():
     assert parse_devices("0, 1") == ["0", "1"] and parse_devices("") is None and parse_devices(None) is None
     with pytest.raises(HarnessError, match=r"--devices '0,,1': an empty device name"):
         parse_devices("0,,1")
@@ -102,28 +105,39 @@ def test_device_lists_and_slot_capacities(monkeypatch):
     assert make_slots("cpu", None, devices="a,b") == [Slot("a", 1), Slot("b", 1)]
     assert make_slots("cpu", 5, devices="a,b") == [Slot("a", 3), Slot("b", 2)]
     assert make_slots("cpu", 1, devices="a,b") == [Slot("a", 1)]
+
+
+def test_the_cli_takes_its_devices_from_the_environment_and_names_a_bad_value(monkeypatch, capsys, tmp_path):
+    """``$HARNESS_DEVICES`` is read once, by ``python -m harness fixtures build`` (the edge), not by the scheduler."""
+    from harness.__main__ import main
+
     monkeypatch.setenv("HARNESS_DEVICES", "x,y,z")
-    assert [s.id for s in make_slots("cpu", None)] == ["x", "y", "z"]
+    assert [s.id for s in make_slots("cpu", None)] == [""], "the scheduler itself reads no environment"
     monkeypatch.setenv("HARNESS_DEVICES", "x,x")
-    with pytest.raises(HarnessError, match=r"\$HARNESS_DEVICES 'x,x'"):
-        make_slots("cpu", None)
+    assert main(["fixtures", "build", str(MICRO), "--device", "cpu", "--quiet",
+                 "--fixtures-dir", str(tmp_path)]) == 2
+    assert "$HARNESS_DEVICES 'x,x': device 'x' is listed twice" in capsys.readouterr().err
 
 
-def test_worker_pools_start_at_once_and_warm_up_before_any_node():
-    """A build opens its pools before the pre-flight: the workers start and import trl meanwhile."""
+def test_worker_pools_start_at_once_and_warm_up_before_any_node(tmp_path):
+    """A build opens its pools before the pre-flight: the workers start and import trl meanwhile; each is
+    pinned to its slot and writes its output to the log it was given."""
     import multiprocessing
 
     from harness.train.devices import close_pools, open_pools
 
-    pools = open_pools([Slot("a", 2), Slot("b", 1)], n_nodes=5)
+    log = tmp_path / "build.log"
+    pools = open_pools([Slot("a", 2), Slot("b", 1)], n_nodes=5, worker_log=log)
     try:
         assert len(multiprocessing.active_children()) == 3, "every worker starts before a node is handed over"
         loaded = [pools[s].submit(eval, "'trl' in __import__('sys').modules").result(timeout=300) for s in "ab"]
         assert loaded == [True, True], "the workers imported trl's trainers while waiting"
-        assert pools["a"].submit(eval, "__import__('os').environ['HARNESS_SLOT']").result(timeout=60) == "a"
+        assert pools["a"].submit(eval, "__import__('os').environ['CUDA_VISIBLE_DEVICES']").result(timeout=60) == "a"
+        pools["b"].submit(eval, "print('from slot b', flush=True)").result(timeout=60)
     finally:
         close_pools(pools)
     assert not multiprocessing.active_children()
+    assert "from slot b" in log.read_text(encoding="utf-8")
 
 
 # ---- real builds: micro plus a second child of the base, so two nodes are ready at once --------
@@ -142,6 +156,13 @@ def single(tmp_path_factory):
     fx = tmp_path_factory.mktemp("single")
     graph = build(load_plan(MICRO), fixtures_dir=fx, device="cpu", progress=False, only="sft_d0")
     return graph
+
+
+def own_copy(single, tmp_path: Path) -> Path:
+    """A fixtures dir of this test's own, holding the single-process nodes: what another test trained over two
+    processes into a shared dir would be found cached, and the test would not train it."""
+    shutil.copytree(single.fixtures_dir / "nodes", tmp_path / "fx" / "nodes")
+    return tmp_path / "fx"
 
 
 def weights(path: Path) -> dict:
@@ -177,14 +198,14 @@ def test_two_builders_one_on_fake_slots_train_each_node_once_and_agree_with_one_
     assert not any((tmp_path / "fx" / "tmp").iterdir())
 
 
-def test_one_node_over_two_processes_matches_one_process(single):
+def test_one_node_over_two_processes_matches_one_process(single, tmp_path):
     """gpus = 2: accelerate launch with 2 gloo processes on the CPU; each step sees the same global batch."""
     import torch
 
     from harness.train.distributed import with_gpus
 
     plan = with_gpus(load_plan(MICRO), 2)
-    graph = build(plan, fixtures_dir=single.fixtures_dir, device="cpu", progress=False, only="sft_d0")
+    graph = build(plan, fixtures_dir=own_copy(single, tmp_path), device="cpu", progress=False, only="sft_d0")
     assert graph.trained == ["sft_d0"] and graph.key("sft_d0") != single.key("sft_d0")
     assert graph.key("base") == single.key("base")
     meta = graph.meta("sft_d0")
@@ -211,7 +232,7 @@ def test_gpus_must_divide_the_global_batch():
         with_gpus(load_plan(MICRO), 3)
 
 
-def test_a_dpo_node_with_precomputed_reference_logps_trains_over_two_processes(single):
+def test_a_dpo_node_with_precomputed_reference_logps_trains_over_two_processes(single, tmp_path):
     """trl caches the reference log-probs in a file named from the dataset's cache folder; for an in-memory
     dataset that folder is each process's own, and rank 1 failed to open rank 0's file (the tiny plan's
     DPO nodes under gpus = 2, 2026-11-30). Over two gloo processes the losses match one process's."""
@@ -222,11 +243,10 @@ def test_a_dpo_node_with_precomputed_reference_logps_trains_over_two_processes(s
 
     plan = load_plan(MICRO)
     plan = replace(plan, dpo=replace(plan.dpo, precompute_ref_log_probs=True))
-    one = build(plan, fixtures_dir=single.fixtures_dir, device="cpu", progress=False, only="dpo_d1@sft_d0")
-    two = build(with_gpus(plan, 2), fixtures_dir=single.fixtures_dir, device="cpu", progress=False,
-                only="dpo_d1@sft_d0")
-    # (its parent sft_d0 over two processes may be cached already, by the test above)
-    assert two.trained[-1] == "dpo_d1@sft_d0" and two.meta("dpo_d1@sft_d0")["train"]["gpus"] == 2
+    fx = own_copy(single, tmp_path)
+    one = build(plan, fixtures_dir=fx, device="cpu", progress=False, only="dpo_d1@sft_d0")
+    two = build(with_gpus(plan, 2), fixtures_dir=fx, device="cpu", progress=False, only="dpo_d1@sft_d0")
+    assert two.trained == ["sft_d0", "dpo_d1@sft_d0"] and two.meta("dpo_d1@sft_d0")["train"]["gpus"] == 2
     a, b = one.log("dpo_d1@sft_d0"), two.log("dpo_d1@sft_d0")
     assert len(a) == len(b) > 0
     for x, y in zip(a, b):

@@ -37,7 +37,7 @@ def margin(model_dir: Path, tok, records) -> float:
 
 
 @pytest.mark.parametrize("dataset", ["d1"])
-def test_dpo_raises_the_chosen_over_rejected_margin(dataset, tmp_path):
+def test_dpo_raises_the_chosen_over_rejected_margin(dataset, tmp_path, pytestconfig):
     from transformers import AutoTokenizer
 
     from harness import data
@@ -45,7 +45,8 @@ def test_dpo_raises_the_chosen_over_rejected_margin(dataset, tmp_path):
     from harness.train.dpo import train_dpo
 
     plan = load_plan(ROOT / "fixtures" / "plans" / "tiny.toml")
-    base = build(plan, only="base", device="cpu", progress=False).path("base")  # cached after the first build
+    fixtures_dir = pytestconfig.getoption("harness_fixtures_dir")
+    base = build(plan, fixtures_dir=fixtures_dir, only="base", device="cpu", progress=False).path("base")  # cached
     tok = AutoTokenizer.from_pretrained(str(base))
     records = data.dpo_records(dataset)[:4]
     recipe = replace(plan.dpo, max_steps=3, batch_size=2, learning_rate=5e-4, precompute_ref_log_probs=False)

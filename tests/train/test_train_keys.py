@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.train import graph as graph_mod
+from harness.train import keys as keys_mod
 from harness.train import load_plan
 from harness.train.graph import plan_keys
 
@@ -75,8 +75,8 @@ def test_a_changed_input_changes_exactly_the_dependent_keys(plan, keys, edit, ex
 
 
 def test_device_and_library_versions_are_part_of_the_key(plan, keys, monkeypatch):
-    real = graph_mod.library_versions
-    monkeypatch.setattr(graph_mod, "library_versions", lambda q=False: {**real(q), "trl": "0.0.1"})
+    real = keys_mod.library_versions
+    monkeypatch.setattr(keys_mod, "library_versions", lambda q=False: {**real(q), "trl": "0.0.1"})
     assert changed(keys, plan_keys(plan, "cpu")[0]) == set(keys)
     monkeypatch.undo()
     assert plan_keys(plan, "cuda")[0]["sft_d0"] != keys["sft_d0"]

@@ -78,9 +78,9 @@ def test_the_audit_alone_refuses_it_too(tmp_path, tiny_folder):
     """Without the stop-token check, the label audit of the node's records finds the missing EOS."""
     from harness import data
     from harness.audit import audit
-    from harness.train.graph import _load_tokenizer
+    from harness.train.common import load_tokenizer
 
-    tok = _load_tokenizer(tiny_folder)
+    tok = load_tokenizer(tiny_folder)
     tok.chat_template = NO_STOP
     report = audit(tok, data=data.sft_records("d0")[:8], fmt="conversational", pipeline="trl-sft",
                    max_length=128, generation_eos=[tok.eos_token_id])

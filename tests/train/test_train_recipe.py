@@ -8,15 +8,15 @@ import pickle
 import pytest
 
 from harness.train import plan as plan_module
-from harness.train.recipe import FrozenDict, LoraSpec, PlanError, Recipe, TinySpec, _apply, _freeze
+from harness.train.recipe import FrozenDict, LoraSpec, PlanError, Recipe, TinySpec, apply_table, freeze
 
 
 def test_a_table_sets_typed_fields_and_leaves_the_section_unchanged():
     rec = Recipe()
-    new = _apply(rec, {"learning_rate": 1, "max_steps": 5, "lr_scheduler": "linear"}, "p.toml: sft")
+    new = apply_table(rec, {"learning_rate": 1, "max_steps": 5, "lr_scheduler": "linear"}, "p.toml: sft")
     assert (new.learning_rate, new.max_steps, new.lr_scheduler) == (1.0, 5, "linear")
     assert isinstance(new.learning_rate, float) and rec == Recipe()  # an int where a float goes; frozen original
-    lora = _apply(LoraSpec(), {"target_modules": ["q_proj", "v_proj"]}, "p.toml: lora")
+    lora = apply_table(LoraSpec(), {"target_modules": ["q_proj", "v_proj"]}, "p.toml: lora")
     assert lora.target_modules == ("q_proj", "v_proj")
 
 
@@ -37,11 +37,11 @@ def test_a_table_sets_typed_fields_and_leaves_the_section_unchanged():
 ])
 def test_bad_tables_name_the_field(obj, table, match):
     with pytest.raises(PlanError, match=match):
-        _apply(obj, table, "p.toml: s")
+        apply_table(obj, table, "p.toml: s")
 
 
 def test_plan_tables_are_read_only_and_pickle():
-    d = _freeze({"a": {"b": 1}})
+    d = freeze({"a": {"b": 1}})
     assert isinstance(d["a"], FrozenDict)
     with pytest.raises(TypeError, match="read-only"):
         d["a"]["b"] = 2  # type: ignore[index]

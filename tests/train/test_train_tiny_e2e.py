@@ -12,15 +12,16 @@ from safetensors.torch import load_file
 
 from harness import data
 from harness.train import build, load_plan
-from harness.train import graph as graph_mod
+from harness.train import node as node_mod
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "fixtures" / "plans" / "tiny.toml"
 
 
 @pytest.fixture(scope="module")
-def graph():
-    return build(load_plan(TINY), device="cpu", progress=False)
+def graph(pytestconfig):
+    return build(load_plan(TINY), fixtures_dir=pytestconfig.getoption("harness_fixtures_dir"), device="cpu",
+                 progress=False)
 
 
 def test_every_node_is_a_loadable_merged_checkpoint(graph):
@@ -97,8 +98,8 @@ def test_second_build_is_a_cache_hit(graph, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a cached node was rebuilt")
 
-    monkeypatch.setattr(graph_mod, "_build_node", boom)
-    again = build(load_plan(TINY), device="cpu", progress=False)
+    monkeypatch.setattr(node_mod, "build_node", boom)
+    again = build(load_plan(TINY), fixtures_dir=graph.fixtures_dir, device="cpu", progress=False)
     assert [again.path(n) for n in again.names] == [graph.path(n) for n in graph.names]
 
 
