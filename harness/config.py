@@ -16,7 +16,6 @@ from typing import Mapping, Optional
 from harness.errors import HarnessError
 
 DEFAULT_GGUF_DIR = Path("~/.cache/harness/gguf")
-DEFAULT_GGUF_TOKENIZER_CACHE = Path("~/.cache/harness/gguf-tokenizers")
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,6 @@ class RunConfig:
     findings_dir: Optional[Path] = None  # HARNESS_FINDINGS_DIR
     data_dir: Optional[Path] = None  # HARNESS_DATA_DIR
     gguf_dir: Optional[Path] = None  # HARNESS_GGUF_DIR
-    gguf_tokenizer_cache: Optional[Path] = None  # HARNESS_GGUF_TOKENIZER_CACHE
     tokenizer_zoo: Optional[Path] = None  # HARNESS_TOKENIZER_ZOO
     # the claims session
     plan: Optional[str] = None  # HARNESS_PLAN
@@ -38,8 +36,6 @@ class RunConfig:
     update_snapshots: bool = False  # HARNESS_UPDATE_SNAPSHOTS=1
     # devices and workers
     devices: Optional[str] = None  # HARNESS_DEVICES, e.g. "0,1"
-    slot: Optional[str] = None  # HARNESS_SLOT: set by the harness in a spawned worker
-    build_log: Optional[Path] = None  # HARNESS_BUILD_LOG: set by the harness for its build workers
     # output evaluation
     judge_serve: Optional[str] = None  # HARNESS_JUDGE_SERVE
     judge_model: Optional[str] = None  # HARNESS_JUDGE_MODEL
@@ -63,10 +59,6 @@ class RunConfig:
     def gguf_folder(self) -> Path:
         """Where the real bases' GGUF files lie (``HARNESS_GGUF_DIR``, default ``~/.cache/harness/gguf``)."""
         return (self.gguf_dir or DEFAULT_GGUF_DIR).expanduser()
-
-    @property
-    def gguf_tokenizer_folder(self) -> Path:
-        return (self.gguf_tokenizer_cache or DEFAULT_GGUF_TOKENIZER_CACHE).expanduser()
 
     def as_env(self) -> dict[str, str]:
         """The variables this config was read from, for a child process (unset fields are left out)."""

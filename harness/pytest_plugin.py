@@ -94,7 +94,7 @@ def pytest_configure(config: pytest.Config) -> None:
     over its ``HARNESS_*`` variable; the session's frozen Options keep both."""
     from harness.config import from_env
     from harness.errors import HarnessError
-    from harness.findings.merge import run_id
+    from harness.findings.merge import run_id, worker_slot
     from harness.findings.session import SESSION, FindingsSession, Options, default_run_id, plan_path
 
     for name, text in MARKERS.items():
@@ -130,7 +130,7 @@ def pytest_configure(config: pytest.Config) -> None:
         run=config.getoption("harness_run_id", None) or run_id(config) or default_run_id(),
         baseline=config.getoption("harness_baseline", None), strict=config.getoption("harness_strict", False),
         seeds=config.getoption("harness_seeds", 1), device=config.getoption("harness_device", "auto"),
-        judge_serve=opt("judge_serve", env.judge_serve) or None, env=env)
+        judge_serve=opt("judge_serve", env.judge_serve) or None, env=env, slot=worker_slot(config))
     session = FindingsSession(options, say=_say(config))
     try:
         session.check()

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from harness.findings.merge import GPUS, ROWS, RUN, group_of, is_worker, merge, worker_gpu
+from harness.findings.merge import GPUS, ROWS, RUN, group_of, is_worker, merge, worker_slot
 from harness.findings.session import SESSION
 
 
@@ -20,7 +20,7 @@ def _gpu_ids() -> list[str]:
     at the edge, as xdist asks before the harness plugin configures its session."""
     from harness.config import from_env, variable
     from harness.errors import HarnessError
-    from harness.train.devices import parse_devices, visible_gpus
+    from harness.train.gpus import parse_devices, visible_gpus
 
     try:
         devices = from_env().devices
@@ -39,10 +39,9 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     if is_worker(config):  # before anything starts CUDA in this worker
-        gpus = [g for g in config.workerinput.get(GPUS, "").split(",") if g]
-        gpu = worker_gpu(config.workerinput.get("workerid", ""), gpus)
+        gpu = worker_slot(config)
         if gpu is not None:
-            from harness.train.devices import pin
+            from harness.train.gpus import pin
 
             pin(gpu)
         return

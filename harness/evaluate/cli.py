@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     env = from_env()  # this command is an edge: the environment is read here, once
     fixtures = args.fixtures_dir or (str(env.fixtures_dir) if env.fixtures_dir else None)
-    plan = load_plan(args.plan).with_data(env.data_dir)
+    plan = load_plan(args.plan).configured(env)
     graph = build(plan, fixtures_dir=fixtures, device=args.device, only=args.only)
     settings = GenSettings(args.max_new_tokens, args.batch_size)
     persona_limit = min(x for x in (args.limit, plan.limit) if x) if (args.limit or plan.limit) else 0

@@ -10,7 +10,6 @@ line on the terminal as it starts and as it ends; the training output goes to th
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import time
 from pathlib import Path
@@ -60,7 +59,8 @@ class Builds:
             # the one call into the graph engine; the session's log path reaches the build's workers through
             # quiet() until harness.train.build takes it as an argument
             self.graphs[key] = build(plan, only=list(only), fixtures_dir=self.fixtures_dir, device=self.device,
-                                     devices=self.devices, progress=False, on_node=self._progress(describe(plan), todo))
+                                     devices=self.devices, progress=False, on_node=self._progress(describe(plan), todo),
+                                     worker_log=self.log_path)
         asked.update(todo)
         return self.graphs[key]
 
@@ -119,13 +119,10 @@ class Builds:
 @contextlib.contextmanager
 def quiet(log_path: Path) -> Iterator[None]:
     """Training and generation output goes to ``log_path``, not to pytest's captured output: this process's
-    stdout, stderr and logging, and a build's worker processes' (``$HARNESS_BUILD_LOG``,
-    :data:`harness.train.devices.LOG_ENV`)."""
+    stdout, stderr and logging (a build's worker processes are handed the same file: ``build(worker_log=...)``)."""
     import logging
 
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    saved_env = os.environ.get("HARNESS_BUILD_LOG")
-    os.environ["HARNESS_BUILD_LOG"] = str(log_path)
     with open(log_path, "a", encoding="utf-8") as log:
         handler = logging.StreamHandler(log)
         root = logging.getLogger()
@@ -140,7 +137,3 @@ def quiet(log_path: Path) -> Iterator[None]:
             root.removeHandler(handler)
             for h, level in saved:
                 h.setLevel(level)
-            if saved_env is None:
-                os.environ.pop("HARNESS_BUILD_LOG", None)
-            else:
-                os.environ["HARNESS_BUILD_LOG"] = saved_env

@@ -29,6 +29,15 @@ def is_worker(config: Any) -> bool:
     return hasattr(config, "workerinput")
 
 
+def worker_slot(config: Any) -> str | None:
+    """The GPU this pytest-xdist worker is pinned to (:func:`worker_gpu` of the list the controller handed it);
+    None in the controller or a run without workers."""
+    if not is_worker(config):
+        return None
+    gpus = [g for g in config.workerinput.get(GPUS, "").split(",") if g]
+    return worker_gpu(config.workerinput.get("workerid", ""), gpus)
+
+
 def worker_gpu(worker_id: str, gpus: list[str]) -> str | None:
     """The GPU of xdist worker ``gwK``: ``gpus[K mod len(gpus)]`` (None without GPUs or a worker number)."""
     digits = worker_id[2:] if worker_id.startswith("gw") else ""

@@ -93,11 +93,7 @@ class Options:
     device: str = "auto"
     judge_serve: str | None = None  # --judge-serve MODEL: served on loopback as the LLM judge
     env: RunConfig = field(default_factory=RunConfig)  # the HARNESS_* variables, read once by the plugin
-
-    @property
-    def slot(self) -> str | None:
-        """The device slot this process was pinned to (a pytest-xdist worker's GPU), else None."""
-        return self.env.slot
+    slot: str | None = None  # the GPU this process was pinned to (a pytest-xdist worker's), else None
 
     @property
     def claims(self) -> Path:
@@ -231,7 +227,7 @@ class FindingsSession:
         if self._plan is None:
             from harness.train import load_plan
 
-            plan = load_plan(self.options.plan_path).with_data(self.options.data_dir)
+            plan = load_plan(self.options.plan_path).configured(self.options.env)
             if self.options.variant:
                 plan = plan.variant(self.options.variant)
             self._plan = plan.with_base(self.options.base) if self.options.base else plan

@@ -100,10 +100,10 @@ def resolve(plan: Any, store: Any, progress: bool = True, gguf_dir: Optional[Pat
     (said on stderr and recorded in the identity), and only for the hub id the plan names.
     ``gguf_dir`` is where ``$HARNESS_GGUF_DIR`` in the plan points.
     """
-    if gguf_dir is None:  # until the graph's callers pass it down: the run configuration's value
-        from harness.config import from_env
+    if gguf_dir is None:  # the plan's (the edges set it from HARNESS_GGUF_DIR), else the documented default
+        from harness.config import DEFAULT_GGUF_DIR
 
-        gguf_dir = from_env().gguf_folder
+        gguf_dir = (getattr(plan, "gguf_dir", None) or DEFAULT_GGUF_DIR).expanduser()
     where = f"{plan.path or plan.name}: base.model"
     src = plan.source
     pin = src.sha256 if not src.offline else None

@@ -44,14 +44,12 @@ def run(args: argparse.Namespace) -> int:
     from harness.config import from_env
     from harness.train.store import Store
 
-    config = from_env()  # the edge: $HARNESS_FIXTURES_DIR and $HARNESS_DEVICES as the options' defaults
+    config = from_env()  # the edge: every HARNESS_* variable this command uses is read here, once
     fixtures_dir = args.fixtures_dir or config.fixtures_dir
     if args.action == "build":
         from harness.train import build, load_plan
 
-        from harness.config import from_env
-
-        plan = load_plan(args.plan).with_data(from_env().data_dir)  # HARNESS_DATA_DIR, read here at the edge
+        plan = load_plan(args.plan).configured(config)  # its data folder and $HARNESS_GGUF_DIR
         if args.variant:
             plan = plan.variant(args.variant)
         if args.seed is not None:

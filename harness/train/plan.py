@@ -80,6 +80,7 @@ class Plan:
     preflight_allow: Mapping[str, str] = field(default_factory=lambda: _freeze({}))
     #: where d0/d1/d2 and the system prompt are read (``None``: the packaged fixtures/data); see :meth:`with_data`
     data_dir: Path | None = None
+    gguf_dir: Path | None = None  # where ``$HARNESS_GGUF_DIR`` in base.model / base.offline points
 
     # ------------------------------------------------------------------ queries
     @property
@@ -133,6 +134,12 @@ class Plan:
         """The same plan reading the study's data (persona, system prompt) from ``folder``; ``None`` keeps
         the plan's. The edges pass ``HARNESS_DATA_DIR`` here; node keys hash the records, not the folder."""
         return self if folder is None else replace(self, data_dir=Path(folder).expanduser())
+
+    def configured(self, config: Any) -> "Plan":
+        """The plan under a run configuration (:class:`harness.config.RunConfig`, read by the edges): its data
+        folder (``HARNESS_DATA_DIR``) and the folder ``$HARNESS_GGUF_DIR`` in its base points to."""
+        plan = self.with_data(config.data_dir)
+        return plan if config.gguf_dir is None else replace(plan, gguf_dir=Path(config.gguf_dir).expanduser())
 
     def variant(self, name: str) -> "Plan":
         """The plan with ``[variants.NAME]`` applied; unchanged nodes keep their cache key."""
