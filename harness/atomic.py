@@ -34,6 +34,8 @@ def write_bytes(path: str | Path, data: bytes | str) -> Path:
     return Path(path)
 
 
-def write_json(path: str | Path, obj: Any, indent: int | None = None) -> Path:
-    """Write ``obj`` as UTF-8 JSON (non-ASCII kept) to ``path`` atomically."""
-    return write_bytes(path, json.dumps(obj, ensure_ascii=False, indent=indent) + ("\n" if indent else ""))
+def write_json(path: str | Path, obj: Any, indent: int | None = None, default: Any = None) -> Path:
+    """Write ``obj`` as UTF-8 JSON (non-ASCII kept) to ``path`` atomically; ``default`` as in :func:`json.dumps`
+    (e.g. ``str`` for paths and other values JSON lacks)."""
+    return write_bytes(path, json.dumps(obj, ensure_ascii=False, indent=indent, default=default)
+                       + ("\n" if indent else ""))
