@@ -80,8 +80,8 @@ def test_every_part_is_extended_by_a_shipped_plan_and_is_no_plan_itself():
 
 def _study() -> "object":
     """parts/graph.toml as a plan of its own (on the tiny base, which it does not name)."""
-    raw = load_toml(PLANS / "parts" / "study.toml")
-    return plan_from_dict({**raw, "base": {"model": "tiny"}}, PLANS / "parts" / "study.toml")
+    raw = load_toml(PLANS / "parts" / "graph.toml")
+    return plan_from_dict({**raw, "base": {"model": "tiny"}}, PLANS / "parts" / "graph.toml")
 
 
 @pytest.mark.parametrize("name", ["tiny.toml", "study.toml", "smollm2.toml", "gemma3.toml"])
