@@ -34,6 +34,24 @@ def write_bytes(path: str | Path, data: bytes | str) -> Path:
     return Path(path)
 
 
-def write_json(path: str | Path, obj: Any, indent: int | None = None) -> Path:
-    """Write ``obj`` as UTF-8 JSON (non-ASCII kept) to ``path`` atomically."""
-    return write_bytes(path, json.dumps(obj, ensure_ascii=False, indent=indent) + ("\n" if indent else ""))
+def write_json(path: str | Path, obj: Any, indent: int | None = None, default: Any = None) -> Path:
+    """Write ``obj`` as UTF-8 JSON (non-ASCII kept) to ``path`` atomically; ``default`` as in :func:`json.dumps`
+    (e.g. ``str`` for paths and other values JSON lacks)."""
+    return write_bytes(path, json.dumps(obj, ensure_ascii=False, indent=indent, default=default)
+                       + ("\n" if indent else ""))
+
+
+@contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created with its folder): a second holder waits until the first is done.
+    The fixture store locks a node, and the conversion cache a conversion, this way."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,6 +90,17 @@ def _say(config: pytest.Config):
     return say
 
 
+def project_root(config: Any) -> Path:
+    """The folder the default plan and claims (``fixtures/``) are read from: pytest's rootdir when it holds
+    them, else the folder pytest was started in. pytest takes the common folder of every path on the command
+    line as its rootdir when no ini file is above it, so an absolute ``--findings-baseline /tmp/x.json``
+    made the rootdir ``/tmp``."""
+    for folder in (Path(str(config.rootpath)), Path(str(config.invocation_params.dir))):
+        if (folder / "fixtures" / "plans").is_dir():
+            return folder
+    return Path(str(config.rootpath))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """Read the environment once (:func:`harness.config.from_env`): an option given on the command line wins
     over its ``HARNESS_*`` variable; the session's frozen Options keep both."""
@@ -112,7 +124,7 @@ def pytest_configure(config: pytest.Config) -> None:
     def opt(name: str, value: object) -> object:
         return config.getoption(name, None) or value
 
-    root = Path(str(config.rootpath))
+    root = project_root(config)
     opt_plan = opt("harness_plan", env.plan)
     findings = opt("harness_findings_dir", env.findings_dir)
     claims = opt("harness_claims_dir", env.claims_dir)

@@ -174,45 +174,50 @@ def _sccs(nodes, edges) -> list[list[str]]:
 
 
 def draw(graph: Graph, path: Path) -> None:
-    """The layers as rows (lowest at the bottom), each package a box, each package arrow an arrow."""
+    """The layers as rows (lowest at the bottom), each package a box (the ground layer's modules one box),
+    each package import an arrow (red if it pointed up)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    packages = sorted({package_of(m) for m in graph.modules})
+    def box(module: str) -> str:
+        return "ground" if layer_of(module) == 0 else package_of(module)
+
+    boxes = sorted({box(m) for m in graph.modules})
     rows: dict[int, list[str]] = defaultdict(list)
-    for p in packages:
-        rows[layer_of(p)].append(p)
+    for b in boxes:
+        rows[0 if b == "ground" else layer_of(b)].append(b)
     pos: dict[str, tuple[float, float]] = {}
     for layer, names in rows.items():
         for i, name in enumerate(sorted(names)):
             pos[name] = ((i + 1) / (len(names) + 1), layer)
-    fig, ax = plt.subplots(figsize=(13, 1.15 * len(LAYERS) + 1))
+    arrows = {(box(a), box(b)) for a, bs in graph.edges.items() for b in bs if box(a) != box(b)}
+    fig, ax = plt.subplots(figsize=(12, 1.0 * len(LAYERS) + 1))
     for layer, (title, _, what) in enumerate(LAYERS):
-        ax.axhspan(layer - 0.45, layer + 0.45, color="#f2f2f2" if layer % 2 else "#e6eef7", zorder=0)
-        ax.text(-0.02, layer, f"{title}\n", ha="right", va="center", fontsize=10, weight="bold")
-        ax.text(-0.02, layer - 0.18, what, ha="right", va="center", fontsize=7, color="#555")
-    for a, bs in graph.package_edges().items():
-        for b in bs:
-            (x0, y0), (x1, y1) = pos[a], pos[b]
-            ax.annotate("", xy=(x1, y1 + 0.17), xytext=(x0, y0 - 0.17),
-                        arrowprops=dict(arrowstyle="->", color="#c0392b" if y1 > y0 else "#7f8c8d",
-                                        lw=0.8, alpha=0.7, connectionstyle="arc3,rad=0.08"))
+        ax.axhspan(layer - 0.42, layer + 0.42, color="#f2f2f2" if layer % 2 else "#e6eef7", zorder=0)
+        ax.text(-0.02, layer + 0.08, title, ha="right", va="center", fontsize=10, weight="bold")
+        ax.text(-0.02, layer - 0.16, what, ha="right", va="center", fontsize=7, color="#555")
+    for a, b in sorted(arrows):
+        (x0, y0), (x1, y1) = pos[a], pos[b]
+        up = y1 > y0
+        ax.annotate("", xy=(x1, y1 + (0.16 if not up else -0.16)), xytext=(x0, y0 - (0.16 if not up else -0.16)),
+                    arrowprops=dict(arrowstyle="->", color="#c0392b" if up else "#34495e",
+                                    lw=1.6 if up else 0.7, alpha=0.9 if up else 0.45,
+                                    connectionstyle="arc3,rad=0.06"))
     for name, (x, y) in pos.items():
-        n = sum(1 for m in graph.modules if package_of(m) == name)
-        label = name.replace("harness.", "") if name != "harness" else "harness/__init__"
-        ax.text(x, y, f"{label}\n{n} module{'s' if n != 1 else ''}", ha="center", va="center", fontsize=8,
-                bbox=dict(boxstyle="round,pad=0.3", fc="white", ec="#2c3e50"), zorder=3)
-    ax.set_xlim(-0.35, 1.02)
-    ax.set_ylim(-0.6, len(LAYERS) - 0.4)
+        mods = [m for m in graph.modules if box(m) == name]
+        label = name.replace("harness.", "")
+        ax.text(x, y, f"{label}\n{len(mods)} module{'s' if len(mods) != 1 else ''}", ha="center", va="center",
+                fontsize=8, bbox=dict(boxstyle="round,pad=0.3", fc="white", ec="#2c3e50"), zorder=3)
+    ax.set_xlim(-0.4, 1.02)
+    ax.set_ylim(-0.55, len(LAYERS) - 0.45)
     ax.axis("off")
-    up = len(graph.upward())
-    ax.set_title(f"harness/ imports by layer (read from the code; arrows point to what is imported; "
-                 f"{up} upward)", fontsize=10)
+    ax.set_title(f"harness/ imports by layer, read from the code: {len(arrows)} package arrows, "
+                 f"{len(graph.upward())} upward, {len(graph.module_cycles())} module circles", fontsize=10)
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=100)
     plt.close(fig)
     tmp.replace(path)
 

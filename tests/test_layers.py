@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from layering import LAYERS, Graph, config_reads_below_the_edges, environment_reads, layer_of, read_graph
+from layering import LAYERS, Graph, config_reads_below_the_edges, draw, environment_reads, layer_of, read_graph
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +84,11 @@ def test_layers_doc_names_every_layer():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "layers.md").read_text()
     for name, _, _ in LAYERS:
         assert f"**{name}**" in doc, f"docs/layers.md does not describe the layer {name!r}"
+
+
+def test_the_picture_is_drawn_from_the_code(graph, tmp_path):
+    """docs/layers.png is made by ``python tests/layering.py --png docs/layers.png``; the drawing runs."""
+    out = tmp_path / "layers.png"
+    draw(graph, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (Path(__file__).resolve().parents[1] / "docs" / "layers.png").is_file()

@@ -228,7 +228,7 @@ def load_records(path: Union[str, Path], fmt: str) -> list[dict]:
 def default_records(fmt: str, tok, n: Optional[int] = None, folder: Union[str, Path, None] = None) -> list[dict]:
     """The persona fixtures (D1, with the system prompt; of ``folder``, default the packaged data) in ``fmt``.
 
-    ``text`` is pre-rendered through the tokenizer's chat template when it has one, as the seed's
+    ``text`` is pre-rendered through the tokenizer's chat template when it has one, as the study's
     training text was; otherwise it is data.py's plain ``prompt\\nreply`` text.
     """
     from harness.data import dpo_records, sft_records

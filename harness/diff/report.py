@@ -64,7 +64,7 @@ class DiffReport:
 
     # -- derived -------------------------------------------------------------------------
     def layer_l2_deviation(self) -> dict[int, float]:
-        """Each layer's L2 minus the mean layer L2 (the seed's "deviation from the mean")."""
+        """Each layer's L2 minus the mean layer L2 (the study's "deviation from the mean")."""
         if not self.layers:
             return {}
         mean = float(np.mean([s.l2 for s in self.layers]))
@@ -121,7 +121,7 @@ class DiffReport:
         _atomic_write(path, lambda fh: fh.write(buf.getvalue().encode()))
 
     def table(self, by: str = "layer", top_k: int = 10) -> str:
-        """A text table like the seed's tables 5 and 14 (``by="layer"``) or per module."""
+        """A text table like the study's tables 5 and 14 (``by="layer"``) or per module."""
         ref = self.total.has_ref
         labels = [str(s.layer) for s in self.layers] if by == "layer" else [str(s.module) for s in self.modules]
         width = max([16, *(len(x) for x in labels)])

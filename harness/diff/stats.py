@@ -75,7 +75,7 @@ class Stats:
     """Statistics of one group (tensor, layer, module, other, total).
 
     L1 and counts add over groups; L2 and Conflict-Limited L2 are the root of the summed
-    squares (the seed's rule). Conflict fields are ``None`` without a reference checkpoint.
+    squares (the study's rule). Conflict fields are ``None`` without a reference checkpoint.
     """
 
     numel: int = 0

@@ -1,4 +1,4 @@
-"""Output evaluation (seed 000 tables 24, 25, 27; seed 003).
+"""Output evaluation (study 000 tables 24, 25, 27; study 003).
 
 - :mod:`~harness.inference.generate`: ``generate(model_dir_or_model, prompts_or_messages, ...)``
   returning :class:`~harness.inference.generate.Generation` (``text``, ``token_ids``, ``stopped``,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 #: Seed table 24 (000, BLEU/BERTScore of SFT_D0 and SFT_D1): own minus other.
-C7_SEED = {
+C7_REFERENCE = {
     ("sft_d0", "BLEU"): 0.10713 - 0.02214,
     ("sft_d1", "BLEU"): 0.09295 - 0.01768,
     ("sft_d0", "BERTScore"): 0.79208 - 0.76002,
@@ -53,7 +53,7 @@ def c7_margins(table24: Any, nodes: Mapping[str, str]) -> list[Margin]:
             b = table24.cell(node, f"{metric}({other.upper()})")
             if a is None or b is None:
                 continue
-            out.append(Margin(node, metric, a - b, C7_SEED.get((node, metric))))
+            out.append(Margin(node, metric, a - b, C7_REFERENCE.get((node, metric))))
     return out
 
 

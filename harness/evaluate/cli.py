@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bleu-tokenize", default="auto", choices=BLEU_TOKENIZERS,
                         help="auto = ja-mecab when sacrebleu[ja] is installed, else char")
     parser.add_argument("--bertscore-model", default=DEFAULT_BERT,
-                        help="hub id or local folder; '' turns BERTScore off (default: the seed's mBERT, when reachable)")
+                        help="hub id or local folder; '' turns BERTScore off (default: the study's mBERT, when reachable)")
     parser.add_argument("--bertscore-layers", type=int, default=None, help="layer bert-score reads (needed for a local model)")
     parser.add_argument("--out", default="findings/evaluate", help="folder for the tables and generations.jsonl")
 

@@ -1,6 +1,6 @@
 """An LLM judge of persona fidelity (seed table 25) through the ``openai`` client.
 
-- **Prompt:** the seed's rubric (``fixtures/judge/rubric.txt``: profile, conversation examples,
+- **Prompt:** the study's rubric (``fixtures/judge/rubric.txt``: profile, conversation examples,
   the interaction, the evaluation steps, the score on its own line and repeated at the end),
   filled with this project's persona profile and examples; the reasoning language is a setting.
 - **Endpoint:** ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL`` as the client reads them, so any

@@ -27,7 +27,7 @@ from harness.inference.generate import Generation
 #: Bumped when generation code changes what a cached file would hold.
 CACHE_VERSION = 1
 SOURCES = ("persona", "eval")
-#: The study's budget of new tokens (seed 004's checks), and the floor of the budget scaled to the data.
+#: The study's budget of new tokens (study 004's checks), and the floor of the budget scaled to the data.
 MIN_NEW_TOKENS = 48
 #: Slack over the longest trained reply: held-out prompts may ask for a somewhat longer answer.
 BUDGET_SLACK = 1.5

@@ -1,4 +1,4 @@
-"""``python -m harness selfgen MODEL``: SFT/DPO JSONL from the model's own generations (seed 003)."""
+"""``python -m harness selfgen MODEL``: SFT/DPO JSONL from the model's own generations (study 003)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""BLEU (sacrebleu) and BERTScore (bert-score) between generations and references, and the seed's
+"""BLEU (sacrebleu) and BERTScore (bert-score) between generations and references, and the study's
 tables 24 (node × BLEU/BERTScore against D0 and D1) and 27 (pairwise between nodes' generations).
 
-BLEU is reported on the seed's 0–1 scale (sacrebleu's score / 100). Japanese has no spaces, so
+BLEU is reported on the study's 0–1 scale (sacrebleu's score / 100). Japanese has no spaces, so
 BLEU's tokenizer matters: ``ja-mecab`` (sacrebleu's own, from ``pip install sacrebleu[ja]``) when
 it can be loaded, else ``char`` (one token per character). Every table names the one used.
-BERTScore is the F1 of bert-score with a configurable model; the default is the seed's
+BERTScore is the F1 of bert-score with a configurable model; the default is the study's
 multilingual BERT, used when it can be loaded (hub or local cache). Any local encoder or decoder
 folder, a GGUF file or a plan node works offline, with the layer chosen as bert-score does
 (:func:`bert_layer`); the tables name the model and layer.

@@ -19,7 +19,7 @@ PASS, FAIL, ERROR = "pass", "fail", "error"
 
 @dataclass(frozen=True)
 class ClaimResult:
-    """What a claim measured on one pair, against the threshold and the seed's value."""
+    """What a claim measured on one pair, against the threshold and the study's value."""
 
     claim: str
     pair: str

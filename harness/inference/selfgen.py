@@ -1,4 +1,4 @@
-"""Self-generated post-training data (seed 003): n candidates per prompt, the most central kept.
+"""Self-generated post-training data (study 003): n candidates per prompt, the most central kept.
 
 1. For each prompt the model itself samples ``n`` candidate replies (:func:`generate`).
 2. Each candidate is embedded with the model's **own hidden states**: the last hidden layer
@@ -222,7 +222,7 @@ class SelfgenSpec:
 def make_records(model_dir: Any, spec: SelfgenSpec, kind: str, *, data_seed: int = 0, limit: int = 0,
                  seed: int = 0, system: Optional[str] = None, device: str = "auto",
                  data_dir: Any = None) -> tuple[list[dict], dict[str, int]]:
-    """Seed 003's loop on one model: its own ``n`` candidates per prompt of ``spec.source`` (read from
+    """Study 003's loop on one model: its own ``n`` candidates per prompt of ``spec.source`` (read from
     ``data_dir``, default the packaged data), scored by centrality on its own hidden states, turned into
     ``kind`` (sft/dpo) records by ``spec.method``."""
     from harness import data

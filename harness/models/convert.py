@@ -80,16 +80,10 @@ def convert_gguf(path: Path, cache_root: Path, *, sha256: str | None = None,
 @contextlib.contextmanager
 def _lock(root: Path, key: str) -> Iterator[None]:
     """The fixture store's lock file for this conversion (``locks/gguf-<key16>.lock``)."""
-    import fcntl
+    from harness.atomic import file_lock
 
-    d = root / "locks"
-    d.mkdir(parents=True, exist_ok=True)
-    with open(d / f"gguf-{key[:16]}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock(root / "locks" / f"gguf-{key[:16]}.lock"):
+        yield
 
 
 def _new_tmp(root: Path, key: str) -> Path:

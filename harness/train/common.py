@@ -314,7 +314,10 @@ def save_untrained_adapter(model_dir: str | Path, spec: Any, adapter_dir: Path, 
 
 
 def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, ensure_ascii=False, indent=1, default=str), encoding="utf-8")
+    """A node file (log, summary, meta) as indented JSON, atomically (:func:`harness.atomic.write_json`)."""
+    from harness.atomic import write_json as atomic_write_json
+
+    atomic_write_json(path, obj, indent=1, default=str)
 
 
 def run_recipe(method: str, make_trainer: Callable[[Any, dict, Any], Any], model_dir: str | Path, tokenizer: Any,

@@ -23,7 +23,7 @@ __all__ = ["BaseSource", "FrozenDict", "LoraSpec", "Node", "Plan", "PlanError", 
            "load_plan", "plan_from_dict"]
 
 DATASET_NAMES = ("d0", "d1", "d2")
-#: A node whose data its parent makes by seed 003's loop (``selfgen = {...}`` on the node).
+#: A node whose data its parent makes by study 003's loop (``selfgen = {...}`` on the node).
 SELFGEN = "selfgen"
 SELFGEN_METHODS = ("reuse", "pick", "drop_low", "keep_low")
 SELFGEN_KEYS = {"source": str, "method": str, "n": int, "temperature": float, "top_p": float,

@@ -1,6 +1,6 @@
 """Plan files that build on others: ``extends = "other.toml"`` resolved into one plan table.
 
-A plan (or a shared part such as ``fixtures/plans/parts/study.toml``) may start from another file
+A plan (or a shared part such as ``fixtures/plans/parts/graph.toml``) may start from another file
 and state only what differs. The rules, applied before the plan is validated:
 
 - ``extends`` is a path relative to the file that says it (absolute and ``~`` paths work too). The

@@ -95,7 +95,7 @@ class TinySpec:
     pretrain_eval_every: int = 50
     pretrain_flat_tolerance: float = 0.01  # stop when the held-out loss improves less than 1 %, twice
     pretrain_seed: int = 0
-    # The saved base's dtype (pretraining runs in float32). "bfloat16" mirrors the seed's bf16
+    # The saved base's dtype (pretraining runs in float32). "bfloat16" mirrors the study's bf16
     # checkpoints: merged children are bf16 too, so LoRA updates under half an ulp vanish.
     dtype: str = "float32"
 

@@ -1,4 +1,4 @@
-"""Selfgen nodes (seed 003): the parent generates, embeds and picks its own training data, which is kept in
+"""Selfgen nodes (study 003): the parent generates, embeds and picks its own training data, which is kept in
 the node folder; the data's identity (the spec, the source pairs, the system prompt, the seed) is in the key."""
 
 from __future__ import annotations

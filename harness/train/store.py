@@ -108,16 +108,10 @@ class Store:
     @contextlib.contextmanager
     def lock(self, name: str, key: str) -> Iterator[None]:
         """An exclusive per-node lock: a second builder of the same node waits, then finds it done."""
-        import fcntl
+        from harness.atomic import file_lock
 
-        d = self.root / "locks"
-        d.mkdir(parents=True, exist_ok=True)
-        with open(d / f"{name}-{key[:16]}.lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with file_lock(self.root / "locks" / f"{name}-{key[:16]}.lock"):
+            yield
 
     def entries(self) -> Iterator[tuple[Path, dict]]:
         """Every complete node folder with its metadata."""

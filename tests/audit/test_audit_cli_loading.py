@@ -150,18 +150,9 @@ def test_the_zoo_default_comes_from_the_run_configuration(folders, capsys, monke
 
 def test_exit_2_on_a_gguf_file_cut_short(tmp_path, capsys):
     """The models layer's one reader: an interrupted download is named in one line, before any conversion."""
-    import gguf
-    import numpy as np
+    from gguf_helpers import cut_gguf
 
-    whole = tmp_path / "whole.gguf"
-    w = gguf.GGUFWriter(str(whole), arch="llama")
-    w.add_tensor("token_embd.weight", np.zeros((256, 64), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    cut = tmp_path / "cut.gguf"
-    cut.write_bytes(whole.read_bytes()[:4096])
+    whole, cut = cut_gguf(tmp_path)
     code, cap = _run(["--tokenizer", cut], capsys)
     assert code == 2
     assert cap.err.strip().splitlines()[-1].endswith(f"{cut}: incomplete file: 4096 bytes, but its tensors end at "

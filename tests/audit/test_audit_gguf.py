@@ -26,16 +26,16 @@ def test_the_converted_folder_tokenizes_as_the_gguf_loader(smol_path, tmp_path, 
 
     from harness.models import convert as convert_mod
 
-    monkeypatch.setenv("HARNESS_FIXTURES_DIR", str(tmp_path / "fx"))  # the run configuration's cache root
+    fx = tmp_path / "fx"  # the cache root the edges pass (HARNESS_FIXTURES_DIR)
     direct = AutoTokenizer.from_pretrained(str(smol_path.parent), gguf_file=smol_path.name)
-    cached = load_tokenizer(smol_path)  # the folder in the conversion cache (converted here on first use)
+    cached = load_tokenizer(smol_path, cache_root=fx)  # the folder in the conversion cache (converted here on first use)
     folder = Path(cached.name_or_path)
     assert folder.parent == tmp_path / "fx" / "bases" and folder.name.startswith("gguf-")
     text = "Hello there <|im_start|>user\nこんにちは 😀<|im_end|>\n"
     assert cached(text)["input_ids"] == direct(text)["input_ids"]
     assert (cached.eos_token_id, cached.bos_token_id, cached.chat_template) == \
         (direct.eos_token_id, direct.bos_token_id, direct.chat_template)
-    report = audit(smol_path, limit=2)  # the generation EOS is read from the GGUF's metadata
+    report = audit(smol_path, limit=2, cache_root=fx)  # the generation EOS is read from the GGUF's metadata
     assert "eos-config-mismatch" not in report.codes and report.examples == 2
     # training asks the same cache for the same file: nothing is converted again
     calls = []

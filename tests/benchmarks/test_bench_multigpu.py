@@ -5,14 +5,14 @@
 Each benchmark runs the 1-GPU baseline and the 2-GPU run in the same session and reports the ratio in
 ``extra_info`` (and ``multigpu_bench.json`` under ``HARNESS_BENCH_OUT``):
 
-- ``graph-2gpu``: the smollm2 seed graph (``HARNESS_BENCH_VARIANT``: one of its variants, e.g. ``fast``), cold, on GPU 0 alone (``--devices 0``) and on GPUs 0 and 1 (nodes
+- ``graph-2gpu``: the smollm2 study graph (``HARNESS_BENCH_VARIANT``: one of its variants, e.g. ``fast``), cold, on GPU 0 alone (``--devices 0``) and on GPUs 0 and 1 (nodes
   spread over both, several per GPU while memory allows). The base is resolved once (hub, cache or the
   plan's GGUF; ``HARNESS_BENCH_SMOLLM2`` names a folder or GGUF instead) so neither run pays the conversion.
-- ``ddp-8b``: 8B-shaped QLoRA SFT (the seed recipe, random Llama-3-8B-shaped weights as in
+- ``ddp-8b``: 8B-shaped QLoRA SFT (the study's recipe, random Llama-3-8B-shaped weights as in
   test_bench_train.py) for ``HARNESS_BENCH_STEPS`` steps on one GPU, and the same per-GPU batch over two
   GPUs through ``accelerate launch`` (DDP). Throughput = tokens/s over all GPUs (weak scaling: the global
-  batch doubles). ``HARNESS_BENCH_DDP_BATCH`` per-GPU batch (default 2, the seed's); ``HARNESS_BENCH_BIG_BATCH``
-  adds a one-GPU run at that batch (a plan option, not the seed's method); ``HARNESS_BENCH_BIG_OPTIONS`` lists the
+  batch doubles). ``HARNESS_BENCH_DDP_BATCH`` per-GPU batch (default 2, the study's); ``HARNESS_BENCH_BIG_BATCH``
+  adds a one-GPU run at that batch (a plan option, not the study's method); ``HARNESS_BENCH_BIG_OPTIONS`` lists the
   variants of that run (``default``, ``ckpt_off``, each optionally ``@BATCH``). A 5-step warm-up run goes first
   (``HARNESS_BENCH_WARMUP=0`` skips it) so the 1-GPU baseline carries no CUDA warm-up.
 - ``claims-xdist``: ``pytest claims -m gpu -n 0`` against ``-n 2`` (cold, fresh fixture folders), then (with
@@ -58,7 +58,7 @@ def test_bench_smollm2_graph_1_vs_2_gpus(benchmark, tmp_path):
 
     benchmark.group = "graph-2gpu"
     plan = load_plan(PLANS / "smollm2.toml")
-    variant = os.environ.get("HARNESS_BENCH_VARIANT")  # e.g. fast (bf16 LoRA, batch 16: not the seed's method)
+    variant = os.environ.get("HARNESS_BENCH_VARIANT")  # e.g. fast (bf16 LoRA, batch 16: not the study's method)
     if variant:
         plan = plan.variant(variant)
     src = os.environ.get("HARNESS_BENCH_SMOLLM2")
@@ -113,7 +113,7 @@ def test_bench_8b_qlora_sft_ddp_1_vs_2_gpus(benchmark, tmp_path_factory):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.save_pretrained(str(base))
-    plan = load_plan(PLANS / "seed.toml").with_base(str(base))
+    plan = load_plan(PLANS / "study.toml").with_base(str(base))
     records = data.sft_records("d1")
 
     def summary(d: Path) -> dict:

@@ -5,15 +5,15 @@
 - ``tiny`` group: the cold build of ``tiny.toml`` (the naive baseline: retrain everything) and
   the cached rebuild (hashing only), on the CPU or, when CUDA is present, with QLoRA on the GPU.
   The ratio cold/cached is in ``extra_info``.
-- ``seed-8b`` group (CUDA only): the seed recipe (QLoRA nf4, r 8, alpha 128, all-linear, batch 2)
+- ``seed-8b`` group (CUDA only): the study's recipe (QLoRA nf4, r 8, alpha 128, all-linear, batch 2)
   for ``HARNESS_BENCH_STEPS`` steps (default 30) of SFT and of DPO on a Llama-3-8B-shaped base
   initialised at random (``HARNESS_BENCH_8B_DIR``, made when absent). Records tokens/s and peak
-  GPU memory, and projects the full seed graph (3 SFT + 6 DPO nodes, 202 examples, 3 epochs).
+  GPU memory, and projects the full study graph (3 SFT + 6 DPO nodes, 202 examples, 3 epochs).
   ``HARNESS_BENCH_TOKENIZER`` names a tokenizer folder (a Llama-3 one for realistic lengths).
   ``HARNESS_BENCH_OUT`` (a folder) receives ``train_bench.json``.
 - ``gguf-conversion`` group: SmolLM2's GGUF converted with the tokenizer in a second process against both
   halves in one process (CPU; skips without the GGUF).
-- ``smollm2-graph`` group (CUDA only): the smollm2 seed graph cold, eager against variant ``cudagraphs``.
+- ``smollm2-graph`` group (CUDA only): the smollm2 study graph cold, eager against variant ``cudagraphs``.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def test_bench_seed_recipe_8b_shaped(benchmark, tmp_path_factory):
         tokenizer = make_tiny_tokenizer(_tiny_texts()[1], 2000)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    plan = load_plan(PLANS / "seed.toml")
+    plan = load_plan(PLANS / "study.toml")
     n_records = len(data.sft_records("d1"))
 
     def run() -> dict:
@@ -202,7 +202,7 @@ def real_shape_base(tmp_path_factory):
     return _random_from_config(Path(src), tmp_path_factory.mktemp("realshape") / "base")
 
 
-# name -> (method, quantize_4bit, recipe overrides): the seed's method first, then plan options (each one a
+# name -> (method, quantize_4bit, recipe overrides): the study's method first, then plan options (each one a
 # different node key), then the per-step overhead of logging every step. HARNESS_BENCH_STEP_OPTIONS (comma
 # separated names) picks and orders them; "warmup" runs first so that no measured option carries the
 # process's CUDA warm-up. Each option reports its first step (compilation lands there) and the median step.
@@ -277,7 +277,7 @@ def test_bench_step_options(benchmark, real_shape_base, tmp_path):
 
 
 def test_bench_graph_concurrent_vs_sequential(benchmark, real_shape_base, tmp_path):
-    """The smollm2 seed graph on a real-shape base, cold: one node at a time (the old build) against
+    """The smollm2 study graph on a real-shape base, cold: one node at a time (the old build) against
     ready nodes trained concurrently on the GPU (default jobs), in the same run."""
     from harness.train.graph import default_jobs
 
@@ -334,7 +334,7 @@ def test_bench_gguf_conversion_two_processes_vs_one(benchmark, tmp_path, monkeyp
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (QLoRA, CUDA graphs)")
 def test_bench_smollm2_graph_cudagraphs_vs_eager(benchmark, tmp_path, monkeypatch):
-    """The smollm2 seed graph cold on one GPU: eager (the plan as written) against variant ``cudagraphs``, in
+    """The smollm2 study graph cold on one GPU: eager (the plan as written) against variant ``cudagraphs``, in
     the same run, each with a fresh fixture folder and inductor cache; the base converted once beforehand."""
     from harness.train.keys import resolve_base as _resolve_base
     from harness.train.store import Store

@@ -1,4 +1,4 @@
-"""Seed 003's loop as a plan node: a node whose data its parent makes (selfgen), then SFT or DPO on it,
+"""Study 003's loop as a plan node: a node whose data its parent makes (selfgen), then SFT or DPO on it,
 built on the CPU micro plan; the node key covers the selfgen settings; bad tables name the field."""
 
 from __future__ import annotations

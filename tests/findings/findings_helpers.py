@@ -1,6 +1,6 @@
 """Synthetic Llama-shaped checkpoint families for the findings tests.
 
-A family is the seed's node graph written as small safetensors checkpoints whose deltas are
+A family is the study's node graph written as small safetensors checkpoints whose deltas are
 chosen by the test: healthy (every weight claim holds) or broken in one place (a negative
 control). Diffs go through the real ``harness.diff.compare``.
 """

@@ -53,7 +53,7 @@ def LAYERS_INV(i: int) -> float:
 
 def test_c3_fails_on_forced_return_to_base(family, healthy_states):
     states = dict(healthy_states)
-    # DPO_D0 after SFT_D1 lands back next to base: the "return" the seed did not find.
+    # DPO_D0 after SFT_D1 lands back next to base: the "return" the study did not find.
     states["dpo_d0@sft_d1"] = add(states["base"], dpo_delta(5))
     rows = verdicts("C3", family(states))
     assert all(not r.passed for r in rows.values()), [r.describe() for r in rows.values()]

@@ -143,3 +143,16 @@ def test_a_malformed_harness_variable_is_a_usage_error_naming_it(run):
     """The plugin reads the environment once (harness.config.from_env); a bad value stops the session."""
     r = run(HARNESS_JUDGE_LIMIT="ten")
     assert r.returncode == 4 and "HARNESS_JUDGE_LIMIT='ten': not an integer" in r.stderr, r.stdout + r.stderr
+
+
+def test_the_project_root_is_not_moved_by_an_absolute_path_on_the_command_line(tmp_path):
+    """pytest makes the common folder of the command line's paths its rootdir when no ini file is above it:
+    ``--findings-baseline /tmp/x.json`` gave rootdir /tmp, and the default claims were looked for in
+    /tmp/fixtures/claims. The plugin reads its defaults from the folder that holds fixtures/."""
+    from harness.pytest_plugin import project_root
+
+    project = Path(__file__).resolve().parents[2]
+    moved = SimpleNamespace(rootpath=tmp_path, invocation_params=SimpleNamespace(dir=project))
+    assert project_root(moved) == project
+    here = SimpleNamespace(rootpath=project, invocation_params=SimpleNamespace(dir=tmp_path))
+    assert project_root(here) == project

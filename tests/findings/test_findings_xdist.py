@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import RunConfig
 from harness.findings import ClaimResult
 from harness.findings.merge import group_of, merge, payload, worker_gpu
 from harness.findings.session import FindingsSession, Options
@@ -22,7 +21,7 @@ pytest.importorskip("xdist", reason="pytest-xdist is not installed (the test ext
 
 def session(tmp_path: Path, slot: str | None = None) -> FindingsSession:
     return FindingsSession(Options(root=ROOT, plan_path=ROOT / "fixtures" / "plans" / "tiny.toml",
-                                   findings_dir=tmp_path, env=RunConfig(slot=slot)), say=lambda m: None)
+                                   findings_dir=tmp_path, slot=slot), say=lambda m: None)
 
 
 def test_worker_k_takes_gpu_k_mod_n():

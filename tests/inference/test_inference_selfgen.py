@@ -1,4 +1,4 @@
-"""Self-generated data (seed 003): centrality properties (hypothesis), embeddings from the model's own
+"""Self-generated data (study 003): centrality properties (hypothesis), embeddings from the model's own
 hidden states, methods 1-4 as SFT/DPO records, and the CLI."""
 
 from __future__ import annotations

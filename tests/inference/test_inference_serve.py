@@ -134,19 +134,10 @@ def test_resolve_model_names_the_culprit(tmp_path, judge_models):
 def test_a_bare_gguf_name_is_looked_up_in_the_gguf_dir_given(tmp_path):
     """The name is joined to ``gguf_dir`` (the run configuration's HARNESS_GGUF_DIR at the edge) and read by
     the models layer's one reader: a file cut short is named, whatever its name."""
-    import gguf
-    import numpy as np
+    from gguf_helpers import cut_gguf
 
-    whole = tmp_path / "whole.gguf"
-    w = gguf.GGUFWriter(str(whole), arch="llama")
-    w.add_tensor("token_embd.weight", np.zeros((256, 64), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
     (tmp_path / "ggufs").mkdir()
-    cut = tmp_path / "ggufs" / "judge.gguf"
-    cut.write_bytes(whole.read_bytes()[:4096])
+    _, cut = cut_gguf(tmp_path / "ggufs", "judge.gguf")
     with pytest.raises(LoadError, match=rf"^{cut}: incomplete file: 4096 bytes"):
         resolve_model("judge.gguf", gguf_dir=tmp_path / "ggufs", cache_root=tmp_path / "fx")
     blob = tmp_path / "ggufs" / "9c1e"  # a hub-cache blob: a GGUF by its first bytes, not by its name

@@ -25,22 +25,6 @@ def real_gguf(name: str, fetch: str) -> Path:
     return f
 
 
-def small_gguf(path: Path, n: int = 1 << 16) -> Path:
-    """A complete GGUF file with a llama header and one float32 tensor of ``n`` values (no usable model)."""
-    import gguf
-    import numpy as np
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    w = gguf.GGUFWriter(str(path), arch="llama")
-    w.add_name("small")
-    w.add_tensor("token_embd.weight", np.arange(n, dtype=np.float32).reshape(-1, 64))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
-
-
 def rewritten(src: Path, dst: Path, tokens: Optional[dict[int, str]] = None, name: Optional[str] = None) -> Path:
     """A copy of GGUF ``src`` at ``dst`` with vocabulary entries (id -> text) or ``general.name`` replaced;
     the tensors are copied as they are (the ``gguf`` package's own new-metadata writer)."""

@@ -15,7 +15,8 @@ from harness.models import convert as convert_mod
 from harness.models.convert import INFO_FILE, converted_dir
 from harness.models.gguffile import sha256_file
 
-from models_helpers import GEMMA, SMOL, SMOL_SHA, real_gguf, rewritten, small_gguf, vocab_entry
+from gguf_helpers import small_gguf
+from models_helpers import GEMMA, SMOL, SMOL_SHA, real_gguf, rewritten, vocab_entry
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ import pytest
 from harness.errors import LoadError
 from harness.models.gguffile import check_complete, eos_ids, gguf_tokens, is_gguf
 
-from models_helpers import GEMMA, SMOL, real_gguf, small_gguf
+from gguf_helpers import small_gguf
+from models_helpers import GEMMA, SMOL, real_gguf
 
 
 @pytest.mark.parametrize("name,fetch", [(SMOL, "smollm2"), (GEMMA, "gemma3")])

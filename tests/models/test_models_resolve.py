@@ -12,7 +12,7 @@ from harness.config import from_env
 from harness.errors import LoadError
 from harness.models import expand, find_gguf, resolve
 
-from models_helpers import small_gguf
+from gguf_helpers import small_gguf
 
 
 def test_a_model_folder_is_used_in_place(small_model_folder):

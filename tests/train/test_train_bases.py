@@ -68,7 +68,7 @@ def test_an_unreachable_hub_id_names_the_plan_field(tmp_path, monkeypatch):
 
 
 def test_the_seed_plan_needs_cuda():
-    plan = load_plan(ROOT / "fixtures" / "plans" / "seed.toml")
+    plan = load_plan(ROOT / "fixtures" / "plans" / "study.toml")
     with pytest.raises(HarnessError, match=r"seed\.toml: base\.requires_cuda is true but the device is cpu"):
         build(plan, device="cpu", progress=False)
 

@@ -127,7 +127,7 @@ def test_parallel_build_in_worker_processes(tmp_path):
 
 
 def test_bf16_tiny_base_gives_bf16_merged_children(tmp_path):
-    """tiny.dtype = "bfloat16" (the seed's checkpoint dtype): the base and every merged child are bf16."""
+    """tiny.dtype = "bfloat16" (the study's checkpoint dtype): the base and every merged child are bf16."""
     import torch
     from safetensors.torch import load_file
 

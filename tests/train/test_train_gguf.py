@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from gguf_helpers import small_gguf
 from harness.__main__ import main
 from harness.errors import LoadError
 from harness.train import build, load_plan
@@ -179,19 +180,6 @@ def test_conversion_runs_in_one_process_where_none_can_be_spawned(monkeypatch):
 
 # ---------------------------------------------------------------------------- bad inputs, exit 2
 
-def _small_gguf(path: Path) -> Path:
-    """A complete GGUF file (a llama header, one float32 tensor) written with the ``gguf`` package."""
-    import gguf
-    import numpy as np
-
-    w = gguf.GGUFWriter(str(path), arch="llama")
-    w.add_tensor("token_embd.weight", np.arange(1 << 16, dtype=np.float32).reshape(-1, 64))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path
-
 
 def _cli(capsys, *args: str) -> tuple[int, str]:
     rc = main(["fixtures", "build", str(ROOT / "fixtures" / "plans" / "micro.toml"), "--quiet", *args])
@@ -220,7 +208,7 @@ def test_a_gguf_that_does_not_match_its_pinned_sha256_exits_2(tmp_path, capsys):
     lets this file through."""
     from harness.models import sha256_file
 
-    f = _small_gguf(tmp_path / "x.gguf")
+    f = small_gguf(tmp_path / "x.gguf")
     digest = sha256_file(f)
     plan = tmp_path / "plan.toml"
     text = (ROOT / "fixtures" / "plans" / "micro.toml").read_text()
@@ -234,7 +222,7 @@ def test_a_gguf_that_does_not_match_its_pinned_sha256_exits_2(tmp_path, capsys):
 
 def test_a_gguf_cut_short_exits_2_at_once_saying_so(tmp_path, capsys):
     """An interrupted download: one line naming the file, before any conversion starts."""
-    whole = _small_gguf(tmp_path / "whole.gguf")
+    whole = small_gguf(tmp_path / "whole.gguf")
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(whole.read_bytes()[:100_000])
     rc, err = _cli(capsys, "--base", str(cut), "--fixtures-dir", str(tmp_path / "fx"))

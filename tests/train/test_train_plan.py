@@ -46,7 +46,7 @@ def write(tmp_path: Path, text: str) -> Path:
     return p
 
 
-@pytest.mark.parametrize("name", ["tiny.toml", "seed.toml", "smollm2.toml", "gemma3.toml"])
+@pytest.mark.parametrize("name", ["tiny.toml", "study.toml", "smollm2.toml", "gemma3.toml"])
 def test_shipped_plans_hold_the_seed_graph_and_recipe(name):
     plan = load_plan(PLANS / name)
     assert plan.names == NODE_NAMES
@@ -79,17 +79,17 @@ def test_every_part_is_extended_by_a_shipped_plan_and_is_no_plan_itself():
 
 
 def _study() -> "object":
-    """parts/study.toml as a plan of its own (on the tiny base, which it does not name)."""
-    raw = load_toml(PLANS / "parts" / "study.toml")
-    return plan_from_dict({**raw, "base": {"model": "tiny"}}, PLANS / "parts" / "study.toml")
+    """parts/graph.toml as a plan of its own (on the tiny base, which it does not name)."""
+    raw = load_toml(PLANS / "parts" / "graph.toml")
+    return plan_from_dict({**raw, "base": {"model": "tiny"}}, PLANS / "parts" / "graph.toml")
 
 
-@pytest.mark.parametrize("name", ["tiny.toml", "seed.toml", "smollm2.toml", "gemma3.toml"])
+@pytest.mark.parametrize("name", ["tiny.toml", "study.toml", "smollm2.toml", "gemma3.toml"])
 def test_study_plans_equal_the_study_part_except_the_fields_they_state(name):
-    """The study's graph and recipe are written once (parts/study.toml); each plan differs from it only
+    """The study's graph and recipe are written once (parts/graph.toml); each plan differs from it only
     where its own file says so, and keeps its own name (findings folders are named by plan)."""
     own = load_toml(PLANS / name)
-    assert own["extends"] == "parts/study.toml" and not {"nodes", "lora", "seed"} & set(own)
+    assert own["extends"] == "parts/graph.toml" and not {"nodes", "lora", "seed"} & set(own)
     plan, study = load_plan(PLANS / name), _study()
     assert plan.name == name.removesuffix(".toml") == own["name"]
     assert plan.nodes == study.nodes and plan.lora == study.lora
@@ -102,7 +102,7 @@ def test_study_plans_equal_the_study_part_except_the_fields_they_state(name):
 
 
 def test_seed_plan_names_the_elyza_base():
-    plan = load_plan(PLANS / "seed.toml")
+    plan = load_plan(PLANS / "study.toml")
     assert plan.base == "elyza/Llama-3-ELYZA-JP-8B" and plan.requires_cuda
 
 
