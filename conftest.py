@@ -54,6 +54,7 @@ def pytest_configure(config):
         "gpu": "needs trained model fixtures",
         "judge": "needs an LLM judge endpoint",
         "tokenizers": "needs real tokenizer files",
+        "shared_cache": "builds into the project's fixture cache on purpose (the tiny graph the claims reuse)",
     }.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     from hypothesis import settings

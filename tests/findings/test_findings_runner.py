@@ -16,6 +16,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# Every test here reads (and on a cold cache builds) the shared tiny graph and writes its session log there.
+pytestmark = pytest.mark.shared_cache
+
 ROOT = Path(__file__).resolve().parents[2]
 CLAIMS = ROOT / "fixtures" / "claims"
 TINY = ROOT / "fixtures" / "plans" / "tiny.toml"

@@ -105,7 +105,7 @@ pairs = ["dpo_d0/sft_d0"]
 reason = "small base"
 
 [[known_deviation]]
-plan = "seed"
+plan = "study"
 base = "meta-llama/Llama-3.1-8B-Instruct"
 reason = "bf16"
 """
@@ -119,7 +119,7 @@ def test_known_deviations_are_keyed_by_plan_base_and_pair(tmp_path):
     assert spec.known_deviation("tiny", "HuggingFaceTB/SmolLM2-135M", "dpo_d0/sft_d0") is None
     # another plan on the same base
     assert spec.known_deviation("tiny_wide", "tiny", "dpo_d0/sft_d0") is None
-    assert spec.known_deviation("seed", "meta-llama/Llama-3.1-8B-Instruct", "other") == "bf16"
+    assert spec.known_deviation("study", "meta-llama/Llama-3.1-8B-Instruct", "other") == "bf16"
     bad = GOOD + DEVIATIONS.replace('pairs = ["dpo_d0/sft_d0"]', 'pairs = ["dpo_d0/sft_d9"]')
     with pytest.raises(LoadError, match=r"known_deviation\[0\].pairs.*'dpo_d0/sft_d9' is no pair label"):
         load_spec(write(tmp_path, bad), STATISTICS)
@@ -178,7 +178,7 @@ def test_a_known_deviation_can_be_keyed_by_device(tmp_path):
     spec = load_spec(write(tmp_path, GOOD + on_cuda), STATISTICS)
     assert spec.known_deviation("tiny", "tiny", "dpo_d0/sft_d0", "cuda") == "4-bit on CUDA"
     assert spec.known_deviation("tiny", "tiny", "dpo_d0/sft_d0", "cpu") is None
-    assert spec.known_deviation("seed", "meta-llama/Llama-3.1-8B-Instruct", "other", "cpu") == "bf16"  # no device: all
+    assert spec.known_deviation("study", "meta-llama/Llama-3.1-8B-Instruct", "other", "cpu") == "bf16"  # no device: all
     with pytest.raises(LoadError, match=r"known_deviation\[0\].device'.*one of cpu, cuda, got 'gpu'"):
         load_spec(write(tmp_path, GOOD + on_cuda.replace('"cuda"', '"gpu"')), STATISTICS)
 

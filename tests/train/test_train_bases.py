@@ -67,9 +67,9 @@ def test_an_unreachable_hub_id_names_the_plan_field(tmp_path, monkeypatch):
         build(plan_from_dict(raw, path), fixtures_dir=tmp_path / "fx", device="cpu", progress=False)
 
 
-def test_the_seed_plan_needs_cuda():
+def test_the_study_plan_needs_cuda():
     plan = load_plan(ROOT / "fixtures" / "plans" / "study.toml")
-    with pytest.raises(HarnessError, match=r"seed\.toml: base\.requires_cuda is true but the device is cpu"):
+    with pytest.raises(HarnessError, match=r"study\.toml: base\.requires_cuda is true but the device is cpu"):
         build(plan, device="cpu", progress=False)
 
 
