@@ -60,16 +60,6 @@ class RunConfig:
         """Where the real bases' GGUF files lie (``HARNESS_GGUF_DIR``, default ``~/.cache/harness/gguf``)."""
         return (self.gguf_dir or DEFAULT_GGUF_DIR).expanduser()
 
-    def as_env(self) -> dict[str, str]:
-        """The variables this config was read from, for a child process (unset fields are left out)."""
-        out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if value is None or value is False or (f.name == "judge_limit" and value == 0):
-                continue
-            out[variable(f.name)] = "1" if value is True else str(value)
-        return out
-
 
 def variable(field_name: str) -> str:
     """``judge_limit`` -> ``HARNESS_JUDGE_LIMIT``."""

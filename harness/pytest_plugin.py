@@ -135,7 +135,6 @@ def pytest_configure(config: pytest.Config) -> None:
     options = Options(
         root=root, plan_path=plan_path(opt_plan, root), plan_given=bool(opt_plan),
         base=opt("harness_base", env.base), variant=opt("harness_variant", env.variant) or None,
-        data_dir=env.data_dir,
         claims_dir=Path(claims).resolve() if claims else None,
         findings_dir=Path(findings) if findings else None,
         fixtures_dir=str(fixtures) if fixtures else None, zoo=Path(zoo) if zoo else None,

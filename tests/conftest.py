@@ -314,3 +314,31 @@ def judge_server(tmp_path_factory, judge_models):
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with JudgeServer(None, device="cpu", log_path=log) as server:
         yield server
+
+
+# ---- the real SmolLM2 GGUF converted once per session, shared by the models and training tests
+
+@pytest.fixture(scope="session")
+def smol_gguf() -> Path:
+    """The fetched SmolLM2 GGUF file (``.ci/fetch-gguf smollm2``), else a skip saying how to fetch it."""
+    from gguf_helpers import SMOL, real_gguf
+
+    return real_gguf(SMOL, "smollm2")
+
+
+@pytest.fixture(scope="session")
+def smol_cache(tmp_path_factory) -> Path:
+    """A fixture cache of this session's own, holding the converted SmolLM2 (and what tests build on it)."""
+    return tmp_path_factory.mktemp("smol-cache")
+
+
+@pytest.fixture(scope="session")
+def smol_converted(smol_gguf, smol_cache) -> Path:
+    """SmolLM2 converted into ``smol_cache`` by the models layer, its identity checked."""
+    from gguf_helpers import SMOL, SMOL_SHA
+
+    from harness.models import convert_gguf
+
+    folder, ident = convert_gguf(smol_gguf, smol_cache, sha256=SMOL_SHA, progress=False)
+    assert ident == {"kind": "gguf", "sha256": SMOL_SHA, "file": SMOL, "convert_version": 1}
+    return folder

@@ -5,6 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from harness.config import from_env
+
+SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOL_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
 
 def small_gguf(path: Path, n: int = 1 << 16) -> Path:
     """A complete GGUF file with a llama header and one float32 tensor of ``n`` values (no usable model)."""
@@ -29,3 +36,11 @@ def cut_gguf(folder: Path, name: str = "cut.gguf", keep: int = 4096) -> tuple[Pa
     cut = folder / name
     cut.write_bytes(whole.read_bytes()[:keep])
     return whole, cut
+
+
+def real_gguf(name: str, fetch: str) -> Path:
+    """A fetched base in the run configuration's GGUF folder, else a skip that says how to fetch it."""
+    f = from_env().gguf_folder / name
+    if not f.is_file():
+        pytest.skip(f"{f} is absent: run .ci/fetch-gguf {fetch} (HARNESS_GGUF_DIR names the folder)")
+    return f

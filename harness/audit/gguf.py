@@ -13,15 +13,6 @@ from typing import Optional
 from harness.errors import LoadError
 
 
-def cache_root_or_default(cache_root: Optional[Path]) -> Path:
-    """``cache_root``, else the project's default fixture cache (the edges pass ``HARNESS_FIXTURES_DIR``'s)."""
-    if cache_root is not None:
-        return Path(cache_root)
-    from harness.models import default_cache_root
-
-    return default_cache_root()
-
-
 def gguf_tokenizer_folder(path: Path, cache_root: Optional[Path] = None) -> Path:
     """The converted folder of the GGUF file ``path`` (converted on first use), whose tokenizer the audit loads."""
     from harness.models import convert_gguf
@@ -29,7 +20,7 @@ def gguf_tokenizer_folder(path: Path, cache_root: Optional[Path] = None) -> Path
     path = Path(path)
     if not path.is_file():
         raise LoadError(f"GGUF file {str(path)!r} does not exist")
-    folder, _ = convert_gguf(path, cache_root_or_default(cache_root), progress=False)
+    folder, _ = convert_gguf(path, cache_root, progress=False)
     return folder
 
 

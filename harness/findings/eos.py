@@ -110,7 +110,7 @@ def train_for_tokenizer(tokenizer: Any, out_dir: Path, *, dataset: str = "d1", r
     import tempfile
 
     from harness import data
-    from harness.train.devices import choose_threads
+    from harness.train.gpus import choose_threads
     from harness.train.recipe import Recipe
     from harness.train.sft import train_sft
     from harness.train.tiny import make_tiny_model, pretrain

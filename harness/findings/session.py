@@ -81,7 +81,6 @@ class Options:
     plan_given: bool = False
     base: str | None = None
     variant: str | None = None  # --harness-variant NAME: the plan's [variants.NAME] applied
-    data_dir: Path | None = None  # HARNESS_DATA_DIR: where the plan's datasets are read (None: fixtures/data)
     claims_dir: Path | None = None
     findings_dir: Path | None = None
     fixtures_dir: str | None = None

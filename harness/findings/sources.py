@@ -28,7 +28,7 @@ def gen_budget(session: Any, plan: Any, graph: Any) -> tuple[Any, int]:
         from transformers import AutoTokenizer
 
         from harness.evaluate.nodes import GenSettings, reply_budget
-        from harness.train.graph import node_records
+        from harness.train.keys import node_records
         from harness.train.plan import SELFGEN
 
         seen: set = set()

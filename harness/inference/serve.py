@@ -170,17 +170,8 @@ def gguf_folder(gguf: Path, cache_root: Optional[Path] = None) -> Path:
     (:func:`harness.models.convert_gguf`, keyed by the file's sha256, converted once)."""
     from harness.models import convert_gguf
 
-    folder, _ = convert_gguf(Path(gguf), _cache_root(cache_root), progress=False)
+    folder, _ = convert_gguf(Path(gguf), cache_root, progress=False)
     return folder
-
-
-def _cache_root(cache_root: Optional[Path]) -> Path:
-    """``cache_root``, else the project's default fixture cache (the edges pass ``HARNESS_FIXTURES_DIR``'s)."""
-    if cache_root is not None:
-        return Path(cache_root)
-    from harness.models import default_cache_root
-
-    return default_cache_root()
 
 
 def resolve_model(spec: str, graph: Any = None, cache_root: Optional[Path] = None,

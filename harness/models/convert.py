@@ -20,6 +20,13 @@ from typing import Any, Iterator
 from harness.errors import LoadError
 from harness.models.gguffile import check_complete, check_special_tokens, gguf_tokens, sha256_file
 
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def default_cache_root() -> Path:
+    """The documented fixtures dir when none is given: ``.fixtures/`` in the project."""
+    return PROJECT_ROOT / ".fixtures"
+
 #: Bump when the conversion changes what it writes; part of the converted folder's key.
 CONVERT_VERSION = 1
 INFO_FILE = "base_info.json"  # written last: its presence marks a converted folder complete
@@ -38,14 +45,16 @@ def converted_dir(cache_root: Path, digest: str) -> Path:
     return Path(cache_root) / "bases" / f"gguf-{digest[:16]}-v{CONVERT_VERSION}"
 
 
-def convert_gguf(path: Path, cache_root: Path, *, sha256: str | None = None,
+def convert_gguf(path: Path, cache_root: Path | None, *, sha256: str | None = None,
                  progress: bool = True) -> tuple[Path, dict]:
     """The bf16 safetensors folder of GGUF ``path`` under ``cache_root`` (converted once), and its identity.
+    ``cache_root`` None is the project's default fixture cache (the edges pass ``HARNESS_FIXTURES_DIR``'s).
 
     A missing, truncated or unreadable file, a sha256 other than ``sha256`` (:class:`PinMismatch`) and a
     tokenizer that converts wrongly each raise one :class:`LoadError` naming the file; nothing is kept then.
     """
     path = Path(path)
+    cache_root = Path(cache_root) if cache_root is not None else default_cache_root()
     if not path.is_file():
         raise LoadError(f"{path}: no such GGUF file")
     check_complete(path)

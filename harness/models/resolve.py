@@ -20,12 +20,6 @@ from harness.models.convert import convert_gguf
 from harness.models.gguffile import is_gguf
 
 GGUF_DIR_TOKENS = ("${HARNESS_GGUF_DIR}", "$HARNESS_GGUF_DIR")  # how a plan names the GGUF folder
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-def default_cache_root() -> Path:
-    """The documented fixtures dir when none is given: ``.fixtures/`` in the project."""
-    return PROJECT_ROOT / ".fixtures"
 
 
 def expand(spec: str, gguf_dir: Optional[Path] = None) -> str:
@@ -82,7 +76,7 @@ def resolve(spec: str, cache_root: Optional[Path] = None, *, gguf_dir: Optional[
     text = expand(spec, gguf_dir)
     gg = find_gguf(text)
     if gg is not None:
-        folder, ident = convert_gguf(gg, Path(cache_root or default_cache_root()), sha256=sha256, progress=progress)
+        folder, ident = convert_gguf(gg, cache_root, sha256=sha256, progress=progress)
         return Resolved(folder, ident, gg)
     p = Path(text).expanduser()
     if p.is_dir():

@@ -4,7 +4,6 @@ the LoRA config, trainer arguments, the log and the merge. No training logic liv
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import statistics
 import time

@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from harness.errors import HarnessError
-from harness.train.gpus import choose_threads, parse_devices, pin, visible_gpus, worker_init  # noqa: F401
-
-# choose_threads and pin live in harness.train.gpus; findings/ still imports them from here.
+from harness.train.gpus import parse_devices, visible_gpus, worker_init
 
 
 @dataclass(frozen=True)

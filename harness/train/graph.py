@@ -10,10 +10,10 @@ from typing import Callable, Iterable
 from harness.errors import HarnessError
 from harness.train import common, devices as slots_of, methods
 from harness.train.gpus import choose_threads
-from harness.train.keys import RECIPE_VERSION, node_records, plan_keys, resolve_base, tiny_texts  # noqa: F401
+from harness.train.keys import plan_keys, resolve_base
 from harness.train.node import locked_build
 from harness.train.plan import Plan
-from harness.train.preflight import preflight_nodes as preflight_plan_nodes
+from harness.train.preflight import preflight_nodes
 from harness.train.store import META_FILE, Store
 
 
@@ -143,7 +143,7 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
     checks: dict[str, dict | None] = {n: None for n in todo}
     try:
         if preflight and base_dir is not None:  # before any training: every node against the base's tokenizer
-            checks.update(preflight_nodes(graph, [n for n in todo if plan.node(n).method != "base"], base_dir))
+            checks.update(preflight_nodes(plan, [n for n in todo if plan.node(n).method != "base"], base_dir))
         elif not preflight:
             checks = {n: {"status": "skipped", "reason": "--no-preflight"} for n in todo}
     except BaseException:
@@ -171,9 +171,3 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
     graph.timeline["total"] = time.perf_counter() - t0
     graph.timeline["nodes"] = graph.timeline["total"] - graph.timeline["base"] - graph.timeline["preflight"]
     return graph
-
-
-def preflight_nodes(graph: Graph, names: list[str], tok_dir: Path) -> dict[str, dict]:
-    """Pre-flight ``names`` (trained nodes) with the tokenizer in ``tok_dir``; raises on the first error
-    (:func:`harness.train.preflight.preflight_nodes`)."""
-    return preflight_plan_nodes(graph.plan, names, tok_dir)

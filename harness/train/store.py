@@ -22,12 +22,14 @@ from typing import Any, Iterator
 from harness import versions
 
 META_FILE = "meta.json"
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def default_fixtures_dir(configured: str | Path | None = None) -> Path:
-    """``configured`` (a run's fixtures dir, e.g. ``RunConfig.fixtures_dir``) or ``.fixtures/`` in the project."""
-    return Path(configured) if configured else PROJECT_ROOT / ".fixtures"
+    """``configured`` (a run's fixtures dir, e.g. ``RunConfig.fixtures_dir``) or ``.fixtures/`` in the project
+    (:func:`harness.models.default_cache_root`, which the conversion cache shares)."""
+    from harness.models import default_cache_root
+
+    return Path(configured) if configured else default_cache_root()
 
 
 def cache_key(inputs: Any) -> str:

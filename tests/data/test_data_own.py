@@ -66,7 +66,7 @@ def plan_text(dataset: str) -> str:
 
 def test_a_plan_node_trains_on_its_own_file_and_its_key_follows_the_content(tmp_path):
     from harness.train import load_plan
-    from harness.train.graph import node_records, plan_keys
+    from harness.train.keys import node_records, plan_keys
     from harness.train.plan import PlanError
 
     jsonl(tmp_path / "mine.jsonl", [{"prompt": "q1", "completion": "a1"}, {"prompt": "q2", "completion": "a2"}])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.train import build
-from harness.train.graph import node_records, plan_keys
+from harness.train.keys import node_records, plan_keys
 from harness.train.plan import PlanError, plan_from_dict
 from harness.train.selfgen_node import SELFGEN_FILE
 

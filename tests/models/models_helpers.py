@@ -1,5 +1,5 @@
-"""Real GGUF files for the models tests: the fetched bases, small GGUF files written with the ``gguf``
-package, and copies of a real file with rewritten metadata (what a badly converted upload looks like)."""
+"""Copies of a real GGUF file with rewritten metadata (what a badly converted upload looks like), for the
+models tests; the fetched bases and small files are in tests/gguf_helpers.py."""
 
 from __future__ import annotations
 
@@ -8,21 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-import pytest
-
-from harness.config import from_env
-
-SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOL_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 GEMMA = "gemma-3-270m-q4_k_m.gguf"
-
-
-def real_gguf(name: str, fetch: str) -> Path:
-    """A fetched base in the run configuration's GGUF folder, else a skip that says how to fetch it."""
-    f = from_env().gguf_folder / name
-    if not f.is_file():
-        pytest.skip(f"{f} is absent: run .ci/fetch-gguf {fetch} (HARNESS_GGUF_DIR names the folder)")
-    return f
 
 
 def rewritten(src: Path, dst: Path, tokens: Optional[dict[int, str]] = None, name: Optional[str] = None) -> Path:

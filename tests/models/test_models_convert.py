@@ -15,25 +15,23 @@ from harness.models import convert as convert_mod
 from harness.models.convert import INFO_FILE, converted_dir
 from harness.models.gguffile import sha256_file
 
-from gguf_helpers import small_gguf
-from models_helpers import GEMMA, SMOL, SMOL_SHA, real_gguf, rewritten, vocab_entry
+from gguf_helpers import SMOL, SMOL_SHA, real_gguf, small_gguf
+from models_helpers import GEMMA, rewritten, vocab_entry
 
 
 @pytest.fixture(scope="module")
-def smol_file() -> Path:
-    return real_gguf(SMOL, "smollm2")
+def smol_file(smol_gguf) -> Path:
+    return smol_gguf
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("conversions")
+def cache(smol_cache) -> Path:
+    return smol_cache
 
 
 @pytest.fixture(scope="module")
-def converted(smol_file, cache) -> Path:
-    folder, ident = convert_gguf(smol_file, cache, sha256=SMOL_SHA, progress=False)
-    assert ident == {"kind": "gguf", "sha256": SMOL_SHA, "file": SMOL, "convert_version": 1}
-    return folder
+def converted(smol_converted) -> Path:
+    return smol_converted
 
 
 def test_the_key_is_the_content_and_a_second_call_converts_nothing(converted, smol_file, cache, monkeypatch):

@@ -3,15 +3,14 @@ file is refused in one line; the tokenizer metadata of both real bases."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
 from harness.errors import LoadError
 from harness.models.gguffile import check_complete, eos_ids, gguf_tokens, is_gguf
 
-from gguf_helpers import small_gguf
-from models_helpers import GEMMA, SMOL, real_gguf
+from gguf_helpers import SMOL, real_gguf, small_gguf
+from models_helpers import GEMMA
 
 
 @pytest.mark.parametrize("name,fetch", [(SMOL, "smollm2"), (GEMMA, "gemma3")])

@@ -120,7 +120,7 @@ def test_parallel_build_in_worker_processes(tmp_path):
     graph = build(plan, fixtures_dir=tmp_path, device="cpu", progress=False, jobs=2)
     assert all(graph.is_built(n) for n in graph.names)
     assert all(graph.meta(n)["pid"] != os.getpid() for n in graph.names)  # built by the workers
-    from harness.train.graph import plan_keys
+    from harness.train.keys import plan_keys
 
     assert [graph.key(n) for n in graph.names] == list(plan_keys(plan, "cpu")[0].values())
     assert not any((tmp_path / "tmp").iterdir())
@@ -131,7 +131,7 @@ def test_bf16_tiny_base_gives_bf16_merged_children(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from harness.train.graph import plan_keys
+    from harness.train.keys import plan_keys
 
     plan = load_plan(MICRO)
     bf16 = plan.variant("bf16")

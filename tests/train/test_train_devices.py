@@ -17,7 +17,8 @@ import pytest
 
 from harness.errors import HarnessError
 from harness.train import build, load_plan
-from harness.train.devices import Slot, make_slots, parse_devices, schedule
+from harness.train.devices import Slot, make_slots, schedule
+from harness.train.gpus import parse_devices
 
 ROOT = Path(__file__).resolve().parents[2]
 MICRO = ROOT / "fixtures" / "plans" / "micro.toml"

@@ -11,38 +11,30 @@ from pathlib import Path
 
 import pytest
 
-from gguf_helpers import small_gguf
+from gguf_helpers import SMOL, SMOL_SHA, small_gguf
 from harness.__main__ import main
 from harness.errors import LoadError
 from harness.train import build, load_plan
 from harness.config import from_env
 from harness.models import check_special_tokens, convert_gguf, gguf_tokens
 from harness.models import convert as convert_mod
-from harness.train.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
-SMOL = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOL_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 
 @pytest.fixture(scope="module")
-def smol_file() -> Path:
-    f = from_env().gguf_folder / SMOL
-    if not f.is_file():
-        pytest.skip(f"{f} is absent: run .ci/fetch-gguf smollm2 (HARNESS_GGUF_DIR names the folder)")
-    return f
+def smol_file(smol_gguf) -> Path:
+    return smol_gguf
 
 
 @pytest.fixture(scope="module")
-def fx(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("fx-gguf")
+def fx(smol_cache) -> Path:
+    return smol_cache
 
 
 @pytest.fixture(scope="module")
-def converted(smol_file, fx) -> Path:
-    folder, ident = convert_gguf(smol_file, fx, sha256=SMOL_SHA, progress=False)
-    assert ident == {"kind": "gguf", "sha256": SMOL_SHA, "file": SMOL, "convert_version": 1}
-    return folder
+def converted(smol_converted) -> Path:
+    return smol_converted
 
 
 def test_smollm2_converts_to_a_bf16_folder_once(converted, smol_file, fx, monkeypatch):
@@ -153,14 +145,14 @@ def test_preflight_audits_each_setup_once(converted, fx, monkeypatch):
     """smollm2's 9 trained nodes are 5 setups (SFT on d0-d2, DPO on d0-d1): the DPO nodes after an SFT parent
     share the base's tokenizer and their records with the DPO node on the base."""
     from harness.train import preflight
-    from harness.train.graph import Graph, preflight_nodes
+    from harness.train.preflight import preflight_nodes
 
     calls = []
     run = preflight.run
     monkeypatch.setattr(preflight, "run", lambda name, *a, **k: calls.append(name) or run(name, *a, **k))
     plan = load_plan(ROOT / "fixtures" / "plans" / "smollm2.toml")
     names = [n.name for n in plan.nodes if n.method != "base"]
-    out = preflight_nodes(Graph(plan, Store(fx), {}, "cpu", converted), names, converted)
+    out = preflight_nodes(plan, names, converted)
     assert calls == ["sft_d0", "sft_d1", "sft_d2", "dpo_d0", "dpo_d1"]
     assert list(out) == names and all(out[n]["node"] == n for n in names)
     assert {k: v for k, v in out["dpo_d0@sft_d1"].items() if k != "node"} == {

@@ -13,7 +13,7 @@ import pytest
 
 from harness.train import keys as keys_mod
 from harness.train import load_plan
-from harness.train.graph import plan_keys
+from harness.train.keys import plan_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "fixtures" / "plans" / "tiny.toml"
@@ -31,7 +31,7 @@ def keys(plan):
 
 def test_keys_are_stable_within_and_across_processes(plan, keys):
     assert plan_keys(plan, "cpu")[0] == keys
-    code = ("import json; from harness.train import load_plan; from harness.train.graph import plan_keys; "
+    code = ("import json; from harness.train import load_plan; from harness.train.keys import plan_keys; "
             f"print(json.dumps(plan_keys(load_plan({str(TINY)!r}), 'cpu')[0]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == keys
