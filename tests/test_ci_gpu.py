@@ -67,6 +67,15 @@ def test_only_picks_phases_and_a_real_base_keeps_its_fetch(tmp_path):
     assert out.returncode == 2 and "no phase claims-gemma3 (phases: cuda-tests, claims-tiny" in out.stderr
 
 
+def test_seeds_go_to_the_real_base_phase_only(tmp_path):
+    out = _run(str(tmp_path / "o"), "--seeds", "3", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "--harness-seeds 3" in lines[-2] and not any("--harness-seeds" in line for line in lines[:-2])
+    out = _run("--seeds", "0", "--dry-run")
+    assert out.returncode == 2 and "--seeds 0: must be at least 1" in out.stderr
+
+
 def test_a_missing_plan_is_refused_with_its_name():
     out = _run("--plan", "fixtures/plans/nope.toml", "--dry-run")
     assert out.returncode == 2 and "--plan fixtures/plans/nope.toml: no such plan file" in out.stderr
