@@ -75,6 +75,12 @@ def test_chat_template_kwargs_reach_the_template(qwen3, pipeline, records):
     assert all("<think>" in qwen3.decode(a.seq.ids[:a.seq.prompt_len]) for a in report.sequences)
 
 
+def test_hf_clm_is_the_plain_recipe_and_says_so(qwen25):
+    report = audit(qwen25, data=_conv({"tools": TOOLS}), pipeline="hf-clm")
+    assert not any("get_weather" in qwen25.decode(a.seq.ids) for a in report.sequences)
+    assert any("hf-clm renders without the records' tools" in n for n in report.notes)
+
+
 def test_preflight_follows_the_records_settings(qwen25, tokenizer_zoo):
     from harness.train import preflight
 
