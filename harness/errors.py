@@ -18,3 +18,18 @@ class LoadError(HarnessError):
     """Something could not be loaded (a path, a model id, a tokenizer, a data file)."""
 
     exit_code = 2
+
+
+class PipelineError(HarnessError):
+    """A training pipeline (trl's dataset preparation, a collator, a chat template) raised on the data.
+
+    ``pipeline`` names the pipeline; ``example`` is the index of the record it was preparing (None when
+    the error concerns the setup, not one record).
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, pipeline: str = "", example: int | None = None) -> None:
+        super().__init__(message)
+        self.pipeline = pipeline
+        self.example = example

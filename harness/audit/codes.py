@@ -45,6 +45,10 @@ _code("eos-masked", ERROR, "the stop token is present but its label is -100",
       "pad == eos makes the collator mask the EOS: set a distinct pad token (an unused special "
       "token) or build labels before padding; with assistant_only_loss, put the end-of-turn token "
       "inside the template's {% generation %} block")
+_code("end-of-turn-is-pad", ERROR, "the stop token is the pad token, so the collator masks it",
+      "the end-of-turn token is already in the data; the collator gives every pad-id position label -100: "
+      "set pad_token to a token the template never writes (an unused reserved special token, or add one) "
+      "instead of the end-of-turn token")
 _code("stop-not-generation-eos", ERROR,
       "the trained stop token is not one that generation stops on",
       "add the trained end-of-turn token to generation_config.eos_token_id (or set "
@@ -113,14 +117,35 @@ class TokenInfo:
     id_to_text: dict  # id -> decoded text, filled lazily
     role_stops: frozenset[int] = frozenset()  # role markers that end a turn (GLM: the next <|user|>)
     think_ids: tuple[Optional[int], Optional[int]] = (None, None)  # <think>, </think> when the vocabulary has them
+    pad_id: Optional[int] = None
+    turn_end: Optional[int] = None  # the special token the chat template writes after an assistant reply
 
 
 _STOP_NAME = re.compile(r"eot|eos|end|</s>|stop", re.IGNORECASE)
 _NOT_STOP = re.compile(r"header|start|begin|think|tool|pad", re.IGNORECASE)
 
 
+def end_of_turn(tok) -> Optional[int]:
+    """The first special token the chat template writes after an assistant reply (None if none, or no template)."""
+    reply = "Zq9 reply"
+    msgs = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": reply}]
+    try:
+        text = tok.apply_chat_template(msgs, tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that cannot render is the audit's to report
+        return None
+    k = text.rfind(reply)
+    if k < 0:
+        return None
+    ids = tok(text[k + len(reply):], add_special_tokens=False)["input_ids"]
+    special = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
+    return next((int(i) for i in ids if i in special), None)
+
+
 def token_info(tok, generation_eos: Sequence[int] = ()) -> TokenInfo:
-    """Collect BOS/EOS ids, generation EOS ids and the end-of-turn special tokens of ``tok``."""
+    """Collect BOS/EOS ids, generation EOS ids and the end-of-turn special tokens of ``tok``.
+
+    The token the chat template ends an assistant turn with is a stop token whatever its name, also
+    when it is the pad token (a pad token that is no turn end and no generation EOS is not a stop)."""
     eos_id = tok.eos_token_id
     gen = {int(i) for i in generation_eos} | {int(eos_id)}
     special: set[int] = set(int(i) for i in tok.all_special_ids)
@@ -134,13 +159,18 @@ def token_info(tok, generation_eos: Sequence[int] = ()) -> TokenInfo:
             stop_ids.add(int(tid))
     if tok.bos_token_id != eos_id:  # GPT-2 style BOS == EOS stays a stop token
         stop_ids.discard(tok.bos_token_id)
-    if tok.pad_token_id is not None and tok.pad_token_id not in gen:
-        stop_ids.discard(tok.pad_token_id)
+    turn_end = end_of_turn(tok) if getattr(tok, "chat_template", None) else None
+    pad = tok.pad_token_id
+    if pad is not None and pad not in gen and pad != turn_end:
+        stop_ids.discard(pad)
+    if turn_end is not None and turn_end != tok.bos_token_id:
+        stop_ids.add(turn_end)
     strings = {tok.convert_ids_to_tokens(i) for i in stop_ids}
     strings = tuple(sorted(s for s in strings if isinstance(s, str) and len(s) >= 3))
     roles = frozenset(i for i in stop_ids if _ROLE.search(str(tok.convert_ids_to_tokens(i))))
     return TokenInfo(tok.bos_token_id, int(eos_id), frozenset(gen), frozenset(stop_ids),
-                     frozenset(special), strings, {}, roles, _think_ids(tok))
+                     frozenset(special), strings, {}, roles, _think_ids(tok),
+                     None if pad is None else int(pad), turn_end)
 
 
 _ROLE = re.compile(r"user|observation|human", re.IGNORECASE)
@@ -201,6 +231,7 @@ def detect(
     ref_prompt_len: Optional[int] = None,
     full: Optional[tuple[Sequence[int], Sequence[int]]] = None,
     reply: Optional[str] = None,
+    pad_masked: bool = False,
 ) -> list[Hit]:
     """All findings of one trained sequence.
 
@@ -208,7 +239,8 @@ def detect(
     sequence counts as completion); ``ref_prompt_len`` is the length of the prompt tokenized
     alone (for ``prefix-mismatch``); ``full`` holds the untruncated ids and labels when the
     pipeline truncated the sequence; ``reply`` is the completion's text, checked against the
-    decoded trained span independently of the token boundary (whitespace ignored).
+    decoded trained span independently of the token boundary (whitespace ignored); ``pad_masked``
+    says the pipeline's collator gives every pad-id position label -100.
     """
     hits: list[Hit] = []
     n = len(ids)
@@ -271,8 +303,15 @@ def detect(
             hits.append(Hit("trained-after-stop", WARNING if ws_only else ERROR, after,
                             f"{len(after)} trained tokens follow {_name(tok, ids[j])}: {text[:60]!r}"))
     elif first_stop is not None and any(start <= i < first_stop for i in trained):
-        hits.append(Hit("eos-masked", ERROR, [first_stop],
-                        f"{_name(tok, ids[first_stop])} at position {first_stop} has label -100"))
+        t = ids[first_stop]
+        if pad_masked and t == info.pad_id and t != info.eos_id:
+            what = "the end-of-turn token" if t == info.turn_end else "the stop token"
+            hits.append(Hit("end-of-turn-is-pad", ERROR, [first_stop],
+                            f"{what} {_name(tok, t)} is the pad token; position {first_stop} has label -100"))
+        else:
+            pad = " (it is the pad token, so the collator masks it)" if pad_masked and t == info.pad_id else ""
+            hits.append(Hit("eos-masked", ERROR, [first_stop],
+                            f"{_name(tok, t)} at position {first_stop} has label -100{pad}"))
     elif full is not None and _has_trained_stop(info, full[0], full[1], start, n):
         hits.append(Hit("eos-truncated", ERROR, [n - 1],
                         f"max_length={n} cut the sequence of {len(full[0])} tokens before its stop token"))

@@ -9,10 +9,11 @@ from harness.audit import codes as F
 from harness.audit.loading import (FORMATS, check_tokenizer, default_records, detect_format,
                                    generation_eos_ids, load_records, load_tokenizer, read_template,
                                    render, resolve_tokenizer, system_hint, tokenize_messages)
-from harness.audit.pipelines import PIPELINES, Job, Trained
+from harness.audit.pipelines import (MASKS_PAD, PIPELINES, READS_TEMPLATE_FIELDS, TEMPLATE_FIELDS, Job, Trained,
+                                     pipeline_error, template_kwargs)
 from harness.audit.thinking import think_hits
 from harness.audit.report import Audited, AuditReport, aggregate
-from harness.errors import HarnessError, LoadError
+from harness.errors import HarnessError, LoadError, PipelineError
 
 ALL = ("trl-sft", "trl-dpo", "hf-clm")
 
@@ -100,6 +101,9 @@ def _audit(tok, name: str, gen: list[int], *, fmt, data, pipeline, names, max_le
                 raise HarnessError(f"format preference needs pipeline trl-dpo, not {p}")
             notes.append(f"{p} skipped: preference data trains only through trl-dpo")
             continue
+        if p not in READS_TEMPLATE_FIELDS and any(k in r for r in recs for k in TEMPLATE_FIELDS):
+            notes.append(f"{p} renders without the records' {' / '.join(TEMPLATE_FIELDS)} "
+                         "(the plain recipe does not read them; trl does)")
         audited += _run(p, tok, info, recs, rfmt, max_length, response_marker,
                         assistant_only_loss and p == "trl-sft", gen)
     return AuditReport(name, pipeline, n_examples, aggregate(audited), audited, notes, tok, info)
@@ -204,47 +208,70 @@ def _reply(rec: dict, side: Optional[str], marker: Optional[str]) -> Optional[st
     return None
 
 
-def _injected(tok, rec: dict, i: int, prompt_texts: list[str], specials: set[str]) -> str:
+def _injected(tok, rec: dict, i: int, prompt_texts: list[str], specials: set[str], kwargs: dict) -> str:
     """Template text in no message, checked on the rendered prompt (where default system prompts,
-    dates and replaced messages land); text the template adds after the reply is trained-after-stop."""
+    dates and replaced messages land); text the template adds after the reply is trained-after-stop.
+    ``kwargs`` are the record's own template settings; its tool descriptions count as its content."""
     if prompt_texts:
         msgs, text = rec["prompt"], prompt_texts[i]
     elif "messages" in rec:
         msgs = rec["messages"]
-        text = render(tok, msgs, i)
+        text = render(tok, msgs, i, **kwargs)
     else:
         return ""
-    return F.injected_text(text, [m["content"] for m in msgs], specials)
+    return F.injected_text(text, [m["content"] for m in msgs] + _tool_texts(kwargs.get("tools")), specials)
 
 
-def _ref_prompt(tok, rec: dict, i: int, marker: Optional[str]) -> Optional[list[int]]:
+def _tool_texts(tools: Any) -> list[str]:
+    """The record's tool schemas as the template may write them (JSON of each, and its description)."""
+    import json
+
+    out: list[str] = []
+    for t in tools or []:
+        out.append(json.dumps(t))
+        out.append(json.dumps(t, ensure_ascii=False, indent=4))
+        fn = t.get("function", t) if isinstance(t, dict) else {}
+        if isinstance(fn, dict) and isinstance(fn.get("description"), str):
+            out.append(fn["description"])
+    return out
+
+
+def _ref_prompt(tok, rec: dict, i: int, marker: Optional[str], kwargs: dict) -> Optional[list[int]]:
     if "messages" in rec:
         msgs = rec["messages"]
         prompt = msgs[:-1] if msgs and msgs[-1].get("role") == "assistant" else None
-        return tokenize_messages(tok, prompt, i, add_generation_prompt=True) if prompt else None
+        return tokenize_messages(tok, prompt, i, add_generation_prompt=True, **kwargs) if prompt else None
     if "prompt" in rec:
         if isinstance(rec["prompt"], list):
-            return tokenize_messages(tok, rec["prompt"], i, add_generation_prompt=True)
+            return tokenize_messages(tok, rec["prompt"], i, add_generation_prompt=True, **kwargs)
         return list(tok(rec["prompt"])["input_ids"])
     if marker is not None:
         return list(tok(rec["text"][:_split_marker(rec["text"], marker, i)])["input_ids"])
     return None
 
 
-def _ref_prompts(tok, recs: list[dict], marker: Optional[str]) -> tuple[list[Optional[list[int]]], list[str]]:
+def _ref_prompts(tok, recs: list[dict], marker: Optional[str],
+                 kwargs: Sequence[dict]) -> tuple[list[Optional[list[int]]], list[str]]:
     """Reference prompt ids of every record, and the rendered chat prompts ([] for plain text).
 
-    Chat prompts are rendered in one batched template call and tokenized in one batch, as
+    Chat prompts are rendered with each record's own template settings (``kwargs``, as trl passes
+    them), in one batched template call when no record has any, and tokenized in one batch, as
     ``apply_chat_template(tokenize=True)`` does (no added special tokens).
     """
     if all(isinstance(r.get("prompt"), list) for r in recs):
-        try:
-            texts = tok.apply_chat_template([r["prompt"] for r in recs], tokenize=False, add_generation_prompt=True)
-        except Exception:  # the per-record path names the example that fails
-            texts = [render(tok, r["prompt"], i, add_generation_prompt=True) for i, r in enumerate(recs)]
+        texts = None
+        if not any(kwargs):
+            try:
+                texts = tok.apply_chat_template([r["prompt"] for r in recs], tokenize=False,
+                                                add_generation_prompt=True)
+            except Exception:  # noqa: BLE001 - the per-record path names the example that fails
+                texts = None
+        if texts is None:
+            texts = [render(tok, r["prompt"], i, add_generation_prompt=True, **kw)
+                     for i, (r, kw) in enumerate(zip(recs, kwargs))]
         ids = tok(list(texts), add_special_tokens=False)["input_ids"]
         return [list(x) for x in ids], list(texts)
-    return [_ref_prompt(tok, r, i, marker) for i, r in enumerate(recs)], []
+    return [_ref_prompt(tok, r, i, marker, kw) for i, (r, kw) in enumerate(zip(recs, kwargs))], []
 
 
 def _trl_records(recs: list[dict], pipeline: str, marker: Optional[str]) -> list[dict]:
@@ -261,19 +288,23 @@ def _trl_records(recs: list[dict], pipeline: str, marker: Optional[str]) -> list
 
 def _run(p: str, tok, info: F.TokenInfo, recs: list[dict], fmt: str, max_length, marker,
          assistant_only_loss: bool = False, gen: Sequence[int] = ()) -> list[Audited]:
-    import jinja2
-
-    refs, prompt_texts = _ref_prompts(tok, recs, marker)
+    kwargs = template_kwargs(recs) if p in READS_TEMPLATE_FIELDS else [{} for _ in recs]
+    refs, prompt_texts = _ref_prompts(tok, recs, marker, kwargs)
     job = Job(tok, _trl_records(recs, p, marker), max_length, refs, assistant_only_loss)
     try:
         seqs = PIPELINES.get(p)(job)
-    except jinja2.TemplateError as e:
-        hint = system_hint(next((r.get("prompt") or r.get("messages") or [] for r in recs
-                                 if isinstance(r.get("prompt") or r.get("messages"), list)), []))
-        raise LoadError(f"chat template failed to render in {p}: {type(e).__name__}: {e}{hint}") from None
+    except Exception as e:  # noqa: BLE001 - the pipeline's own errors become one line naming the record
+        err = pipeline_error(p, e)
+        if err is None:
+            raise
+        if err.example is not None and err.example < len(recs):
+            rec = recs[err.example]
+            msgs = rec.get("prompt") if isinstance(rec.get("prompt"), list) else rec.get("messages") or []
+            err = PipelineError(str(err) + system_hint(msgs), err.pipeline, err.example)
+        raise err from None
     specials = {str(t) for t in tok.all_special_tokens}
     specials |= {str(a.content) for a in getattr(tok, "added_tokens_decoder", {}).values()}
-    injected = [_injected(tok, r, i, prompt_texts, specials) for i, r in enumerate(recs)]
+    injected = [_injected(tok, r, i, prompt_texts, specials, kwargs[i]) for i, r in enumerate(recs)]
     mismatch = None
     if gen and info.eos_id not in gen:
         mismatch = F.Hit("eos-config-mismatch", F.WARNING, [],
@@ -282,7 +313,7 @@ def _run(p: str, tok, info: F.TokenInfo, recs: list[dict], fmt: str, max_length,
     out = []
     for s in seqs:
         hits = F.detect(tok, info, s.ids, s.labels, s.prompt_len, s.ref_prompt_len, s.full,
-                        reply=_reply(recs[s.index], s.side, marker))
+                        reply=_reply(recs[s.index], s.side, marker), pad_masked=p in MASKS_PAD)
         if injected[s.index]:
             hits.append(F.Hit("template-injects", F.WARNING, [], f"{injected[s.index]!r}"))
         if mismatch is not None:

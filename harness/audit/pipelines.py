@@ -12,19 +12,32 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import tempfile
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Callable, Iterator, Optional, Sequence
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, PipelineError
 from harness.registry import Registry
 
 IGNORE = -100
 INDEX_COLUMN = "_audit_idx"
 BATCH = 64
 HASH_FINGERPRINTS = False  # True: let datasets hash the tokenizer on every map (the benchmark's baseline)
+#: Per-record fields trl 1.x's SFT and DPO ``tokenize_fn`` forward to ``apply_chat_template``:
+#: ``tools`` (a JSON string is parsed) and ``**chat_template_kwargs``.
+TEMPLATE_FIELDS = ("tools", "chat_template_kwargs")
+#: Pipelines that render chat records with those per-record fields (hf-clm is the plain recipe: it does not).
+READS_TEMPLATE_FIELDS = frozenset({"trl-sft", "trl-dpo"})
+#: Pipelines whose collator gives every pad-id position label -100 (transformers'
+#: DataCollatorForLanguageModeling); trl's collators pad the labels with -100 and mask no token id.
+MASKS_PAD = frozenset({"hf-clm"})
+#: Packages whose frames in a traceback make an exception the pipeline's (not the audit's own bug).
+LIBRARIES = frozenset({"trl", "transformers", "datasets", "jinja2", "tokenizers", "json"})
 
 
 @dataclass
@@ -142,7 +155,9 @@ def default_max_length(kind: str) -> Optional[int]:
 
 
 def _trainer(kind: str, job: Job, first: list[dict], max_length: Optional[int]):
-    """The cached trl trainer for this tokenizer, record kind and max_length."""
+    """The cached trl trainer for this tokenizer, record kind and max_length.
+
+    trl's errors propagate (:func:`pipeline_error` turns them into one line naming the record)."""
     key = (kind, id(job.tok), tuple(sorted(first[0])), max_length, job.assistant_only_loss)
     hit = _TRAINERS.get(key)
     if hit is not None and hit[0] is job.tok:
@@ -164,11 +179,9 @@ def _trainer(kind: str, job: Job, first: list[dict], max_length: Optional[int]):
             args = DPOConfig(**_common_args(), max_length=max_length)
             trainer = DPOTrainer(model=_tiny_model(job.tok), ref_model=_tiny_model(job.tok), args=args,
                                  train_dataset=ds, processing_class=job.tok)
-    except (ValueError, RuntimeError) as e:  # trl refuses the setup itself: say so in one line
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise HarnessError(f"trl {kind} trainer rejected this setup: {first_line}") from None
-    if old_pad is None:
-        job.tok.pad_token = None
+    finally:
+        if old_pad is None:
+            job.tok.pad_token = None
     if len(_TRAINERS) > 32:
         _TRAINERS.clear()
     _TRAINERS[key] = (job.tok, trainer)
@@ -180,8 +193,101 @@ def clear_cache() -> None:
     _TRAINERS.clear()
 
 
-def _indexed(records: list[dict]) -> list[dict]:
-    return [{**r, INDEX_COLUMN: i} for i, r in enumerate(records)]
+def _indexed(records: list[dict], indices: Optional[Sequence[int]] = None) -> list[dict]:
+    idx = range(len(records)) if indices is None else indices
+    return [{**r, INDEX_COLUMN: i} for i, r in zip(idx, records)]
+
+
+def template_kwargs(records: Sequence[dict]) -> list[dict]:
+    """The per-record keyword arguments trl passes to ``apply_chat_template`` for each record.
+
+    The records go through ``Dataset.from_list`` first, as they do on their way to trl: its columns are
+    the first record's keys, and a struct column fills the keys other records have with null.
+    """
+    keys = [k for k in TEMPLATE_FIELDS if records and k in records[0]]
+    if not keys:
+        return [{} for _ in records]
+    from datasets import Dataset
+
+    rows = Dataset.from_list([{k: r.get(k) for k in keys} for r in records]).to_list()
+    out = []
+    for i, row in enumerate(rows):
+        tools, extra = row.get("tools"), row.get("chat_template_kwargs", {})
+        if isinstance(tools, str):
+            try:
+                tools = json.loads(tools)
+            except json.JSONDecodeError as e:
+                raise PipelineError(f"example {i}: field 'tools' is a string but not JSON ({e})",
+                                    example=i) from None
+        if not isinstance(extra, Mapping):
+            raise PipelineError(
+                f"example {i}: field 'chat_template_kwargs' is {'null' if extra is None else type(extra).__name__}, "
+                "not an object (trl spreads it into apply_chat_template; a record without it, when others have it, "
+                "gets null from datasets: give every record the field, {} when empty)", example=i)
+        out.append({"tools": tools, **extra})
+    return out
+
+
+def _frames(tb: Optional[TracebackType]) -> Iterator:
+    while tb is not None:
+        yield tb.tb_frame
+        tb = tb.tb_next
+
+
+def failing_example(exc: BaseException) -> Optional[int]:
+    """The audit index of the record trl was preparing when it raised (its ``example`` in the innermost
+    frame that holds one), or None."""
+    found = None
+    for frame in _frames(exc.__traceback__):
+        ex = frame.f_locals.get("example")
+        if isinstance(ex, Mapping) and INDEX_COLUMN in ex:
+            value = ex[INDEX_COLUMN]
+            if isinstance(value, int) and not isinstance(value, bool):  # one record, not a whole column
+                found = value
+    return found
+
+
+def from_library(exc: BaseException) -> bool:
+    """True when the traceback runs through trl, transformers, datasets, jinja2 or tokenizers code."""
+    return any(str(f.f_globals.get("__name__", "")).split(".")[0] in LIBRARIES for f in _frames(exc.__traceback__))
+
+
+def _one_line(exc: BaseException, limit: int = 600) -> str:
+    text = " ".join(str(exc).split()) or "(no message)"
+    text = text if len(text) <= limit else text[:limit - 1] + "…"
+    return f"{type(exc).__name__}: {text}"
+
+
+def pipeline_error(pipeline: str, exc: BaseException, example: Optional[int] = None) -> Optional[PipelineError]:
+    """One line for an error the pipeline raised while preparing the data (None: not the pipeline's).
+
+    The record is ``example`` or the one trl was preparing; without one the error is the setup's."""
+    if isinstance(exc, HarnessError) or not from_library(exc):
+        return None
+    if example is None:
+        example = failing_example(exc)
+    if example is None:
+        return PipelineError(f"{pipeline} rejected this setup: {_one_line(exc)}", pipeline)
+    return PipelineError(f"{pipeline} failed on example {example}: {_one_line(exc)}", pipeline, example)
+
+
+def _collate(pipeline: str, collator, features: list[dict], indices: Sequence[int]) -> dict:
+    """The collator on one chunk; an error names the record that makes it fail."""
+    try:
+        return collator(features)
+    except Exception as e:  # noqa: BLE001 - only the pipeline's own errors are turned into one line
+        for feature, i in zip(features, indices):
+            try:
+                collator([feature])
+            except Exception as one:  # noqa: BLE001
+                err = pipeline_error(pipeline, one, i)
+                if err is not None:
+                    raise err from None
+                raise
+        err = pipeline_error(pipeline, e)
+        if err is None:
+            raise
+        raise err from None
 
 
 def _chunks(rows: list, n: int = BATCH) -> Iterator[list]:
@@ -189,14 +295,15 @@ def _chunks(rows: list, n: int = BATCH) -> Iterator[list]:
         yield rows[k:k + n]
 
 
-def _sft_prepare(trainer, job: Job, records: list[dict], max_length: Optional[int]) -> list[dict]:
+def _sft_prepare(trainer, job: Job, records: list[dict], max_length: Optional[int],
+                 indices: Optional[Sequence[int]] = None) -> list[dict]:
     from datasets import Dataset
 
     args = trainer.args
     if max_length != args.max_length:
         args = copy.copy(args)
         args.max_length = max_length
-    ds = trainer._prepare_dataset(Dataset.from_list(_indexed(records)), job.tok, args, False, None, "audit")
+    ds = trainer._prepare_dataset(Dataset.from_list(_indexed(records, indices)), job.tok, args, False, None, "audit")
     return ds.select_columns([INDEX_COLUMN, "input_ids", "labels"]).to_list()
 
 
@@ -209,14 +316,16 @@ def trl_sft(job: Job) -> list[Trained]:
         rows = _sft_prepare(trainer, job, job.records, ml)
         out: dict[int, Trained] = {}
         for chunk in _chunks(rows):
-            batch = trainer.data_collator([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in chunk])
+            batch = _collate("trl-sft", trainer.data_collator,
+                             [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in chunk],
+                             [r[INDEX_COLUMN] for r in chunk])
             for r, ids, labels in zip(chunk, batch["input_ids"].tolist(), batch["labels"].tolist()):
                 n = len(r["input_ids"])
                 out[r[INDEX_COLUMN]] = Trained(r[INDEX_COLUMN], None, ids[:n], labels[:n])
         if ml is not None:
             cut = [i for i in range(len(job.records)) if i not in out or len(out[i].ids) >= ml]
             if cut:
-                full = _sft_prepare(trainer, job, [job.records[i] for i in cut], None)
+                full = _sft_prepare(trainer, job, [job.records[i] for i in cut], None, cut)
                 for r, i in zip(full, cut):
                     if i in out and len(r["input_ids"]) > len(out[i].ids):
                         out[i].full = (r["input_ids"], r["labels"])
@@ -237,8 +346,9 @@ def trl_dpo(job: Job) -> list[Trained]:
         rows = ds.select_columns([INDEX_COLUMN, "prompt_ids", "chosen_ids", "rejected_ids"]).to_list()
         out: dict[tuple[int, str], Trained] = {}
         for chunk in _chunks(rows):
-            batch = trainer.data_collator(
-                [{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for r in chunk])
+            batch = _collate("trl-dpo", trainer.data_collator,
+                             [{k: r[k] for k in ("prompt_ids", "chosen_ids", "rejected_ids")} for r in chunk],
+                             [r[INDEX_COLUMN] for r in chunk])
             ids_all = batch["input_ids"].tolist()
             att = batch["attention_mask"].tolist()
             cmask = batch["completion_mask"].tolist()
@@ -279,13 +389,22 @@ def hf_clm(job: Job) -> list[Trained]:
 
 def _hf_clm(job: Job, collator) -> list[Trained]:
     tok = job.tok
-    full_ids = [_clm_ids(tok, r) for r in job.records]
+    full_ids = []
+    for i, r in enumerate(job.records):
+        try:
+            full_ids.append(_clm_ids(tok, r))
+        except Exception as e:  # noqa: BLE001 - the template's or tokenizer's error, named by its record
+            err = pipeline_error("hf-clm", e, i)
+            if err is None:
+                raise
+            raise err from None
     cut = job.max_length
     out: list[Trained] = []
     with quiet():
         for start in range(0, len(full_ids), BATCH):
             chunk = full_ids[start:start + BATCH]
-            batch = collator([{"input_ids": ids[:cut] if cut else ids} for ids in chunk])
+            batch = _collate("hf-clm", collator, [{"input_ids": ids[:cut] if cut else ids} for ids in chunk],
+                             range(start, start + len(chunk)))
             for k, (ids, labels, att) in enumerate(zip(batch["input_ids"].tolist(), batch["labels"].tolist(),
                                                       batch["attention_mask"].tolist())):
                 keep = [p for p, m in enumerate(att) if m]

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from harness.audit.codes import end_of_turn
 from harness.errors import HarnessError
 from harness.train import methods
 from harness.train.plan import SELFGEN
@@ -56,22 +57,6 @@ def generation_eos(model_dir: str | Path) -> list[int]:
         eos = cfg.get("eos_token_id")
         ids = [] if eos is None else [int(e) for e in (eos if isinstance(eos, list) else [eos])]
     return ids
-
-
-def end_of_turn(tok: Any) -> int | None:
-    """The first special token the chat template writes after an assistant reply (None if none)."""
-    reply = "Zq9 reply"
-    msgs = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": reply}]
-    try:
-        text = tok.apply_chat_template(msgs, tokenize=False)
-    except Exception:  # noqa: BLE001 - a template that cannot render is the audit's to report
-        return None
-    k = text.rfind(reply)
-    if k < 0:
-        return None
-    ids = tok(text[k + len(reply):], add_special_tokens=False)["input_ids"]
-    special = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
-    return next((int(i) for i in ids if i in special), None)
 
 
 def stop_token_findings(tok: Any, gen: Sequence[int]) -> tuple[int | None, list[dict]]:

@@ -48,6 +48,9 @@ CASES = {
                                                                     for c in CONV]), {("prompt-trained", "error")}),
     "completion-masked": (lambda: bpe(CLEAN, pad="。"), dict(pipeline="hf-clm", data=CONV),
                           {("completion-masked", "error"), ("prompt-trained", "error")}),
+    # pad = the template's end-of-turn token (not the EOS): the plain collator masks every turn end
+    "end-of-turn-is-pad": (lambda: bpe(EOT_END, pad="<|eot|>"), dict(pipeline="hf-clm", data=CONV),
+                           {("end-of-turn-is-pad", "error"), ("prompt-trained", "error")}),
     "completion-masked-by-generation-prompt": (
         lambda: bpe(SWALLOWS), dict(data=[conv(p, "Sure, " + r) for p, r in PAIRS]), {("completion-masked", "error")}),
     "all-masked": (lambda: bpe(CLEAN), dict(data=CONV, max_length=6), {("all-masked", "error")}),
