@@ -97,7 +97,7 @@ def recipe_key(recipe: Any) -> dict:
         del d["gradient_checkpointing"]
     if d.get("gpus") == 1:  # a node trained over N > 1 GPUs (DDP) is another realisation: its own key
         del d["gpus"]
-    for option in ("compile", "precompute_ref_batch_size"):  # off (False / 0) by default
+    for option in ("compile", "precompute_ref_batch_size", "mask_stop_labels"):  # off (False / 0) by default
         if not d.get(option):
             d.pop(option, None)
     return d
