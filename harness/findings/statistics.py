@@ -96,7 +96,7 @@ class GenerationSource:
             why = f" ({BUDGET_SLACK:g}x the longest trained reply, {longest} tokens)"
         elif budget == MIN_NEW_TOKENS and longest:
             why = (f" (the {MIN_NEW_TOKENS}-token floor: {BUDGET_SLACK:g}x the longest trained reply, "
-                   f"{longest} tokens, is less)")
+                   f"{longest} tokens, is not above it)")
         elif budget == MIN_NEW_TOKENS:
             why = f" (the {MIN_NEW_TOKENS}-token floor)"
         else:
