@@ -131,3 +131,13 @@ def test_informational_must_be_a_boolean(tmp_path):
     (tmp_path / "c6.toml").write_text(text)
     with pytest.raises(LoadError, match=r"c6\.toml: field 'check\[3\]\.informational': must be true or false"):
         load_spec(tmp_path / "c6.toml")
+
+
+def test_a_check_made_informational_is_no_verdict_flip_against_a_baseline():
+    from harness.findings.baseline import MOVE, compare
+
+    old = ClaimResult.make("C6", "sft_d0", 0.97, 0.9, ">=", check="stop rate")
+    same = ClaimResult.make("C6", "sft_d0", 0.97, 0.9, ">=", check="stop rate", informational=True)
+    moved = ClaimResult.make("C6", "sft_d0", 0.5, 0.9, ">=", check="stop rate", tolerance=0.1, informational=True)
+    assert compare([same], [old]).changes == []
+    assert [c.kind for c in compare([moved], [old]).changes] == [MOVE]
