@@ -41,10 +41,7 @@ def generations(model_dir: Path, prompts: Sequence[Any], *, tokenizer: Any = Non
     tok = tokenizer or tok
     gens = generate(model, list(prompts), tokenizer=tok, max_new_tokens=max_new_tokens, device=device,
                     progress=progress, desc=f"generate {Path(model_dir).name}")
-    return GenerationSource(stopped=[g.stopped for g in gens], texts=[g.text for g in gens],
-                            eos_texts=stop_texts(tok, model),
-                            meta={"hit_max": sum(g.hit_max for g in gens), "n": len(gens),
-                                  "max_new_tokens": max_new_tokens})
+    return _source(gens, stop_texts(tok, model), {"max_new_tokens": max_new_tokens})
 
 
 def cached_generations(model_dir: Path, key: str, prompts: Sequence[Any], cache_dir: Path | None, *,
@@ -56,12 +53,14 @@ def cached_generations(model_dir: Path, key: str, prompts: Sequence[Any], cache_
     path = Path(cache_dir) / (hashlib.sha256(blob.encode()).hexdigest()[:24] + ".json") if cache_dir else None
     if path is not None and path.is_file():
         d = json.loads(path.read_text(encoding="utf-8"))
-        return GenerationSource(d["stopped"], d["texts"], d["eos_texts"], d["meta"])
+        return GenerationSource(d["stopped"], d["texts"], d["eos_texts"], d["meta"], d.get("token_ids", ()),
+                                d.get("hit_max", ()))
     src = generations(model_dir, prompts, tokenizer=tokenizer, device=device, max_new_tokens=max_new_tokens,
                       progress=progress)
     if path is not None:
         atomic_write(path, json.dumps({"stopped": list(src.stopped), "texts": list(src.texts),
-                                       "eos_texts": list(src.eos_texts), "meta": dict(src.meta)},
+                                       "eos_texts": list(src.eos_texts), "meta": dict(src.meta),
+                                       "token_ids": [list(t) for t in src.token_ids], "hit_max": list(src.hit_max)},
                                       ensure_ascii=False))
     return src
 

@@ -6,7 +6,9 @@ preparation (the audit's ``trl-sft`` pipeline, :mod:`harness.audit.pipelines`), 
 training sees. In the completion part, the first stop token (:func:`harness.inference.generate.stop_token_ids`:
 the tokenizer's EOS, the generation config's EOS ids, the special end-of-turn tokens) is where the model
 should end; one batched forward pass reads the softmax at the position before it, and sums the mass on
-the stop-token set. A pipeline that never trains the stop label (study 004's pad == EOS collator) leaves
+the stop-token set. A rendered turn that holds no stop token (a template that does not close the turn with
+one, or an EOS written as text pieces: study 004's other setups) is read after its last token, where
+generation would have to stop; such replies are counted (``unended``). A pipeline that never trains the stop label (study 004's pad == EOS collator) leaves
 this near 0; one that trains it drives it toward 1, whatever greedy decoding then does.
 
 Greedy decoding of a small model can fall into repetition loops before it reaches the stop token, so
@@ -26,7 +28,7 @@ import torch
 from harness.errors import HarnessError
 
 #: Bumped when the measurement changes what a cached file would hold.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,9 @@ class StopProbs:
 
     probs: tuple[float, ...]
     argmax_stop: tuple[bool, ...]
-    skipped: int = 0  # records whose rendered completion holds no stop token (nothing to read)
+    skipped: int = 0  # records the pipeline dropped (nothing trained, nothing to read)
     stop_ids: tuple[int, ...] = field(default=())
+    unended: int = 0  # replies whose rendered turn holds no stop token: read after the turn's last token
 
     @property
     def n(self) -> int:
@@ -45,7 +48,7 @@ class StopProbs:
     @property
     def mean(self) -> float:
         if not self.probs:
-            raise HarnessError("P(stop | reply): no record had a stop token after its reply")
+            raise HarnessError("P(stop | reply): no record to read (every one was dropped by the pipeline)")
         return sum(self.probs) / len(self.probs)
 
     @property
@@ -65,18 +68,22 @@ class StopProbs:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "StopProbs":
         return cls(tuple(float(x) for x in d["probs"]), tuple(bool(x) for x in d["argmax_stop"]),
-                   int(d.get("skipped", 0)), tuple(int(x) for x in d.get("stop_ids", ())))
+                   int(d.get("skipped", 0)), tuple(int(x) for x in d.get("stop_ids", ())), int(d.get("unended", 0)))
 
     def describe(self) -> str:
         return (f"P(stop | reply) over {self.n} trained replies: mean {self.mean:.3g}, min {self.min:.3g}, "
                 f"stop token the argmax at {self.argmax_share:.0%}"
-                + (f" ({self.skipped} without a stop token after the reply, left out)" if self.skipped else ""))
+                + (f"; {self.unended} rendered with no stop token after the reply (read after the turn)"
+                   if self.unended else "")
+                + (f"; {self.skipped} dropped by the pipeline (left out)" if self.skipped else ""))
 
 
 def stop_positions(records: Sequence[dict], tokenizer: Any, stops: Sequence[int],
-                   max_length: Optional[int] = None) -> tuple[list[list[int]], list[int], int]:
-    """``(ids, position, skipped)``: each record as trl's SFT preparation tokenizes it, and the index of the
-    token whose logits predict the first stop token of the completion (records without one are skipped)."""
+                   max_length: Optional[int] = None) -> tuple[list[list[int]], list[int], int, int]:
+    """``(ids, position, skipped, unended)``: each record as trl's SFT preparation tokenizes it (up to its
+    first stop token), and the index of the token whose logits predict that stop token: the first stop token
+    of the completion, else (``unended``) the token after the whole rendered turn. Records the pipeline
+    dropped are ``skipped``."""
     from harness.audit.pipelines import IGNORE, PIPELINES, Job
 
     job = Job(tokenizer, [dict(r) for r in records], max_length, [None] * len(records))
@@ -84,7 +91,7 @@ def stop_positions(records: Sequence[dict], tokenizer: Any, stops: Sequence[int]
     stop_set = {int(s) for s in stops}
     ids_out: list[list[int]] = []
     pos: list[int] = []
-    skipped = 0
+    skipped = unended = 0
     for s in seqs:
         start = next((i for i, lab in enumerate(s.labels) if lab != IGNORE), None)
         if s.dropped or start is None:
@@ -92,11 +99,13 @@ def stop_positions(records: Sequence[dict], tokenizer: Any, stops: Sequence[int]
             continue
         j = next((i for i in range(max(start, 1), len(s.ids)) if s.ids[i] in stop_set), None)
         if j is None:
-            skipped += 1
+            unended += 1
+            ids_out.append(list(s.ids))
+            pos.append(len(s.ids) - 1)
             continue
         ids_out.append(list(s.ids[: j + 1]))
         pos.append(j - 1)
-    return ids_out, pos, skipped
+    return ids_out, pos, skipped, unended
 
 
 @torch.inference_mode()
@@ -106,7 +115,7 @@ def stop_probs(model: Any, tokenizer: Any, records: Sequence[dict], *, stops: Se
     from harness.inference.generate import stop_token_ids
 
     stops = list(stops) if stops is not None else stop_token_ids(tokenizer, model)
-    ids, pos, skipped = stop_positions(records, tokenizer, stops, max_length)
+    ids, pos, skipped, unended = stop_positions(records, tokenizer, stops, max_length)
     dev = next(model.parameters()).device
     stop_idx = torch.tensor(stops, device=dev)
     probs: list[float] = []
@@ -125,7 +134,7 @@ def stop_probs(model: Any, tokenizer: Any, records: Sequence[dict], *, stops: Se
         p = torch.softmax(rows, dim=-1)
         probs += p[:, stop_idx].sum(-1).tolist()
         argmax += torch.isin(p.argmax(-1), stop_idx).tolist()
-    return StopProbs(tuple(probs), tuple(bool(a) for a in argmax), skipped, tuple(stops))
+    return StopProbs(tuple(probs), tuple(bool(a) for a in argmax), skipped, tuple(stops), unended)
 
 
 def cache_file(root: Path, model_key: str, records: Sequence[dict], tokenizer: Any, label: str = "") -> Path:

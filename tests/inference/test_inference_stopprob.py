@@ -29,8 +29,8 @@ def test_position_is_before_the_first_stop_token_of_the_reply(model_tok):
     model, tok = model_tok
     stops = stop_token_ids(tok, model)
     recs = records(3)
-    ids, pos, skipped = stop_positions(recs, tok, stops)
-    assert skipped == 0 and len(ids) == 3
+    ids, pos, skipped, unended = stop_positions(recs, tok, stops)
+    assert skipped == unended == 0 and len(ids) == 3
     for r, x, p in zip(recs, ids, pos):
         assert x[p + 1] in stops and x[-1] == x[p + 1]
         reply = r["completion"][0]["content"]
@@ -42,7 +42,7 @@ def test_batched_float32_matches_float64_reference(model_tok):
     recs = records(6)
     got = stop_probs(model, tok, recs, batch_size=4)  # two batches, right-padded
     stops = stop_token_ids(tok, model)
-    ids, pos, _ = stop_positions(recs, tok, stops)
+    ids, pos, _, _ = stop_positions(recs, tok, stops)
     ref = model.double()
     try:
         with torch.no_grad():
@@ -72,3 +72,14 @@ def test_cached_by_model_key(chat_model_dir, tmp_path):
     assert cached_stop_probs(chat_model_dir, "k1", records(2), tmp_path, device="cpu", label="n") == a
     cached_stop_probs(chat_model_dir, "k2", records(2), tmp_path, device="cpu", label="n")
     assert len(list((tmp_path / "stopprob").glob("n-*.json"))) == 2
+
+
+def test_a_turn_without_a_stop_token_is_read_after_its_last_token(model_tok):
+    """A template that does not close the assistant turn with a stop token (study 004's ELYZA case)."""
+    model, tok = model_tok
+    tok.chat_template = tok.chat_template.replace("{{ eos_token }}", "").replace("<|eot|>", "")
+    stops = stop_token_ids(tok, model)
+    ids, pos, skipped, unended = stop_positions(records(3), tok, stops)
+    assert unended == 3 and skipped == 0
+    assert all(p == len(x) - 1 and not set(x[1:]) & set(stops) for x, p in zip(ids, pos))
+    assert stop_probs(model, tok, records(3)).unended == 3
