@@ -40,6 +40,17 @@ def test_the_mask_is_a_new_key_only_for_the_masked_node(plan_file):
     assert k0["base"] == k1["base"] and k0["sft_d0"] != k1["sft_d0"]
 
 
+def test_a_preference_node_refuses_the_mask(plan_file):
+    from harness.errors import HarnessError
+
+    plan = load_plan(plan_file)
+    text = plan_file.read_text().replace("[dpo]\nepochs = 1", "[dpo]\nepochs = 1\nmask_stop_labels = true")
+    bad = plan_file.with_name("bad.toml")
+    bad.write_text(text)
+    with pytest.raises(HarnessError, match=r"bad\.toml: node 'dpo_d1@sft_d0': mask_stop_labels is an SFT control"):
+        plan_keys(load_plan(bad), "cpu", {"kind": "x"})
+
+
 def test_trl_collated_batch_trains_no_stop_label(plan_file, tmp_path):
     """On trl's real SFTTrainer and collator (as train_sft builds them): without the mask the stop tokens carry
     labels, with it none does, and every other label is unchanged."""
