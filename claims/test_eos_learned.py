@@ -38,6 +38,12 @@ def test_eos_learned_for_zoo_tokenizer(zoo_case, tokenizer_zoo, findings_session
     model_dir = train_for_tokenizer(AutoTokenizer.from_pretrained(str(folder)), cache / "models" / f"{name}-{key}",
                                     device="cuda")
     source = cached_generations(model_dir, f"zoo:{name}:{key}", _prompts(), cache, device="cuda")
+    from harness import data
+    from harness.inference.stopprob import cached_stop_probs
+
+    records = data.sft_records("d1")  # what train_for_tokenizer trains on (no base kept: no gain, no base value)
+    source.stop_probe = lambda limit: cached_stop_probs(model_dir, f"zoo:{name}:{key}", records[:limit], cache,
+                                                        device="cuda", label=name)
     rows = evaluate(zoo_case.spec, source, zoo_case.pair, plan="zoo")
     claim_result(rows)
     assert_holds(rows)

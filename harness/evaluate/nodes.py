@@ -40,10 +40,19 @@ class GenSettings:
     max_new_tokens: int = 48
     batch_size: int = 64
     system: bool = True
+    # seeded sampling instead of greedy decoding (the sampling fields enter the key only when sampling)
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
 
     def key(self) -> dict[str, Any]:
         # batch_size stays in: padding can move logits by rounding, and so flip a greedy token.
-        return asdict(self)
+        d = asdict(self)
+        if not self.do_sample:  # greedy: the key files cached before sampling existed had
+            for k in ("do_sample", "temperature", "top_p", "seed"):
+                del d[k]
+        return d
 
 
 def _reply_tokens(tokenizer: Any, record: dict) -> int:
@@ -136,7 +145,8 @@ def _write_atomic(path: Path, obj: Any) -> None:
 def node_generations(graph: Any, node: str, p: Prompts, settings: GenSettings = GenSettings(),
                      device: str = "auto", cache_root: Optional[Path] = None,
                      progress: bool = True) -> list[Generation]:
-    """Greedy generations of ``node`` on ``p``, from the cache when present."""
+    """Greedy (or, with ``settings.do_sample``, seeded sampled) generations of ``node`` on ``p``, from the cache
+    when present."""
     from harness.inference.generate import generate
 
     root = Path(cache_root) if cache_root is not None else fixtures_dir(graph)
@@ -146,8 +156,10 @@ def node_generations(graph: Any, node: str, p: Prompts, settings: GenSettings = 
             return [Generation.from_json(d) for d in json.loads(path.read_text(encoding="utf-8"))["generations"]]
         except (ValueError, KeyError, TypeError):
             pass  # unreadable: regenerate and overwrite
+    sampling = (dict(do_sample=True, temperature=settings.temperature, top_p=settings.top_p, seed=settings.seed)
+                if settings.do_sample else {})
     gens = generate(graph.path(node), [list(m) for m in p.messages], max_new_tokens=settings.max_new_tokens,
-                    batch_size=settings.batch_size, device=device, progress=progress,
+                    batch_size=settings.batch_size, device=device, progress=progress, **sampling,
                     desc=f"generate {node} ({p.source})")
     _write_atomic(path, {"node": node, "source": p.source, "ids": list(p.ids),
                          "generations": [g.to_json() for g in gens]})

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from harness.findings.report import load_json
-from harness.findings.verdict import ClaimResult
+from harness.findings.verdict import INFO, ClaimResult
 
 REGRESSION, IMPROVEMENT, MOVE = "regression", "improvement", "move"
 
@@ -115,7 +115,7 @@ def compare(current: Iterable[ClaimResult], baseline: Iterable[ClaimResult], *, 
             out.new_only.append(r.key)
             continue
         seen.add(r.key)
-        if old.verdict != r.verdict:
+        if old.verdict != r.verdict and INFO not in (old.verdict, r.verdict):  # an informational row has no verdict
             kind = IMPROVEMENT if r.passed else REGRESSION
             out.changes.append(Regression(r.key, kind, old, r))
         elif moved(old.measured, r.measured, r.tolerance, r.floor):

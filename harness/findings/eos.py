@@ -41,10 +41,7 @@ def generations(model_dir: Path, prompts: Sequence[Any], *, tokenizer: Any = Non
     tok = tokenizer or tok
     gens = generate(model, list(prompts), tokenizer=tok, max_new_tokens=max_new_tokens, device=device,
                     progress=progress, desc=f"generate {Path(model_dir).name}")
-    return GenerationSource(stopped=[g.stopped for g in gens], texts=[g.text for g in gens],
-                            eos_texts=stop_texts(tok, model),
-                            meta={"hit_max": sum(g.hit_max for g in gens), "n": len(gens),
-                                  "max_new_tokens": max_new_tokens})
+    return _source(gens, stop_texts(tok, model), {"max_new_tokens": max_new_tokens})
 
 
 def cached_generations(model_dir: Path, key: str, prompts: Sequence[Any], cache_dir: Path | None, *,
@@ -56,34 +53,62 @@ def cached_generations(model_dir: Path, key: str, prompts: Sequence[Any], cache_
     path = Path(cache_dir) / (hashlib.sha256(blob.encode()).hexdigest()[:24] + ".json") if cache_dir else None
     if path is not None and path.is_file():
         d = json.loads(path.read_text(encoding="utf-8"))
-        return GenerationSource(d["stopped"], d["texts"], d["eos_texts"], d["meta"])
+        return GenerationSource(d["stopped"], d["texts"], d["eos_texts"], d["meta"], d.get("token_ids", ()),
+                                d.get("hit_max", ()))
     src = generations(model_dir, prompts, tokenizer=tokenizer, device=device, max_new_tokens=max_new_tokens,
                       progress=progress)
     if path is not None:
         atomic_write(path, json.dumps({"stopped": list(src.stopped), "texts": list(src.texts),
-                                       "eos_texts": list(src.eos_texts), "meta": dict(src.meta)},
+                                       "eos_texts": list(src.eos_texts), "meta": dict(src.meta),
+                                       "token_ids": [list(t) for t in src.token_ids], "hit_max": list(src.hit_max)},
                                       ensure_ascii=False))
     return src
 
 
+def _source(gens: Sequence[Any], eos_texts: Sequence[str], meta: dict) -> GenerationSource:
+    return GenerationSource(stopped=[g.stopped for g in gens], texts=[g.text for g in gens], eos_texts=eos_texts,
+                            meta={**meta, "hit_max": sum(g.hit_max for g in gens), "n": len(gens)},
+                            token_ids=[list(g.token_ids) for g in gens], hit_max=[g.hit_max for g in gens])
+
+
 def node_source(graph: Any, node: str, *, device: str = "auto", progress: bool = False,
-                settings: Any = None, longest_reply: int = 0, data_dir: Any = None) -> GenerationSource:
+                settings: Any = None, longest_reply: int = 0, data_dir: Any = None,
+                records: Sequence[dict] | None = None, records_tokenizer: Any = None) -> GenerationSource:
     """A graph node's greedy generations on the held-out evaluation prompts, through the fixture
     store's generation cache (``harness.evaluate.nodes``, shared with the output claims).
     ``settings`` (a ``GenSettings``) carries the budget; ``longest_reply`` is what it was scaled from;
-    ``data_dir`` holds the prompts (default: the packaged data)."""
+    ``data_dir`` holds the prompts (default: the packaged data). The source samples the same prompts on
+    demand (``sample``), and with ``records`` (the SFT records a node trained on, rendered with
+    ``records_tokenizer``, default the node's) it reads P(stop | reply) on them (``stop_probe``, cached in the
+    fixture store by the node's key)."""
+    from dataclasses import replace
+
     from transformers import AutoTokenizer
 
-    from harness.evaluate.nodes import GenSettings, node_generations, prompts
+    from harness.evaluate.nodes import GenSettings, fixtures_dir, node_generations, prompts
+    from harness.inference.stopprob import cached_stop_probs
 
     settings = settings or GenSettings()
-    gens = node_generations(graph, node, prompts("eval", folder=data_dir), settings, device=device,
-                            progress=progress)
+    ps = prompts("eval", folder=data_dir)
     tok = AutoTokenizer.from_pretrained(str(graph.path(node)))
-    return GenerationSource(stopped=[g.stopped for g in gens], texts=[g.text for g in gens],
-                            eos_texts=stop_texts(tok),
-                            meta={"hit_max": sum(g.hit_max for g in gens), "n": len(gens),
-                                  "max_new_tokens": settings.max_new_tokens, "longest_reply": longest_reply})
+    eos = stop_texts(tok)
+    meta = {"max_new_tokens": settings.max_new_tokens, "longest_reply": longest_reply}
+
+    def gens_source(s: Any) -> GenerationSource:
+        return _source(node_generations(graph, node, ps, s, device=device, progress=progress), eos, meta)
+
+    def sample(temperature: float, top_p: float, seed: int) -> GenerationSource:
+        return gens_source(replace(settings, do_sample=True, temperature=temperature, top_p=top_p, seed=seed))
+
+    def probe(limit: int) -> Any:
+        recs = list(records or [])[: limit or None]
+        return cached_stop_probs(graph.path(node), str(graph.key(node)), recs, fixtures_dir(graph),
+                                 tokenizer=records_tokenizer or tok, device=device, label=node)
+
+    src = gens_source(settings)
+    src.sample = sample
+    src.stop_probe = probe if records else None
+    return src
 
 
 def folder_key(folder: Path) -> str:

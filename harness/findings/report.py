@@ -18,7 +18,7 @@ from harness.findings.verdict import ClaimResult
 if TYPE_CHECKING:
     from harness.findings.diffs import DiffSource
 
-COLUMNS = ("claim", "pair", "check", "measured", "reference", "threshold", "margin", "verdict")
+COLUMNS = ("claim", "pair", "check", "measured", "base", "reference", "threshold", "margin", "verdict")
 
 
 def _fmt(x: float | None) -> str:
@@ -33,7 +33,7 @@ def rows(results: Iterable[ClaimResult]) -> list[tuple[str, ...]]:
     out = []
     for r in results:
         pair = r.pair if r.seed is None else f"{r.pair} [seed {r.seed}]"
-        out.append((r.claim, pair, r.check, _fmt(r.measured), _fmt(r.reference_value),
+        out.append((r.claim, pair, r.check, _fmt(r.measured), _fmt(r.base_value), _fmt(r.reference_value),
                     f"{r.comparator} {_fmt(r.threshold)}", _fmt(r.margin), r.verdict.upper() + _tag(r)))
     return out
 

@@ -45,18 +45,49 @@ def gen_budget(session: Any, plan: Any, graph: Any) -> tuple[Any, int]:
     return session.memo(("gen-budget", plan.name, plan.variant_name, plan.base, plan.limit), make)
 
 
+def seed_graphs(session: Any, control: Control | None, nodes: list[str]) -> list[tuple[Any, Any, Any]]:
+    """``[(training seed or None, plan, graph)]``: one per ``--harness-seeds`` (seed None when there is one, as
+    :meth:`~harness.findings.session.FindingsSession.diff_sources` does), or the negative control's variant."""
+    if control is not None:
+        plan, graph = session.graph(control, nodes)
+        return [(None, plan, graph)]
+    plans = dict(session.seed_plans())
+    graphs = session.graphs(nodes)
+    multi = len(graphs) > 1
+    return [(s if multi else None, plans[s], g) for s, g in graphs]
+
+
 def generations(session: Any, spec: ClaimSpec, pair: Pair, control: Control | None) -> Sources:
-    """The pair's node's greedy generations on the held-out prompts (cached in the fixture store)."""
+    """The pair's node's greedy generations on the held-out prompts (cached in the fixture store), one source per
+    training seed; each samples on demand, reads P(stop | reply) on the node's own SFT records and carries the
+    same source for the graph's base model (``base_source``: the base's generations, and its P(stop | reply) on
+    the node's records)."""
     from harness.findings.eos import node_source
+    from harness.train.keys import node_records
 
     node = pair[spec.roles[0]]
-    plan, graph = session.graph(control, [node])
-    key = ("generations", control.variant if control else None, node)
-    settings, longest = gen_budget(session, plan, graph)
-    with session.quiet():
-        src = session.memo(key, lambda: node_source(graph, node, device=session.options.device, settings=settings,
-                                                    longest_reply=longest, data_dir=plan.data_dir))
-    return [(None, src)]
+    variant = control.variant if control else None
+    out: Sources = []
+    for seed, plan, graph in seed_graphs(session, control, [node]):
+        settings, longest = gen_budget(session, plan, graph)
+        base = plan.names[0]  # the graph's base node
+        records = node_records(plan, node) if plan.node(node).method == "sft" else []
+
+        def make(name: str, plan: Any = plan, graph: Any = graph, settings: Any = settings, longest: int = longest,
+                 records: list = records) -> Any:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(str(graph.path(node)))  # render the node's records as it trained
+            return node_source(graph, name, device=session.options.device, settings=settings, longest_reply=longest,
+                               data_dir=plan.data_dir, records=records, records_tokenizer=tok)
+
+        with session.quiet():
+            src = session.memo(("generations", variant, seed, node), lambda: make(node))
+            if base != node and src.base_source is None:
+                src.base_source = session.memo(("generations", variant, seed, node, "base", base),
+                                               lambda: make(base))
+        out.append((seed, src))
+    return out
 
 
 class JudgeMeans(dict):
@@ -75,20 +106,35 @@ def _cache_root(session: Any) -> Path | None:
     return Path(session.options.fixtures_dir) if session.options.fixtures_dir else None
 
 
-def similarity(session: Any, spec: ClaimSpec, pair: Pair, control: Control | None) -> Sources:
-    """Seed table 24 for the plan's SFT nodes: BLEU (and BERTScore when a model loads) against D0 and D1."""
+class BaseRow:
+    """A table 24 read as if the graph's base model were every node: ``cell(node, column)`` is the base's cell,
+    so the similarity statistics give the base's value for a pair (a row's ``base_value``)."""
 
-    def make() -> Any:
+    def __init__(self, table: Any, base: str) -> None:
+        self.table, self.base, self.notes = table, base, list(getattr(table, "notes", ()))
+
+    def cell(self, row: str, column: str) -> Any:
+        return self.table.cell(self.base, column)
+
+
+def similarity(session: Any, spec: ClaimSpec, pair: Pair, control: Control | None) -> Sources:
+    """Seed table 24 for the plan's SFT nodes and its base: BLEU (and BERTScore when a model loads) against D0
+    and D1, one table per training seed; the base's rows are the table's ``base_source`` (:class:`BaseRow`)."""
+    from harness.evaluate.claims import sft_nodes_by_data
+
+    plan0 = session.variant_plan(control.variant) if control else session.plan
+    nodes = [n for n in sft_nodes_by_data(plan0) if n in plan0.names]
+    variant = control.variant if control else None
+
+    def make(plan: Any, graph: Any) -> Any:
         from harness import data
-        from harness.evaluate.claims import sft_nodes_by_data
         from harness.evaluate.nodes import graph_generations
         from harness.evaluate.similarity import DEFAULT_BERT, bleu_tokenizer, table24, try_bert_score
 
-        plan = session.plan.variant(control.variant) if control else session.plan
-        nodes = [n for n in sft_nodes_by_data(plan) if n in plan.names]
-        _, graph = session.graph(control, nodes)
+        base = plan.names[0]
+        names = nodes + ([base] if base not in nodes else [])
         with session.quiet():
-            gens = graph_generations(graph, ["persona"], gen_budget(session, plan, graph)[0], nodes, limit=plan.limit,
+            gens = graph_generations(graph, ["persona"], gen_budget(session, plan, graph)[0], names, limit=plan.limit,
                                      data_dir=plan.data_dir,
                                      device=session.options.device, cache_root=_cache_root(session), progress=False)
             env = session.options.env
@@ -96,10 +142,13 @@ def similarity(session: Any, spec: ClaimSpec, pair: Pair, control: Control | Non
                                           _device_type(session), graph=graph, cache_root=_cache_root(session),
                                           gguf_dir=env.gguf_folder)
         items = data.load_persona(plan.data_dir)[: plan.limit or None]
-        texts = {n: [g.text for g in gens[(n, "persona")]] for n in nodes}
-        return table24(texts, [i.d0 for i in items], [i.d1 for i in items], bleu_tokenizer(), scorer, note)
+        texts = {n: [g.text for g in gens[(n, "persona")]] for n in names}
+        table = table24(texts, [i.d0 for i in items], [i.d1 for i in items], bleu_tokenizer(), scorer, note)
+        table.base_source = BaseRow(table, base)
+        return table
 
-    return [(None, session.memo(("similarity", control.variant if control else None), make))]
+    return [(seed, session.memo(("similarity", variant, seed), lambda: make(plan, graph)))
+            for seed, plan, graph in seed_graphs(session, control, nodes)]
 
 
 def judge(session: Any, spec: ClaimSpec, pair: Pair, control: Control | None) -> Sources:

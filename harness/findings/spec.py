@@ -25,6 +25,7 @@ One file holds one claim; a new claim is one file::
     tolerance = 0.5                      # relative move allowed against a baseline run
     floor = 0.01                         # absolute move below which a baseline never flags (values near 0)
     params = { num = ["parent(dpo)", "dpo"], den = ["parent(sft)", "sft"] }   # roles, parent(role) or "base"
+    informational = false                # true: reported with verdict "info", never fails the claim
 
     [[known_deviation]]                  # measured on one plan AND base: rows still say FAIL, the test xfails
     plan = "tiny"
@@ -61,7 +62,7 @@ COMPARATORS: Mapping[str, Callable[[float, float], bool]] = {
 CLAIM_KEYS = {"id", "kind", "statement", "reference_table", "roles", "data_roles", "negative_control", "pairs",
               "check", "zoo", "known_deviation"}
 CHECK_KEYS = {"statistic", "comparator", "threshold", "reference_value", "tolerance", "floor", "reason", "params",
-              "label"}
+              "label", "informational"}
 CONTROL_KEYS = {"variant", "expect", "pairs", "about"}
 DEVIATION_KEYS = {"plan", "base", "pairs", "reason", "device"}
 DEVICES = ("cpu", "cuda")
@@ -113,6 +114,7 @@ class Check:
     label: str = ""
     reference_values: tuple[tuple[str, float], ...] = ()
     floor: float = 0.0
+    informational: bool = False  # a finding reported beside the claim (verdict "info"), never its verdict
 
     def reference_for(self, pair_label: str) -> float | None:
         """The study's value for this pair (a per-pair table entry), else the single ``reference_value``."""
@@ -289,9 +291,12 @@ def _check(path: Path, raw: Any, i: int, spec: Mapping[str, Any], labels: Sequen
     label = raw.get("label", "")
     if not isinstance(label, str):
         raise _err(path, f"{where}.label", "must be a string")
+    informational = raw.get("informational", False)
+    if not isinstance(informational, bool):
+        raise _err(path, f"{where}.informational", f"must be true or false, got {informational!r}")
     return Check(stat, comp, threshold, reason, ref, tolerance,
                  tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in params.items())), label, refs,
-                 floor)
+                 floor, informational)
 
 
 def _pairs(path: Path, raw: Any, roles: Sequence[str], data_roles: Sequence[str]) -> tuple[Pair, ...]:

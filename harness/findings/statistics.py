@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from harness.errors import HarnessError
 from harness.findings.kinds import STATISTICS, Statistic, statistic  # noqa: F401 - STATISTICS is read from here
@@ -34,25 +34,75 @@ class WeightSource(Protocol):
 
 @dataclass
 class GenerationSource:
-    """Greedy generations of one model: per output whether it stopped on a stop token, and its text."""
+    """Generations of one model: per output whether it stopped on a stop token, and its text.
+
+    Optional, for C6's finer statistics: the new tokens and ``hit_max`` of each output (repetition loops),
+    ``sample(temperature, top_p, seed)`` (the same prompts, seeded sampling; another GenerationSource),
+    ``stop_probe(limit)`` (a :class:`harness.inference.stopprob.StopProbs` of the first ``limit`` trained
+    replies) and ``base_source`` (the same source built for the graph's base model, for base values).
+    """
 
     stopped: Sequence[bool]
     texts: Sequence[str]
     eos_texts: Sequence[str] = ()
     meta: Mapping[str, Any] = field(default_factory=dict)
+    token_ids: Sequence[Sequence[int]] = ()
+    hit_max: Sequence[bool] = ()
+    sample: Callable[[float, float, int], "GenerationSource"] | None = None
+    stop_probe: Callable[[int], Any] | None = None
+    base_source: "GenerationSource | None" = None
+    _seen: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def sampled(self, temperature: float, top_p: float, seed: int) -> "GenerationSource":
+        """The seeded sampled generations (computed once per setting)."""
+        if self.sample is None:
+            raise NotMeasured("this source has no sampler (greedy generations only)")
+        key = ("sampled", temperature, top_p, seed)
+        if key not in self._seen:
+            self._seen[key] = self.sample(temperature, top_p, seed)
+        return self._seen[key]
+
+    def stop_probs(self, limit: int) -> Any:
+        """P(stop | reply) over the first ``limit`` trained replies (computed once per limit)."""
+        if self.stop_probe is None:
+            raise NotMeasured("this source has no trained replies to read P(stop | reply) on")
+        key = ("stop_probs", limit)
+        if key not in self._seen:
+            self._seen[key] = self.stop_probe(limit)
+        return self._seen[key]
 
     @property
     def notes(self) -> list[str]:
-        """The generation budget and how many replies ran into it (shown beside the findings)."""
-        from harness.evaluate.nodes import BUDGET_SLACK
+        """The generation budget and how many replies ran into it, and what the finer statistics read (shown
+        beside the findings)."""
+        m = self.meta
+        out = [self.budget_note()] if "max_new_tokens" in m else []
+        for key, value in self._seen.items():
+            if key[0] == "stop_probs":
+                out.append(value.describe())
+            elif key[0] == "sampled":
+                out.append(f"sampled (temperature {key[1]:g}, top-p {key[2]:g}, seed {key[3]}): "
+                           f"{sum(map(bool, value.stopped))} of {len(value.stopped)} stopped")
+        return out
+
+    def budget_note(self) -> str:
+        """The budget, and what set it: 1.5x the longest trained reply, or the floor of 48 new tokens."""
+        from harness.evaluate.nodes import BUDGET_SLACK, MIN_NEW_TOKENS
 
         m = self.meta
-        if "max_new_tokens" not in m:
-            return []
-        why = (f" ({BUDGET_SLACK:g}x the longest trained reply, {m['longest_reply']} tokens)"
-               if m.get("longest_reply") else "")
-        return [f"{m.get('n', len(self.stopped))} prompts, budget {m['max_new_tokens']} new tokens{why}, "
-                f"{m.get('hit_max', '?')} hit it"]
+        budget, longest = m["max_new_tokens"], m.get("longest_reply") or 0
+        scaled = math.ceil(longest * BUDGET_SLACK / 8) * 8
+        if longest and budget == scaled and scaled > MIN_NEW_TOKENS:
+            why = f" ({BUDGET_SLACK:g}x the longest trained reply, {longest} tokens)"
+        elif budget == MIN_NEW_TOKENS and longest:
+            why = (f" (the {MIN_NEW_TOKENS}-token floor: {BUDGET_SLACK:g}x the longest trained reply, "
+                   f"{longest} tokens, is not above it)")
+        elif budget == MIN_NEW_TOKENS:
+            why = f" (the {MIN_NEW_TOKENS}-token floor)"
+        else:
+            why = ""
+        return (f"{m.get('n', len(self.stopped))} prompts, budget {budget} new tokens{why}, "
+                f"{m.get('hit_max', '?')} hit it")
 
 
 class NotMeasured(Exception):
@@ -179,6 +229,45 @@ def eos_text_rate(source: GenerationSource, pair: Pair) -> float:
         raise HarnessError("eos_text_rate: no generations")
     marks = [t for t in source.eos_texts if t]
     return sum(any(m in text for m in marks) for text in source.texts) / len(source.texts)
+
+
+@statistic("generations", "sampled_stop_rate")
+def sampled_stop_rate(source: GenerationSource, pair: Pair, *, temperature: float = 0.7, top_p: float = 0.9,
+                      seed: int = 0) -> float:
+    """Fraction of seeded sampled generations (same prompts and budget) that ended on a stop token."""
+    return stop_rate(source.sampled(float(temperature), float(top_p), int(seed)), pair)
+
+
+@statistic("generations", "loop_rate")
+def loop_rate(source: GenerationSource, pair: Pair, *, n: int = 6, repeats: int = 3, sampled: bool = False,
+              temperature: float = 0.7, top_p: float = 0.9, seed: int = 0) -> float:
+    """Share of the runaway generations (those that hit the token budget) that are repetition loops (some
+    ``n``-token n-gram at least ``repeats`` times; :func:`harness.inference.generate.is_repetition_loop`).
+    0 when no generation ran away. ``sampled``: of the seeded sampled generations instead of the greedy ones."""
+    from harness.inference.generate import is_repetition_loop
+
+    src = source.sampled(float(temperature), float(top_p), int(seed)) if sampled else source
+    if len(src.token_ids) != len(src.stopped) or len(src.hit_max) != len(src.stopped):
+        raise NotMeasured("the generations carry no token ids")
+    runaway = [ids for ids, hit in zip(src.token_ids, src.hit_max) if hit]
+    if not runaway:
+        return 0.0
+    return sum(is_repetition_loop(ids, int(n), int(repeats)) for ids in runaway) / len(runaway)
+
+
+@statistic("generations", "stop_prob")
+def stop_prob(source: GenerationSource, pair: Pair, *, limit: int = 100) -> float:
+    """Mean teacher-forced P(stop | reply) over the node's first ``limit`` trained replies
+    (:mod:`harness.inference.stopprob`)."""
+    return float(source.stop_probs(int(limit)).mean)
+
+
+@statistic("generations", "stop_prob_gain")
+def stop_prob_gain(source: GenerationSource, pair: Pair, *, limit: int = 100) -> float:
+    """The node's P(stop | reply) minus its base's, on the same trained replies."""
+    if source.base_source is None:
+        raise NotMeasured("no base model to compare P(stop | reply) with")
+    return stop_prob(source, pair, limit=limit) - stop_prob(source.base_source, pair, limit=limit)
 
 
 def load_providers() -> None:

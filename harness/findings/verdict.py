@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Mapping
 from harness.findings.spec import COMPARATORS, Check, ClaimSpec, Pair
 
 PASS, FAIL, ERROR = "pass", "fail", "error"
+INFO = "info"  # an informational check's row: reported, never a pass or a fail of the claim
 
 
 @dataclass(frozen=True)
@@ -35,13 +36,16 @@ class ClaimResult:
     tolerance: float = 0.25
     note: str = ""
     floor: float = 0.0  # absolute move a baseline comparison ignores (values near zero)
+    base_value: float | None = None  # the same statistic on the graph's base model (None: not measured there)
 
     @classmethod
     def make(cls, claim: str, pair: str, measured: float, threshold: float, comparator: str, *,
              reference_value: float | None = None, check: str = "", plan: str = "", seed: int | None = None,
              tolerance: float = 0.25, note: str = "", floor: float = 0.0,
-             seed_value: float | None = None) -> "ClaimResult":
-        """Build a row, computing margin (positive = holds) and verdict from the comparison.
+             seed_value: float | None = None, base_value: float | None = None,
+             informational: bool = False) -> "ClaimResult":
+        """Build a row, computing margin (positive = holds) and verdict from the comparison
+        (:data:`INFO` for an ``informational`` check).
 
         ``seed_value`` is the old name of ``reference_value`` (kept for existing callers)."""
         if reference_value is None:
@@ -52,8 +56,9 @@ class ClaimResult:
         measured = float(measured)
         ok = c.holds(measured)
         margin = c.margin(measured) if not math.isnan(measured) else math.nan
+        verdict = INFO if informational else PASS if ok else FAIL
         return cls(claim, pair, check or claim, measured, float(threshold), comparator, reference_value, margin,
-                   PASS if ok else FAIL, plan, seed, tolerance, note, floor)
+                   verdict, plan, seed, tolerance, note, floor, base_value)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -62,11 +67,12 @@ class ClaimResult:
 
     @property
     def passed(self) -> bool:
-        return self.verdict == PASS
+        """True unless the row fails its claim (an informational row never does)."""
+        return self.verdict in (PASS, INFO)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for k in ("measured", "margin"):
+        for k in ("measured", "margin", "base_value"):
             if isinstance(d[k], float) and not math.isfinite(d[k]):
                 d[k] = str(d[k])  # JSON has no NaN/inf
         return d
@@ -78,7 +84,7 @@ class ClaimResult:
         if "seed_value" in d and "reference_value" not in d:  # findings files written before the rename
             d["reference_value"] = d.pop("seed_value")
         kw = {k: v for k, v in d.items() if k in names}
-        for k in ("measured", "margin"):
+        for k in ("measured", "margin", "base_value"):
             if isinstance(kw.get(k), str):
                 kw[k] = float(kw[k])
         return cls(**kw)
@@ -95,7 +101,10 @@ def evaluate(spec: ClaimSpec, source: Any, pair: Pair, *, plan: str = "", seed: 
     """Run every check of ``spec`` on ``pair``; a statistic's error propagates (names the claim).
 
     A statistic raising :class:`~harness.findings.statistics.NotMeasured` leaves its check out; ``warn``
-    (default: ``warnings.warn``) is told why, so it is said out loud and not dropped in silence."""
+    (default: ``warnings.warn``) is told why, so it is said out loud and not dropped in silence.
+
+    When ``source`` offers a ``base_source`` (the same kind of source for the graph's base model), each row's
+    ``base_value`` is the same statistic on it (None where the base cannot be measured)."""
     from harness.findings.statistics import STATISTICS, NotMeasured
 
     rows = []
@@ -114,8 +123,20 @@ def evaluate(spec: ClaimSpec, source: Any, pair: Pair, *, plan: str = "", seed: 
             continue
         rows.append(ClaimResult.make(spec.id, pair.label, measured, check.threshold, check.comparator,
                                      reference_value=check.reference_for(pair.label), check=check.name, plan=plan,
-                                     seed=seed, tolerance=check.tolerance, floor=check.floor))
+                                     seed=seed, tolerance=check.tolerance, floor=check.floor,
+                                     base_value=_base_value(fn, source, pair, check, NotMeasured),
+                                     informational=check.informational))
     return rows
+
+
+def _base_value(fn: Callable[..., float], source: Any, pair: Pair, check: Check, not_measured: type) -> float | None:
+    base = getattr(source, "base_source", None)
+    if base is None:
+        return None
+    try:
+        return float(fn(base, pair, **check.kwargs()))
+    except not_measured:
+        return None
 
 
 def assert_holds(results: Iterable[ClaimResult], detail: str = "") -> None:

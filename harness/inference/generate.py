@@ -270,6 +270,21 @@ def generate(
     return [g for per_prompt in results for g in (per_prompt or [])]
 
 
+def is_repetition_loop(token_ids: Sequence[int], n: int = 6, repeats: int = 3) -> bool:
+    """Whether some ``n``-token n-gram occurs at least ``repeats`` times in ``token_ids`` (occurrences may
+    overlap): the runaway reply of a decoder caught in a loop, not one that rambles on without repeating."""
+    if n < 1 or repeats < 2:
+        raise HarnessError(f"a repetition loop needs n >= 1 and repeats >= 2, got n={n}, repeats={repeats}")
+    counts: dict[tuple[int, ...], int] = {}
+    ids = [int(t) for t in token_ids]
+    for i in range(len(ids) - n + 1):
+        g = tuple(ids[i:i + n])
+        counts[g] = counts.get(g, 0) + 1
+        if counts[g] >= repeats:
+            return True
+    return False
+
+
 def summary(gens: Sequence[Generation]) -> dict[str, float]:
     """Counts and rates of stopped / hit-max generations and the mean length in tokens."""
     n = len(gens)

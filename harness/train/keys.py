@@ -79,6 +79,9 @@ def plan_keys(plan: Plan, device: str, base_identity: dict | None = None) -> tup
                                  "device": device, "versions": versions}
             inp = {"base": base_identity, "recipe_version": RECIPE_VERSION}
         else:
+            if node.method != "sft" and plan.recipe(node.name).mask_stop_labels:
+                raise HarnessError(f"{plan.path or plan.name}: node {node.name!r}: mask_stop_labels is an SFT control "
+                                   f"(the SFT collator's stop labels); method {node.method!r} does not honour it")
             inp = {"method": node.method, "dataset": node.dataset,
                    "records": selfgen_identity(plan, node) if node.dataset == SELFGEN
                    else data.records_hash(node_records(plan, node.name)),
@@ -97,7 +100,7 @@ def recipe_key(recipe: Any) -> dict:
         del d["gradient_checkpointing"]
     if d.get("gpus") == 1:  # a node trained over N > 1 GPUs (DDP) is another realisation: its own key
         del d["gpus"]
-    for option in ("compile", "precompute_ref_batch_size"):  # off (False / 0) by default
+    for option in ("compile", "precompute_ref_batch_size", "mask_stop_labels"):  # off (False / 0) by default
         if not d.get(option):
             d.pop(option, None)
     return d

@@ -133,4 +133,22 @@ def preflight_nodes(plan: Any, names: Sequence[str], tok_dir: Path) -> dict[str,
             done[key] = run(name, node.method, tok, tok_dir, records, max_length, plan.preflight_allow,
                             where).to_dict()
         out[name] = {**done[key], "node": name}
+        if node.method == "sft" and getattr(plan.recipe(name), "mask_stop_labels", False):
+            out[name] = deliberate_control(out[name])
     return out
+
+
+#: the finding a node trained with ``mask_stop_labels`` carries: a negative control, built broken on purpose
+MASKED_STOP_LABELS = "stop-labels-masked"
+
+
+def deliberate_control(result: dict) -> dict:
+    """``result`` with the ``mask_stop_labels`` control recorded (a warning, never a refusal): the audit reads
+    trl's own collator, so it cannot see the mask the recipe adds; this says the node will not learn to stop."""
+    finding = {"code": MASKED_STOP_LABELS, "severity": "warning",
+               "message": "deliberate negative control ([sft] mask_stop_labels = true): the collator masks the "
+                          "label of every stop token, as study 004's pad == EOS collator did, so this node is "
+                          "trained not to learn its stop token"}
+    status = result.get("status")
+    return {**result, "findings": [*result.get("findings", []), finding],
+            "status": "warning" if status == "clean" else status}

@@ -74,6 +74,9 @@ class Recipe:
     # graph serves every step. The same loss; the kernels are fused differently, so it enters the node key.
     # true: torch's default mode; a string: one of COMPILE_MODES ("reduce-overhead" replays CUDA graphs).
     compile: bool | str = False
+    # SFT only, a negative control: the collator masks the label of every stop token (label -100), as study 004's
+    # pad == EOS collator did to EOS, so the node never learns to stop. Only true enters the node key.
+    mask_stop_labels: bool = False
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,25 @@ from typing import Any, Sequence
 from harness.train import common
 from harness.train.recipe import LoraSpec, Recipe
 
+IGNORE = -100
+
+
+class StopLabelMasking:
+    """A collator wrapper that sets the label of every stop token to -100 (ignored by the loss): study 004's bug,
+    which a pad == EOS collator makes by masking EOS as padding; the recipe's ``mask_stop_labels`` control."""
+
+    def __init__(self, collator: Any, stop_ids: Sequence[int]) -> None:
+        self.collator, self.stop_ids = collator, [int(i) for i in stop_ids]
+
+    def __call__(self, examples: Any) -> Any:
+        import torch
+
+        batch = self.collator(examples)
+        labels = batch["labels"].clone()
+        labels[torch.isin(batch["input_ids"], torch.tensor(self.stop_ids, device=labels.device))] = IGNORE
+        batch["labels"] = labels
+        return batch
+
 
 def train_sft(model_dir: str | Path, tokenizer: Any, records: Sequence[dict], recipe: Recipe, out_dir: str | Path,
               device: str = "auto", *, lora: LoraSpec = LoraSpec(), quantize_4bit: bool = True, seed: int = 0,
@@ -22,8 +41,13 @@ def train_sft(model_dir: str | Path, tokenizer: Any, records: Sequence[dict], re
 
     def make_trainer(model: Any, kwargs: dict, dataset: Any) -> Any:
         args = common.one_gpu(SFTConfig(**kwargs, completion_only_loss=True, packing=False))
-        return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                   peft_config=common.lora_config(lora))
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=common.lora_config(lora))
+        if recipe.mask_stop_labels:
+            from harness.inference.generate import stop_token_ids
+
+            trainer.data_collator = StopLabelMasking(trainer.data_collator, stop_token_ids(tokenizer, model))
+        return trainer
 
     return common.run_recipe("sft", make_trainer, model_dir, tokenizer, records, recipe, out_dir, device,
                              lora=lora, quantize_4bit=quantize_4bit, seed=seed, progress=progress)

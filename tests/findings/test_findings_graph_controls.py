@@ -77,11 +77,23 @@ def raw_base(tiny_plan, tmp_path_factory):
     return out
 
 
-def c6_rows(model_dir: Path, tokenizer):
+def c6_source(model_dir: Path, tokenizer):
+    """Greedy generations on 24 held-out prompts, and P(stop | reply) on the first 24 trained D1 replies
+    rendered with ``tokenizer`` (the setup's template and tokenization)."""
     from harness import data
     from harness.findings.eos import generations
+    from harness.inference.stopprob import stop_probs
+    from harness.inference.generate import load_model
 
     source = generations(model_dir, data.eval_records()[:24], tokenizer=tokenizer, device="cpu")
+    source.stop_probe = lambda limit: stop_probs(load_model(model_dir, "cpu")[0], tokenizer,
+                                                 data.sft_records("d1")[:min(limit, 24)])
+    return source
+
+
+def c6_rows(model_dir: Path, tokenizer, base: Path):
+    source = c6_source(model_dir, tokenizer)
+    source.base_source = c6_source(base, tokenizer)
     return rows_for("C6", source, Pair((("setup", model_dir.name),))), source
 
 
@@ -106,9 +118,11 @@ def test_c6_fails_for_the_004_setups(setup, tiny_plan, raw_base, tmp_path):
         tok.chat_template = NO_EOS_TEMPLATE
     if setup == "eos_as_text_pieces":  # the japanese-stablelm case: "</s>" is tokenized as text pieces
         assert tok("</s>", add_special_tokens=False)["input_ids"] != [tok.eos_token_id]
-    rows, source = c6_rows(train(tiny_plan, raw_base, tok, tmp_path / setup), tok)
-    verdicts = {k: r.verdict for k, r in rows.items()}
+    rows, source = c6_rows(train(tiny_plan, raw_base, tok, tmp_path / setup), tok, raw_base)
+    verdicts = {k: r.verdict for k, r in rows.items() if r.verdict != "info"}
+    said = [r.describe() for r in rows.values()] + source.notes
+    assert {"P(stop | reply)", "P(stop | reply) gain", "EOS text rate"} <= set(verdicts), said
     if setup == "eos_trained":  # the positive control: the same base and training, with EOS labelled
-        assert set(verdicts.values()) == {"pass"}, [r.describe() for r in rows.values()]
-    else:
-        assert "fail" in verdicts.values(), [r.describe() for r in rows.values()]
+        assert set(verdicts.values()) == {"pass"}, said
+    else:  # the stop token was never trained after a reply: the verdict itself fails, not only decoding
+        assert verdicts["P(stop | reply)"] == "fail", said
