@@ -84,7 +84,7 @@ def similarity(session: Any, spec: ClaimSpec, pair: Pair, control: Control | Non
         from harness.evaluate.nodes import graph_generations
         from harness.evaluate.similarity import DEFAULT_BERT, bleu_tokenizer, table24, try_bert_score
 
-        plan = session.plan.variant(control.variant) if control else session.plan
+        plan = session.variant_plan(control)
         nodes = [n for n in sft_nodes_by_data(plan) if n in plan.names]
         _, graph = session.graph(control, nodes)
         with session.quiet():
@@ -110,7 +110,7 @@ def judge(session: Any, spec: ClaimSpec, pair: Pair, control: Control | None) ->
         from harness.evaluate.judge import Judge, JudgeConfig, mean_score
         from harness.evaluate.nodes import fixtures_dir, graph_generations, prompts
 
-        plan = session.plan.variant(control.variant) if control else session.plan
+        plan = session.variant_plan(control)
         nodes = sorted({p[r] for p in spec.pairs for r in spec.roles if p[r] in plan.names})
         _, graph = session.graph(control, nodes)
         env = session.options.env
