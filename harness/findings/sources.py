@@ -76,13 +76,15 @@ def _cache_root(session: Any) -> Path | None:
 
 
 def similarity(session: Any, spec: ClaimSpec, pair: Pair, control: Control | None) -> Sources:
-    """Seed table 24 for the plan's SFT nodes: BLEU (and BERTScore when a model loads) against D0 and D1."""
+    """Seed table 24 for the plan's SFT nodes: BLEU and BERTScore against D0 and D1. The encoder is
+    ``HARNESS_BERTSCORE_MODEL``, else :func:`~harness.evaluate.similarity.default_bert_score` (the multilingual
+    BERT when cached locally, else the plan's base node)."""
 
     def make() -> Any:
         from harness import data
         from harness.evaluate.claims import sft_nodes_by_data
         from harness.evaluate.nodes import graph_generations
-        from harness.evaluate.similarity import DEFAULT_BERT, bleu_tokenizer, table24, try_bert_score
+        from harness.evaluate.similarity import bleu_tokenizer, default_bert_score, table24, try_bert_score
 
         plan = session.variant_plan(control)
         nodes = [n for n in sft_nodes_by_data(plan) if n in plan.names]
@@ -92,9 +94,12 @@ def similarity(session: Any, spec: ClaimSpec, pair: Pair, control: Control | Non
                                      data_dir=plan.data_dir,
                                      device=session.options.device, cache_root=_cache_root(session), progress=False)
             env = session.options.env
-            scorer, note = try_bert_score(env.bertscore_model or DEFAULT_BERT, env.bertscore_layers,
-                                          _device_type(session), graph=graph, cache_root=_cache_root(session),
-                                          gguf_dir=env.gguf_folder)
+            where = {"device": _device_type(session), "graph": graph, "cache_root": _cache_root(session),
+                     "gguf_dir": env.gguf_folder}
+            if env.bertscore_model:
+                scorer, note = try_bert_score(env.bertscore_model, env.bertscore_layers, **where)
+            else:
+                scorer, note = default_bert_score(num_layers=env.bertscore_layers, **where)
         items = data.load_persona(plan.data_dir)[: plan.limit or None]
         texts = {n: [g.text for g in gens[(n, "persona")]] for n in nodes}
         return table24(texts, [i.d0 for i in items], [i.d1 for i in items], bleu_tokenizer(), scorer, note)
