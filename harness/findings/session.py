@@ -325,7 +325,12 @@ class FindingsSession:
 
         def make() -> Any:
             table, where = control.table_for(self.plan)
-            return self.plan.with_variant(control.variant, table, where)
+            try:
+                return self.plan.with_variant(control.variant, table, where)
+            except HarnessError as exc:  # the spec's override on this plan (e.g. a node it lacks): name the plan
+                if where is None:
+                    raise
+                raise type(exc)(f"{exc} (applied to {self.plan.path or repr(self.plan.name)})") from None
 
         return self.memo(("variant-plan", control.variant), make)
 

@@ -383,8 +383,10 @@ def _controls(path: Path, raw: Any, labels: Sequence[str]) -> tuple[str, tuple[C
         override = t.get("override")
         if override is not None:
             from harness.train.plan import check_variant_table
+            from harness.train.recipe import freeze
 
             check_variant_table(override, f"{path}: {where}.override", OVERRIDE_KEYS)
+            override = freeze(override)
         out.append(Control(variant, expect, _label_list(path, t, where, labels), about, override, path, i))
     text = "; ".join(f"{c.variant}: {c.about}" if c.about else c.variant for c in out)
     return text, tuple(out)

@@ -143,7 +143,8 @@ def test_an_override_naming_a_node_the_plan_lacks_is_an_error_naming_the_spec(tm
     (claims / "my5.toml").write_text(SPEC.replace('only = ["dpo_d1@sft_d0"]', 'only = ["dpo_d9"]'), encoding="utf-8")
     fs = session(PLANS / "micro.toml", claims)
     [case] = control_cases(fs)
-    with pytest.raises(HarnessError, match=r"my5\.toml: negative_control\[0\]\.override\.only: unknown node 'dpo_d9'"):
+    with pytest.raises(HarnessError, match=r"my5\.toml: negative_control\[0\]\.override\.only: unknown node 'dpo_d9'"
+                                           r".*\(applied to .*micro\.toml\)"):
         fs.resolve(case)
 
 
