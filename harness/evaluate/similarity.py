@@ -7,7 +7,9 @@ it can be loaded, else ``char`` (one token per character). Every table names the
 BERTScore is the F1 of bert-score with a configurable model; the default is the study's
 multilingual BERT, used when it can be loaded (hub or local cache). Any local encoder or decoder
 folder, a GGUF file or a plan node works offline, with the layer chosen as bert-score does
-(:func:`bert_layer`); the tables name the model and layer.
+(:func:`bert_layer`); the tables name the model and layer. Where a plan's graph is at hand (the claims'
+C7), :func:`default_bert_score` uses the multilingual BERT only when it is in the local Hugging Face
+cache, else the plan's own base node, which exists offline wherever the graph does.
 """
 
 from __future__ import annotations
@@ -160,6 +162,36 @@ def try_bert_score(model: Optional[str], num_layers: Optional[int], device: str 
         return BertScore(model, num_layers, device, name=name), ""
     except LoadError as e:
         return None, f"BERTScore skipped: {e}"
+
+
+def in_local_cache(model: str) -> bool:
+    """Whether hub model ``model``'s config is in the local Hugging Face cache (nothing is downloaded)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(model, "config.json"), str)
+    except Exception:  # a malformed id: not a cached hub model
+        return False
+
+
+def default_bert_score(graph: Any, num_layers: Optional[int] = None, device: str = "cpu", *,
+                       cache_root: Optional[Path] = None, gguf_dir: Optional[Path] = None
+                       ) -> tuple[Optional[BertScore], str]:
+    """The BERTScore encoder when none is asked for: the study's multilingual BERT when it is in the local
+    Hugging Face cache, else the base node of ``graph`` (the plan's own base, converted from its GGUF file
+    where the plan says so), whose hidden states at the layer :func:`bert_layer` picks (three quarters of
+    its depth, rounded up) are the embeddings; ``num_layers`` overrides the layer. The scorer's label names
+    the encoder and the layer, so every row scored with it says which."""
+    if in_local_cache(DEFAULT_BERT):
+        return try_bert_score(DEFAULT_BERT, num_layers, device)
+    node = graph.names[0]
+    scorer, note = try_bert_score(node, num_layers, device, graph=graph, cache_root=cache_root, gguf_dir=gguf_dir)
+    if scorer is not None:
+        base = getattr(getattr(graph, "plan", None), "base", None)
+        model = Path(base).name if base and base.startswith(("/", "$", "~", ".")) else base  # hub ids stay
+        scorer.name = (f"the plan's base node {node!r}" + (f" ({model})" if model else "")
+                       + f", as {DEFAULT_BERT} is not in the local cache")
+    return scorer, note
 
 
 @dataclass

@@ -298,7 +298,13 @@ class FindingsSession:
         cases, self._planned = self._planned, None
         if not cases:
             return
-        self.builds.build_all([(p, r.nodes) for r in map(self.resolve, cases) if r.skip is None for p in r.plans])
+        ready = []
+        for case in cases:
+            try:
+                ready.append(self.resolve(case))
+            except HarnessError:  # raised again by the case's own resolve, so that case (not the first) errors
+                continue
+        self.builds.build_all([(p, r.nodes) for r in ready if r.skip is None for p in r.plans])
 
     def seed_plans(self) -> list[tuple[int, Any]]:
         """``[(training seed, plan)]``, one per ``--harness-seeds`` (the plan itself under its own seed)."""
@@ -310,23 +316,39 @@ class FindingsSession:
 
         return self.memo(("seed-plans",), make)
 
-    def variant_plan(self, variant: str) -> Any:
-        """The plan with its ``[variants.NAME]`` table applied (a negative control's graph)."""
-        return self.memo(("variant-plan", variant), lambda: self.plan.variant(variant))
+    def variant_plan(self, control: Control | None) -> Any:
+        """The plan a negative control runs on: the plan with the control's recipe override applied (the
+        plan's own ``[variants.NAME]`` of that name when it has one, else the spec's ``override``); the plan
+        itself for ``None``. A control with neither is a :class:`~harness.errors.LoadError` naming both files."""
+        if control is None:
+            return self.plan
+
+        def make() -> Any:
+            table, where = control.table_for(self.plan)
+            try:
+                return self.plan.with_variant(control.variant, table, where)
+            except HarnessError as exc:  # the spec's override on this plan (e.g. a node it lacks): name the plan
+                if where is None:
+                    raise
+                raise type(exc)(f"{exc} (applied to {self.plan.path or repr(self.plan.name)})") from None
+
+        return self.memo(("variant-plan", control.variant), make)
 
     def resolve(self, case: Case) -> Resolved:
-        """Which plan, graphs and nodes ``case`` reads, or why it skips: worked out once per case and session."""
+        """Which plan, graphs and nodes ``case`` reads, or why it skips: worked out once per case and session.
+        A pair whose nodes the plan lacks skips; a control the plan cannot apply raises (never a skip)."""
 
         def make() -> Resolved:
             spec, pair, control, plan = case.spec, case.pair, case.control, self.plan
-            if control is not None and control.variant not in plan.variants:
-                return Resolved(case, plan, (), (), f"{spec.id}: plan {plan.name!r} has no variant "
-                                                    f"{control.variant!r} (negative control)")
-            vplan = self.variant_plan(control.variant) if control else plan
+            missing = spec.missing_nodes(pair, plan.names)
+            if missing:  # before the control's override, which may name the nodes the plan lacks
+                return Resolved(case, plan, (), (), f"{spec.id}: plan {plan.name!r} has no node "
+                                                    f"{', '.join(missing)} (roles: {', '.join(spec.roles)})")
+            vplan = self.variant_plan(control)
             missing = spec.missing_nodes(pair, vplan.names)
             if missing:
-                return Resolved(case, vplan, (), (), f"{spec.id}: plan {vplan.name!r} has no node "
-                                                     f"{', '.join(missing)} (roles: {', '.join(spec.roles)})")
+                return Resolved(case, vplan, (), (), f"{spec.id}: negative control {control.variant!r} leaves out "
+                                                     f"node {', '.join(missing)} of plan {vplan.name!r} (its 'only')")
             plans = (vplan,) if control else tuple(p for _, p in self.seed_plans())
             return Resolved(case, vplan, plans, tuple(pair[r] for r in spec.roles if pair[r] in vplan.names))
 
@@ -342,7 +364,7 @@ class FindingsSession:
         """(plan, graph) of the plan itself or of a negative control's variant."""
         if control is None:
             return self.plan, self.graphs(nodes)[0][1]
-        plan = self.variant_plan(control.variant)
+        plan = self.variant_plan(control)
         return plan, self.build(plan, nodes)
 
     def prepare(self, case: Case) -> Resolved:

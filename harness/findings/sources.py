@@ -118,18 +118,20 @@ class BaseRow:
 
 
 def similarity(session: Any, spec: ClaimSpec, pair: Pair, control: Control | None) -> Sources:
-    """Seed table 24 for the plan's SFT nodes and its base: BLEU (and BERTScore when a model loads) against D0
-    and D1, one table per training seed; the base's rows are the table's ``base_source`` (:class:`BaseRow`)."""
+    """Seed table 24 for the plan's SFT nodes and its base: BLEU and BERTScore against D0 and D1, one table per
+    training seed; the base's rows are the table's ``base_source`` (:class:`BaseRow`). The encoder is
+    ``HARNESS_BERTSCORE_MODEL``, else :func:`~harness.evaluate.similarity.default_bert_score` (the multilingual
+    BERT when cached locally, else the plan's base node)."""
     from harness.evaluate.claims import sft_nodes_by_data
 
-    plan0 = session.variant_plan(control.variant) if control else session.plan
+    plan0 = session.variant_plan(control)
     nodes = [n for n in sft_nodes_by_data(plan0) if n in plan0.names]
     variant = control.variant if control else None
 
     def make(plan: Any, graph: Any) -> Any:
         from harness import data
         from harness.evaluate.nodes import graph_generations
-        from harness.evaluate.similarity import DEFAULT_BERT, bleu_tokenizer, table24, try_bert_score
+        from harness.evaluate.similarity import bleu_tokenizer, default_bert_score, table24, try_bert_score
 
         base = plan.names[0]
         names = nodes + ([base] if base not in nodes else [])
@@ -138,9 +140,12 @@ def similarity(session: Any, spec: ClaimSpec, pair: Pair, control: Control | Non
                                      data_dir=plan.data_dir,
                                      device=session.options.device, cache_root=_cache_root(session), progress=False)
             env = session.options.env
-            scorer, note = try_bert_score(env.bertscore_model or DEFAULT_BERT, env.bertscore_layers,
-                                          _device_type(session), graph=graph, cache_root=_cache_root(session),
-                                          gguf_dir=env.gguf_folder)
+            where = {"device": _device_type(session), "graph": graph, "cache_root": _cache_root(session),
+                     "gguf_dir": env.gguf_folder}
+            if env.bertscore_model:
+                scorer, note = try_bert_score(env.bertscore_model, env.bertscore_layers, **where)
+            else:
+                scorer, note = default_bert_score(num_layers=env.bertscore_layers, **where)
         items = data.load_persona(plan.data_dir)[: plan.limit or None]
         texts = {n: [g.text for g in gens[(n, "persona")]] for n in names}
         table = table24(texts, [i.d0 for i in items], [i.d1 for i in items], bleu_tokenizer(), scorer, note)
@@ -159,7 +164,7 @@ def judge(session: Any, spec: ClaimSpec, pair: Pair, control: Control | None) ->
         from harness.evaluate.judge import Judge, JudgeConfig, mean_score
         from harness.evaluate.nodes import fixtures_dir, graph_generations, prompts
 
-        plan = session.plan.variant(control.variant) if control else session.plan
+        plan = session.variant_plan(control)
         nodes = sorted({p[r] for p in spec.pairs for r in spec.roles if p[r] in plan.names})
         _, graph = session.graph(control, nodes)
         env = session.options.env

@@ -12,9 +12,15 @@ One file holds one claim; a new claim is one file::
 
     negative_control = "text"            # a control run elsewhere (described), or tables the runner runs:
     [[negative_control]]
-    variant = "c1_dpo_at_sft_lr"         # a [variants.NAME] of the plan; skipped on plans without it
+    variant = "c1_dpo_at_sft_lr"         # the control's name (test ids, row labels "dpo_d0/sft_d0 [NAME]")
     expect = "fail"                      # the claim must not hold there
     pairs = ["dpo_d0/sft_d0"]            # pair labels (default: every pair)
+    about = "DPO at SFT's learning rate and epochs: the gap closes"
+    override = { dpo = { learning_rate = 1e-4, epochs = 3 }, only = ["dpo_d0", "sft_d0"] }
+    # the recipe override, applied to whatever plan the claims run on; the keys of a plan's variant table:
+    # lora, sft, dpo (recipe tables), nodes."NAME" (one node's recipe keys), only, limit, quantize_4bit.
+    # A plan's own [variants.NAME] of the same name replaces it on that plan (a plan-specific adjustment);
+    # a control with neither is an error when the claims run, never a skip.
 
     [[check]]                            # one or more; the claim holds when every check holds
     statistic = "l2_ratio"               # registered for the spec's kind (harness.findings.kinds)
@@ -43,7 +49,7 @@ from __future__ import annotations
 import math
 import operator
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, Union
 
@@ -63,7 +69,9 @@ CLAIM_KEYS = {"id", "kind", "statement", "reference_table", "roles", "data_roles
               "check", "zoo", "known_deviation"}
 CHECK_KEYS = {"statistic", "comparator", "threshold", "reference_value", "tolerance", "floor", "reason", "params",
               "label", "informational"}
-CONTROL_KEYS = {"variant", "expect", "pairs", "about"}
+CONTROL_KEYS = {"variant", "expect", "pairs", "about", "override"}
+#: the variant-table keys a control's override takes ([tiny] changes only the tiny base: a plan's own variant)
+OVERRIDE_KEYS = frozenset({"lora", "sft", "dpo", "nodes", "only", "limit", "quantize_4bit"})
 DEVIATION_KEYS = {"plan", "base", "pairs", "reason", "device"}
 DEVICES = ("cpu", "cuda")
 RENAMED = {"seed_value": "reference_value", "seed_table": "reference_table", "plans": None,
@@ -142,12 +150,38 @@ class Check:
 
 @dataclass(frozen=True)
 class Control:
-    """A negative control the runner runs: the plan's variant under which the claim must fail."""
+    """A negative control the runner runs: a recipe override under which the claim must fail.
+
+    ``override`` is a variant table (the keys of a plan's ``[variants.NAME]``) applied to whatever plan the
+    claims run on; a plan's own ``[variants.NAME]`` of the same ``variant`` name replaces it there
+    (:meth:`table_for`). ``source`` is the spec file, ``index`` the control's place in it (for errors)."""
 
     variant: str
     expect: str = "fail"
     pairs: tuple[str, ...] = ()
     about: str = ""
+    override: Mapping[str, Any] | None = field(default=None, hash=False)
+    source: Path | None = field(default=None, compare=False)
+    index: int = field(default=0, compare=False)
+
+    @property
+    def where(self) -> str:
+        """The override's file and field, as errors name it."""
+        return f"{self.source}: negative_control[{self.index}].override"
+
+    def table_for(self, plan: Any) -> tuple[Mapping[str, Any], str | None]:
+        """``(variant table, where)`` this control applies to ``plan``: the plan's own ``[variants.NAME]``
+        (``where`` None: the plan names it), else the spec's override. Raises :class:`LoadError` naming the
+        spec and the plan when neither exists."""
+        own = getattr(plan, "variants", {}) or {}
+        if self.variant in own:
+            return own[self.variant], None
+        if self.override is not None:
+            return self.override, self.where
+        plan_file = getattr(plan, "path", None) or f"plan {getattr(plan, 'name', '?')!r}"
+        raise LoadError(f"{self.source}: negative_control[{self.index}] ({self.variant!r}) has no override, and "
+                        f"{plan_file} has no [variants.{self.variant}]: give the control an override = {{ ... }} "
+                        "(the keys of a plan variant) in the spec, or the plan a variant of that name")
 
     def covers(self, pair_label: str) -> bool:
         return not self.pairs or pair_label in self.pairs
@@ -351,7 +385,14 @@ def _controls(path: Path, raw: Any, labels: Sequence[str]) -> tuple[str, tuple[C
         about = t.get("about", "")
         if not isinstance(about, str):
             raise _err(path, f"{where}.about", "must be a string")
-        out.append(Control(variant, expect, _label_list(path, t, where, labels), about))
+        override = t.get("override")
+        if override is not None:
+            from harness.train.plan import check_variant_table
+            from harness.train.recipe import freeze
+
+            check_variant_table(override, f"{path}: {where}.override", OVERRIDE_KEYS)
+            override = freeze(override)
+        out.append(Control(variant, expect, _label_list(path, t, where, labels), about, override, path, i))
     text = "; ".join(f"{c.variant}: {c.about}" if c.about else c.variant for c in out)
     return text, tuple(out)
 
@@ -428,9 +469,22 @@ def load_specs(folder: PathLike, statistics: Any = None, ids: Sequence[str] | No
         if spec.id in specs:
             raise _err(path, "id", f"duplicate claim id {spec.id!r} (also in {specs[spec.id].source})")
         specs[spec.id] = spec
+    _same_overrides(specs.values())
     if ids is not None:
         missing = [i for i in ids if i not in specs]
         if missing:
             raise LoadError(f"{folder}: no claim spec with id {', '.join(missing)}; known: {', '.join(sorted(specs))}")
         return [specs[i] for i in ids]
     return [specs[k] for k in sorted(specs)]
+
+
+def _same_overrides(specs: Sequence[ClaimSpec] | Any) -> None:
+    """Controls of one name are one variant (one graph, one cache): two specs may share a name only with the
+    same override."""
+    seen: dict[str, Control] = {}
+    for spec in specs:
+        for c in spec.controls:
+            first = seen.setdefault(c.variant, c)
+            if first.override != c.override:
+                raise LoadError(f"{c.where}: control {c.variant!r} is also in {first.source} with another override; "
+                                "a control's name names one recipe: rename one of them")

@@ -5,7 +5,9 @@ field. The recipe sections and the type-checking of their tables are in :mod:`ha
 that says ``extends = "other.toml"`` states only what differs (the merge rules: :mod:`harness.train.planfile`).
 ``[variants.NAME]`` tables override recipe keys globally (``sft``/``dpo``/``lora``
 tables) or per node (``nodes."NAME" = {...}``) and may restrict the nodes to build
-(``only = [...]``, ancestors are kept); :meth:`Plan.variant` applies one.
+(``only = [...]``, ancestors are kept); :meth:`Plan.variant` applies one, :meth:`Plan.with_variant` applies a
+table given inline (a claim spec's negative control carries its own), and :func:`check_variant_table` checks such
+a table's keys and types before any plan is at hand.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from harness.train.recipe import SCHEDULERS, BaseSource, FrozenDict, LoraSpec, P
 from harness.train.recipe import apply_table as _apply, check_keys as _check_keys, freeze as _freeze, typed as _typed
 
 __all__ = ["BaseSource", "FrozenDict", "LoraSpec", "Node", "Plan", "PlanError", "Recipe", "SCHEDULERS", "TinySpec",
-           "load_plan", "plan_from_dict"]
+           "VARIANT_KEYS", "check_variant_table", "load_plan", "plan_from_dict"]
 
 DATASET_NAMES = ("d0", "d1", "d2")
 #: A node whose data its parent makes by study 003's loop (``selfgen = {...}`` on the node).
 SELFGEN = "selfgen"
 SELFGEN_METHODS = ("reuse", "pick", "drop_low", "keep_low")
+#: The keys a variant table takes (``[variants.NAME]`` of a plan, or a claim control's ``override``).
+VARIANT_KEYS = frozenset({"lora", "sft", "dpo", "tiny", "nodes", "only", "limit", "quantize_4bit"})
 SELFGEN_KEYS = {"source": str, "method": str, "n": int, "temperature": float, "top_p": float,
                 "max_new_tokens": int, "low_fraction": float}
 
@@ -146,7 +150,15 @@ class Plan:
         if name not in self.variants:
             known = ", ".join(sorted(self.variants)) or "(none)"
             raise PlanError(f"{self._where()}: no variant {name!r}; known: {known}")
-        return _apply_variant(self, name, self.variants[name])
+        return self.with_variant(name, self.variants[name])
+
+    def with_variant(self, name: str, table: Mapping[str, Any], where: str | None = None) -> "Plan":
+        """The plan with a variant ``table`` (the keys of a ``[variants.NAME]`` table) applied under ``name``;
+        unchanged nodes keep their cache key. ``where`` names the table in errors (default: this plan's
+        ``variants.NAME``); a claim spec's negative control passes its file and field."""
+        if not isinstance(table, Mapping):
+            raise PlanError(f"{where or f'{self._where()}: variants.{name}'}: must be a table")
+        return _apply_variant(self, name, table, where)
 
 
 
@@ -335,9 +347,39 @@ def _parse_preflight(table: Any, where: str) -> Mapping[str, str]:
     return _freeze(dict(allow))
 
 
-def _apply_variant(plan: Plan, vname: str, table: Mapping[str, Any]) -> Plan:
-    where = f"{plan._where()}: variants.{vname}"
-    _check_keys(table, {"lora", "sft", "dpo", "tiny", "nodes", "only", "limit", "quantize_4bit"}, where)
+def check_variant_table(table: Any, where: str, keys: frozenset[str] = VARIANT_KEYS) -> None:
+    """Check a variant table without a plan: its keys (out of ``keys``), the recipe keys and types of its
+    ``lora``/``sft``/``dpo``/``tiny`` tables and of each ``nodes."NAME"`` table, and the types of ``only``,
+    ``limit`` and ``quantize_4bit``. Which nodes exist is checked when a plan applies it. Raises
+    :class:`PlanError` starting with ``where``."""
+    if not isinstance(table, Mapping):
+        raise PlanError(f"{where}: must be a table")
+    _check_keys(table, set(keys), where)
+    if "quantize_4bit" in table:
+        _typed(table["quantize_4bit"], bool, f"{where}.quantize_4bit")
+    if "limit" in table:
+        _typed(table["limit"], int, f"{where}.limit")
+    defaults = {"lora": LoraSpec(), "sft": Recipe(), "dpo": Recipe(), "tiny": TinySpec()}
+    for key, obj in defaults.items():
+        if key in table:
+            if not isinstance(table[key], Mapping):
+                raise PlanError(f"{where}.{key}: must be a table")
+            _apply(obj, table[key], f"{where}.{key}")
+    per_node = table.get("nodes", {})
+    if not isinstance(per_node, Mapping):
+        raise PlanError(f"{where}.nodes: must be a table of node names")
+    for nname, over in per_node.items():
+        if not isinstance(over, Mapping):
+            raise PlanError(f"{where}.nodes.{nname!r}: must be a table of recipe keys of a trained node")
+        _apply(Recipe(), over, f"{where}.nodes.{nname!r}")
+    only = table.get("only")
+    if only is not None and (not isinstance(only, list) or not all(isinstance(o, str) for o in only)):
+        raise PlanError(f"{where}.only: must be a list of node names")
+
+
+def _apply_variant(plan: Plan, vname: str, table: Mapping[str, Any], where: str | None = None) -> Plan:
+    where = where or f"{plan._where()}: variants.{vname}"
+    _check_keys(table, set(VARIANT_KEYS), where)
     kw: dict[str, Any] = {"variant_name": vname}
     if "quantize_4bit" in table:  # QLoRA vs LoRA: part of every trained node's key
         kw["quantize_4bit"] = _typed(table["quantize_4bit"], bool, f"{where}.quantize_4bit")

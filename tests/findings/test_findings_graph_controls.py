@@ -1,6 +1,6 @@
 """C6's negative controls: the 004 setups, trained through trl on the CPU, under which "EOS is learned"
-must return "fail". (The weight claims' negative controls are plan variants named in their specs and
-run by the claims runner: claims/test_claims.py, cases ``...-control:VARIANT``.)"""
+must return "fail". (The weight claims' negative controls are recipe overrides in their specs, run by the
+claims runner on any plan: claims/test_claims.py, cases ``...-control:NAME``; tests/findings/test_findings_controls.py.)"""
 
 from __future__ import annotations
 

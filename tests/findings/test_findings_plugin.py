@@ -98,7 +98,7 @@ def test_seed_disagreement_fails_the_session(run, tmp_path):
     (["--harness-seeds", "0"], "--harness-seeds must be at least 1"),
     (["--harness-plan", "nope.toml"], "nope.toml: no such plan file"),
     (["--harness-plan", str(Path(__file__).resolve().parents[2] / "fixtures" / "plans" / "tiny.toml"),
-      "--harness-variant", "nope"], "no variant 'nope'; known: c1_dpo_at_sft_lr, c4_bf16, c5_zero_step_dpo"),
+      "--harness-variant", "nope"], "no variant 'nope'; known: c4_bf16"),
 ])
 def test_conflicting_options_are_usage_errors(run, args, message):
     r = run(*args)
@@ -131,12 +131,15 @@ def test_seeds_with_a_plan_that_trains_nothing_is_a_usage_error(run, tmp_path):
 
 
 def test_a_variant_applies_and_its_name_is_in_the_findings(run, tmp_path):
-    plan = str(Path(__file__).resolve().parents[2] / "fixtures" / "plans" / "tiny.toml")
-    r = run("--harness-run-id", "v", "--harness-plan", plan, "--harness-variant", "c1_dpo_at_sft_lr")
+    tiny = Path(__file__).resolve().parents[2] / "fixtures" / "plans" / "tiny.toml"
+    plan = tmp_path / "tiny.toml"
+    plan.write_text(f'extends = "{tiny}"\nname = "tiny"\n[variants.hot]\ndpo = {{ learning_rate = 1e-4 }}\n',
+                    encoding="utf-8")
+    r = run("--harness-run-id", "v", "--harness-plan", str(plan), "--harness-variant", "hot")
     assert r.returncode == 0, r.stdout + r.stderr
     meta = json.loads((tmp_path / "out" / "tiny" / "v.json").read_text())["meta"]
-    assert meta["variant"] == "c1_dpo_at_sft_lr" and meta["recipe"]["dpo"]["learning_rate"] == 1e-4
-    assert "- variant: `c1_dpo_at_sft_lr`" in (tmp_path / "out" / "tiny" / "v.md").read_text()
+    assert meta["variant"] == "hot" and meta["recipe"]["dpo"]["learning_rate"] == 1e-4
+    assert "- variant: `hot`" in (tmp_path / "out" / "tiny" / "v.md").read_text()
 
 
 def test_a_malformed_harness_variable_is_a_usage_error_naming_it(run):
