@@ -216,10 +216,13 @@ def failing(tmp_path_factory) -> dict[str, Path]:
     return {"dir": d, "plan": d / "ff.toml", "claims": d / "claims", "fx": d / "fx"}
 
 
-def test_a_failed_node_fails_every_case_that_reads_it_at_once_without_a_rebuild(failing):
-    """A real claims session: sft_d0's training raises (peft: no such target module). It starts once; both
-    cases (sft_d0, and its child's) fail with peft's error and the log's path; the summary names the node."""
-    r = claims_run(failing, failing["fx"], failing["dir"] / "out", COLUMNS="4000")  # whole summary lines
+@pytest.mark.parametrize("devices", [None, "a,b"], ids=["serial", "slots"])
+def test_a_failed_node_fails_every_case_that_reads_it_at_once_without_a_rebuild(failing, devices):
+    """A real claims session: sft_d0's training raises (peft: no such target module), in this process or in
+    a device slot's worker. It starts once; both cases (sft_d0, and its child's) fail with peft's error and
+    the log's path; the summary names the node."""
+    env = {"COLUMNS": "4000"} | ({"HARNESS_DEVICES": devices} if devices else {})  # COLUMNS: whole summary lines
+    r = claims_run(failing, failing["fx"], failing["dir"] / f"out-{devices}", **env)
     out = r.stdout
     assert r.returncode == 1, out[-4000:] + r.stderr[-2000:]
     assert out.count("building sft_d0 ...") == 1, out[-6000:]
