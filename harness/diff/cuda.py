@@ -31,132 +31,139 @@ try:  # Triton ships with CUDA builds of torch; the CPU machines have none.
     import triton.language as tl
 
     HAVE_TRITON = True
+    jit = triton.jit
 except ImportError:  # pragma: no cover - exercised on CPU-only machines
     HAVE_TRITON = False
+    tl = None
+
+    def jit(fn):
+        """Without Triton the kernel stays plain Python: tests/diff/test_diff_kernel_source.py runs it on the
+        CPU with torch standing in for ``triton.language`` and compares it with :func:`chunk_stats`."""
+        return fn
 
 DEFAULT = DiffSettings()
 
-if HAVE_TRITON:
+# The kernel. Its statistics are those of harness.diff.stats.chunk_stats (the CPU engine and the eager CUDA
+# path), written per lane; tests/diff/test_diff_kernel_source.py runs both on the CPU and compares them.
+@jit
+def _block_stats(a_ptr, b_ptr, r_ptr, offs, n, HAS_R: tl.constexpr, MASKED: tl.constexpr):
+    """Per-lane statistics of one block; ``MASKED`` zeroes non-finite positions and counts them."""
+    m = offs < n
+    a = tl.load(a_ptr + offs, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    b = tl.load(b_ptr + offs, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    if HAS_R:
+        r = tl.load(r_ptr + offs, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    else:
+        r = a
+    nanc = tl.zeros(offs.shape, tl.int32)
+    badc = tl.zeros(offs.shape, tl.int32)
+    if MASKED:
+        INF = float("inf")
+        fin = (tl.abs(a) < INF) & (tl.abs(b) < INF) & (tl.abs(r) < INF)
+        nanc = ((a != a) | (b != b) | (r != r)).to(tl.int32)
+        badc = (fin == 0).to(tl.int32)
+        a = tl.where(fin, a, 0.0)
+        b = tl.where(fin, b, 0.0)
+        r = tl.where(fin, r, 0.0)
+    d = b - a
+    ad = tl.abs(d)
+    sq = d * d
+    chg = (d != 0).to(tl.int32)
+    if HAS_R:
+        ta = a - r
+        tb = b - r
+        c = ((ta > 0) & (tb < 0)) | ((ta < 0) & (tb > 0))
+        cc = c.to(tl.int32)
+        csq = tl.where(c, sq, 0.0)
+        dot = ta * tb
+        na2 = ta * ta
+        nb2 = tb * tb
+    else:
+        cc = tl.zeros(offs.shape, tl.int32)
+        csq = tl.zeros(offs.shape, tl.float32)
+        dot = csq
+        na2 = csq
+        nb2 = csq
+    return ad, sq, chg, cc, csq, dot, na2, nb2, nanc, badc
 
-    @triton.jit
-    def _block_stats(a_ptr, b_ptr, r_ptr, offs, n, HAS_R: tl.constexpr, MASKED: tl.constexpr):
-        """Per-lane statistics of one block; ``MASKED`` zeroes non-finite positions and counts them."""
-        m = offs < n
-        a = tl.load(a_ptr + offs, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
-        b = tl.load(b_ptr + offs, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
-        if HAS_R:
-            r = tl.load(r_ptr + offs, mask=m, other=0.0, eviction_policy="evict_first").to(tl.float32)
-        else:
-            r = a
-        nanc = tl.zeros(offs.shape, tl.int32)
-        badc = tl.zeros(offs.shape, tl.int32)
-        if MASKED:
-            INF = float("inf")
-            fin = (tl.abs(a) < INF) & (tl.abs(b) < INF) & (tl.abs(r) < INF)
-            nanc = ((a != a) | (b != b) | (r != r)).to(tl.int32)
-            badc = (fin == 0).to(tl.int32)
-            a = tl.where(fin, a, 0.0)
-            b = tl.where(fin, b, 0.0)
-            r = tl.where(fin, r, 0.0)
-        d = b - a
-        ad = tl.abs(d)
-        sq = d * d
-        chg = (d != 0).to(tl.int32)
-        if HAS_R:
-            ta = a - r
-            tb = b - r
-            c = ((ta > 0) & (tb < 0)) | ((ta < 0) & (tb > 0))
-            cc = c.to(tl.int32)
-            csq = tl.where(c, sq, 0.0)
-            dot = ta * tb
-            na2 = ta * ta
-            nb2 = tb * tb
-        else:
-            cc = tl.zeros(offs.shape, tl.int32)
-            csq = tl.zeros(offs.shape, tl.float32)
-            dot = csq
-            na2 = csq
-            nb2 = csq
-        return ad, sq, chg, cc, csq, dot, na2, nb2, nanc, badc
+@jit
+def _range_stats(a_ptr, b_ptr, r_ptr, n, iters, pid, nprog, HAS_R: tl.constexpr, MASKED: tl.constexpr,
+                 BLOCK: tl.constexpr, K: tl.constexpr):
+    """This program's strided share: fp32 per lane over K blocks, then float64 scalars."""
+    zero64 = tl.full([], 0.0, tl.float64)
+    l1_64 = zero64
+    sq_64 = zero64
+    csq_64 = zero64
+    dot_64 = zero64
+    na_64 = zero64
+    nb_64 = zero64
+    mx = tl.zeros([BLOCK], tl.float32)
+    chg = tl.zeros([BLOCK], tl.int32)
+    cf = tl.zeros([BLOCK], tl.int32)
+    nan = tl.zeros([BLOCK], tl.int32)
+    bad = tl.zeros([BLOCK], tl.int32)
+    for it in tl.range(0, iters):
+        base = (it * nprog + pid) * BLOCK * K
+        l1 = tl.zeros([BLOCK], tl.float32)
+        sq = tl.zeros([BLOCK], tl.float32)
+        csq = tl.zeros([BLOCK], tl.float32)
+        dot = tl.zeros([BLOCK], tl.float32)
+        na = tl.zeros([BLOCK], tl.float32)
+        nb = tl.zeros([BLOCK], tl.float32)
+        for j in range(K):
+            offs = base + j * BLOCK + tl.arange(0, BLOCK)
+            s_ad, s_sq, s_chg, s_cc, s_csq, s_dot, s_na, s_nb, s_nan, s_bad = _block_stats(
+                a_ptr, b_ptr, r_ptr, offs, n, HAS_R, MASKED)
+            l1 += s_ad
+            sq += s_sq
+            mx = tl.maximum(mx, s_ad)
+            chg += s_chg
+            cf += s_cc
+            csq += s_csq
+            dot += s_dot
+            na += s_na
+            nb += s_nb
+            nan += s_nan
+            bad += s_bad
+        # float64 accumulation across the K-block groups
+        l1_64 += tl.sum(l1, 0).to(tl.float64)
+        sq_64 += tl.sum(sq, 0).to(tl.float64)
+        csq_64 += tl.sum(csq, 0).to(tl.float64)
+        dot_64 += tl.sum(dot, 0).to(tl.float64)
+        na_64 += tl.sum(na, 0).to(tl.float64)
+        nb_64 += tl.sum(nb, 0).to(tl.float64)
+    return (l1_64, sq_64, tl.max(mx, 0).to(tl.float64), tl.sum(chg, 0).to(tl.float64),
+            tl.sum(cf, 0).to(tl.float64), csq_64, dot_64, na_64, nb_64,
+            tl.sum(nan, 0).to(tl.float64), tl.sum(bad, 0).to(tl.float64))
 
-    @triton.jit
-    def _range_stats(a_ptr, b_ptr, r_ptr, n, iters, pid, nprog, HAS_R: tl.constexpr, MASKED: tl.constexpr,
-                     BLOCK: tl.constexpr, K: tl.constexpr):
-        """This program's strided share: fp32 per lane over K blocks, then float64 scalars."""
-        zero64 = tl.full([], 0.0, tl.float64)
-        l1_64 = zero64
-        sq_64 = zero64
-        csq_64 = zero64
-        dot_64 = zero64
-        na_64 = zero64
-        nb_64 = zero64
-        mx = tl.zeros([BLOCK], tl.float32)
-        chg = tl.zeros([BLOCK], tl.int32)
-        cf = tl.zeros([BLOCK], tl.int32)
-        nan = tl.zeros([BLOCK], tl.int32)
-        bad = tl.zeros([BLOCK], tl.int32)
-        for it in tl.range(0, iters):
-            base = (it * nprog + pid) * BLOCK * K
-            l1 = tl.zeros([BLOCK], tl.float32)
-            sq = tl.zeros([BLOCK], tl.float32)
-            csq = tl.zeros([BLOCK], tl.float32)
-            dot = tl.zeros([BLOCK], tl.float32)
-            na = tl.zeros([BLOCK], tl.float32)
-            nb = tl.zeros([BLOCK], tl.float32)
-            for j in range(K):
-                offs = base + j * BLOCK + tl.arange(0, BLOCK)
-                s_ad, s_sq, s_chg, s_cc, s_csq, s_dot, s_na, s_nb, s_nan, s_bad = _block_stats(
-                    a_ptr, b_ptr, r_ptr, offs, n, HAS_R, MASKED)
-                l1 += s_ad
-                sq += s_sq
-                mx = tl.maximum(mx, s_ad)
-                chg += s_chg
-                cf += s_cc
-                csq += s_csq
-                dot += s_dot
-                na += s_na
-                nb += s_nb
-                nan += s_nan
-                bad += s_bad
-            # float64 accumulation across the K-block groups
-            l1_64 += tl.sum(l1, 0).to(tl.float64)
-            sq_64 += tl.sum(sq, 0).to(tl.float64)
-            csq_64 += tl.sum(csq, 0).to(tl.float64)
-            dot_64 += tl.sum(dot, 0).to(tl.float64)
-            na_64 += tl.sum(na, 0).to(tl.float64)
-            nb_64 += tl.sum(nb, 0).to(tl.float64)
-        return (l1_64, sq_64, tl.max(mx, 0).to(tl.float64), tl.sum(chg, 0).to(tl.float64),
-                tl.sum(cf, 0).to(tl.float64), csq_64, dot_64, na_64, nb_64,
-                tl.sum(nan, 0).to(tl.float64), tl.sum(bad, 0).to(tl.float64))
+@jit
+def _diff_kernel(a_ptr, b_ptr, r_ptr, out_ptr, n, iters, HAS_R: tl.constexpr, BLOCK: tl.constexpr,
+                 K: tl.constexpr):
+    """One row of partial raw statistics per program; a, b and R are read once.
 
-    @triton.jit
-    def _diff_kernel(a_ptr, b_ptr, r_ptr, out_ptr, n, iters, HAS_R: tl.constexpr, BLOCK: tl.constexpr,
-                     K: tl.constexpr):
-        """One row of partial raw statistics per program; a, b and R are read once.
-
-        The fast pass skips the finite checks: a non-finite input makes l1 or a task-vector
-        norm non-finite, and only then does the program redo its share with masking.
-        """
-        pid = tl.program_id(0)
-        nprog = tl.num_programs(0)
+    The fast pass skips the finite checks: a non-finite input makes l1 or a task-vector
+    norm non-finite, and only then does the program redo its share with masking.
+    """
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    l1, sq, mx, chg, cf, csq, dot, na, nb, nan, bad = _range_stats(
+        a_ptr, b_ptr, r_ptr, n, iters, pid, nprog, HAS_R, False, BLOCK, K)
+    check = l1 + na + nb
+    if not (check < float("inf")):
         l1, sq, mx, chg, cf, csq, dot, na, nb, nan, bad = _range_stats(
-            a_ptr, b_ptr, r_ptr, n, iters, pid, nprog, HAS_R, False, BLOCK, K)
-        check = l1 + na + nb
-        if not (check < float("inf")):
-            l1, sq, mx, chg, cf, csq, dot, na, nb, nan, bad = _range_stats(
-                a_ptr, b_ptr, r_ptr, n, iters, pid, nprog, HAS_R, True, BLOCK, K)
-        row = out_ptr + pid * 11
-        tl.store(row + 0, l1)
-        tl.store(row + 1, sq)
-        tl.store(row + 2, mx)
-        tl.store(row + 3, chg)
-        tl.store(row + 4, cf)
-        tl.store(row + 5, csq)
-        tl.store(row + 6, dot)
-        tl.store(row + 7, na)
-        tl.store(row + 8, nb)
-        tl.store(row + 9, nan)
-        tl.store(row + 10, bad - nan)
+            a_ptr, b_ptr, r_ptr, n, iters, pid, nprog, HAS_R, True, BLOCK, K)
+    row = out_ptr + pid * 11
+    tl.store(row + 0, l1)
+    tl.store(row + 1, sq)
+    tl.store(row + 2, mx)
+    tl.store(row + 3, chg)
+    tl.store(row + 4, cf)
+    tl.store(row + 5, csq)
+    tl.store(row + 6, dot)
+    tl.store(row + 7, na)
+    tl.store(row + 8, nb)
+    tl.store(row + 9, nan)
+    tl.store(row + 10, bad - nan)
 
 
 def kernel_name(settings: DiffSettings = DEFAULT) -> str:

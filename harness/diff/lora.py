@@ -47,11 +47,15 @@ class LoraDelta:
         return LoraDelta(self.A.to(device), self.B.to(device), self.scale, self.fan_in_fan_out)
 
     def rows(self, r0: int, r1: int) -> torch.Tensor:
-        """Rows ``r0:r1`` of the materialised fp32 delta, in the weight's layout."""
-        A, B = self.A.float(), self.B.float()
+        """Rows ``r0:r1`` of the materialised delta, in the weight's layout, as fp32.
+
+        The product is taken in float64 and rounded once to fp32, on every device: an fp32 matmul on CUDA
+        may run in TF32 (10 mantissa bits) when anything in the process turned it on (transformers does
+        for a compiled trainer), which moved a CUDA diff's statistics 4e-4 off the CPU engine's."""
+        A, B = self.A.double(), self.B.double()
         if self.fan_in_fan_out:
-            return (A[:, r0:r1].T @ B.T) * self.scale
-        return (B[r0:r1] @ A) * self.scale
+            return ((A[:, r0:r1].T @ B.T) * self.scale).float()
+        return ((B[r0:r1] @ A) * self.scale).float()
 
     def materialize(self) -> torch.Tensor:
         return self.rows(0, self.shape[0])

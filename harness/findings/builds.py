@@ -5,6 +5,11 @@ Before the first case runs, the session asks for every node the selected cases n
 graph, so that nodes whose parents are done train at once over the device slots (several per GPU on
 CUDA; one at a time on the CPU, where ``build``'s default is one job). Each node that trains gets a
 line on the terminal as it starts and as it ends; the training output goes to the session's log.
+
+A node that fails to build is recorded for the session (per graph: plan, variant, training seed, base):
+every later ``build`` that needs it, or a node below it, raises :class:`NodeFailedError` at once with the
+node's error and the log's path, and never builds it again. An error that belongs to no one node (the base
+cannot be resolved, the plan's data cannot be read) is recorded for the whole graph.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from harness.errors import HarnessError
 from harness.findings.preflight import NodePreflight, from_meta
 
 GraphKey = tuple[str, str | None, int, str]
@@ -29,8 +36,39 @@ def describe(plan: Any) -> str:
     return f"{plan.name}" + (f" [variant {plan.variant_name}]" if plan.variant_name else "") + f" seed {plan.seed}"
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A node (None: the graph as a whole) that failed to build in this session, with its error."""
+
+    graph: str  # as :func:`describe` names it
+    node: str | None
+    error: BaseException
+    log_path: Path
+
+    def describe(self) -> str:
+        what = f"node {self.node}" if self.node else "the build"
+        first = (str(self.error).strip().splitlines() or [""])[0]
+        return f"{self.graph}: {what} failed: {type(self.error).__name__}: {first} (log: {self.log_path})"
+
+
+class NodeFailedError(HarnessError):
+    """A node a case needs failed to build earlier in this session (itself, an ancestor, or the whole graph);
+    it is not built again. ``failure`` holds the original error (also this error's ``__cause__``)."""
+
+    def __init__(self, wanted: str, failure: Failure) -> None:
+        self.failure = failure
+        if failure.node is None:
+            why = "its graph failed to build"
+        elif failure.node == wanted:
+            why = "it failed to build"
+        else:
+            why = f"its ancestor {failure.node} failed to build"
+        super().__init__(f"{failure.graph}: node {wanted}: {why} earlier in this session and is not retried: "
+                         f"{type(failure.error).__name__}: {failure.error} (log: {failure.log_path})")
+
+
 class Builds:
-    """The graphs one session built, and which of their nodes it asked for."""
+    """The graphs one session built, which of their nodes it asked for, and which failed."""
 
     def __init__(self, fixtures_dir: str | None, device: str, say: Callable[[str], None], log_path: Path,
                  devices: str | None = None) -> None:
@@ -39,28 +77,44 @@ class Builds:
         self.graphs: dict[GraphKey, Any] = {}
         self.asked: dict[GraphKey, set[str]] = {}
         self.calls: list[tuple[GraphKey, tuple[str, ...]]] = []  # every build() this session made: (graph, only)
+        self.failed: dict[tuple[GraphKey, str | None], Failure] = {}  # (graph, node or None: the graph): failure
 
     def build(self, plan: Any, nodes: Iterable[str] | None = None) -> Any:
         """Build (or load) ``nodes`` of ``plan`` and their ancestors (default: every node) in one
-        :func:`harness.train.build` call; returns the Graph."""
+        :func:`harness.train.build` call; returns the Graph. Raises :class:`NodeFailedError` at once, building
+        nothing, when one of them (or the graph) failed earlier in the session; a build that fails records its
+        failed nodes and raises their error."""
         from harness.train import build
 
         wanted: set[str] = set()
-        for n in (plan.names if nodes is None else nodes):
-            wanted.update(plan.ancestors(n))
         key = graph_key(plan)
+        for n in (plan.names if nodes is None else nodes):
+            ancestors = plan.ancestors(n)
+            wanted.update(ancestors)
+            failure = self.failed.get((key, None)) or next(
+                (self.failed[(key, a)] for a in ancestors if (key, a) in self.failed), None)
+            if failure is not None:
+                raise NodeFailedError(n, failure) from failure.error
         asked = self.asked.setdefault(key, set())
         todo = [n for n in plan.names if n in wanted and n not in asked]
         if not todo and key in self.graphs:
             return self.graphs[key]
         only = tuple(todo) or (plan.names[0],)
         self.calls.append((key, only))
-        with quiet(self.log_path):
-            # the one call into the graph engine; the session's log path reaches the build's workers through
-            # quiet() until harness.train.build takes it as an argument
-            self.graphs[key] = build(plan, only=list(only), fixtures_dir=self.fixtures_dir, device=self.device,
-                                     devices=self.devices, progress=False, on_node=self._progress(describe(plan), todo),
-                                     worker_log=self.log_path)
+        failed: dict[str, BaseException] = {}
+        try:
+            with quiet(self.log_path):
+                # the one call into the graph engine; the session's log path reaches the build's workers through
+                # quiet() until harness.train.build takes it as an argument
+                self.graphs[key] = build(plan, only=list(only), fixtures_dir=self.fixtures_dir, device=self.device,
+                                         devices=self.devices, progress=False,
+                                         on_node=self._progress(describe(plan), todo), worker_log=self.log_path,
+                                         on_error=lambda name, error: failed.setdefault(name, error))
+        except Exception as exc:  # an interrupt is not recorded: the next case may build
+            for name, error in failed.items() or [(None, exc)]:
+                self.failed[(key, name)] = failure = Failure(describe(plan), name, error, self.log_path)
+                self.say(f"fixtures {failure.describe()}")
+            raise
         asked.update(todo)
         return self.graphs[key]
 
@@ -90,16 +144,21 @@ class Builds:
 
     def build_all(self, wants: Sequence[tuple[Any, Iterable[str]]]) -> None:
         """One build per graph for every node ``wants`` names: ``[(plan, nodes)]``, graphs merged by key.
-        A graph that fails to build is said and left to the cases: each then builds the nodes it reads, so
-        a node that cannot be built fails only the cases that read it."""
+        A build that fails is said and left to the cases: the failed node's cases fail at once with its error
+        (:meth:`build`); the others build the nodes they read (a serial build stops at its first failure)."""
         merged: dict[GraphKey, tuple[Any, set[str]]] = {}
         for plan, nodes in wants:
             merged.setdefault(graph_key(plan), (plan, set()))[1].update(nodes)
         for plan, nodes in merged.values():
             try:
                 self.build(plan, sorted(nodes, key=plan.names.index))
-            except Exception as exc:  # noqa: BLE001 - re-raised by the cases that read the node
-                self.say(f"fixtures {describe(plan)}: {exc}; each case builds the nodes it reads")
+            except Exception:  # noqa: BLE001 - recorded (and said) by build(); the cases that read it fail
+                self.say(f"fixtures {describe(plan)}: the cases that read a failed node fail with its error; "
+                         "the others build the nodes they read")
+
+    def failures(self) -> list[Failure]:
+        """The nodes (or graphs) that failed to build in this session, in the order they failed."""
+        return list(self.failed.values())
 
     def graph_of(self, plan: Any) -> Any | None:
         return self.graphs.get(graph_key(plan))

@@ -69,12 +69,7 @@ def load_model(model_dir: str | Path, device: str, quantize_4bit: bool, for_trai
 
     kwargs: dict[str, Any] = {}
     if uses_4bit(device, quantize_4bit):
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16,
-        )
+        kwargs["quantization_config"] = quantization_config()
         kwargs["dtype"] = torch.bfloat16
         kwargs["device_map"] = {"": ddp_env()[2]}  # never "auto" under DDP: it would shard, not replicate
     else:
@@ -87,11 +82,49 @@ def load_model(model_dir: str | Path, device: str, quantize_4bit: bool, for_trai
     except OSError as e:
         raise HarnessError(f"cannot load model {model_dir}: {e}") from None
     if uses_4bit(device, quantize_4bit) and for_training:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=checkpointing(model, gradient_checkpointing))
+        model = prepare_4bit(model, gradient_checkpointing)
     return model
+
+
+def quantization_config() -> Any:
+    """QLoRA's 4-bit loading: nf4, double quantization, bf16 compute."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def prepare_4bit(model: Any, gradient_checkpointing: str = "auto") -> Any:
+    """A 4-bit model made ready to train: peft's k-bit preparation (which casts every other parameter, the
+    4-bit layers' biases too, to float32), then :func:`cast_4bit_biases`."""
+    from peft import prepare_model_for_kbit_training
+
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing(model, gradient_checkpointing))
+    cast_4bit_biases(model)
+    return model
+
+
+def cast_4bit_biases(model: Any) -> list[str]:
+    """Cast the bias of every bitsandbytes ``Linear4bit`` to the layer's compute dtype; returns their names.
+
+    ``Linear4bit.forward`` casts its input to the compute dtype and, when its bias differs, replaces the bias
+    in place (``bias.data = bias.data.to(x.dtype)``). Eagerly that happens once, in the first step; inside a
+    torch.compile'd step replayed as CUDA graphs (``compile = "reduce-overhead"``) the bias becomes a graph
+    output that the next replay overwrites ("accessing tensor output of CUDAGraphs that has been overwritten"),
+    on every base whose linear layers carry a bias (Qwen2's q/k/v). Cast before training, the forward finds
+    the dtypes equal and mutates nothing; the values are those the eager first step would have made.
+    """
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:  # no bitsandbytes: no 4-bit layers
+        return []
+    cast = []
+    for name, module in model.named_modules():
+        bias, dtype = getattr(module, "bias", None), getattr(module, "compute_dtype", None)
+        if isinstance(module, Linear4bit) and bias is not None and dtype is not None and bias.dtype != dtype:
+            bias.data = bias.data.to(dtype)
+            cast.append(name)
+    return cast
 
 
 def lora_config(spec: Any):
@@ -135,6 +168,10 @@ def trainer_kwargs(recipe: Any, out_dir: Path, device: str, seed: int, progress:
         data_seed=seed,
         bf16=device == "cuda",
         fp16=False,
+        # TF32 off, explicitly: transformers turns it on, process-wide, for any trainer built with
+        # torch_compile, so a compiled node changed the fp32 matmuls of whatever ran after it in the process
+        # (eager nodes on the same worker, the CUDA weight diff); under bf16 autocast it changes no matmul here
+        tf32=False if device == "cuda" else None,
         use_cpu=device == "cpu",
         gradient_checkpointing=big,
         dataloader_num_workers=0,

@@ -95,10 +95,12 @@ class Assignment:
 
 def schedule(todo: Sequence[str], parent_of: Callable[[str], str | None], done: set[str], slots: Sequence[Slot],
              start: Callable[[str, tuple[Slot, ...]], Any], gpus_of: Callable[[str], int] = lambda n: 1,
-             on_change: Callable[[dict[str, tuple[str, ...]]], None] | None = None) -> list[Assignment]:
+             on_change: Callable[[dict[str, tuple[str, ...]]], None] | None = None,
+             on_error: Callable[[str, BaseException], None] | None = None) -> list[Assignment]:
     """Run ``todo`` (parents first) on ``slots``: a node starts when its parent is in ``done`` and a slot has
     room (the one with the most free room; a ``gpus_of(node) = N`` node takes N idle slots). ``start``
-    returns a ``concurrent.futures.Future``; a failed node's error is raised (the others finish first)."""
+    returns a ``concurrent.futures.Future``; a failed node's error is raised (the others finish first), and
+    ``on_error(node, error)`` hears of each failed node as it fails."""
     from concurrent.futures import FIRST_COMPLETED, wait
 
     free = {s.id: s.capacity for s in slots}
@@ -150,6 +152,8 @@ def schedule(todo: Sequence[str], parent_of: Callable[[str], str | None], done: 
             exc = fut.exception()
             if exc is not None:
                 error = error or exc
+                if on_error is not None:
+                    on_error(name, exc)
             else:
                 entry[name].trained = fut.result() is not False
                 done.add(name)
@@ -196,10 +200,12 @@ def close_pools(pools: dict[str, Any]) -> None:
 def build_on_slots(graph: Any, todo: list[str], inputs: dict, forced: set[str], slots: Sequence[Slot], bar: Any,
                    checks: dict[str, dict | None],
                    tell: Callable[[str, str], None] = lambda name, event: None,
-                   pools: dict[str, Any] | None = None, worker_log: str | Path | None = None) -> list[Assignment]:
+                   pools: dict[str, Any] | None = None, worker_log: str | Path | None = None,
+                   on_error: Callable[[str, BaseException], None] | None = None) -> list[Assignment]:
     """Train ``todo`` over ``slots``: the slots' worker pools (``pools`` from :func:`open_pools`, else opened
     here), multi-GPU nodes through ``accelerate launch`` from a thread of this process on the slots they were
-    given. ``tell(name, event)`` hears of each node's start and end here (see :func:`harness.train.graph.build`)."""
+    given. ``tell(name, event)`` hears of each node's start and end here, ``on_error(name, error)`` of each
+    node that failed (see :func:`harness.train.graph.build`)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from harness.train import distributed
@@ -236,7 +242,7 @@ def build_on_slots(graph: Any, todo: list[str], inputs: dict, forced: set[str], 
 
     try:
         return schedule(todo, lambda n: graph.plan.node(n).parent, _Done(n for n in graph.names if n not in todo),
-                        slots, start, gpus_of if pinned else (lambda n: 1), show)
+                        slots, start, gpus_of if pinned else (lambda n: 1), show, on_error)
     finally:
         threads.shutdown(wait=True)
         close_pools(pools)

@@ -13,7 +13,7 @@ from harness.train.gpus import choose_threads
 from harness.train.keys import plan_keys, resolve_base
 from harness.train.node import locked_build
 from harness.train.plan import Plan
-from harness.train.preflight import preflight_nodes
+from harness.train.preflight import PreflightError, preflight_nodes
 from harness.train.store import META_FILE, Store
 
 
@@ -90,7 +90,8 @@ def default_jobs(device: str, base_dir: Path | None = None) -> int:
 def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "auto",
           only: str | Iterable[str] | None = None, rebuild: bool = False, progress: bool = True,
           jobs: int | None = None, preflight: bool = True, devices: str | Iterable[str] | None = None,
-          on_node: Callable[[str, str], None] | None = None, worker_log: str | Path | None = None) -> Graph:
+          on_node: Callable[[str, str], None] | None = None, worker_log: str | Path | None = None,
+          on_error: Callable[[str, BaseException], None] | None = None) -> Graph:
     """Build every missing node of ``plan`` (or ``only`` those nodes and their ancestors).
 
     ``rebuild`` retrains the named nodes (``only``) or, without ``only``, every trained node.
@@ -103,7 +104,9 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
     their output to (default: this process's stdout and stderr).
     ``fixtures_dir`` defaults to ``.fixtures/`` in the project (the CLI passes ``$HARNESS_FIXTURES_DIR``).
     ``on_node(name, event)`` is called in this process as each missing node starts (``"start"``) and
-    ends (``"built"``, or ``"found"`` when another builder had built it meanwhile).
+    ends (``"built"``, or ``"found"`` when another builder had built it meanwhile); ``on_error(name, error)``
+    for each node whose pre-flight or training raised (the build then raises the first such error; an error
+    ``on_error`` did not hear of belongs to no one node: the base, the keys, the plan).
     Returns the :class:`Graph`; cached nodes cost nothing but hashing.
     """
     from tqdm.auto import tqdm
@@ -141,14 +144,17 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
             and not slots_of.needs_launch(plan, todo))
     pools = None if here else slots_of.open_pools(slots, len(todo), worker_log)  # workers warm up during the pre-flight
     checks: dict[str, dict | None] = {n: None for n in todo}
+    failed = on_error or (lambda name, error: None)
     try:
         if preflight and base_dir is not None:  # before any training: every node against the base's tokenizer
             checks.update(preflight_nodes(plan, [n for n in todo if plan.node(n).method != "base"], base_dir))
         elif not preflight:
             checks = {n: {"status": "skipped", "reason": "--no-preflight"} for n in todo}
-    except BaseException:
+    except BaseException as exc:
         if pools is not None:
             slots_of.close_pools(pools)
+        if isinstance(exc, PreflightError) and exc.node is not None:
+            failed(exc.node, exc)
         raise
     graph.timeline["preflight"] = time.perf_counter() - t0 - graph.timeline["base"]
     bar = tqdm(total=len(todo), desc=f"fixtures {plan.name}", unit="node", disable=not progress)
@@ -158,14 +164,19 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
         for name in todo:
             bar.set_postfix(node=name)
             tell(name, "start")
-            trained = locked_build(graph, name, inputs[name], name in forced, progress, checks[name],
-                                   slots[0].id or None)
+            try:
+                trained = locked_build(graph, name, inputs[name], name in forced, progress, checks[name],
+                                       slots[0].id or None)
+            except Exception as exc:  # an interrupt is no node's failure
+                failed(name, exc)
+                raise
             if trained:
                 graph.trained.append(name)
             tell(name, "built" if trained else "found")
             bar.update()
     else:
-        done = slots_of.build_on_slots(graph, todo, inputs, forced, slots, bar, checks, tell, pools)
+        done = slots_of.build_on_slots(graph, todo, inputs, forced, slots, bar, checks, tell, pools,
+                                       on_error=on_error)
         graph.trained += [a.node for a in done if a.trained]
     bar.close()
     graph.timeline["total"] = time.perf_counter() - t0

@@ -25,7 +25,12 @@ from harness.train.plan import SELFGEN
 
 
 class PreflightError(HarnessError):
-    """A node's training setup would train a broken model; the message names the node and the finding."""
+    """A node's training setup would train a broken model; the message names the node and the finding
+    (``node``: the node's name, so a build can tell which node failed)."""
+
+    def __init__(self, message: str, node: str | None = None) -> None:
+        super().__init__(message)
+        self.node = node
 
 
 @dataclass
@@ -107,7 +112,7 @@ def run(node: str, method: str, tok: Any, model_dir: str | Path, records: Sequen
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
         raise PreflightError(f"pre-flight {where}{node} [{pipeline}]: {e['code']}: {e['message']}{n}{more}; "
                              "fix the base or template, allow the code in the plan's [preflight] allow "
-                             "with a reason, or pass --no-preflight")
+                             "with a reason, or pass --no-preflight", node)
     return result
 
 

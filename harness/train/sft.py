@@ -37,12 +37,8 @@ def train_sft(model_dir: str | Path, tokenizer: Any, records: Sequence[dict], re
               progress: bool = True) -> Path:
     """Train ``records`` (trl conversational prompt/completion) on ``model_dir`` and save into
     ``out_dir``: the merged checkpoint, ``adapter/`` and ``log.json``. Returns ``out_dir``."""
-    from trl import SFTConfig, SFTTrainer
-
     def make_trainer(model: Any, kwargs: dict, dataset: Any) -> Any:
-        args = common.one_gpu(SFTConfig(**kwargs, completion_only_loss=True, packing=False))
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                             peft_config=common.lora_config(lora))
+        trainer = sft_trainer(model, kwargs, dataset, tokenizer, lora)
         if recipe.mask_stop_labels:
             from harness.inference.generate import stop_token_ids
 
@@ -51,3 +47,13 @@ def train_sft(model_dir: str | Path, tokenizer: Any, records: Sequence[dict], re
 
     return common.run_recipe("sft", make_trainer, model_dir, tokenizer, records, recipe, out_dir, device,
                              lora=lora, quantize_4bit=quantize_4bit, seed=seed, progress=progress)
+
+
+def sft_trainer(model: Any, kwargs: dict, dataset: Any, tokenizer: Any, lora: LoraSpec) -> Any:
+    """The trl ``SFTTrainer`` the SFT recipe trains with: ``kwargs`` from :func:`common.trainer_kwargs`,
+    completion-only loss, no packing, a LoRA adapter from ``lora``."""
+    from trl import SFTConfig, SFTTrainer
+
+    args = common.one_gpu(SFTConfig(**kwargs, completion_only_loss=True, packing=False))
+    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                      peft_config=common.lora_config(lora))

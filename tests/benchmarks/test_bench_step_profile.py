@@ -104,7 +104,6 @@ def smollm2_base(tmp_path_factory):
 
 @pytest.mark.parametrize("mode", [False, "reduce-overhead"], ids=["eager", "cudagraphs"])
 def test_bench_sft_step_profile(benchmark, smollm2_base, tmp_path, monkeypatch, mode):
-    from harness.train.graph import _load_tokenizer
     from harness.train.sft import train_sft
 
     benchmark.group = "step-profile"
@@ -114,7 +113,7 @@ def test_bench_sft_step_profile(benchmark, smollm2_base, tmp_path, monkeypatch, 
     monkeypatch.setattr(common, "step_timer", _profiling_timer(record))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # cold, as in a fresh build
     recipe = replace(plan.recipe("sft_d0"), max_steps=steps, compile=mode)
-    benchmark.pedantic(lambda: train_sft(base, _load_tokenizer(base), data.sft_records("d0"), recipe,
+    benchmark.pedantic(lambda: train_sft(base, common.load_tokenizer(base), data.sft_records("d0"), recipe,
                                          tmp_path / "sft", "cuda", lora=plan.lora,
                                          quantize_4bit=plan.quantize_4bit, seed=plan.seed, progress=False),
                        rounds=1, iterations=1)

@@ -50,14 +50,22 @@ def test_cuda_matches_cpu(arch_layouts, tmp_path, kernel, slot_bytes):
                                                    settings=settings).total.nan == 2
 
 
-def test_cuda_adapters_match_cpu(tmp_path):
+@pytest.mark.parametrize("fp32_matmul", ["ieee", "tf32"])
+def test_cuda_adapters_match_cpu(tmp_path, fp32_matmul):
+    """Also with TF32 on for fp32 matmuls, as transformers leaves it after building a compiled trainer in the
+    same process (the LoRA product B @ A is taken in float64, so the setting cannot reach it)."""
     from test_diff_lora import _peft_pair
 
     base, ad1, _ = _peft_pair(tmp_path, "llama", 1)
     _, ad2, m2 = _peft_pair(tmp_path, "llama", 2)
-    for args in [(ad1, base, None), (ad1, ad2, base), (ad1, m2, base)]:
-        _same(compare(*args, device="cpu", progress=False), compare(*args, device="cuda", progress=False),
-              rtol=1e-5, cos_atol=1e-6)
+    before = torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = fp32_matmul
+    try:
+        for args in [(ad1, base, None), (ad1, ad2, base), (ad1, m2, base)]:
+            _same(compare(*args, device="cpu", progress=False), compare(*args, device="cuda", progress=False),
+                  rtol=1e-5, cos_atol=1e-6)
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = before
 
 
 def test_fused_kernel_group_sizes_agree():

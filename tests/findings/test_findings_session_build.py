@@ -163,7 +163,9 @@ def test_the_first_case_asks_for_every_planned_cases_nodes_in_one_build(setup, s
 
 def test_a_node_that_cannot_be_built_fails_only_the_cases_that_read_it(small_model_folder, tmp_path):
     """sft_d1's max_length cuts its records' stop token: the pre-flight refuses it, so the one build of all
-    planned nodes fails; the case reading sft_d0 still builds and trains its node, the one reading sft_d1 errs."""
+    planned nodes fails; the case reading sft_d0 still builds and trains its node, the one reading sft_d1 fails
+    at once with the pre-flight's error, without another build."""
+    from harness.findings.builds import NodeFailedError
     from harness.findings.session import FindingsSession, Options
     from harness.train.preflight import PreflightError
 
@@ -181,12 +183,90 @@ def test_a_node_that_cannot_be_built_fails_only_the_cases_that_read_it(small_mod
     cases = fs.cases()
     fs.plan_cases(cases)
     fs.prepare(cases[1])  # sft_d0
-    assert said[0].startswith(f"fixtures pf seed 0: pre-flight {plan}: sft_d1 [trl-sft]: ")
-    assert said[0].endswith("; each case builds the nodes it reads"), said
+    assert said[0].startswith(f"fixtures pf seed 0: node sft_d1 failed: PreflightError: pre-flight {plan}: "
+                              "sft_d1 [trl-sft]: "), said
+    assert said[0].endswith(f"(log: {fs.log_path})") and "the others build the nodes they read" in said[1], said
     assert "fixtures pf seed 0: [2/2] sft_d0 built in" in said[-1]  # base: the folder, nothing to train
     assert fs.builds.graph_of(fs.plan).is_built("sft_d0")
-    with pytest.raises(PreflightError, match=r"sft_d1 \[trl-sft\]"):
+    with pytest.raises(NodeFailedError, match=r"node sft_d1: it failed to build earlier .* sft_d1 \[trl-sft\]") as err:
         fs.prepare(cases[0])  # sft_d1
+    assert isinstance(err.value.__cause__, PreflightError) and str(fs.log_path) in str(err.value)
+    assert [only for _, only in fs.builds.calls] == [("base", "sft_d0", "sft_d1"), ("base", "sft_d0")]
+
+
+# ---- fail fast: a node whose training raises is built once; every case that reads it fails with its error
+
+BAD_LORA = '[lora]\ntarget_modules = ["no_such_proj"]\n\n'  # peft finds no such layer: training raises
+
+
+@pytest.fixture(scope="module")
+def failing(tmp_path_factory) -> dict[str, Path]:
+    """micro's base with a LoRA target the model lacks (sft_d0 cannot train, so neither can dpo_d1@sft_d0,
+    its child), and one claim with a case reading each."""
+    d = tmp_path_factory.mktemp("fail_fast")
+    head = MICRO.read_text(encoding="utf-8").split("[[nodes]]", 1)[0].replace('name = "micro"', 'name = "ff"')
+    head = head.replace("[sft]", BAD_LORA + "[sft]")
+    (d / "ff.toml").write_text(head + '[[nodes]]\nname = "base"\nmethod = "base"\n\n[[nodes]]\nname = "sft_d0"\n'
+                               'method = "sft"\ndataset = "d0"\nparent = "base"\n\n[[nodes]]\n'
+                               'name = "dpo_d1@sft_d0"\nmethod = "dpo"\ndataset = "d1"\nparent = "sft_d0"\n',
+                               encoding="utf-8")
+    (d / "claims").mkdir()
+    (d / "claims" / "my2.toml").write_text(node_spec('[{ node = "sft_d0" }, { node = "dpo_d1@sft_d0" }]'),
+                                           encoding="utf-8")
+    return {"dir": d, "plan": d / "ff.toml", "claims": d / "claims", "fx": d / "fx"}
+
+
+@pytest.mark.parametrize("devices", [None, "a,b"], ids=["serial", "slots"])
+def test_a_failed_node_fails_every_case_that_reads_it_at_once_without_a_rebuild(failing, devices):
+    """A real claims session: sft_d0's training raises (peft: no such target module), in this process or in
+    a device slot's worker. It starts once; both cases (sft_d0, and its child's) fail with peft's error and
+    the log's path; the summary names the node."""
+    env = {"COLUMNS": "4000"} | ({"HARNESS_DEVICES": devices} if devices else {})  # COLUMNS: whole summary lines
+    r = claims_run(failing, failing["fx"], failing["dir"] / f"out-{devices}", **env)
+    out = r.stdout
+    assert r.returncode == 1, out[-4000:] + r.stderr[-2000:]
+    assert out.count("building sft_d0 ...") == 1, out[-6000:]
+    assert "building dpo_d1@sft_d0" not in out
+    log = failing["fx"] / "logs" / "r.log"
+    failed = [line for line in out.splitlines() if line.startswith("FAILED ")]
+    assert len(failed) == 2, out[-6000:]
+    assert "[MY2-sft_d0] - harness.findings.builds.NodeFailedError: ff seed 0: node sft_d0: it failed" in failed[0]
+    assert "[MY2-dpo_d1@sft_d0] - harness.findings.builds.NodeFailedError: ff seed 0: node dpo_d1@sft_d0: " \
+           "its ancestor sft_d0 failed" in failed[1]
+    assert all("no_such_proj" in line for line in failed), failed  # peft's own error, in each case
+    assert out.count(f"(log: {log})") >= 3  # the progress line, the summary line, each case's error
+    summary = out[out.index("fixture nodes that failed to build"):]
+    assert ("ff seed 0: node sft_d0 failed: NoMatchingPeftModuleError: Target modules {'no_such_proj'} not found "
+            "in the base model") in summary
+
+
+def test_a_failed_nodes_builder_runs_once_for_all_its_cases(failing, monkeypatch):
+    """In process, counting the calls of the real node builder: the planned build tries sft_d0 once; the two
+    cases then fail at once (NodeFailedError, peft's error as its cause) without calling it again."""
+    from harness.findings.builds import NodeFailedError
+    from harness.findings.session import FindingsSession, Options
+    from harness.train import graph as graph_module
+
+    calls: list[str] = []
+    real = graph_module.locked_build
+
+    def counted(graph, name, *args, **kwargs):
+        calls.append(name)
+        return real(graph, name, *args, **kwargs)
+
+    monkeypatch.setattr(graph_module, "locked_build", counted)
+    fs = FindingsSession(Options(root=ROOT, plan_path=failing["plan"], plan_given=True, claims_dir=failing["claims"],
+                                 fixtures_dir=str(failing["fx"]), device="cpu", run="inproc"),
+                         say=lambda msg: None)
+    cases = fs.cases()
+    assert [c.id for c in cases] == ["MY2-sft_d0", "MY2-dpo_d1@sft_d0"]
+    fs.plan_cases(cases)
+    for case in cases:
+        with pytest.raises(NodeFailedError, match="no_such_proj") as err:
+            fs.prepare(case)
+        assert isinstance(err.value.__cause__, ValueError)
+    assert calls.count("sft_d0") == 1 and "dpo_d1@sft_d0" not in calls, calls
+    assert [(f.node, type(f.error).__name__) for f in fs.builds.failures()] == [("sft_d0", "NoMatchingPeftModuleError")]
 
 
 def test_a_case_is_resolved_once_and_its_nodes_built_once(setup, serial, tmp_path):

@@ -168,7 +168,7 @@ def test_shipped_specs_keep_every_measured_known_deviation():
                 ("C7", "sft_d1/d1"): "-2.1e-06"}
     for (cid, pair), text in measured.items():
         assert text in specs[cid].known_deviation("tiny", TINY, pair), cid
-    assert {c.variant for s in specs.values() for c in s.controls} == {"c1_dpo_at_sft_lr", "c5_zero_step_dpo"}
+    assert {c.variant for s in specs.values() for c in s.controls} == {"c1_dpo_at_sft_lr", "c5_zero_step_dpo", "c6_stop_label_masked"}
 
 
 def test_a_known_deviation_can_be_keyed_by_device(tmp_path):

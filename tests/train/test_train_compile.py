@@ -83,17 +83,122 @@ def test_cuda_graph_steps_marks_each_step_for_the_graph_trees():
     assert torch.compiler.cudagraph_mark_step_begin is not None
 
 
-@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
-def test_cuda_graph_step_trains_the_eager_losses_on_cuda(micro_base, tmp_path):
+def test_cuda_trainers_keep_tf32_off(tmp_path):
+    """transformers turns TF32 on process-wide for a trainer built with torch_compile; the harness's trainer
+    arguments turn it off on CUDA, so a compiled node leaves the process's fp32 matmuls as they were."""
+    from harness.train.common import trainer_kwargs
+
+    recipe = replace(load_plan(MICRO).sft, compile="reduce-overhead")
+    assert trainer_kwargs(recipe, tmp_path, "cuda", 0, False, False)["tf32"] is False
+    assert trainer_kwargs(recipe, tmp_path, "cpu", 0, False, False)["tf32"] is None
+
+
+# ---------------------------------------------------------------------------- on CUDA: CUDA graphs vs eager
+#
+# On the H200 the bf16 run at learning rate 5e-2 (6 steps) put 3 of 6 graph-replayed losses more than 2 %
+# off the eager ones (step 3: 5.532 vs 5.871). bf16 rounding on differently shaped work (compiled: padded to
+# max_length), compounded by a large learning rate, or a training bug under CUDA graphs (a stale buffer, a
+# skipped optimizer step)? The tests below tell them apart: in float32 at a small learning rate the per-step
+# gradients and weight updates must agree closely (a bug shows at full size there); in bf16 the graph replay
+# must train the losses of the same compiled step without graphs (the same kernels on the same shapes), so
+# whatever remains against eager is compilation's numerics, not the graphs'.
+
+CUDA_ONLY = pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+
+
+def _record_steps(base: Path, out: Path, compile: bool | str, *, bf16: bool, lr: float, steps: int = 6) -> dict:
+    """micro's base trained on CUDA (plain LoRA, no dropout) with the SFT recipe's trainer, recording each
+    step's loss, the LoRA gradients the optimizer gets (after clipping) and the LoRA weights after it.
+    ``bf16`` False: float32 throughout (the harness trains CUDA nodes under bf16 autocast)."""
+    import torch
+    from transformers import TrainerCallback
+
+    from harness.train import common
+    from harness.train.sft import sft_trainer
+
+    def trainable(model) -> list:
+        return [p for _, p in sorted(model.named_parameters(), key=lambda kv: kv[0].replace("_orig_mod.", ""))
+                if p.requires_grad]
+
+    def flat(tensors) -> "torch.Tensor":
+        return torch.cat([t.detach().float().flatten() for t in tensors]).cpu()
+
+    class Recorder(TrainerCallback):
+        def __init__(self) -> None:
+            self.start, self.grads, self.weights = None, [], []
+
+        def on_train_begin(self, args, state, control, model=None, **kw):
+            self.start = flat(trainable(model))
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kw):
+            self.grads.append(flat(p.grad if p.grad is not None else torch.zeros_like(p) for p in trainable(model)))
+
+        def on_optimizer_step(self, args, state, control, model=None, **kw):
+            self.weights.append(flat(trainable(model)))
+
     plan = load_plan(MICRO)
-    runs = {}
-    for mode in (False, "reduce-overhead"):
-        out = tmp_path / str(mode)
-        recipe = replace(plan.sft, max_steps=6, learning_rate=5e-2, logging_steps=1, compile=mode)
-        train_sft(micro_base, AutoTokenizer.from_pretrained(micro_base), data.sft_records("d0")[:12], recipe, out,
-                  "cuda", lora=replace(plan.lora, dropout=0.0), quantize_4bit=False, seed=0, progress=False)
-        runs[mode] = (json.loads((out / SUMMARY_FILE).read_text()),
-                      [row["loss"] for row in json.loads((out / LOG_FILE).read_text())])
-    (eager, eager_losses), (graphs, graph_losses) = runs[False], runs["reduce-overhead"]
-    assert graphs["compile_mode"] == "reduce-overhead" and graphs["steps"] == 6
-    assert graph_losses == pytest.approx(eager_losses, rel=2e-2)  # bf16 autocast on CUDA
+    out.mkdir(parents=True, exist_ok=True)
+    recipe = replace(plan.sft, max_steps=steps, learning_rate=lr, logging_steps=1, compile=compile)
+    kwargs = common.trainer_kwargs(recipe, out, "cuda", 0, False, False)
+    kwargs["bf16"] = bf16
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = common.load_model(base, "cuda", False)
+    with common.regional_compilation(bool(kwargs.get("torch_compile"))):
+        trainer = sft_trainer(model, kwargs, common.training_dataset(data.sft_records("d0")[:12], out), tokenizer,
+                              replace(plan.lora, dropout=0.0))
+    if not bf16:  # float32 as IEEE float32: accelerate turns TF32 on (its legacy flag) for a compiled float32
+        torch.backends.cuda.matmul.allow_tf32 = False  # trainer it sets up; the same flag turns it off
+    recorder = Recorder()
+    trainer.add_callback(recorder)
+    if kwargs.get("torch_compile_mode") in common.CUDA_GRAPH_MODES:
+        trainer.add_callback(common.cuda_graph_steps())
+    trainer.train()
+    return {"losses": [row["loss"] for row in common.train_log(trainer)], "start": recorder.start,
+            "grads": recorder.grads, "weights": recorder.weights, "steps": trainer.state.global_step}
+
+
+def _rel(a, b) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+@CUDA_ONLY
+def test_cuda_graph_steps_get_the_eager_gradients_in_float32(micro_base, tmp_path, record_property):
+    """float32, learning rate 1e-4: each step's gradients and the weights' update so far, under CUDA graphs
+    against eager. What differs is only the summation order (the padded shapes, the fused kernels): the same
+    comparison on the CPU (compile's default mode, 3 steps) measured 3e-7 for the gradients and 3e-6 for the
+    updates, so 1e-3 leaves wide room for the GPU's kernels, while a skipped optimizer step (a sixth of the
+    update and more) or a stale gradient or activation (a whole step's worth) lies far above it."""
+    eager = _record_steps(micro_base, tmp_path / "eager", False, bf16=False, lr=1e-4)
+    graphs = _record_steps(micro_base, tmp_path / "graphs", "reduce-overhead", bf16=False, lr=1e-4)
+    for run in (eager, graphs):
+        assert run["steps"] == len(run["grads"]) == len(run["weights"]) == 6
+        moved = [run["start"], *run["weights"]]
+        assert all(not a.equal(b) for a, b in zip(moved, moved[1:])), "a step left the weights as they were"
+    assert graphs["start"].equal(eager["start"])  # the same initial adapter
+    grad_diffs = [_rel(g, e) for g, e in zip(graphs["grads"], eager["grads"])]
+    update_diffs = [_rel(g - graphs["start"], e - eager["start"]) for g, e in zip(graphs["weights"], eager["weights"])]
+    record_property("grad_rel_diffs", grad_diffs)
+    record_property("update_rel_diffs", update_diffs)
+    print(f"float32 per-step relative differences, graphs vs eager: gradients {grad_diffs}, updates {update_diffs}")
+    assert max(grad_diffs) < 1e-3, grad_diffs
+    assert max(update_diffs) < 1e-3, update_diffs
+    assert graphs["losses"] == pytest.approx(eager["losses"], rel=1e-4)
+
+
+@CUDA_ONLY
+def test_cuda_graphs_replay_the_compiled_step_in_bf16(micro_base, tmp_path, record_property):
+    """The harness's precision (bf16 autocast) at the failed run's learning rate 5e-2: the step replayed as
+    CUDA graphs trains the losses of the same compiled step run without graphs (the same kernels on the same
+    padded shapes; 1e-2 is far below the 6 % seen against eager), and its first loss, before any update,
+    is eager's up to bf16 rounding on other shapes."""
+    eager = _record_steps(micro_base, tmp_path / "eager", False, bf16=True, lr=5e-2)
+    compiled = _record_steps(micro_base, tmp_path / "compiled", True, bf16=True, lr=5e-2)
+    graphs = _record_steps(micro_base, tmp_path / "graphs", "reduce-overhead", bf16=True, lr=5e-2)
+    diffs = {name: [abs(a - b) / abs(b) for a, b in zip(run["losses"], eager["losses"])]
+             for name, run in (("compiled", compiled), ("graphs", graphs))}
+    record_property("loss_rel_diffs_vs_eager", diffs)
+    print(f"bf16 lr 5e-2 losses: eager {eager['losses']}, compiled {compiled['losses']}, graphs {graphs['losses']}")
+    assert graphs["steps"] == compiled["steps"] == eager["steps"] == 6
+    assert graphs["losses"][0] == pytest.approx(eager["losses"][0], rel=1e-2)
+    assert graphs["losses"] == pytest.approx(compiled["losses"], rel=1e-2)
+    assert _rel(graphs["weights"][-1] - graphs["start"], compiled["weights"][-1] - compiled["start"]) < 5e-2

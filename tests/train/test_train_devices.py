@@ -91,9 +91,12 @@ def test_a_failed_node_raises_and_its_children_never_start():
         started.append(name)
         return pool.submit(lambda: (_ for _ in ()).throw(RuntimeError(f"{name} broke")) if name == "sft_d0" else True)
 
+    failed = []
     with pytest.raises(RuntimeError, match="sft_d0 broke"):
-        schedule(["sft_d0", "dpo_d1@sft_d0"], lambda n: plan.node(n).parent, {"base"}, [Slot("a", 1)], start)
+        schedule(["sft_d0", "dpo_d1@sft_d0"], lambda n: plan.node(n).parent, {"base"}, [Slot("a", 1)], start,
+                 on_error=lambda name, error: failed.append((name, str(error))))
     assert started == ["sft_d0"]
+    assert failed == [("sft_d0", "sft_d0 broke")]  # the build engine learns which node failed (fail fast)
 
 
 def test_device_lists_and_slot_capacities():
