@@ -65,9 +65,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--harness-baseline", "--findings-baseline", dest="harness_baseline", default=None,
                     help="a findings JSON (this model's, or another base's or plan's) to compare the shared checks with")
     group.addoption("--findings-strict", dest="harness_strict", action="store_true", default=False,
-                    help="with --findings-baseline: improvements (fail -> pass) and moves across models fail too")
+                    help="an inconclusive check (training seeds that disagree, or a threshold inside the seeds' 95%% "
+                    "interval) fails its case and the session; with --findings-baseline, improvements (fail -> pass) "
+                    "and moves across models fail too")
     group.addoption("--harness-seeds", dest="harness_seeds", type=int, default=1,
-                    help="build the plan under N training seeds and check that verdicts agree")
+                    help="build the plan under N training seeds; each check reports its mean, 95%% interval and "
+                    "per-seed values, and is inconclusive when the seeds do not settle its verdict")
     group.addoption("--harness-run-id", dest="harness_run_id", default=None,
                     help="name of this run's findings files (default: a UTC timestamp)")
     group.addoption("--judge-serve", dest="judge_serve", default=None,
@@ -304,7 +307,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     from harness.findings.baseline import format_report
     from harness.findings.preflight import table as preflight_table
-    from harness.findings.report import spread_table, spreads, table
+    from harness.findings.report import not_measured, spread_table, table
 
     fs = _session(config)
     if fs is None:
@@ -323,13 +326,18 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     tr.write_sep("=", "harness findings")
     for line in table(results).splitlines():
         tr.write_line(line)
-    multi = [s for s in spreads(results) if len(s.values) > 1]
+    for line in not_measured(outcome.checks):
+        tr.write_line(f"not measured: {line}", yellow=True)
+    multi = [c for c in outcome.checks if len(c.rows) > 1]
     if multi:
         tr.write_sep("-", "spread across training seeds")
         for line in spread_table(multi).splitlines():
             tr.write_line(line)
-    for d in outcome.disagreements:
-        tr.write_line(f"verdicts disagree across seeds: {d}", red=True)
+    for c in outcome.inconclusive:
+        tr.write_line(f"inconclusive{' (fails: --findings-strict)' if outcome.strict else ''}: {c.describe()}",
+                      **({"red": True} if outcome.strict else {"yellow": True}))
+    failing = any(c.verdict == "fail" and not c.control for c in outcome.checks)
+    tr.write_line(outcome.summary, **({"red": True} if failing else {"green": True}))
     if outcome.preflight:
         tr.write_sep("-", "pre-flight per trained node")
         for line in preflight_table(outcome.preflight).splitlines():

@@ -12,15 +12,19 @@ and records it through the ``claim_result`` fixture of the pytest plugin (the se
         claim_result(row)
         assert_holds([row])
 
-``ClaimResult.make`` computes the margin (positive = holds) and the verdict. Importing this package
+``ClaimResult.make`` computes the margin (positive = holds) and the verdict; ``assert_holds`` judges each
+check across training seeds (:func:`harness.findings.verdict.aggregate`: pass, fail, inconclusive or not
+measured). Importing this package
 imports no engine: a kind's statistics provider is imported when a spec of that kind loads.
 """
 
 from harness.findings.spec import Check, ClaimSpec, Pair, load_spec, load_specs
 from harness.findings.statistics import STATISTICS, GenerationSource, NotMeasured, load_providers
-from harness.findings.verdict import ClaimResult, assert_holds, evaluate
+from harness.findings.verdict import (FAIL, INCONCLUSIVE, NOT_MEASURED, PASS, Aggregate, ClaimResult, InconclusiveWarning,
+                                      aggregate, assert_holds, evaluate)
 
 __all__ = [
     "Check", "ClaimSpec", "Pair", "load_spec", "load_specs", "STATISTICS", "GenerationSource", "NotMeasured",
-    "ClaimResult", "assert_holds", "evaluate", "load_providers",
+    "ClaimResult", "assert_holds", "evaluate", "load_providers", "Aggregate", "aggregate", "InconclusiveWarning",
+    "PASS", "FAIL", "INCONCLUSIVE", "NOT_MEASURED",
 ]

@@ -1,10 +1,15 @@
-"""Findings output: the terminal table, JSON/Markdown files (written atomically) and PNGs."""
+"""Findings output: the terminal table, JSON/Markdown files (written atomically) and PNGs.
+
+The tables show one row per check aggregated across training seeds (:func:`harness.findings.verdict.aggregate`:
+measured is the mean, with its 95% interval and n when there are several seeds) and a summary line counting
+the verdicts (:func:`harness.findings.verdict.summary_line`). The JSON keeps ``results`` (one row per seed, as
+older readers expect) and adds ``checks`` (the aggregates with their verdicts), ``counts`` (checks per verdict,
+negative controls left out) and ``control_counts`` (the negative controls' checks per verdict)."""
 
 from __future__ import annotations
 
 import json
 import math
-import statistics as pystats
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
@@ -13,7 +18,7 @@ from harness.atomic import atomic_path, write_bytes
 from harness.findings import preflight as _preflight
 from harness.findings.preflight import NodePreflight
 from harness.findings.statistics import layer_values, resolve
-from harness.findings.verdict import ClaimResult
+from harness.findings.verdict import NOT_MEASURED, Aggregate, ClaimResult, aggregate, counts, stdev, summary_line
 
 if TYPE_CHECKING:
     from harness.findings.diffs import DiffSource
@@ -44,9 +49,38 @@ def _tag(r: ClaimResult) -> str:
     return " (known)" if r.note.startswith("known") and r.verdict != "pass" else ""
 
 
+def measured_cell(c: Aggregate) -> str:
+    """The mean, with its 95% interval and n when several seeds measured the check ("-": not measured)."""
+    if c.verdict == NOT_MEASURED:
+        return "-"
+    if c.interval is None:
+        return _fmt(c.as_row().measured)
+    lo, hi = c.interval
+    return f"{_fmt(c.mean)} [{_fmt(lo)}, {_fmt(hi)}] n={c.n}"
+
+
+def check_rows(checks: Sequence[Aggregate]) -> list[tuple[str, ...]]:
+    """:func:`rows` of the checks aggregated across seeds, the measured cell with the interval and n."""
+    at, margin = COLUMNS.index("measured"), COLUMNS.index("margin")
+
+    def cell(c: Aggregate, i: int, text: str) -> str:
+        if i == at:
+            return measured_cell(c)
+        return "-" if i == margin and c.verdict == NOT_MEASURED else text
+
+    return [tuple(cell(c, i, text) for i, text in enumerate(r))
+            for c, r in zip(checks, rows([c.as_row() for c in checks]))]
+
+
+def not_measured(checks: Sequence[Aggregate]) -> list[str]:
+    """``claim check [pair]: reason`` for each check no seed could measure."""
+    return [f"{c.key[0]} {c.key[2]} [{c.key[1]}]: {c.note or 'no reason given'}" for c in checks
+            if c.verdict == NOT_MEASURED]
+
+
 def table(results: Sequence[ClaimResult]) -> str:
-    """A fixed-width text table of the results, one line per row."""
-    body = rows(results)
+    """A fixed-width text table of the results, one line per check (aggregated across training seeds)."""
+    body = check_rows(aggregate(results))
     widths = [max(len(c), *(len(r[i]) for r in body)) if body else len(c) for i, c in enumerate(COLUMNS)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
     return "\n".join([line(COLUMNS), line(["-" * w for w in widths])] + [line(r) for r in body])
@@ -54,7 +88,7 @@ def table(results: Sequence[ClaimResult]) -> str:
 
 def markdown_table(results: Sequence[ClaimResult]) -> str:
     out = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    out += ["| " + " | ".join(r) + " |" for r in rows(results)]
+    out += ["| " + " | ".join(r) + " |" for r in check_rows(aggregate(results))]
     return "\n".join(out)
 
 
@@ -72,7 +106,7 @@ class Spread:
 
     @property
     def stdev(self) -> float:
-        return pystats.stdev(self.values) if len(self.values) > 1 else 0.0
+        return stdev(self.values) if self.values else 0.0
 
 
 def spreads(results: Iterable[ClaimResult]) -> list[Spread]:
@@ -83,10 +117,18 @@ def spreads(results: Iterable[ClaimResult]) -> list[Spread]:
     return [Spread(k, tuple(r.measured for r in g), tuple(r.verdict for r in g)) for k, g in groups.items()]
 
 
-def spread_table(items: Sequence[Spread]) -> str:
-    cols = ("claim", "pair", "check", "n", "min", "max", "stdev", "verdicts")
-    body = [(s.key[0], s.key[1], s.key[2], str(len(s.values)), _fmt(min(s.values)), _fmt(max(s.values)),
-             _fmt(s.stdev), "agree" if s.agree else "DISAGREE " + ",".join(s.verdicts)) for s in items]
+def spread_table(items: Sequence[Aggregate]) -> str:
+    """Each check across training seeds: n, mean, 95% interval, min, max, stdev, per-seed values and verdicts."""
+    cols = ("claim", "pair", "check", "n", "mean", "95% interval", "min", "max", "stdev", "per seed", "verdict")
+
+    def interval(c: Aggregate) -> str:
+        return "-" if c.interval is None else f"[{_fmt(c.interval[0])}, {_fmt(c.interval[1])}]"
+
+    body = [(c.key[0], c.key[1], c.key[2], str(c.n), _fmt(c.mean), interval(c),
+             _fmt(min(c.values)) if c.values else "-", _fmt(max(c.values)) if c.values else "-", _fmt(c.stdev),
+             ", ".join(f"{'-' if r.seed is None else r.seed}: {_fmt(r.measured) if r.measured_here else 'not measured'}"
+                       for r in c.rows),
+             c.verdict + ("" if c.agree else " (seeds disagree: " + ",".join(c.verdicts) + ")")) for c in items]
     widths = [max(len(c), *(len(r[i]) for r in body)) if body else len(c) for i, c in enumerate(cols)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
     return "\n".join([line(cols)] + [line(r) for r in body])
@@ -97,7 +139,10 @@ atomic_write = write_bytes  # the name this module's callers use
 
 def to_json(results: Sequence[ClaimResult], meta: Mapping[str, Any],
             preflight: Sequence[NodePreflight] = ()) -> dict[str, Any]:
+    checks = aggregate(results)
     return {"meta": dict(meta), "preflight": [p.to_dict() for p in preflight], "results": [r.to_dict() for r in results],
+            "checks": [c.to_dict() for c in checks], "counts": counts(c for c in checks if not c.control),
+            "control_counts": counts(c for c in checks if c.control),
             "spread": [{"claim": s.key[0], "pair": s.key[1], "check": s.key[2], "values": list(s.values),
                         "stdev": s.stdev, "agree": s.agree} for s in spreads(results) if len(s.values) > 1]}
 
@@ -124,11 +169,15 @@ def to_markdown(results: Sequence[ClaimResult], meta: Mapping[str, Any], images:
             lines.append(f"- {k}: `{meta[k]}`")
     if meta.get("versions"):
         lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()))
-    lines += ["", markdown_table(results), ""]
-    notes = sorted({f"- {r.claim}: {r.note}" for r in results if r.note})
+    checks = aggregate(results)
+    lines += ["", markdown_table(results), "", summary_line(checks), ""]
+    unmeasured = not_measured(checks)
+    if unmeasured:
+        lines += ["Not measured:", ""] + [f"- {x}" for x in unmeasured] + [""]
+    notes = sorted({f"- {r.claim}: {r.note}" for r in results if r.note and r.measured_here})
     if notes:
         lines += ["Notes:", ""] + notes + [""]
-    spread = [s for s in spreads(results) if len(s.values) > 1]
+    spread = [c for c in checks if len(c.rows) > 1]
     if spread:
         lines += ["## Spread across training seeds", "", "```", spread_table(spread), "```", ""]
     if preflight:

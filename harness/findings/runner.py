@@ -11,7 +11,7 @@ from typing import Any
 
 from harness.findings.kinds import KINDS
 from harness.findings.session import Case, FindingsSession
-from harness.findings.verdict import ClaimResult, assert_holds, evaluate
+from harness.findings.verdict import FAIL, INCONCLUSIVE, ClaimResult, InconclusiveWarning, aggregate, assert_holds, evaluate
 
 
 def params(session: FindingsSession) -> list[Any]:
@@ -33,13 +33,17 @@ def _logs(session: FindingsSession, graph: Any, case: Case) -> str:
 
 def _detail(case: Case, rows: list[ClaimResult], session: FindingsSession, graph: Any) -> str:
     reasons = {c.name: c.reason.strip().splitlines()[0] for c in case.spec.checks}
-    failing = {r.check for r in rows if not r.passed}
+    failing = {c.key[2] for c in aggregate(rows) if c.verdict in (FAIL, INCONCLUSIVE)}
     lines = [f"  reason for {name}'s threshold: {reasons[name]} ..." for name in sorted(failing) if name in reasons]
     return "\n".join(lines + ["  " + _logs(session, graph, case), f"  spec: {case.spec.source}"])
 
 
 def run_case(session: FindingsSession, case: Case, request: Any) -> list[ClaimResult]:
-    """Measure one case, record its rows and assert the expectation (holds; or fails, for a control)."""
+    """Measure one case, record its rows and assert the expectation (holds; or fails, for a control).
+
+    Rows are judged per check across training seeds (:func:`~harness.findings.verdict.aggregate`): a failing
+    check fails the case, an inconclusive one warns (fails under ``--findings-strict``), a not-measured one is
+    recorded and never fails it; a case with no check measured records its rows and skips, saying why."""
     import pytest
 
     spec, pair, control = case.spec, case.pair, case.control
@@ -58,23 +62,36 @@ def run_case(session: FindingsSession, case: Case, request: Any) -> list[ClaimRe
     rows: list[ClaimResult] = []
     for seed, source in sources:
         rows += evaluate(spec, source, pair, plan=vplan.name, seed=seed)
-    if not rows:
-        pytest.skip(f"{spec.id} {pair.label}: no check could be measured here (see the warnings)")
     # what the sources say of themselves (the BERTScore model and layer, the judge's counts)
     said = "; ".join(dict.fromkeys(n for _, src in sources for n in getattr(src, "notes", ()) or ()))
     if control is not None:
         note = "; ".join(x for x in (f"negative control {control.variant}: expected to fail", said) if x)
-        rows = [dataclasses.replace(r, pair=f"{r.pair} [{control.variant}]", note=note) for r in rows]
+        rows = [dataclasses.replace(r, pair=f"{r.pair} [{control.variant}]", note=_join(note, r.note)) for r in rows]
     elif known or said:
         note = "; ".join(x for x in (f"known deviation: {known}" if known else "", said) if x)
-        rows = [dataclasses.replace(r, note=note) for r in rows]
+        rows = [dataclasses.replace(r, note=_join(note, r.note)) for r in rows]
     session.record(rows)
+    if rows and not any(r.measured_here for r in rows):
+        reasons = "; ".join(dict.fromkeys(f"{r.check}: {r.note}" for r in rows))
+        pytest.skip(f"{spec.id} {pair.label}: no check could be measured here ({reasons})")
     graph = session.builds.graph_of(resolved.plans[0])
+    strict = session.options.strict
     if control is not None:
-        if all(r.passed for r in rows):
+        checks = [c for c in aggregate(rows) if c.n]
+        if not any(c.verdict == FAIL for c in checks) and (strict or all(c.verdict != INCONCLUSIVE for c in checks)):
             raise AssertionError(f"negative control {control.variant!r} of {spec.id}: the claim still holds, so its "
                                  "checks cannot tell a broken setup from a healthy one:\n  "
-                                 + "\n  ".join(r.describe() for r in rows) + "\n" + _detail(case, rows, session, graph))
+                                 + "\n  ".join(c.describe() for c in checks) + "\n" + _detail(case, rows, session, graph))
+        if not any(c.verdict == FAIL for c in checks):
+            import warnings
+
+            warnings.warn(InconclusiveWarning(f"negative control {control.variant!r} of {spec.id} is inconclusive: "
+                                              + "; ".join(c.describe() for c in checks)), stacklevel=2)
         return rows
-    assert_holds(rows, _detail(case, rows, session, graph))
+    assert_holds(rows, _detail(case, rows, session, graph), strict=strict)
     return rows
+
+
+def _join(note: str, own: str) -> str:
+    """The case's note, then what the row said itself (a not-measured row's reason)."""
+    return "; ".join(dict.fromkeys(x for x in (note, own) if x))

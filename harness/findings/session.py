@@ -20,9 +20,9 @@ from harness.findings.baseline import Comparison, compare
 from harness.findings.builds import Builds, quiet
 from harness.findings.diffs import DiffSource, NodeSet
 from harness.findings.preflight import NodePreflight
-from harness.findings.report import conflict_pairs, load_json, plot_graph, spreads, write
+from harness.findings.report import conflict_pairs, load_json, plot_graph, write
 from harness.findings.spec import ClaimSpec, Control, Pair, load_specs
-from harness.findings.verdict import ClaimResult
+from harness.findings.verdict import INCONCLUSIVE, Aggregate, ClaimResult, aggregate, summary_line
 from harness.versions import library_versions, version_changes
 
 DEFAULT_PLAN = Path("fixtures") / "plans" / "tiny.toml"
@@ -149,14 +149,29 @@ class ZooCase:
 
 @dataclass
 class Outcome:
+    """What the end of a session wrote and found. Seeds whose verdicts disagree make their check inconclusive
+    (``disagreements`` says which); an inconclusive check fails the session only under ``strict``
+    (``--findings-strict``), a baseline regression always."""
+
     json_path: Path | None = None
     md_path: Path | None = None
     images: list[Path] = field(default_factory=list)
     comparison: Comparison | None = None
-    disagreements: list[str] = field(default_factory=list)
+    disagreements: list[str] = field(default_factory=list)  # checks whose seeds' verdicts disagree
     errors: list[str] = field(default_factory=list)
     preflight: list[NodePreflight] = field(default_factory=list)  # each trained node's pre-flight
     version_changes: list[str] = field(default_factory=list)  # library versions, baseline -> this run
+    checks: list[Aggregate] = field(default_factory=list)  # each check across training seeds
+    strict: bool = False
+
+    @property
+    def inconclusive(self) -> list[Aggregate]:
+        return [c for c in self.checks if c.verdict == INCONCLUSIVE and not c.control]
+
+    @property
+    def summary(self) -> str:
+        """``findings: N pass, N fail, N inconclusive, N not measured`` (negative controls in a clause of their own)."""
+        return summary_line(self.checks)
 
     @property
     def regressions(self) -> list:
@@ -168,7 +183,7 @@ class Outcome:
 
     @property
     def failed(self) -> bool:
-        return bool(self.regressions or self.disagreements)
+        return bool(self.regressions or (self.strict and self.inconclusive))
 
 
 class FindingsSession:
@@ -529,8 +544,8 @@ def finish(results: Sequence[ClaimResult], *, findings_dir: Path, plan: str, run
            baseline: str | None, plot: Any = None, strict: bool = False,
            preflight: Sequence[NodePreflight] = ()) -> Outcome:
     """Write the findings files (and plots, and each trained node's pre-flight), compare with the baseline,
-    check seed agreement."""
-    out = Outcome(preflight=list(preflight))
+    aggregate each check across training seeds (its verdict may be inconclusive)."""
+    out = Outcome(preflight=list(preflight), checks=aggregate(results), strict=strict)
     folder = Path(findings_dir) / plan
     if plot is not None:
         try:
@@ -539,10 +554,10 @@ def finish(results: Sequence[ClaimResult], *, findings_dir: Path, plan: str, run
             out.errors.append(f"plots not written: {exc}")
     meta = {"plan": plan, **meta, "run": run, "versions": library_versions()}
     out.json_path, out.md_path = write(folder, run, results, meta, [str(p) for p in out.images], out.preflight)
-    for s in spreads(results):
-        if not s.agree:
-            out.disagreements.append(f"{s.key[0]} {s.key[2]} [{s.key[1]}]: verdicts {', '.join(s.verdicts)} "
-                                     f"for values {', '.join(f'{v:.4g}' for v in s.values)}")
+    for c in out.checks:
+        if not c.agree:
+            out.disagreements.append(f"{c.key[0]} {c.key[2]} [{c.key[1]}]: verdicts {', '.join(c.verdicts)} "
+                                     f"for values {', '.join(f'{v:.4g}' for v in c.values)}")
     if baseline:
         old_meta, old = load_json(Path(baseline))
         out.comparison = compare(results, old, old_meta=old_meta, new_meta=meta, strict=strict)

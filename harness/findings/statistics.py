@@ -107,7 +107,7 @@ class GenerationSource:
 
 class NotMeasured(Exception):
     """Raised by a statistic whose source cannot measure it here (e.g. no BERTScore model loaded):
-    the runner leaves the check out of the findings, with a warning that says why."""
+    the runner records the check as a ``not measured`` row whose note says why."""
 
 
 def resolve(source: Any, pair: Pair, ref: str) -> str:
