@@ -108,6 +108,7 @@ def train(tiny_plan, base: Path, tokenizer, out: Path) -> Path:
                      quantize_4bit=False, seed=0, progress=False)
 
 
+@pytest.mark.shared_cache  # raw_base takes the tiny base's tokenizer from the project's fixture cache (built once)
 @pytest.mark.parametrize("setup", ["eos_trained", "no_eos_in_labels", "eos_as_text_pieces"])
 def test_c6_fails_for_the_004_setups(setup, tiny_plan, raw_base, tmp_path):
     from transformers import AutoTokenizer
@@ -119,7 +120,8 @@ def test_c6_fails_for_the_004_setups(setup, tiny_plan, raw_base, tmp_path):
     if setup == "eos_as_text_pieces":  # the japanese-stablelm case: "</s>" is tokenized as text pieces
         assert tok("</s>", add_special_tokens=False)["input_ids"] != [tok.eos_token_id]
     rows, source = c6_rows(train(tiny_plan, raw_base, tok, tmp_path / setup), tok, raw_base)
-    verdicts = {k: r.verdict for k, r in rows.items() if r.verdict != "info"}
+    # informational rows carry no verdict; the sampled stop rate is not measured on this hand-built source
+    verdicts = {k: r.verdict for k, r in rows.items() if r.verdict not in ("info", "not measured")}
     said = [r.describe() for r in rows.values()] + source.notes
     assert {"P(stop | reply)", "P(stop | reply) gain", "EOS text rate"} <= set(verdicts), said
     if setup == "eos_trained":  # the positive control: the same base and training, with EOS labelled
