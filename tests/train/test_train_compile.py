@@ -186,11 +186,13 @@ def test_cuda_graph_steps_get_the_eager_gradients_in_float32(micro_base, tmp_pat
 
 
 @CUDA_ONLY
-def test_cuda_graphs_replay_the_compiled_step_in_bf16(micro_base, tmp_path, record_property):
+def test_cuda_graphs_replay_the_eager_step_in_bf16(micro_base, tmp_path, record_property):
     """The harness's precision (bf16 autocast) at the failed run's learning rate 5e-2: the step replayed as
-    CUDA graphs trains the losses of the same compiled step run without graphs (the same kernels on the same
-    padded shapes; 1e-2 is far below the 6 % seen against eager), and its first loss, before any update,
-    is eager's up to bf16 rounding on other shapes."""
+    CUDA graphs trains eager's losses. On one H200 they agreed to 7e-6 (relative) once TF32 stopped leaking
+    from one compiled trainer into the next (trainer_kwargs: tf32=False); the 6 % gap of the old test was that
+    leak. Default-mode compilation (no graphs) moved the losses by up to 5.8 % at this learning rate (other
+    fused bf16 kernels, amplified by gradient norms up to 85); its fp32 gradients are checked tightly above, so
+    here only its first loss, before any update, is held to eager's."""
     eager = _record_steps(micro_base, tmp_path / "eager", False, bf16=True, lr=5e-2)
     compiled = _record_steps(micro_base, tmp_path / "compiled", True, bf16=True, lr=5e-2)
     graphs = _record_steps(micro_base, tmp_path / "graphs", "reduce-overhead", bf16=True, lr=5e-2)
@@ -199,6 +201,6 @@ def test_cuda_graphs_replay_the_compiled_step_in_bf16(micro_base, tmp_path, reco
     record_property("loss_rel_diffs_vs_eager", diffs)
     print(f"bf16 lr 5e-2 losses: eager {eager['losses']}, compiled {compiled['losses']}, graphs {graphs['losses']}")
     assert graphs["steps"] == compiled["steps"] == eager["steps"] == 6
-    assert graphs["losses"][0] == pytest.approx(eager["losses"][0], rel=1e-2)
-    assert graphs["losses"] == pytest.approx(compiled["losses"], rel=1e-2)
-    assert _rel(graphs["weights"][-1] - graphs["start"], compiled["weights"][-1] - compiled["start"]) < 5e-2
+    assert compiled["losses"][0] == pytest.approx(eager["losses"][0], rel=1e-2)
+    assert graphs["losses"] == pytest.approx(eager["losses"], rel=1e-2)
+    assert _rel(graphs["weights"][-1] - graphs["start"], eager["weights"][-1] - eager["start"]) < 5e-2
