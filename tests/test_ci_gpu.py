@@ -114,7 +114,10 @@ def test_phases_run_and_the_summary_counts_tests_and_verdicts(tmp_path):
     out = tmp_path / "out"
     findings = out / "findings" / "smollm2"
     findings.mkdir(parents=True)
-    shutil.copy(ROOT / "fixtures" / "baselines" / "smollm2-h200.json", findings / "gpu-x.json")  # 19 pass, 7 fail
+    # a findings file from before the checks were counted across seeds (19 pass, 7 fail, counted by row), and
+    # one with counts (three seeds; negative controls counted apart)
+    shutil.copy(ROOT / "fixtures" / "baselines" / "smollm2-h200-compiled.json", findings / "gpu-x.json")
+    shutil.copy(ROOT / "fixtures" / "baselines" / "smollm2-h200.json", findings / "gpu-y.json")
     pytest_cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"]
     phases = [
         gpu.Phase("good", pytest_cmd + [f"{tests}::test_ok", f"{tests}::test_skip",
@@ -132,6 +135,11 @@ def test_phases_run_and_the_summary_counts_tests_and_verdicts(tmp_path):
     assert results[0].tests == {"passed": 1, "failed": 0, "errors": 0, "skipped": 1}
     assert results[1].tests == {"passed": 1, "failed": 1, "errors": 0, "skipped": 1}
     assert list(results[0].verdicts.items()) == [("pass", 19), ("fail", 7)] and results[1].verdicts == {}
+    counted = gpu.verdict_counts(out / "findings", "gpu-y")
+    assert list(counted)[:3] == ["pass", "fail", "inconclusive"] and counted["control fail"] >= 3
+    assert sum(v for k, v in counted.items() if not k.startswith("control")) == len(
+        json.loads((findings / "gpu-y.json").read_text())["checks"]) - sum(
+        v for k, v in counted.items() if k.startswith("control"))
     assert "test_bad" in (out / "logs" / "bad.log").read_text()
     text = gpu.summary(results, out)
     rows = {line.split()[0]: line for line in text.splitlines()}
