@@ -151,3 +151,32 @@ def test_phases_run_and_the_summary_counts_tests_and_verdicts(tmp_path):
     doc = json.loads((out / "summary.json").read_text())
     assert doc["ok"] is False and [p["phase"] for p in doc["phases"] if not p["ok"]] == ["bad"]
     assert (out / "summary.txt").read_text() == text + "\n"
+
+
+def _junit(path, failed):
+    cases = "".join(f'<testcase classname="{cls}" name="{name}"><failure message="x"/></testcase>'
+                    for cls, name in failed)
+    path.write_text(f'<testsuites><testsuite name="pytest" tests="9">{cases}'
+                    '<testcase classname="claims.test_claims" name="test_claim[C1-dpo_d0/sft_d0]"/></testsuite></testsuites>')
+    return path
+
+
+def test_a_claims_phase_failing_only_as_its_baseline_passes_and_a_new_failure_does_not(tmp_path):
+    """A real model's failing claims are findings: the phase passes when its failures are the baseline's own
+    (the stored SmolLM2 run against itself), and fails on a non-claim failure or a check the baseline passes."""
+    baseline = ROOT / "fixtures" / "baselines" / "smollm2-h200.json"
+    findings = tmp_path / "findings" / "smollm2"
+    findings.mkdir(parents=True)
+    shutil.copy(baseline, findings / "gpu-s.json")
+    known = [("claims.test_claims", "test_claim[C3-dpo_d0@sft_d1/sft_d1]"),
+             ("claims.test_claims", "test_claim[C4-dpo_d0/dpo_d1/sft_d0/sft_d1]")]
+    said = gpu.known_failures(tmp_path / "findings", "gpu-s", str(baseline), _junit(tmp_path / "a.xml", known))
+    assert said.startswith("findings as the baseline: 2 case(s) fail"), said
+    other = known + [("tests.test_x", "test_crash")]
+    assert gpu.known_failures(tmp_path / "findings", "gpu-s", str(baseline), _junit(tmp_path / "b.xml", other)) == ""
+    doc = json.loads(baseline.read_text())
+    for row in doc["results"]:  # C1 on dpo_d0/sft_d0 still passes, far outside the baseline's seed interval
+        if row["claim"] == "C1" and row["pair"] == "dpo_d0/sft_d0":
+            row.update(measured=0.2, margin=0.05)
+    (findings / "gpu-s.json").write_text(json.dumps(doc))
+    assert gpu.known_failures(tmp_path / "findings", "gpu-s", str(baseline), _junit(tmp_path / "c.xml", known)) == ""
