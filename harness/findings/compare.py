@@ -1,5 +1,7 @@
 """Findings across runs side by side: rows are claim checks, columns are the runs (plan, base, run id)
-plus the study's reference value; each cell holds the measured value and the verdict.
+plus the study's reference value; each cell holds the measured value and the verdict. A run with several
+training seeds shows each check aggregated across them (:func:`harness.findings.verdict.aggregate`): the
+mean, the 95% interval of the mean and the verdict across seeds (pass, fail, inconclusive, ...).
 
 ``python -m harness findings compare RUN.json RUN.json [...]`` prints the Markdown table and writes
 it with its JSON and a PNG heat map (green: holds, red: does not, grey: not measured in that run).
@@ -9,26 +11,28 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from harness.atomic import atomic_path, write_bytes
 from harness.errors import HarnessError
 from harness.findings.report import load_json
-from harness.findings.verdict import ClaimResult
+from harness.findings.verdict import ClaimResult, aggregate
 
 Key = tuple[str, str, str]
 
 
 @dataclass(frozen=True)
 class Run:
-    """One findings file: its column title and its rows (the first training seed's, per check)."""
+    """One findings file: its column title and its rows (per check, aggregated across training seeds: the mean
+    and the verdict across seeds), with each check's 95% interval when the run had several seeds."""
 
     title: str
     path: Path
     meta: dict[str, Any]
     rows: dict[Key, ClaimResult]
+    intervals: dict[Key, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -55,14 +59,14 @@ def load_runs(paths: Sequence[str | Path]) -> list[Run]:
     runs, seen = [], {}
     for p in paths:
         meta, results = load_json(Path(p))
-        rows: dict[Key, ClaimResult] = {}
-        for r in results:
-            rows.setdefault(r.key, r)
+        checks = aggregate(results)
+        rows: dict[Key, ClaimResult] = {c.key: c.as_row() for c in checks}
+        intervals = {c.key: c.interval for c in checks if c.interval is not None}
         title = _title(meta, Path(p))
         seen[title] = seen.get(title, 0) + 1
         if seen[title] > 1:
             title = f"{title} #{seen[title]}"
-        runs.append(Run(title, Path(p), meta, rows))
+        runs.append(Run(title, Path(p), meta, rows, intervals))
     return runs
 
 
@@ -81,8 +85,11 @@ def _fmt(x: float | None) -> str:
     return f"{x:.4g}"
 
 
-def _cell_text(r: ClaimResult | None) -> str:
-    return "—" if r is None else f"{_fmt(r.measured)} {r.verdict.upper()}"
+def _cell_text(r: ClaimResult | None, interval: tuple[float, float] | None = None) -> str:
+    if r is None:
+        return "—"
+    spread = f" [{_fmt(interval[0])}, {_fmt(interval[1])}]" if interval else ""
+    return f"{_fmt(r.measured)}{spread} {r.verdict.upper()}"
 
 
 def markdown(t: Table) -> str:
@@ -90,7 +97,7 @@ def markdown(t: Table) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key in t.keys:
         any_row = next(r.rows[key] for r in t.runs if key in r.rows)
-        cells = [_cell_text(t.cell(r, key)) for r in t.runs]
+        cells = [_cell_text(t.cell(r, key), r.intervals.get(key)) for r in t.runs]
         lines.append("| " + " | ".join([*key[:2], key[2], f"{any_row.comparator} {_fmt(any_row.threshold)}", *cells,
                                         _fmt(t.reference(key))]) + " |")
     runs = [f"- {r.title}: `{r.path}`" + (f", base `{r.meta.get('base_model')}`" if r.meta.get("base_model") else "")
@@ -103,7 +110,8 @@ def to_json(t: Table) -> dict[str, Any]:
                       "run": r.meta.get("run"), "versions": r.meta.get("versions", {})} for r in t.runs],
             "rows": [{"claim": k[0], "pair": k[1], "check": k[2], "reference_value": t.reference(k),
                       "cells": [None if (c := t.cell(r, k)) is None else
-                                {"measured": c.to_dict()["measured"], "verdict": c.verdict} for r in t.runs]}
+                                {"measured": c.to_dict()["measured"], "verdict": c.verdict,
+                                 "interval": list(r.intervals[k]) if k in r.intervals else None} for r in t.runs]}
                      for k in t.keys]}
 
 
@@ -127,7 +135,8 @@ def heatmap(t: Table, path: Path) -> Path:
     ax.set_xticks(range(len(t.runs) + 1), [r.title for r in t.runs] + ["reference value"], fontsize=7, rotation=20,
                   ha="right")
     ax.set_yticks(range(len(t.keys)), [f"{k[0]} {k[2]} [{k[1]}]" for k in t.keys], fontsize=6)
-    ax.set_title("Claim checks across runs\ngreen: holds, red: does not, grey: not measured", fontsize=8)
+    ax.set_title("Claim checks across runs\ngreen: holds, red: does not, grey: inconclusive, informational or not "
+                 "measured", fontsize=8)
     fig.tight_layout()
     try:
         with atomic_path(path, suffix=".png") as tmp:

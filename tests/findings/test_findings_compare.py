@@ -25,10 +25,26 @@ def test_compare_prints_and_writes_the_table_of_two_runs(tmp_path, capsys):
     assert "| C7 | sft_d1/d1 | BLEU | > 0 | 0.02 PASS | — | 0.07527 |" in out  # not measured in the second run
     data = json.loads((tmp_path / "cmp.json").read_text())
     assert [r["plan"] for r in data["runs"]] == ["smollm2", "gemma3"]
-    assert data["rows"][0]["cells"] == [{"measured": 0.11, "verdict": "pass"}, {"measured": 0.31, "verdict": "fail"}]
+    assert data["rows"][0]["cells"] == [{"measured": 0.11, "verdict": "pass", "interval": None},
+                                        {"measured": 0.31, "verdict": "fail", "interval": None}]
     assert data["rows"][1]["cells"][1] is None
     assert (tmp_path / "cmp.png").stat().st_size > 5000 and (tmp_path / "cmp.md").read_text().count("| C") == 2
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["cmp.json", "cmp.md", "cmp.png"]
+
+
+def test_a_run_with_seeds_is_compared_by_its_mean_interval_and_verdict_across_seeds(tmp_path, capsys):
+    import dataclasses
+
+    seeded = [dataclasses.replace(r, seed=s) for s, l2, bleu in ((0, 0.11, 0.02), (1, 0.13, -0.01), (2, 0.12, 0.03))
+              for r in rows(l2, bleu)]
+    a, _ = write(tmp_path / "smollm2", "r1", seeded, {"plan": "smollm2"})
+    b, _ = write(tmp_path / "gemma3", "r2", rows(0.31, 0.05), {"plan": "gemma3"})
+    assert main(["findings", "compare", str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    out = capsys.readouterr().out
+    assert "| C1 | dpo_d0/sft_d0 | L2(dpo)/L2(sft) | < 0.25 | 0.12 [0.09516, 0.1448] PASS | 0.31 FAIL |" in out
+    assert "| C7 | sft_d1/d1 | BLEU | > 0 | 0.01333 [" in out and "] INCONCLUSIVE | 0.05 PASS |" in out
+    cells = json.loads((tmp_path / "cmp.json").read_text())["rows"][0]["cells"]
+    assert cells[0]["measured"] == 0.12 and cells[0]["interval"][0] < 0.12 < cells[0]["interval"][1]
 
 
 def test_compare_errors_name_the_file_and_exit_2(tmp_path, capsys):
