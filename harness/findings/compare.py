@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from harness.atomic import atomic_path, write_bytes
 from harness.errors import HarnessError
-from harness.findings.report import load_json
+from harness.findings.report import load_json, md_cell
 from harness.findings.verdict import ClaimResult, aggregate
 
 Key = tuple[str, str, str]
@@ -98,7 +98,7 @@ def markdown(t: Table) -> str:
     for key in t.keys:
         any_row = next(r.rows[key] for r in t.runs if key in r.rows)
         cells = [_cell_text(t.cell(r, key), r.intervals.get(key)) for r in t.runs]
-        lines.append("| " + " | ".join([*key[:2], key[2], f"{any_row.comparator} {_fmt(any_row.threshold)}", *cells,
+        lines.append("| " + " | ".join([*key[:2], md_cell(key[2]), f"{any_row.comparator} {_fmt(any_row.threshold)}", *cells,
                                         _fmt(t.reference(key))]) + " |")
     runs = [f"- {r.title}: `{r.path}`" + (f", base `{r.meta.get('base_model')}`" if r.meta.get("base_model") else "")
             for r in t.runs]

@@ -86,9 +86,14 @@ def table(results: Sequence[ClaimResult]) -> str:
     return "\n".join([line(COLUMNS), line(["-" * w for w in widths])] + [line(r) for r in body])
 
 
+def md_cell(text: str) -> str:
+    """A Markdown table cell: a ``|`` in the text (``P(stop | reply)``) escaped, so it splits no column."""
+    return text.replace("|", "\\|")
+
+
 def markdown_table(results: Sequence[ClaimResult]) -> str:
     out = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    out += ["| " + " | ".join(r) + " |" for r in check_rows(aggregate(results))]
+    out += ["| " + " | ".join(md_cell(c) for c in r) + " |" for r in check_rows(aggregate(results))]
     return "\n".join(out)
 
 

@@ -53,3 +53,14 @@ def test_compare_errors_name_the_file_and_exit_2(tmp_path, capsys):
     assert "nope.json: findings file not found" in capsys.readouterr().err
     assert main(["findings", "compare", str(a)]) == 2
     assert "at least two findings files" in capsys.readouterr().err
+
+
+def test_a_check_label_with_a_bar_keeps_its_markdown_columns(tmp_path, capsys):
+    r = [ClaimResult.make("C6", "sft_d0", 0.9, 0.5, ">=", check="P(stop | reply)")]
+    a, md = write(tmp_path / "a", "r1", r, {"plan": "a"})
+    b, _ = write(tmp_path / "b", "r2", r, {"plan": "b"})
+    assert main(["findings", "compare", str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    [line] = [x for x in capsys.readouterr().out.splitlines() if x.startswith("| C6")]
+    assert line.count(" | ") == 6 and "P(stop \\| reply)" in line
+    [row] = [x for x in md.read_text().splitlines() if x.startswith("| C6")]
+    assert "P(stop \\| reply)" in row
