@@ -46,7 +46,8 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     claims.mkdir()
     (claims / "c6.toml").write_text((ROOT / "fixtures" / "claims" / "c6_eos_learned.toml").read_text()
                                     .replace('pairs = [{ node = "sft_d0" }, { node = "sft_d1" }]',
-                                             'pairs = [{ node = "sft_d0" }]').replace("limit = 100", "limit = 4"))
+                                             'pairs = [{ node = "sft_d0" }]').replace("limit = 100", "limit = 4")
+                                    .replace('pairs = ["sft_d0", "sft_d1"]', 'pairs = ["sft_d0"]'))
     (claims / "c7.toml").write_text(C7)
     return {"plan": d / "ms.toml", "claims": claims, "fx": d / "fx"}
 
