@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
@@ -18,7 +17,7 @@ from harness.atomic import atomic_path, write_bytes
 from harness.findings import preflight as _preflight
 from harness.findings.preflight import NodePreflight
 from harness.findings.statistics import layer_values, resolve
-from harness.findings.verdict import NOT_MEASURED, Aggregate, ClaimResult, aggregate, counts, stdev, summary_line
+from harness.findings.verdict import NOT_MEASURED, Aggregate, ClaimResult, aggregate, counts, summary_line
 
 if TYPE_CHECKING:
     from harness.findings.diffs import DiffSource
@@ -97,31 +96,6 @@ def markdown_table(results: Sequence[ClaimResult]) -> str:
     return "\n".join(out)
 
 
-@dataclass(frozen=True)
-class Spread:
-    """A claim check's values across training seeds."""
-
-    key: tuple[str, str, str]
-    values: tuple[float, ...]
-    verdicts: tuple[str, ...]
-
-    @property
-    def agree(self) -> bool:
-        return len(set(self.verdicts)) == 1
-
-    @property
-    def stdev(self) -> float:
-        return stdev(self.values) if self.values else 0.0
-
-
-def spreads(results: Iterable[ClaimResult]) -> list[Spread]:
-    """Group rows by (claim, pair, check) across training seeds."""
-    groups: dict[tuple[str, str, str], list[ClaimResult]] = {}
-    for r in results:
-        groups.setdefault(r.key, []).append(r)
-    return [Spread(k, tuple(r.measured for r in g), tuple(r.verdict for r in g)) for k, g in groups.items()]
-
-
 def spread_table(items: Sequence[Aggregate]) -> str:
     """Each check across training seeds: n, mean, 95% interval, min, max, stdev, per-seed values and verdicts."""
     cols = ("claim", "pair", "check", "n", "mean", "95% interval", "min", "max", "stdev", "per seed", "verdict")
@@ -148,8 +122,8 @@ def to_json(results: Sequence[ClaimResult], meta: Mapping[str, Any],
     return {"meta": dict(meta), "preflight": [p.to_dict() for p in preflight], "results": [r.to_dict() for r in results],
             "checks": [c.to_dict() for c in checks], "counts": counts(c for c in checks if not c.control),
             "control_counts": counts(c for c in checks if c.control),
-            "spread": [{"claim": s.key[0], "pair": s.key[1], "check": s.key[2], "values": list(s.values),
-                        "stdev": s.stdev, "agree": s.agree} for s in spreads(results) if len(s.values) > 1]}
+            "spread": [{"claim": c.key[0], "pair": c.key[1], "check": c.key[2], "values": list(c.values),
+                        "stdev": c.stdev, "agree": c.agree} for c in checks if len(c.rows) > 1]}
 
 
 def load_json(path: Path) -> tuple[dict[str, Any], list[ClaimResult]]:

@@ -87,12 +87,11 @@ class GenerationSource:
 
     def budget_note(self) -> str:
         """The budget, and what set it: 1.5x the longest trained reply, or the floor of 48 new tokens."""
-        from harness.evaluate.nodes import BUDGET_SLACK, MIN_NEW_TOKENS
+        from harness.evaluate.nodes import BUDGET_SLACK, MIN_NEW_TOKENS, scaled_budget
 
         m = self.meta
         budget, longest = m["max_new_tokens"], m.get("longest_reply") or 0
-        scaled = math.ceil(longest * BUDGET_SLACK / 8) * 8
-        if longest and budget == scaled and scaled > MIN_NEW_TOKENS:
+        if longest and budget == scaled_budget(longest) != MIN_NEW_TOKENS:
             why = f" ({BUDGET_SLACK:g}x the longest trained reply, {longest} tokens)"
         elif budget == MIN_NEW_TOKENS and longest:
             why = (f" (the {MIN_NEW_TOKENS}-token floor: {BUDGET_SLACK:g}x the longest trained reply, "

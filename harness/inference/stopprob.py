@@ -165,9 +165,8 @@ def cached_stop_probs(model_dir: Path, model_key: str, records: Sequence[dict], 
         except (ValueError, KeyError, TypeError):
             pass  # unreadable: measure again and overwrite
     model, _ = load_model(model_dir, device)
-    tok = tokenizer
     with cpu_threads(model, 1):
-        result = stop_probs(model, tok, records)
+        result = stop_probs(model, tokenizer, records)
     if path is not None:
         write_json(path, result.to_json())
     return result

@@ -12,7 +12,8 @@ import pytest
 from harness.errors import LoadError
 from harness.findings import ClaimResult
 from harness.findings.baseline import compare, compare_file, format_failure
-from harness.findings.report import (atomic_write, load_json, plot_conflict_rates, plot_layer_deviation, spreads,
+from harness.findings.verdict import aggregate
+from harness.findings.report import (atomic_write, load_json, plot_conflict_rates, plot_layer_deviation,
                                      table, write)
 
 
@@ -77,7 +78,7 @@ def test_load_json_names_the_file(tmp_path):
 
 
 def test_spread_flags_disagreeing_seeds():
-    s = {x.key: x for x in spreads([row(0.1, seed=0), row(0.3, seed=1), row(0.2, claim="C2", seed=0)])}
+    s = {x.key: x for x in aggregate([row(0.1, seed=0), row(0.3, seed=1), row(0.2, claim="C2", seed=0)])}
     assert not s[("C1", "dpo_d0/sft_d0", "ratio")].agree
     assert s[("C2", "dpo_d0/sft_d0", "ratio")].agree
 

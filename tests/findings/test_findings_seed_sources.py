@@ -10,7 +10,6 @@ import pytest
 
 from harness.findings import sources
 from harness.findings.session import FindingsSession, Options
-from harness.findings.spec import load_spec
 from harness.findings.verdict import evaluate
 
 ROOT = Path(__file__).resolve().parents[2]

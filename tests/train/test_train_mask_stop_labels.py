@@ -43,7 +43,6 @@ def test_the_mask_is_a_new_key_only_for_the_masked_node(plan_file):
 def test_a_preference_node_refuses_the_mask(plan_file):
     from harness.errors import HarnessError
 
-    plan = load_plan(plan_file)
     text = plan_file.read_text().replace("[dpo]\nepochs = 1", "[dpo]\nepochs = 1\nmask_stop_labels = true")
     bad = plan_file.with_name("bad.toml")
     bad.write_text(text)

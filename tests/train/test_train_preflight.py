@@ -11,7 +11,6 @@ import pytest
 
 from harness.__main__ import main
 from harness.train import build, plan_from_dict
-from harness.train.preflight import PreflightError
 from harness.train.tiny import CHAT_TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[2]
