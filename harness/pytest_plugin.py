@@ -315,11 +315,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     tr = terminalreporter
     if fs.no_match:
         tr.write_line(fs.no_match, yellow=True)
-    failures = fs.builds.failures()
+    failures = fs.build_failures()  # this process's and, under pytest-xdist, every worker's
     if failures:  # each failed once; every case that read it failed at once with its error
         tr.write_sep("-", "fixture nodes that failed to build (not retried in this session)")
-        for f in failures:
-            tr.write_line(f.describe(), red=True)
+        for line in failures:
+            tr.write_line(line, red=True)
     if fs.outcome is None:
         return
     results, outcome = fs.results, fs.outcome

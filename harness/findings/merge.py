@@ -65,6 +65,7 @@ def payload(session: Any, worker: str = "?") -> dict[str, str]:
     meta["diffs"] = session.computed_diffs()
     meta["preflight"] = [p.to_dict() for p in session.preflight()]
     meta["worker"] = {"id": worker, "gpu": session.options.slot}
+    meta["failures"] = session.build_failures()  # a node a worker failed to build: the controller's summary names it
     return {ROWS: json.dumps([r.to_dict() for r in session.results]), META: json.dumps(meta)}
 
 
@@ -79,4 +80,4 @@ def merge(session: Any, outputs: list[dict[str, Any]]) -> None:
                             seeds=meta.get("seeds", []), base_identity=meta.get("base_identity"),
                             diffs=meta.get("diffs", False),
                             preflight=[NodePreflight.from_dict(p) for p in meta.get("preflight", [])],
-                            worker=meta.get("worker"))
+                            worker=meta.get("worker"), failures=meta.get("failures", []))

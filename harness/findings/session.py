@@ -206,6 +206,7 @@ class FindingsSession:
                              options.env.devices)
         self._planned: list[Case] | None = None  # cases whose nodes the first prepare() builds
         self.merged_preflight: list[NodePreflight] = []  # from pytest-xdist workers
+        self.merged_failures: list[str] = []  # the nodes pytest-xdist workers failed to build, as they said them
 
     def record(self, results: ClaimResult | Iterable[ClaimResult]) -> None:
         """Add result rows to this session's findings (terminal summary, JSON/Markdown files)."""
@@ -488,6 +489,11 @@ class FindingsSession:
                               plot=self.plot, strict=self.options.strict, preflight=self.preflight())
         return self.outcome
 
+    def build_failures(self) -> list[str]:
+        """Each node (or graph) that failed to build in this session, one line each with its error and log:
+        this process's, then those the pytest-xdist workers reported (:meth:`take_worker`)."""
+        return [f.describe() for f in self.builds.failures()] + self.merged_failures
+
     def preflight(self) -> list[NodePreflight]:
         """The pre-flight of every trained node the claims read (this process's graphs, else the workers')."""
         return self.builds.preflight(self.options.seeds) or list(self.merged_preflight)
@@ -521,9 +527,13 @@ class FindingsSession:
 
     def take_worker(self, rows: Iterable[ClaimResult], *, seeds: Iterable[int] = (), base_identity: Any = None,
                     diffs: bool = False, preflight: Iterable[NodePreflight] = (),
-                    worker: dict[str, Any] | None = None) -> None:
+                    worker: dict[str, Any] | None = None, failures: Iterable[str] = ()) -> None:
         """Merge one pytest-xdist worker's rows and metadata (rows sorted by claim, pair, check and seed,
-        as no worker order is meaningful; a node two workers read is listed once in the pre-flight)."""
+        as no worker order is meaningful; a node two workers read is listed once in the pre-flight, and a node
+        two workers failed to build once in the build failures)."""
+        for line in failures:
+            if line not in self.merged_failures:
+                self.merged_failures.append(line)
         if base_identity:
             self.merged_meta["base_identity"] = base_identity
         self.merged_meta["diffs"] = self.merged_meta.get("diffs", False) or diffs

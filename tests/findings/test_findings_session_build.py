@@ -66,12 +66,15 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     return {"dir": d, "plan": d / "mb.toml", "claims": d / "claims"}
 
 
-def claims_run(setup: dict[str, Path], fixtures: Path, out: Path, **env: str) -> subprocess.CompletedProcess:
+def claims_run(setup: dict[str, Path], fixtures: Path, out: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """The claims of ``setup`` in a pytest of their own (without pytest-xdist unless ``args`` ask for workers)."""
     e = {**os.environ, "PYTHONPATH": str(ROOT), **env}
     for k in ("HARNESS_FINDINGS_DIR", "HARNESS_DEVICES"):
         if k not in env:
             e.pop(k, None)
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-p", "no:xdist",
+    workers = "-n" in args
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                           *([] if workers else ["-p", "no:xdist"]), *args,
                            str(ROOT / "claims" / "test_claims.py"), "--rootdir", str(ROOT),
                            "--fixtures-dir", str(fixtures), "--harness-device", "cpu", "--findings-dir", str(out),
                            "--harness-plan", str(setup["plan"]), "--claims-dir", str(setup["claims"]),
@@ -238,6 +241,21 @@ def test_a_failed_node_fails_every_case_that_reads_it_at_once_without_a_rebuild(
     summary = out[out.index("fixture nodes that failed to build"):]
     assert ("ff seed 0: node sft_d0 failed: NoMatchingPeftModuleError: Target modules {'no_such_proj'} not found "
             "in the base model") in summary
+
+
+def test_the_controller_names_a_node_a_pytest_xdist_worker_failed_to_build(failing, tmp_path):
+    """Under pytest-xdist the build runs in a worker: the controller's summary still names the failed node, once,
+    with peft's error and the log (the worker sends its failures with its rows)."""
+    pytest.importorskip("xdist", reason="pytest-xdist is not installed (the test extra)")
+    r = claims_run(failing, tmp_path / "fx", tmp_path / "out", "-n", "2", COLUMNS="4000", HARNESS_DEVICES="a,b")
+    out = r.stdout
+    assert r.returncode == 1, out[-4000:] + r.stderr[-2000:]
+    assert "fixture nodes that failed to build" in out, out[-6000:]
+    summary = out[out.index("fixture nodes that failed to build"):]
+    line = ("ff seed 0: node sft_d0 failed: NoMatchingPeftModuleError: Target modules {'no_such_proj'} not found "
+            "in the base model")
+    assert summary.count(line) == 1, summary
+    assert f"(log: {tmp_path / 'fx' / 'logs' / 'r.log'})" in summary
 
 
 def test_a_failed_nodes_builder_runs_once_for_all_its_cases(failing, monkeypatch):
