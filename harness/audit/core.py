@@ -366,6 +366,9 @@ def preflight(
     assistant_only_loss: bool = False,
     generation_eos: Optional[Iterable[int]] = None,
     tokenizer_kwargs: Optional[dict] = None,
+    packing: Optional[str] = None,
+    padding_free: bool = False,
+    train_turns: Optional[str] = None,
 ) -> AuditReport:
     """Pre-flight audit of the records a training run is about to use, with its pipeline and tokenizer.
 
@@ -381,4 +384,5 @@ def preflight(
         pipeline = "trl-dpo"
     return audit(tokenizer, data=recs, fmt=fmt, pipeline=pipeline, chat_template=chat_template,
                  max_length=max_length, assistant_only_loss=assistant_only_loss, generation_eos=generation_eos,
-                 tokenizer_kwargs=tokenizer_kwargs)
+                 tokenizer_kwargs=tokenizer_kwargs, packing=packing, padding_free=padding_free,
+                 train_turns=train_turns)
