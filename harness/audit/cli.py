@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--padding-free", action="store_true",
                         help="trl-sft with SFTConfig(padding_free=True): audit the flattened batch (max_length unset "
                              "unless packing)")
+    parser.add_argument("--no-completion-only-loss", dest="completion_only_loss", action="store_false", default=None,
+                        help="trl-sft with SFTConfig(completion_only_loss=False): prompt/completion data trains the prompt")
     parser.add_argument("--train-turns", choices=("last", "all"),
                         help="which assistant turns of a conversation are meant to be trained (findings when others are)")
     parser.add_argument("--split-special-tokens", action="store_true",
@@ -100,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
                        zoo=args.zoo or env.tokenizer_zoo, tokenizer_kwargs=kwargs or None, limit=args.limit,
                        assistant_only_loss=args.assistant_only_loss, fold_system=args.fold_system,
                        data_dir=env.data_dir, cache_root=env.fixtures_dir, packing=args.packing,
-                       padding_free=args.padding_free, train_turns=args.train_turns)
+                       padding_free=args.padding_free, train_turns=args.train_turns,
+                       completion_only_loss=args.completion_only_loss)
     if args.json:
         _write_json(report.to_dict(), args.json)
     out = Console(stderr=args.json == "-")

@@ -41,6 +41,7 @@ def audit(
     padding_free: bool = False,
     data_collator: Optional[Callable] = None,
     train_turns: Optional[str] = None,
+    completion_only_loss: Optional[bool] = None,
 ) -> AuditReport:
     """Audit what ``pipeline`` trains on for ``tokenizer`` and a dataset.
 
@@ -57,6 +58,7 @@ def audit(
     (the SFTTrainer's ``data_collator``) make trl-sft audit the collated batch, segment by segment.
     ``train_turns`` states which assistant turns of a conversation are meant to be trained (``last`` or
     ``all``); tool results and end-of-turn tokens of earlier turns are checked whatever it is.
+    ``completion_only_loss`` sets trl's SFTConfig option (None: trl's default, True for prompt/completion).
     """
     if fmt not in FORMATS:
         raise HarnessError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
@@ -75,10 +77,12 @@ def audit(
         raise HarnessError(f"unknown packing strategy {packing!r}; trl's: {', '.join(STRATEGIES)}")
     if train_turns not in TRAIN_TURNS:
         raise HarnessError(f"train_turns must be one of {', '.join(t for t in TRAIN_TURNS if t)}, not {train_turns!r}")
-    batched = packing is not None or padding_free or data_collator is not None
+    batched = packing is not None or padding_free or data_collator is not None or completion_only_loss is not None
     if batched and "trl-sft" not in names:
-        raise HarnessError("packing, padding_free and data_collator apply to the trl-sft pipeline only")
-    sft = {"packing": packing, "padding_free": padding_free, "collator": data_collator}
+        raise HarnessError("packing, padding_free, data_collator and completion_only_loss apply to the trl-sft "
+                           "pipeline only")
+    sft = {"packing": packing, "padding_free": padding_free, "collator": data_collator,
+           "completion_only_loss": completion_only_loss}
     tok, name, gen, old_template = _load(tokenizer, chat_template, zoo, tokenizer_kwargs, cache_root)
     try:
         return _audit(tok, name, gen, fmt=fmt, data=data, pipeline=pipeline, names=names, max_length=max_length,
@@ -124,8 +128,10 @@ def _audit(tok, name: str, gen: list[int], *, fmt, data, pipeline, names, max_le
         if p not in READS_TEMPLATE_FIELDS and any(k in r for r in recs for k in TEMPLATE_FIELDS):
             notes.append(f"{p} renders without the records' {' / '.join(TEMPLATE_FIELDS)} "
                          "(the plain recipe does not read them; trl does)")
-        if p != "trl-sft" and sft and any(sft.values()):
-            notes.append(f"{p} audited without packing / padding-free (trl-sft options)")
+        if p != "trl-sft" and sft and (sft["packing"] or sft["padding_free"] or sft["collator"] is not None
+                                       or sft["completion_only_loss"] is not None):
+            notes.append(f"{p} audited without the trl-sft options (packing, padding-free, collator, "
+                         "completion_only_loss)")
         got = _run(p, tok, info, recs, rfmt, max_length, response_marker,
                    assistant_only_loss and p == "trl-sft", gen, sft if p == "trl-sft" else None, train_turns)
         audited += got

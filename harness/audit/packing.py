@@ -169,7 +169,7 @@ def examine(slots: Sequence[Slot], unpacked: Sequence[Optional[tuple[list[int], 
         if cuts and any(lab != IGNORE for lab in u_labels[cuts[0]:]):
             hits.append(Hit("packed-reply-cut", ERROR, cuts,
                             f"example {e} is cut at token {cuts[0]} of {len(u_ids)}: the part after the cut trains "
-                            "without the text before it, the part before it ends without its stop token"))
+                            "without the text before it"))
         # 4. the batch trains other tokens than the same example unpacked (masks lost or added)
         gained = [s.offset for s in mine if _same_context(s) and s.trained and u_labels[s.offset] == IGNORE]
         lost = [s.offset for s in mine if _same_context(s) and not s.trained and u_labels[s.offset] != IGNORE]

@@ -113,6 +113,12 @@ def test_earlier_turns_in_the_prompt_are_masked_when_all_are_meant(tok):
     assert not audit(tok, data=history_in_prompt(), train_turns="last").codes & TURNS
 
 
+def test_completion_only_loss_off_trains_the_history(qwen25):
+    report = audit(qwen25, data=history_in_prompt(), train_turns="last", completion_only_loss=False)
+    assert {"turn-trained", "tool-result-trained", "prompt-trained"} <= report.codes
+    assert any(f"{2 * N}/{2 * N} earlier assistant turns" in n for n in report.notes)
+
+
 # ---- end-of-turn tokens of earlier turns (templates with {% generation %} blocks, as users write them)
 
 HEAD = "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' %}"
