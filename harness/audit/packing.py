@@ -110,13 +110,15 @@ def layout(batch: dict, rows: Sequence[dict], sources: Sequence[list[Source]], f
     slots: list[Slot] = []
     segment = first_segment
     for row_no, ((want, src), ids, labels) in enumerate(zip(expected, ids_b, labels_b)):
-        if ids[:len(want)] != want:
+        shift = next((s for s in (0, len(ids) - len(want)) if ids[s:s + len(want)] == want), None)  # right / left pad
+        if shift is None:
             raise HarnessError(f"the collator changed the token ids of collated row {row_no}: cannot map them back")
         att = att_b[row_no] if att_b is not None else None
         pos = pos_b[row_no] if pos_b is not None and att is None else None
         prev: Optional[Slot] = None
-        for p, (e, off) in enumerate(src):
-            if p == 0 or (pos is not None and pos[p] != pos[p - 1] + 1):
+        for k, (e, off) in enumerate(src):
+            p = shift + k
+            if k == 0 or (pos is not None and pos[p] != pos[p - 1] + 1):
                 segment += 1
             live = att is None or bool(att[p])
             slot = Slot(e, off, row_no, p, segment, labels[p] != IGNORE and p > 0 and live, labels[p], prev)

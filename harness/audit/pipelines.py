@@ -68,10 +68,11 @@ class Job:
     packing: Optional[str] = None  # SFTConfig(packing=True, packing_strategy=...); None: no packing
     padding_free: bool = False  # SFTConfig(padding_free=True)
     collator: Optional[Callable] = None  # the user's data_collator for SFTTrainer (None: trl's own)
+    completion_only_loss: Optional[bool] = None  # SFTConfig(completion_only_loss=...); None: trl's default
 
     @property
     def batched(self) -> bool:
-        """The collated batch itself is audited (packing or padding-free)."""
+        """The collated batch itself is audited (packing, padding-free or the user's collator)."""
         return self.packing is not None or self.padding_free or self.collator is not None
 
 
@@ -169,7 +170,7 @@ def _trainer(kind: str, job: Job, first: list[dict], max_length: Optional[int]):
 
     trl's errors propagate (:func:`pipeline_error` turns them into one line naming the record)."""
     key = (kind, id(job.tok), tuple(sorted(first[0])), max_length, job.assistant_only_loss, job.packing,
-           job.padding_free, id(job.collator))
+           job.padding_free, id(job.collator), job.completion_only_loss)
     hit = _TRAINERS.get(key)
     if hit is not None and hit[0] is job.tok:
         return hit[1]
@@ -183,7 +184,8 @@ def _trainer(kind: str, job: Job, first: list[dict], max_length: Optional[int]):
 
             pack = dict(packing=True, packing_strategy=job.packing) if job.packing else {}
             args = SFTConfig(**_common_args(), max_length=max_length, shuffle_dataset=False,
-                             assistant_only_loss=job.assistant_only_loss, padding_free=job.padding_free, **pack)
+                             assistant_only_loss=job.assistant_only_loss, padding_free=job.padding_free,
+                             completion_only_loss=job.completion_only_loss, **pack)
             trainer = SFTTrainer(model=_tiny_model(job.tok), args=args, train_dataset=ds, processing_class=job.tok,
                                  data_collator=job.collator)
         else:
@@ -323,7 +325,7 @@ def _sft_prepare(trainer, job: Job, records: list[dict], max_length: Optional[in
 
 
 def _trl_sft_batched(job: Job) -> list[Trained]:
-    """trl-sft with packing or padding-free: the examples as the collated batch trains them.
+    """trl-sft with packing, padding-free or a user collator: the examples as the collated batch trains them.
 
     The examples are prepared once unpacked (no truncation: the reference labels, and where each token comes
     from) and once as trl packs them; the packed rows go through the trainer's collator in chunks."""

@@ -103,16 +103,24 @@ def test_bfd_truncation_is_eos_truncated(qwen25):
 
 # ---- a collator trl accepts (no padding-free) that rebuilds labels from input_ids
 
-def _ids_only_collator(tok):
+def _ids_only_collator(tok, side: str = "right"):
     plain = DataCollatorForLanguageModeling(tok, mlm=False)
-    return lambda features: plain([{"input_ids": f["input_ids"]} for f in features])
+
+    def collate(features):
+        old, tok.padding_side = tok.padding_side, side
+        try:
+            return plain([{"input_ids": f["input_ids"]} for f in features])
+        finally:
+            tok.padding_side = old
+    return collate
 
 
-@pytest.mark.parametrize("options", [{}, {"packing": "wrapped", "max_length": 512}], ids=["unpacked", "wrapped"])
-def test_collator_that_drops_the_prepared_labels_is_named(qwen25, options):
+@pytest.mark.parametrize("options,side", [({}, "right"), ({}, "left"), ({"packing": "wrapped", "max_length": 512}, "right")],
+                         ids=["unpacked", "unpacked-left-padded", "wrapped"])
+def test_collator_that_drops_the_prepared_labels_is_named(qwen25, options, side):
     if qwen25.pad_token is None:
         qwen25.pad_token = qwen25.eos_token
-    report = audit(qwen25, data=_conv(), data_collator=_ids_only_collator(qwen25), **options)
+    report = audit(qwen25, data=_conv(), data_collator=_ids_only_collator(qwen25, side), **options)
     lost = report.finding("batch-mask-changed")
     assert lost is not None and lost.count == len(REPLIES), [f.to_dict() for f in report.findings]
     assert "prompt-trained" in report.codes
