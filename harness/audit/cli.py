@@ -34,6 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokenizer zoo folder (default: $HARNESS_TOKENIZER_ZOO or ../shared/tokenizers)")
     parser.add_argument("--assistant-only-loss", action="store_true",
                         help="trl-sft with SFTConfig(assistant_only_loss=True) (conversational/messages data)")
+    parser.add_argument("--packing", nargs="?", const="bfd", choices=("bfd", "bfd_split", "wrapped"), metavar="STRATEGY",
+                        help="trl-sft with SFTConfig(packing=True, packing_strategy=STRATEGY) (default bfd): audit the "
+                             "packed batch segment by segment")
+    parser.add_argument("--padding-free", action="store_true",
+                        help="trl-sft with SFTConfig(padding_free=True): audit the flattened batch (max_length unset "
+                             "unless packing)")
+    parser.add_argument("--no-completion-only-loss", dest="completion_only_loss", action="store_false", default=None,
+                        help="trl-sft with SFTConfig(completion_only_loss=False): prompt/completion data trains the prompt")
+    parser.add_argument("--train-turns", choices=("last", "all"),
+                        help="which assistant turns of a conversation are meant to be trained (findings when others are)")
     parser.add_argument("--split-special-tokens", action="store_true",
                         help="load the tokenizer with split_special_tokens=True (special texts become pieces)")
     parser.add_argument("--trust-remote-code", action="store_true",
@@ -91,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
                        pipeline=args.pipeline, max_length=args.max_length, response_marker=args.response_marker,
                        zoo=args.zoo or env.tokenizer_zoo, tokenizer_kwargs=kwargs or None, limit=args.limit,
                        assistant_only_loss=args.assistant_only_loss, fold_system=args.fold_system,
-                       data_dir=env.data_dir, cache_root=env.fixtures_dir)
+                       data_dir=env.data_dir, cache_root=env.fixtures_dir, packing=args.packing,
+                       padding_free=args.padding_free, train_turns=args.train_turns,
+                       completion_only_loss=args.completion_only_loss)
     if args.json:
         _write_json(report.to_dict(), args.json)
     out = Console(stderr=args.json == "-")

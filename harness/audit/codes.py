@@ -93,6 +93,39 @@ _code("think-dropped", WARNING, "reasoning given in the data is not in the train
       "the template strips <think> content / reasoning_content from earlier turns (or all turns): "
       "split multi-turn reasoning data into one example per assistant turn, or use a template that keeps it")
 
+# Packed / padding-free batches (trl-sft with packing or padding_free): the collated batch, not the example.
+_code("packed-cross-attention", ERROR, "examples share an attention segment in the packed batch",
+      "the collator pads packed rows with an all-ones attention mask (or its position_ids do not restart per "
+      "example): each example attends to the ones packed before it; use packing_strategy='bfd' (trl then turns "
+      "padding_free on and restarts position_ids per example) with a flash-attention / sdpa model")
+_code("packed-label-crosses", ERROR, "a trained label is the continuation of another example or segment",
+      "the loss predicts the label at p from position p-1: the first token of an example packed after another "
+      "must have label -100 (trl's padding-free collator masks position_ids == 0); use packing_strategy='bfd' "
+      "or mask the first label of every packed example")
+_code("packed-reply-cut", ERROR, "packing cut the example into pieces trained in different segments",
+      "the 'wrapped' / 'bfd_split' strategies cut examples at max_length: the reply's tail trains without its "
+      "prompt and its head ends without a stop token; use packing_strategy='bfd' with a max_length above the "
+      "longest example")
+_code("batch-mask-changed", ERROR, "the collated batch trains other tokens than the labels trl prepared for the example",
+      "the collator rebuilds labels from input_ids (prompt / assistant-only masks lost, trl #3728 style): use "
+      "trl's own collator, or one that keeps the dataset's labels column")
+# Multi-turn conversations and tool turns.
+_code("turn-trained", ERROR, "an earlier assistant turn is trained though only the last was meant to be",
+      "put earlier turns in the prompt (prompt/completion with completion_only_loss) or mask them; with "
+      "assistant_only_loss every {% generation %} block is trained")
+_code("turn-masked", ERROR, "an assistant turn meant to be trained is masked",
+      "a prompt/completion split keeps earlier assistant turns in the masked prompt: use messages with "
+      "assistant_only_loss=True, or one example per assistant turn")
+_code("turn-stop-masked", ERROR, "an earlier assistant turn is trained but its end-of-turn token is not",
+      "the model learns the turn's text and never to stop after it: put the end-of-turn token inside the "
+      "template's {% generation %} block")
+_code("turn-stop-only", ERROR, "an earlier assistant turn's end-of-turn token is trained while its text is masked",
+      "history masking that leaves the old turn's EOS trained (LLaMA-Factory #10827): the model learns to end "
+      "turns it did not write; mask the whole old turn, end-of-turn included")
+_code("tool-result-trained", ERROR, "the content of a tool message (role tool) carries labels",
+      "tool results are inputs, not replies: keep them in the prompt, or use assistant_only_loss with a "
+      "template whose {% generation %} blocks cover assistant turns only")
+
 
 @dataclass
 class Hit:

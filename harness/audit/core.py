@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from harness.audit import codes as F
 from harness.audit.loading import (FORMATS, check_tokenizer, default_records, detect_format,
@@ -11,7 +11,9 @@ from harness.audit.loading import (FORMATS, check_tokenizer, default_records, de
                                    render, resolve_tokenizer, system_hint, tokenize_messages)
 from harness.audit.pipelines import (MASKS_PAD, PIPELINES, READS_TEMPLATE_FIELDS, TEMPLATE_FIELDS, Job, Trained,
                                      pipeline_error, template_kwargs)
+from harness.audit.packing import STRATEGIES
 from harness.audit.thinking import think_hits
+from harness.audit.turns import TRAIN_TURNS, turn_hits, turn_notes
 from harness.audit.report import Audited, AuditReport, aggregate
 from harness.errors import HarnessError, LoadError, PipelineError
 
@@ -35,6 +37,11 @@ def audit(
     fold_system: bool = False,
     data_dir: Union[str, Path, None] = None,
     cache_root: Union[str, Path, None] = None,
+    packing: Optional[str] = None,
+    padding_free: bool = False,
+    data_collator: Optional[Callable] = None,
+    train_turns: Optional[str] = None,
+    completion_only_loss: Optional[bool] = None,
 ) -> AuditReport:
     """Audit what ``pipeline`` trains on for ``tokenizer`` and a dataset.
 
@@ -47,6 +54,11 @@ def audit(
     system message into the first user turn (for templates that reject the system role).
     ``data_dir`` is where the persona fixtures are read (default: the packaged ``fixtures/data``).
     ``cache_root`` is the fixture cache a ``.gguf`` tokenizer is converted into (default: the project's).
+    ``packing`` (a trl ``packing_strategy``: bfd, bfd_split, wrapped), ``padding_free`` and ``data_collator``
+    (the SFTTrainer's ``data_collator``) make trl-sft audit the collated batch, segment by segment.
+    ``train_turns`` states which assistant turns of a conversation are meant to be trained (``last`` or
+    ``all``); tool results and end-of-turn tokens of earlier turns are checked whatever it is.
+    ``completion_only_loss`` sets trl's SFTConfig option (None: trl's default, True for prompt/completion).
     """
     if fmt not in FORMATS:
         raise HarnessError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
@@ -61,11 +73,22 @@ def audit(
         raise HarnessError(f"max_length must be a positive number of tokens, not {max_length!r}")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise HarnessError(f"limit must be a positive number of examples, not {limit!r}")
+    if packing is not None and packing not in STRATEGIES:
+        raise HarnessError(f"unknown packing strategy {packing!r}; trl's: {', '.join(STRATEGIES)}")
+    if train_turns not in TRAIN_TURNS:
+        raise HarnessError(f"train_turns must be one of {', '.join(t for t in TRAIN_TURNS if t)}, not {train_turns!r}")
+    batched = packing is not None or padding_free or data_collator is not None or completion_only_loss is not None
+    if batched and "trl-sft" not in names:
+        raise HarnessError("packing, padding_free, data_collator and completion_only_loss apply to the trl-sft "
+                           "pipeline only")
+    sft = {"packing": packing, "padding_free": padding_free, "collator": data_collator,
+           "completion_only_loss": completion_only_loss}
     tok, name, gen, old_template = _load(tokenizer, chat_template, zoo, tokenizer_kwargs, cache_root)
     try:
         return _audit(tok, name, gen, fmt=fmt, data=data, pipeline=pipeline, names=names, max_length=max_length,
                       response_marker=response_marker, generation_eos=generation_eos, limit=limit,
-                      assistant_only_loss=assistant_only_loss, fold_system=fold_system, data_dir=data_dir)
+                      assistant_only_loss=assistant_only_loss, fold_system=fold_system, data_dir=data_dir,
+                      sft=sft, train_turns=train_turns)
     finally:
         if old_template is not _KEEP:
             tok.chat_template = old_template  # the caller's tokenizer object is left as it was
@@ -75,7 +98,8 @@ _KEEP = object()
 
 
 def _audit(tok, name: str, gen: list[int], *, fmt, data, pipeline, names, max_length, response_marker,
-           generation_eos, limit, assistant_only_loss, fold_system=False, data_dir=None) -> AuditReport:
+           generation_eos, limit, assistant_only_loss, fold_system=False, data_dir=None, sft=None,
+           train_turns=None) -> AuditReport:
     if generation_eos is not None:
         gen = list(generation_eos)
     check_tokenizer(tok, name)
@@ -104,8 +128,14 @@ def _audit(tok, name: str, gen: list[int], *, fmt, data, pipeline, names, max_le
         if p not in READS_TEMPLATE_FIELDS and any(k in r for r in recs for k in TEMPLATE_FIELDS):
             notes.append(f"{p} renders without the records' {' / '.join(TEMPLATE_FIELDS)} "
                          "(the plain recipe does not read them; trl does)")
-        audited += _run(p, tok, info, recs, rfmt, max_length, response_marker,
-                        assistant_only_loss and p == "trl-sft", gen)
+        if p != "trl-sft" and sft and (sft["packing"] or sft["padding_free"] or sft["collator"] is not None
+                                       or sft["completion_only_loss"] is not None):
+            notes.append(f"{p} audited without the trl-sft options (packing, padding-free, collator, "
+                         "completion_only_loss)")
+        got = _run(p, tok, info, recs, rfmt, max_length, response_marker,
+                   assistant_only_loss and p == "trl-sft", gen, sft if p == "trl-sft" else None, train_turns)
+        audited += got
+        notes += turn_notes(p, got)
     return AuditReport(name, pipeline, n_examples, aggregate(audited), audited, notes, tok, info)
 
 
@@ -287,10 +317,11 @@ def _trl_records(recs: list[dict], pipeline: str, marker: Optional[str]) -> list
 
 
 def _run(p: str, tok, info: F.TokenInfo, recs: list[dict], fmt: str, max_length, marker,
-         assistant_only_loss: bool = False, gen: Sequence[int] = ()) -> list[Audited]:
+         assistant_only_loss: bool = False, gen: Sequence[int] = (), sft: Optional[dict] = None,
+         train_turns: Optional[str] = None) -> list[Audited]:
     kwargs = template_kwargs(recs) if p in READS_TEMPLATE_FIELDS else [{} for _ in recs]
     refs, prompt_texts = _ref_prompts(tok, recs, marker, kwargs)
-    job = Job(tok, _trl_records(recs, p, marker), max_length, refs, assistant_only_loss)
+    job = Job(tok, _trl_records(recs, p, marker), max_length, refs, assistant_only_loss, **(sft or {}))
     try:
         seqs = PIPELINES.get(p)(job)
     except Exception as e:  # noqa: BLE001 - the pipeline's own errors become one line naming the record
@@ -318,8 +349,10 @@ def _run(p: str, tok, info: F.TokenInfo, recs: list[dict], fmt: str, max_length,
             hits.append(F.Hit("template-injects", F.WARNING, [], f"{injected[s.index]!r}"))
         if mismatch is not None:
             hits.append(mismatch)
+        hits += s.extra
         if not s.dropped:
             hits += think_hits(tok, info, s, recs[s.index])
+            hits = turn_hits(tok, info, s, recs[s.index], kwargs[s.index], train_turns, hits)
         out.append(Audited(p, s, hits))
     return out
 
@@ -339,6 +372,9 @@ def preflight(
     assistant_only_loss: bool = False,
     generation_eos: Optional[Iterable[int]] = None,
     tokenizer_kwargs: Optional[dict] = None,
+    packing: Optional[str] = None,
+    padding_free: bool = False,
+    train_turns: Optional[str] = None,
 ) -> AuditReport:
     """Pre-flight audit of the records a training run is about to use, with its pipeline and tokenizer.
 
@@ -354,4 +390,5 @@ def preflight(
         pipeline = "trl-dpo"
     return audit(tokenizer, data=recs, fmt=fmt, pipeline=pipeline, chat_template=chat_template,
                  max_length=max_length, assistant_only_loss=assistant_only_loss, generation_eos=generation_eos,
-                 tokenizer_kwargs=tokenizer_kwargs)
+                 tokenizer_kwargs=tokenizer_kwargs, packing=packing, padding_free=padding_free,
+                 train_turns=train_turns)

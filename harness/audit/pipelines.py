@@ -17,7 +17,7 @@ import logging
 import tempfile
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -52,6 +52,8 @@ class Trained:
     ref_prompt_len: Optional[int] = None  # length of the prompt tokenized alone
     full: Optional[tuple[list[int], list[int]]] = None  # untruncated ids/labels, when truncated
     dropped: bool = False  # the pipeline dropped the example (it trains nothing)
+    extra: list = field(default_factory=list)  # codes.Hit found in the collated batch (packing / padding-free)
+    turns: Optional[list] = None  # turns.Turn of a multi-turn / tool conversation, once located
 
 
 @dataclass
@@ -63,6 +65,15 @@ class Job:
     max_length: Optional[int]
     ref_prompts: list[Optional[list[int]]]  # reference prompt ids per record (None: unknown)
     assistant_only_loss: bool = False  # SFTConfig(assistant_only_loss=True): {% generation %} masks
+    packing: Optional[str] = None  # SFTConfig(packing=True, packing_strategy=...); None: no packing
+    padding_free: bool = False  # SFTConfig(padding_free=True)
+    collator: Optional[Callable] = None  # the user's data_collator for SFTTrainer (None: trl's own)
+    completion_only_loss: Optional[bool] = None  # SFTConfig(completion_only_loss=...); None: trl's default
+
+    @property
+    def batched(self) -> bool:
+        """The collated batch itself is audited (packing, padding-free or the user's collator)."""
+        return self.packing is not None or self.padding_free or self.collator is not None
 
 
 PIPELINES: Registry[Callable[[Job], list[Trained]]] = Registry("pipeline")
@@ -158,7 +169,8 @@ def _trainer(kind: str, job: Job, first: list[dict], max_length: Optional[int]):
     """The cached trl trainer for this tokenizer, record kind and max_length.
 
     trl's errors propagate (:func:`pipeline_error` turns them into one line naming the record)."""
-    key = (kind, id(job.tok), tuple(sorted(first[0])), max_length, job.assistant_only_loss)
+    key = (kind, id(job.tok), tuple(sorted(first[0])), max_length, job.assistant_only_loss, job.packing,
+           job.padding_free, id(job.collator), job.completion_only_loss)
     hit = _TRAINERS.get(key)
     if hit is not None and hit[0] is job.tok:
         return hit[1]
@@ -170,9 +182,12 @@ def _trainer(kind: str, job: Job, first: list[dict], max_length: Optional[int]):
         if kind == "sft":
             from trl import SFTConfig, SFTTrainer
 
+            pack = dict(packing=True, packing_strategy=job.packing) if job.packing else {}
             args = SFTConfig(**_common_args(), max_length=max_length, shuffle_dataset=False,
-                             assistant_only_loss=job.assistant_only_loss)
-            trainer = SFTTrainer(model=_tiny_model(job.tok), args=args, train_dataset=ds, processing_class=job.tok)
+                             assistant_only_loss=job.assistant_only_loss, padding_free=job.padding_free,
+                             completion_only_loss=job.completion_only_loss, **pack)
+            trainer = SFTTrainer(model=_tiny_model(job.tok), args=args, train_dataset=ds, processing_class=job.tok,
+                                 data_collator=job.collator)
         else:
             from trl import DPOConfig, DPOTrainer
 
@@ -296,20 +311,69 @@ def _chunks(rows: list, n: int = BATCH) -> Iterator[list]:
 
 
 def _sft_prepare(trainer, job: Job, records: list[dict], max_length: Optional[int],
-                 indices: Optional[Sequence[int]] = None) -> list[dict]:
+                 indices: Optional[Sequence[int]] = None, packing: bool = False) -> list[dict]:
     from datasets import Dataset
 
     args = trainer.args
     if max_length != args.max_length:
         args = copy.copy(args)
         args.max_length = max_length
-    ds = trainer._prepare_dataset(Dataset.from_list(_indexed(records, indices)), job.tok, args, False, None, "audit")
+    ds = trainer._prepare_dataset(Dataset.from_list(_indexed(records, indices)), job.tok, args, packing, None, "audit")
+    if packing:  # pack_dataset keeps input_ids and labels (and seq_lengths for bfd), not the record index
+        return ds.select_columns([c for c in ("input_ids", "labels", "seq_lengths") if c in ds.column_names]).to_list()
     return ds.select_columns([INDEX_COLUMN, "input_ids", "labels"]).to_list()
+
+
+def _trl_sft_batched(job: Job) -> list[Trained]:
+    """trl-sft with packing, padding-free or a user collator: the examples as the collated batch trains them.
+
+    The examples are prepared once unpacked (no truncation: the reference labels, and where each token comes
+    from) and once as trl packs them; the packed rows go through the trainer's collator in chunks."""
+    from harness.audit import packing as P
+
+    if job.padding_free and not job.packing:
+        ml = job.max_length  # trl refuses padding_free with a max_length and no packing: it truncates nothing
+    else:
+        ml = job.max_length if job.max_length is not None else default_max_length("sft")
+    trainer = _trainer("sft", job, _indexed(job.records[:1]), ml)
+    unpacked_rows = _sft_prepare(trainer, job, job.records, None)
+    unpacked: list = [None] * len(job.records)
+    for r in unpacked_rows:
+        unpacked[r[INDEX_COLUMN]] = (r["input_ids"], r["labels"])
+    if job.packing:
+        rows = _sft_prepare(trainer, job, job.records, ml, packing=True)
+        sources = P.provenance(rows, unpacked, job.packing, ml)
+    else:
+        prepared = unpacked_rows if ml is None else _sft_prepare(trainer, job, job.records, ml)
+        rows = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in prepared]
+        sources = [[(r[INDEX_COLUMN], k) for k in range(len(r["input_ids"]))] for r in prepared]
+    slots: list = []
+    for k in range(0, len(rows), BATCH):
+        chunk, src = rows[k:k + BATCH], sources[k:k + BATCH]
+        batch = _collate("trl-sft", trainer.data_collator, chunk, [s[0][0] if s else -1 for s in src])
+        slots += P.layout(batch, chunk, src, slots[-1].segment + 1 if slots else 0)
+    seen = P.examine(slots, unpacked, job.tok)
+    out = []
+    for i, u in enumerate(unpacked):
+        if i not in seen or u is None:
+            out.append(Trained(i, None, [], [], dropped=True))
+            continue
+        ids, labels, hits = seen[i]
+        seq = Trained(i, None, ids, labels, extra=hits)
+        if len(ids) < len(u[0]):
+            seq.full = (u[0], u[1])
+        out.append(seq)
+    return out
 
 
 @PIPELINES.register("trl-sft")
 def trl_sft(job: Job) -> list[Trained]:
     """trl's SFTTrainer: its dataset preparation, then its data collator."""
+    if job.batched:
+        with quiet():
+            result = _trl_sft_batched(job)
+        _set_boundaries(result, job)
+        return result
     ml = job.max_length if job.max_length is not None else default_max_length("sft")
     with quiet():
         trainer = _trainer("sft", job, _indexed(job.records[:1]), ml)

@@ -79,8 +79,11 @@ def test_bug_class_gives_its_code(name):
 
 
 def test_every_code_is_covered():
-    # eos-truncated below; the issue-12 codes in test_audit_bug_classes.py
-    others = {"eos-truncated", "eos-config-mismatch", "think-injected", "think-dropped"}
+    # eos-truncated below; the issue-12 codes in test_audit_bug_classes.py; packed batches in
+    # test_audit_batches.py and multi-turn / tool turns in test_audit_turns.py (real zoo tokenizers)
+    others = {"eos-truncated", "eos-config-mismatch", "think-injected", "think-dropped",
+              "packed-cross-attention", "packed-label-crosses", "packed-reply-cut", "batch-mask-changed",
+              "turn-trained", "turn-masked", "turn-stop-masked", "turn-stop-only", "tool-result-trained"}
     covered = {c for _, _, exp in CASES.values() for c, _ in exp} | others
     assert covered == set(CODES.names())
 
