@@ -155,3 +155,21 @@ def test_contradicting_executor_options_are_a_usage_error(args, env, says):
                           "tests/test_tomlfile.py", *args], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, **env})
     assert out.returncode == 4 and says in out.stderr, out.stderr
+
+
+def test_a_stale_temp_folder_is_removed_only_by_its_own_host(tmp_path):
+    """A shared fixtures dir: a temp folder names its host, and a build removes only its own host's dead ones (a pid
+    of another host means nothing here; that host's build may be alive)."""
+    from harness.train.store import Store, host_tag
+
+    store = Store(tmp_path)
+    mine = store.new_tmp("sft_d0", "0" * 16)
+    assert mine.name.endswith(f".{host_tag()}")
+    dead = 2**22 + 17  # above the largest pid Linux allows (2**22): no live process has it
+    ours = store.tmp_dir / f"sft_d0-{'1' * 16}-{dead}-abcdef01.{host_tag()}"
+    theirs = store.tmp_dir / f"sft_d0-{'2' * 16}-{dead}-abcdef02.{'f' * 8 if host_tag() != 'f' * 8 else 'e' * 8}"
+    legacy = store.tmp_dir / f"sft_d0-{'3' * 16}-{dead}-abcdef03"  # a name from before the host tag
+    for p in (ours, theirs, legacy):
+        p.mkdir()
+    assert sorted(store.clean_stale_tmp()) == sorted([ours, legacy])
+    assert mine.is_dir() and theirs.is_dir()
