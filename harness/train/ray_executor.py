@@ -72,14 +72,16 @@ def default_gpu_fraction(device: str, base_dir: Path | None) -> float:
 
 
 def node_resources(plan: Any, name: str, device: str, gpu_fraction: float) -> dict[str, float]:
-    """Ray's ``num_cpus`` and ``num_gpus`` for node ``name``."""
+    """Ray's ``num_cpus`` and ``num_gpus`` for node ``name``: on the CPU one core per process (``gpus = N``: N
+    gloo processes); on CUDA a share of one GPU, or N whole GPUs, and two cores per GPU process."""
     from harness.train.distributed import gpus_of
 
     node = plan.node(name)
     n = 1 if node.method == "base" else gpus_of(plan.recipe(name))
     if device != "cuda":
         return {"num_cpus": n, "num_gpus": 0}
-    return {"num_cpus": n, "num_gpus": float(n) if n > 1 else gpu_fraction}
+    # two cores per GPU process, as the embedded executor's per-GPU capacity assumes (a launch-bound step)
+    return {"num_cpus": 2 * n, "num_gpus": float(n) if n > 1 else gpu_fraction}
 
 
 @contextlib.contextmanager
