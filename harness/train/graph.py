@@ -154,7 +154,8 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
     jobs = min(sum(s.capacity for s in slots), len(todo))
     here = (not on_ray and jobs == 1 and len(slots) == 1 and slots_of.is_here(slots[0], device)
             and not slots_of.needs_launch(plan, todo))
-    pools = None if here or on_ray else slots_of.open_pools(slots, len(todo), worker_log)  # workers warm up during the pre-flight
+    # the embedded workers warm up during the pre-flight
+    pools = None if here or on_ray else slots_of.open_pools(slots, len(todo), worker_log)
     checks: dict[str, dict | None] = {n: None for n in todo}
     failed = on_error or (lambda name, error: None)
     try:
