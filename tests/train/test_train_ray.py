@@ -28,7 +28,7 @@ NO_RAY = 'ray is not installed (pip install -c constraints.txt -e ".[ray]")'
 def ray_local():
     """A local Ray instance of 2 CPUs for this module, shut down after it."""
     ray = pytest.importorskip("ray", reason=NO_RAY)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
