@@ -16,6 +16,7 @@ from typing import Mapping, Optional
 from harness.errors import HarnessError
 
 DEFAULT_GGUF_DIR = Path("~/.cache/harness/gguf")
+EXECUTORS = ("embedded", "ray")  # who runs a build's nodes: the harness's own workers, or Ray tasks
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class RunConfig:
     update_snapshots: bool = False  # HARNESS_UPDATE_SNAPSHOTS=1
     # devices and workers
     devices: Optional[str] = None  # HARNESS_DEVICES, e.g. "0,1"
+    executor: Optional[str] = None  # HARNESS_EXECUTOR: embedded (default) or ray
+    ray_address: Optional[str] = None  # HARNESS_RAY_ADDRESS: the Ray cluster to join (default: local)
     # output evaluation
     judge_serve: Optional[str] = None  # HARNESS_JUDGE_SERVE
     judge_model: Optional[str] = None  # HARNESS_JUDGE_MODEL
@@ -75,6 +78,8 @@ def from_env(environ: Optional[Mapping[str, str]] = None) -> RunConfig:
         if raw is None or raw == "":
             continue
         kind = str(f.type)
+        if f.name == "executor" and raw not in EXECUTORS:
+            raise HarnessError(f"{variable(f.name)}={raw!r}: not one of {', '.join(EXECUTORS)}")
         if f.name == "update_snapshots":
             values[f.name] = raw == "1"
         elif "int" in kind:

@@ -56,6 +56,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="fixture cache folder (default: .fixtures/ in the project; env HARNESS_FIXTURES_DIR)")
     group.addoption("--harness-device", dest="harness_device", default="auto",
                     choices=("auto", "cpu", "cuda"), help="device for training and diffs")
+    group.addoption("--harness-executor", dest="harness_executor", default=None, choices=("embedded", "ray"),
+                    help="who trains the fixture nodes: embedded (the harness's worker pools, default) or ray (one Ray "
+                    "task per node; env HARNESS_EXECUTOR)")
+    group.addoption("--harness-ray-address", dest="harness_ray_address", default=None, metavar="ADDR",
+                    help="Ray cluster to join with --harness-executor ray (default: env HARNESS_RAY_ADDRESS, else "
+                    "RAY_ADDRESS or a local Ray instance)")
     group.addoption("--harness-zoo", "--tokenizer-zoo", dest="harness_zoo",
                     default=None,
                     help="folder of real tokenizer folders (default: ../shared/tokenizers when present)")
@@ -127,6 +133,18 @@ def pytest_configure(config: pytest.Config) -> None:
     def opt(name: str, value: object) -> object:
         return config.getoption(name, None) or value
 
+    from harness.train.ray_executor import check_executor
+
+    executor = opt("harness_executor", env.executor) or "embedded"
+    ray_address = opt("harness_ray_address", env.ray_address) or None
+    try:
+        check_executor(executor, ray_address)
+    except HarnessError as exc:
+        raise pytest.UsageError(str(exc).replace("--executor", "--harness-executor")
+                                .replace("--ray-address", "--harness-ray-address")) from None
+    if executor == "ray" and env.devices:
+        raise pytest.UsageError(f"HARNESS_DEVICES={env.devices!r} picks the embedded executor's device slots; with "
+                                f"--harness-executor ray, Ray places the nodes: unset it")
     root = project_root(config)
     opt_plan = opt("harness_plan", env.plan)
     findings = opt("harness_findings_dir", env.findings_dir)
@@ -144,7 +162,8 @@ def pytest_configure(config: pytest.Config) -> None:
         run=config.getoption("harness_run_id", None) or run_id(config) or default_run_id(),
         baseline=config.getoption("harness_baseline", None), strict=config.getoption("harness_strict", False),
         seeds=config.getoption("harness_seeds", 1), device=config.getoption("harness_device", "auto"),
-        judge_serve=opt("judge_serve", env.judge_serve) or None, env=env, slot=worker_slot(config))
+        judge_serve=opt("judge_serve", env.judge_serve) or None, env=env, slot=worker_slot(config),
+        executor=str(executor), ray_address=ray_address)
     session = FindingsSession(options, say=_say(config))
     try:
         session.check()

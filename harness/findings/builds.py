@@ -71,9 +71,10 @@ class Builds:
     """The graphs one session built, which of their nodes it asked for, and which failed."""
 
     def __init__(self, fixtures_dir: str | None, device: str, say: Callable[[str], None], log_path: Path,
-                 devices: str | None = None) -> None:
+                 devices: str | None = None, executor: str = "embedded", ray_address: str | None = None) -> None:
         self.fixtures_dir, self.device, self.say, self.log_path = fixtures_dir, device, say, log_path
         self.devices = devices  # the device slots nodes train on (HARNESS_DEVICES; default: the visible GPUs)
+        self.executor, self.ray_address = executor, ray_address  # who trains them (harness.train.ray_executor)
         self.graphs: dict[GraphKey, Any] = {}
         self.asked: dict[GraphKey, set[str]] = {}
         self.calls: list[tuple[GraphKey, tuple[str, ...]]] = []  # every build() this session made: (graph, only)
@@ -107,7 +108,8 @@ class Builds:
                 # the one call into the graph engine; the session's log path reaches the build's workers through
                 # quiet() until harness.train.build takes it as an argument
                 self.graphs[key] = build(plan, only=list(only), fixtures_dir=self.fixtures_dir, device=self.device,
-                                         devices=self.devices, progress=False,
+                                         devices=self.devices, progress=False, executor=self.executor,
+                                         ray_address=self.ray_address,
                                          on_node=self._progress(describe(plan), todo), worker_log=self.log_path,
                                          on_error=lambda name, error: failed.setdefault(name, error))
         except Exception as exc:  # an interrupt is not recorded: the next case may build

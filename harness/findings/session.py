@@ -93,6 +93,8 @@ class Options:
     judge_serve: str | None = None  # --judge-serve MODEL: served on loopback as the LLM judge
     env: RunConfig = field(default_factory=RunConfig)  # the HARNESS_* variables, read once by the plugin
     slot: str | None = None  # the GPU this process was pinned to (a pytest-xdist worker's), else None
+    executor: str = "embedded"  # --harness-executor: who trains the nodes (embedded or ray)
+    ray_address: str | None = None  # --harness-ray-address: the Ray cluster to join
 
     @property
     def claims(self) -> Path:
@@ -203,7 +205,7 @@ class FindingsSession:
         self.merged_meta: dict[str, Any] = {}  # from pytest-xdist workers (:meth:`take_worker`)
         self.log_path = Path(options.fixtures_dir or options.root / ".fixtures") / "logs" / f"{options.run}.log"
         self.builds = Builds(options.fixtures_dir, options.device, lambda msg: self.say(msg), self.log_path,
-                             options.env.devices)
+                             options.env.devices, options.executor, options.ray_address)
         self._planned: list[Case] | None = None  # cases whose nodes the first prepare() builds
         self.merged_preflight: list[NodePreflight] = []  # from pytest-xdist workers
         self.merged_failures: list[str] = []  # the nodes pytest-xdist workers failed to build, as they said them

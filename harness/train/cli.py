@@ -24,6 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--gpus", type=int, default=None, metavar="N",
                    help="train each node over N GPUs (DDP through accelerate launch; batch_size stays the global "
                         "batch; N > 1 is part of the node key)")
+    b.add_argument("--executor", choices=("embedded", "ray"), default=None,
+                   help="who trains the nodes: embedded (the harness's worker pools, default) or ray (one Ray task "
+                        "per node; $HARNESS_EXECUTOR)")
+    b.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="Ray cluster to join, e.g. HEAD:6379 (default: $HARNESS_RAY_ADDRESS, else $RAY_ADDRESS or a "
+                        "local Ray instance, started if none runs)")
+    b.add_argument("--ray-gpu-fraction", type=float, default=None, metavar="F",
+                   help="share of one GPU each single-GPU node asks Ray for (default: 1 / the nodes one GPU's "
+                        "memory holds); a node with gpus = N takes N whole GPUs")
     b.add_argument("--variant", default=None, help="apply the plan's [variants.NAME] table")
     b.add_argument("--seed", type=int, default=None, help="override the plan's training seed")
     b.add_argument("--base", default=None, metavar="MODEL",
@@ -49,6 +58,16 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "build":
         from harness.train import build, load_plan
 
+        executor = args.executor or config.executor or "embedded"
+        ray_address = args.ray_address or config.ray_address
+        if executor == "ray" and config.devices:
+            raise HarnessError(f"$HARNESS_DEVICES={config.devices!r} picks the embedded executor's device slots; "
+                               f"with --executor ray, Ray places the nodes: unset it")
+        if args.ray_gpu_fraction is not None and executor != "ray":
+            raise HarnessError("--ray-gpu-fraction was given, but the executor is embedded; add --executor ray")
+        from harness.train.ray_executor import check_executor
+
+        check_executor(executor, ray_address)  # before the plan: a missing Ray is the one error
         plan = load_plan(args.plan).configured(config)  # its data folder and $HARNESS_GGUF_DIR
         if args.variant:
             plan = plan.variant(args.variant)
@@ -69,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
             devices = parse_devices(config.devices, "$HARNESS_DEVICES")
         graph = build(plan, fixtures_dir=fixtures_dir, device=args.device, only=args.only,
                       rebuild=args.rebuild, progress=not args.quiet, jobs=args.jobs,
-                      preflight=not args.no_preflight, devices=devices)
+                      preflight=not args.no_preflight, devices=devices, executor=executor,
+                      ray_address=ray_address, gpu_fraction=args.ray_gpu_fraction)
         print(f"trained {len(graph.trained)} node(s)" + (f": {', '.join(graph.trained)}" if graph.trained else ""))
         timeline = graph.describe_timeline()
         if timeline:

@@ -91,7 +91,8 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
           only: str | Iterable[str] | None = None, rebuild: bool = False, progress: bool = True,
           jobs: int | None = None, preflight: bool = True, devices: str | Iterable[str] | None = None,
           on_node: Callable[[str, str], None] | None = None, worker_log: str | Path | None = None,
-          on_error: Callable[[str, BaseException], None] | None = None) -> Graph:
+          on_error: Callable[[str, BaseException], None] | None = None, executor: str = "embedded",
+          ray_address: str | None = None, gpu_fraction: float | None = None) -> Graph:
     """Build every missing node of ``plan`` (or ``only`` those nodes and their ancestors).
 
     ``rebuild`` retrains the named nodes (``only``) or, without ``only``, every trained node.
@@ -107,10 +108,20 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
     ends (``"built"``, or ``"found"`` when another builder had built it meanwhile); ``on_error(name, error)``
     for each node whose pre-flight or training raised (the build then raises the first such error; an error
     ``on_error`` did not hear of belongs to no one node: the base, the keys, the plan).
+    ``executor="ray"`` builds the nodes as Ray tasks instead (:mod:`harness.train.ray_executor`; ``ray_address``,
+    ``gpu_fraction``), with the same keys, commits, events and errors; ``jobs`` and ``devices`` are the embedded
+    executor's.
     Returns the :class:`Graph`; cached nodes cost nothing but hashing.
     """
     from tqdm.auto import tqdm
 
+    from harness.train.ray_executor import check_executor
+
+    check_executor(executor, ray_address)
+    on_ray = executor == "ray"
+    if on_ray and (jobs is not None or devices is not None):
+        raise HarnessError("--jobs and --devices set the embedded executor's workers; with --executor ray, Ray "
+                           "places the nodes by the resources they ask for")
     t0 = time.perf_counter()
     device = common.resolve_device(device)
     if plan.requires_cuda and device != "cuda":
@@ -138,11 +149,13 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
         if node.method != "base" and not methods.get(node.method).ddp and plan.recipe(name).gpus > 1:
             raise HarnessError(f"{plan.path or plan.name}: node {name!r}: gpus = {plan.recipe(name).gpus}, but "
                                f"method {node.method!r} does not train over several GPUs; set gpus = 1 for it")
-    slots = slots_of.make_slots(device, jobs, graph.path(plan.nodes[0].name) if base_dir else None, devices)
+    slots = [slots_of.Slot("", 1)] if on_ray else slots_of.make_slots(
+        device, jobs, graph.path(plan.nodes[0].name) if base_dir else None, devices)
     jobs = min(sum(s.capacity for s in slots), len(todo))
-    here = (jobs == 1 and len(slots) == 1 and slots_of.is_here(slots[0], device)
+    here = (not on_ray and jobs == 1 and len(slots) == 1 and slots_of.is_here(slots[0], device)
             and not slots_of.needs_launch(plan, todo))
-    pools = None if here else slots_of.open_pools(slots, len(todo), worker_log)  # workers warm up during the pre-flight
+    # the embedded workers warm up during the pre-flight
+    pools = None if here or on_ray else slots_of.open_pools(slots, len(todo), worker_log)
     checks: dict[str, dict | None] = {n: None for n in todo}
     failed = on_error or (lambda name, error: None)
     try:
@@ -159,7 +172,12 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
     graph.timeline["preflight"] = time.perf_counter() - t0 - graph.timeline["base"]
     bar = tqdm(total=len(todo), desc=f"fixtures {plan.name}", unit="node", disable=not progress)
     tell = on_node or (lambda name, event: None)
-    if here:
+    if on_ray:
+        from harness.train.ray_executor import build_with_ray
+
+        graph.trained += build_with_ray(graph, todo, inputs, forced, checks, bar, tell, on_error, address=ray_address,
+                                        gpu_fraction=gpu_fraction, worker_log=worker_log)
+    elif here:
         choose_threads(1)
         for name in todo:
             bar.set_postfix(node=name)

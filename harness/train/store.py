@@ -5,7 +5,8 @@ pass ``--fixtures-dir`` or ``$HARNESS_FIXTURES_DIR``)::
 
     nodes/<node>-<key16>/   model.safetensors, config.json, tokenizer files, adapter/,
                             log.json, curves.png, meta.json (written last: the completion mark)
-    tmp/<node>-<key16>-<pid>-<rand>/   a node being built; removed when its process is gone
+    tmp/<node>-<key16>-<pid>-<rand>.<host>/   a node being built; removed when its process is gone (``host``: a
+                            tag of the machine that builds it, whose pid it is, for a fixtures dir shared by hosts)
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import platform
 import shutil
 import uuid
 from pathlib import Path
@@ -42,6 +44,15 @@ def library_versions(quantized: bool = False) -> dict[str, str]:
     """Versions of the libraries a trained node depends on (part of its cache key)."""
     names = ["torch", "transformers", "trl", "peft", "tokenizers"] + (["bitsandbytes"] if quantized else [])
     return versions.library_versions(names)
+
+
+def host_tag() -> str:
+    """A short tag of this machine in temp folder names: a pid means something only on the host that made it."""
+    return hashlib.sha256(platform.node().encode("utf-8")).hexdigest()[:8]
+
+
+def _suffix() -> str:
+    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}.{host_tag()}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -77,7 +88,7 @@ class Store:
     def new_tmp(self, name: str, key: str) -> Path:
         """A fresh temp folder for building node ``name``."""
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        path = self.tmp_dir / f"{name}-{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        path = self.tmp_dir / f"{name}-{key[:16]}-{_suffix()}"
         path.mkdir()
         return path
 
@@ -86,7 +97,7 @@ class Store:
         final = self.node_dir(name, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():  # a --rebuild, or another process finished first
-            trash = self.tmp_dir / f"old-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            trash = self.tmp_dir / f"old-{final.name}-{_suffix()}"
             os.rename(final, trash)
             os.rename(tmp, final)
             shutil.rmtree(trash, ignore_errors=True)
@@ -95,13 +106,17 @@ class Store:
         return final
 
     def clean_stale_tmp(self) -> list[Path]:
-        """Remove temp folders whose building process is gone (an interrupted build)."""
+        """Remove temp folders whose building process is gone (an interrupted build). A folder made on another
+        host (a fixtures dir shared by a Ray cluster) is left alone: its pid means nothing here."""
         removed = []
         if not self.tmp_dir.is_dir():
             return removed
+        here = host_tag()
         for p in self.tmp_dir.iterdir():
             parts = p.name.rsplit("-", 2)
             pid = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else -1
+            if len(parts) == 3 and "." in parts[2] and parts[2].rsplit(".", 1)[1] != here:
+                continue
             if pid != os.getpid() and not _pid_alive(pid):
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)
