@@ -36,6 +36,7 @@ class RunConfig:
     update_snapshots: bool = False  # HARNESS_UPDATE_SNAPSHOTS=1
     # devices and workers
     devices: Optional[str] = None  # HARNESS_DEVICES, e.g. "0,1"
+    legacy_steps: bool = False  # HARNESS_LEGACY_STEPS=1: the Trainer's own per-step loop (the speed benchmark's "before")
     # output evaluation
     judge_serve: Optional[str] = None  # HARNESS_JUDGE_SERVE
     judge_model: Optional[str] = None  # HARNESS_JUDGE_MODEL
@@ -75,7 +76,7 @@ def from_env(environ: Optional[Mapping[str, str]] = None) -> RunConfig:
         if raw is None or raw == "":
             continue
         kind = str(f.type)
-        if f.name == "update_snapshots":
+        if f.name in ("update_snapshots", "legacy_steps"):
             values[f.name] = raw == "1"
         elif "int" in kind:
             try:
