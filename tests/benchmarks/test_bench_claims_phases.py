@@ -166,3 +166,52 @@ def test_bench_claims_phases_cold(benchmark, tmp_path):
         flips = {k: (v, runs["before"]["verdicts"].get(k)) for k, v in runs["after"]["verdicts"].items()
                  if runs["before"]["verdicts"].get(k) != v}
         assert not flips, f"the verdicts moved between the before and after runs: {flips}"
+
+
+def test_bench_lean_step_host_work(benchmark, tmp_path):
+    """The host work per step that :func:`harness.train.common.lean_steps` removes, on the tiny plan's sft_d0
+    trainer (4-bit on CUDA, as the claims train it): the Trainer's FLOP count, gradient clipping and
+    ``model.train()``, each timed alone (median of 100 calls, milliseconds), the Trainer's own vs lean."""
+    import statistics
+
+    import torch
+    from trl import SFTConfig, SFTTrainer
+
+    from harness.train import build, common, load_plan
+    from harness.train.keys import node_records
+
+    benchmark.group = "claims-phases"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    plan = load_plan(ROOT / "fixtures" / "plans" / "tiny.toml")
+    fixtures = Path(os.environ.get("HARNESS_BENCH_FIXTURES") or tmp_path / "fx")
+    base = build(plan, fixtures_dir=fixtures, device=device, only=["base"], progress=False, jobs=1).path("base")
+    model = common.load_model(base, device, plan.quantize_4bit)
+    kwargs = common.trainer_kwargs(plan.sft, tmp_path, device, 0, False, False)
+    trainer = SFTTrainer(model=model, args=common.one_gpu(SFTConfig(**kwargs, completion_only_loss=True, packing=False)),
+                         train_dataset=common.training_dataset(node_records(plan, "sft_d0"), tmp_path),
+                         processing_class=common.load_tokenizer(base), peft_config=common.lora_config(plan.lora))
+    batch = {k: v.to(trainer.model.device) for k, v in
+             trainer.data_collator([trainer.train_dataset[i] for i in range(plan.sft.batch_size)]).items()}
+    trainer.model(**batch).loss.backward()
+
+    def per_call() -> dict[str, float]:
+        out = {}
+        for name, call in (("FLOP count", lambda: trainer.floating_point_ops(batch)),
+                           ("gradient clipping", lambda: trainer._clip_grad_norm(trainer.model)),
+                           ("model.train()", lambda: trainer.model.train())):
+            xs = []
+            for _ in range(100):
+                t0 = time.perf_counter()
+                call()
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                xs.append(time.perf_counter() - t0)
+            out[name] = round(statistics.median(xs) * 1e3, 3)
+        return out
+
+    legacy = per_call()
+    common.lean_steps(trainer)
+    lean = benchmark.pedantic(per_call, rounds=1, iterations=1)
+    benchmark.extra_info.update({"device": device, "legacy_ms": legacy, "lean_ms": lean})
+    print(f"\nhost ms per step on {device}: legacy {legacy}, lean {lean}; "
+          f"sum {sum(legacy.values()):.2f} -> {sum(lean.values()):.2f} ms")
