@@ -11,7 +11,7 @@ from typing import Any
 
 from harness.findings.kinds import KINDS
 from harness.findings.session import Case, FindingsSession
-from harness.findings.timing import KIND_PHASE
+from harness.findings.timing import KIND_PHASE, STATISTICS
 from harness.findings.verdict import FAIL, INCONCLUSIVE, ClaimResult, InconclusiveWarning, aggregate, assert_holds, evaluate
 
 
@@ -63,7 +63,7 @@ def run_case(session: FindingsSession, case: Case, request: Any) -> list[ClaimRe
     with session.timing.timed(KIND_PHASE.get(spec.kind, spec.kind)):  # the kind's sources: diffs, generations
         sources = builder(session, spec, pair, control)
     rows: list[ClaimResult] = []
-    with session.timing.timed("claims"):  # the checks' statistics and verdicts
+    with session.timing.timed(STATISTICS):  # the checks' statistics (the diffs they read) and verdicts
         for seed, source in sources:
             rows += evaluate(spec, source, pair, plan=vplan.name, seed=seed)
     # what the sources say of themselves (the BERTScore model and layer, the judge's counts)

@@ -1,6 +1,7 @@
-"""Where a claims session's wall time went: its phases (building the graphs, each kind's measurements, the
-claims' verdicts, the report's plots) and, per graph build, the base, the pre-flight, each wave of nodes and
-each trained node's own figures (train time, steps, tokens/s, MFU from its train summary).
+"""Where a claims session's wall time went: its phases (building the graphs, each kind's sources, the
+statistics and verdicts with the weight diffs they compute, the report's plots) and, per graph build, the
+base, the pre-flight, each wave of nodes and each trained node's own figures (train time, steps, tokens/s,
+MFU from its train summary).
 
 The findings JSON carries it as ``meta.timing``; the Markdown as a "Timing" section. Figures only: no test
 asserts a time (speed is measured by ``tests/benchmarks/test_bench_claims_phases.py``).
@@ -12,9 +13,13 @@ import contextlib
 import time
 from typing import Any, Iterator, Mapping
 
-#: what a kind's measurement spends its time on (the phase's name in the report)
-KIND_PHASE = {"weights": "diffs", "generations": "generation", "similarity": "generation, BLEU/BERTScore",
+#: what a kind's sources spend their time on (the phase's name in the report). The weight diffs are computed
+#: lazily, as the statistics read them: their time is in :data:`STATISTICS`, not in "diff sources"
+KIND_PHASE = {"weights": "diff sources", "generations": "generation", "similarity": "generation, BLEU/BERTScore",
               "judge": "judge"}
+
+
+STATISTICS = "statistics (the weight diffs) and verdicts"
 
 
 class Timing:
