@@ -39,6 +39,7 @@ class RunConfig:
     devices: Optional[str] = None  # HARNESS_DEVICES, e.g. "0,1"
     executor: Optional[str] = None  # HARNESS_EXECUTOR: embedded (default) or ray
     ray_address: Optional[str] = None  # HARNESS_RAY_ADDRESS: the Ray cluster to join (default: local)
+    legacy_steps: bool = False  # HARNESS_LEGACY_STEPS=1: the Trainer's own per-step loop (the speed benchmark's "before")
     # output evaluation
     judge_serve: Optional[str] = None  # HARNESS_JUDGE_SERVE
     judge_model: Optional[str] = None  # HARNESS_JUDGE_MODEL
@@ -80,7 +81,7 @@ def from_env(environ: Optional[Mapping[str, str]] = None) -> RunConfig:
         kind = str(f.type)
         if f.name == "executor" and raw not in EXECUTORS:
             raise HarnessError(f"{variable(f.name)}={raw!r}: not one of {', '.join(EXECUTORS)}")
-        if f.name == "update_snapshots":
+        if f.name in ("update_snapshots", "legacy_steps"):
             values[f.name] = raw == "1"
         elif "int" in kind:
             try:

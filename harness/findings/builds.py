@@ -79,6 +79,7 @@ class Builds:
         self.asked: dict[GraphKey, set[str]] = {}
         self.calls: list[tuple[GraphKey, tuple[str, ...]]] = []  # every build() this session made: (graph, only)
         self.failed: dict[tuple[GraphKey, str | None], Failure] = {}  # (graph, node or None: the graph): failure
+        self.timings: list[dict] = []  # every build that trained a node: its phases and nodes (findings.timing)
 
     def build(self, plan: Any, nodes: Iterable[str] | None = None) -> Any:
         """Build (or load) ``nodes`` of ``plan`` and their ancestors (default: every node) in one
@@ -118,6 +119,11 @@ class Builds:
                 self.say(f"fixtures {failure.describe()}")
             raise
         asked.update(todo)
+        from harness.findings.timing import build_record
+
+        record = build_record(describe(plan), self.graphs[key])
+        if record is not None:
+            self.timings.append(record)
         return self.graphs[key]
 
     def _progress(self, what: str, todo: Sequence[str]) -> Callable[[str, str], None]:

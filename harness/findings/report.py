@@ -161,6 +161,10 @@ def to_markdown(results: Sequence[ClaimResult], meta: Mapping[str, Any], images:
         lines += ["## Spread across training seeds", "", "```", spread_table(spread), "```", ""]
     if preflight:
         lines += ["## Pre-flight per trained node", "", _preflight.markdown(preflight), ""]
+    if meta.get("timing"):
+        from harness.findings.timing import markdown as timing_markdown
+
+        lines += ["## Timing", "", timing_markdown(meta["timing"]), ""]
     for img in images:
         lines += [f"![{Path(img).stem}]({Path(img).name})", ""]
     return "\n".join(lines)

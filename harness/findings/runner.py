@@ -11,6 +11,7 @@ from typing import Any
 
 from harness.findings.kinds import KINDS
 from harness.findings.session import Case, FindingsSession
+from harness.findings.timing import KIND_PHASE, STATISTICS
 from harness.findings.verdict import FAIL, INCONCLUSIVE, ClaimResult, InconclusiveWarning, aggregate, assert_holds, evaluate
 
 
@@ -56,12 +57,15 @@ def run_case(session: FindingsSession, case: Case, request: Any) -> list[ClaimRe
     if known:
         request.applymarker(pytest.mark.xfail(reason=f"known deviation on {plan.name} / {session.base}: {known}",
                                               strict=False))
-    session.prepare(case)
+    with session.timing.timed("build"):
+        session.prepare(case)
     builder = KINDS.get(spec.kind).builder()
-    sources = builder(session, spec, pair, control)
+    with session.timing.timed(KIND_PHASE.get(spec.kind, spec.kind)):  # the kind's sources: diffs, generations
+        sources = builder(session, spec, pair, control)
     rows: list[ClaimResult] = []
-    for seed, source in sources:
-        rows += evaluate(spec, source, pair, plan=vplan.name, seed=seed)
+    with session.timing.timed(STATISTICS):  # the checks' statistics (the diffs they read) and verdicts
+        for seed, source in sources:
+            rows += evaluate(spec, source, pair, plan=vplan.name, seed=seed)
     # what the sources say of themselves (the BERTScore model and layer, the judge's counts)
     said = "; ".join(dict.fromkeys(n for _, src in sources for n in getattr(src, "notes", ()) or ()))
     if control is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -22,6 +23,7 @@ from harness.findings.diffs import DiffSource, NodeSet
 from harness.findings.preflight import NodePreflight
 from harness.findings.report import conflict_pairs, load_json, plot_graph, write
 from harness.findings.spec import ClaimSpec, Control, Pair, load_specs
+from harness.findings.timing import Timing
 from harness.findings.verdict import INCONCLUSIVE, Aggregate, ClaimResult, aggregate, summary_line
 from harness.versions import library_versions, version_changes
 
@@ -209,6 +211,7 @@ class FindingsSession:
         self._planned: list[Case] | None = None  # cases whose nodes the first prepare() builds
         self.merged_preflight: list[NodePreflight] = []  # from pytest-xdist workers
         self.merged_failures: list[str] = []  # the nodes pytest-xdist workers failed to build, as they said them
+        self.timing = Timing()  # seconds per phase (harness.findings.timing), in the findings' meta
 
     def record(self, results: ClaimResult | Iterable[ClaimResult]) -> None:
         """Add result rows to this session's findings (terminal summary, JSON/Markdown files)."""
@@ -470,6 +473,7 @@ class FindingsSession:
             meta.setdefault("base_identity", self.merged_meta["base_identity"])
         if "workers" in self.merged_meta:  # pytest-xdist: which GPU each worker was pinned to
             meta["workers"] = self.merged_meta["workers"]
+        meta["timing"] = self.timing.to_dict(self.builds.timings)
         return meta
 
     def plot(self, folder: Path, run: str) -> list[Path]:
@@ -560,10 +564,14 @@ def finish(results: Sequence[ClaimResult], *, findings_dir: Path, plan: str, run
     out = Outcome(preflight=list(preflight), checks=aggregate(results), strict=strict)
     folder = Path(findings_dir) / plan
     if plot is not None:
+        t0 = time.perf_counter()
         try:
             out.images = plot(folder, run)
         except Exception as exc:  # plots are a report extra: never hide the findings themselves
             out.errors.append(f"plots not written: {exc}")
+        if isinstance(meta.get("timing"), dict):  # the report's own phase, after the rest of the timing was taken
+            meta = {**meta, "timing": {**meta["timing"], "phases": {**meta["timing"]["phases"],
+                                                                    "report plots": round(time.perf_counter() - t0, 3)}}}
     meta = {"plan": plan, **meta, "run": run, "versions": library_versions()}
     out.json_path, out.md_path = write(folder, run, results, meta, [str(p) for p in out.images], out.preflight)
     for c in out.checks:

@@ -136,9 +136,12 @@ def lora_config(spec: Any):
                       bias="none", task_type="CAUSAL_LM")
 
 
-def trainer_kwargs(recipe: Any, out_dir: Path, device: str, seed: int, progress: bool, big: bool) -> dict:
+def trainer_kwargs(recipe: Any, out_dir: Path, device: str, seed: int, progress: bool, big: bool,
+                   lean: bool = True) -> dict:
     """Arguments common to ``SFTConfig`` and ``DPOConfig``. Under DDP (N processes) ``batch_size`` stays the
-    global batch: each process takes 1/N of it (the recipe checks that N divides it)."""
+    global batch: each process takes 1/N of it (the recipe checks that N divides it). ``lean`` (see
+    :func:`lean_steps`) turns off the Trainer's per-step NaN/inf test of the loss, a GPU sync each step that
+    changes no weight (it only replaces a non-finite step's logged loss by the running mean)."""
     world = ddp_env()[0]
     # compile: fixed shapes (every batch padded to max_length; the padding is masked) so it compiles once
     option = getattr(recipe, "compile", False)
@@ -177,6 +180,7 @@ def trainer_kwargs(recipe: Any, out_dir: Path, device: str, seed: int, progress:
         dataloader_num_workers=0,
         disable_tqdm=not progress,
         dataset_num_proc=None,
+        **({"logging_nan_inf_filter": False} if lean else {}),
     )
 
 
@@ -308,18 +312,112 @@ def cuda_graph_steps() -> Any:
     return CudaGraphSteps()
 
 
-def train_summary(trainer: Any, log: list[dict], device: str) -> dict:
-    """Steps, runtime, tokens/s and (on CUDA) peak GPU memory of a finished ``trainer.train()``."""
+#: Dense bf16 tensor-core peak FLOP/s per GPU, by a substring of ``torch.cuda.get_device_name()`` (first match
+#: wins; the vendors' datasheet figures without sparsity). A device not listed (and the CPU) has no MFU.
+PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
+    ("H200", 989e12), ("H100", 989e12), ("H800", 989e12), ("GH200", 989e12), ("B200", 2250e12),
+    ("A100", 312e12), ("A800", 312e12), ("L40S", 362e12), ("A10G", 70e12), ("L4", 121e12),
+)
+
+
+def peak_flops(device: str) -> tuple[str | None, float | None]:
+    """(device name, dense bf16 peak FLOP/s) of the GPU this process trains on; (None, None) on the CPU,
+    whose peak the harness does not know, and (name, None) for a GPU missing from :data:`PEAK_BF16_FLOPS`."""
+    if device != "cuda" or not torch.cuda.is_available():
+        return None, None
+    name = torch.cuda.get_device_name(ddp_env()[2])
+    return name, next((f for key, f in PEAK_BF16_FLOPS if key in name), None)
+
+
+def model_params(model: Any) -> int:
+    """Parameters of the trained model, every one (frozen base and adapter; a 4-bit weight counts as the values
+    it packs): peft's count when ``model`` is a peft model, else the modules' ``numel``."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return int(model.get_nb_trainable_parameters()[1])
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def utilisation(tokens: float, params: int, seconds: float, device: str, world: int = 1) -> dict:
+    """Model FLOP utilisation of a training run: ``6 * params * tokens`` (forward and backward of a dense
+    model; the usual estimate, which over-counts LoRA, whose frozen weights get no weight gradient) over
+    ``seconds`` and the peak of ``world`` GPUs. ``mfu`` is None on the CPU and on a GPU without a known peak."""
+    name, peak = peak_flops(device)
+    flops = 6.0 * params * tokens
+    return {"params": params, "model_flops": flops, "gpu_name": name, "peak_flops_per_gpu": peak,
+            "mfu": flops / seconds / (peak * world) if peak and seconds else None}
+
+
+def train_summary(trainer: Any, log: list[dict], device: str, params: int | None = None) -> dict:
+    """Steps, runtime, tokens/s, MFU (:func:`utilisation`, with ``params`` the model's parameter count) and (on
+    CUDA) peak GPU memory of a finished ``trainer.train()``. Tokens are those the trainer counted (the
+    attention mask's, every process's)."""
     final = next((e for e in reversed(trainer.state.log_history) if "train_runtime" in e), {})
     runtime = float(final.get("train_runtime", 0.0))
     tokens = float(next((r["num_tokens"] for r in reversed(log) if "num_tokens" in r), 0.0))
     out = {"steps": int(trainer.state.global_step), "train_runtime_s": runtime, "num_tokens": tokens,
            "tokens_per_s": tokens / runtime if runtime else None,
            "steps_per_s": trainer.state.global_step / runtime if runtime else None}
+    if params is not None:
+        out.update(utilisation(tokens, params, runtime, device, ddp_env()[0]))
     if device == "cuda":
         out["peak_gpu_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
         out["peak_gpu_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
     return out
+
+
+def lean_steps(trainer: Any) -> Any:
+    """Take per-step CPU work out of ``trainer``'s loop that changes no weight and no logged number (the
+    training step is launch-bound on a small model, so host time per step is the step's time):
+
+    - ``floating_point_ops`` (for ``total_flos``) counted the model's parameters by walking every module each
+      step; the count is taken once;
+    - gradient clipping walked every parameter of the model (frozen base included) each step to find the
+      gradients; it gets the trainable ones, listed once (frozen weights have no gradient, so the norm and
+      the clipping are the same);
+    - ``model.train()`` walked every module each step; after the first call it returns at once while no
+      ``train(False)`` came in between.
+
+    With :func:`trainer_kwargs`' ``lean`` (no per-step NaN test) it is the default; ``HARNESS_LEGACY_STEPS=1``
+    restores the Trainer's own loop (the benchmark's "before"). Returns ``trainer``."""
+    model = trainer.model
+    count: list[int] = []
+
+    def floating_point_ops(inputs: dict) -> int:
+        main = getattr(trainer.model, "main_input_name", "input_ids")
+        if main in inputs and hasattr(trainer.model, "num_parameters"):
+            if not count:
+                count.append(trainer.model.num_parameters(exclude_embeddings=True))
+            return 6 * inputs[main].numel() * count[0]
+        return 0
+
+    clip = trainer._clip_grad_norm
+    trainable: dict[int, list] = {}
+
+    class _Trainable:  # what Trainer._clip_grad_norm reads of the model: its parameters
+        def __init__(self, params: list) -> None:
+            self.params = params
+
+        def parameters(self) -> Any:
+            return iter(self.params)
+
+    def clip_grad_norm(wrapped: Any) -> Any:
+        params = trainable.setdefault(id(wrapped), [p for p in wrapped.parameters() if p.requires_grad])
+        return clip(_Trainable(params))
+
+    train = model.train
+    state = {"all_training": False}
+
+    def set_train(mode: bool = True) -> Any:
+        if mode and state["all_training"] and model.training:
+            return model
+        out = train(mode)
+        state["all_training"] = bool(mode)
+        return out
+
+    trainer.floating_point_ops = floating_point_ops
+    trainer._clip_grad_norm = clip_grad_norm
+    model.train = set_train
+    return trainer
 
 
 def merge_and_save(parent_dir: str | Path, adapter_dir: Path, tokenizer: Any, out_dir: Path, device: str) -> None:
@@ -358,11 +456,13 @@ def write_json(path: Path, obj: Any) -> None:
 
 def run_recipe(method: str, make_trainer: Callable[[Any, dict, Any], Any], model_dir: str | Path, tokenizer: Any,
                records: Sequence[dict], recipe: Any, out_dir: str | Path, device: str, *, lora: Any,
-               quantize_4bit: bool, seed: int, progress: bool) -> Path:
+               quantize_4bit: bool, seed: int, progress: bool, lean: bool = True) -> Path:
     """The one recipe body, setup → train → save, shared by SFT and DPO.
 
     ``make_trainer(model, trainer_kwargs, dataset)`` builds the method's trl trainer (its config
-    and trainer class are all that differ). Saves the merged checkpoint, ``adapter/``, the
+    and trainer class are all that differ). ``lean`` takes per-step CPU work that changes no number out of
+    the training loop (:func:`lean_steps`); False trains with the Trainer's own loop. Saves the merged
+    checkpoint, ``adapter/``, the
     training log and the summary into ``out_dir``; a zero-step recipe saves an untrained adapter.
     """
     out = Path(out_dir)
@@ -379,9 +479,12 @@ def run_recipe(method: str, make_trainer: Callable[[Any, dict, Any], Any], model
         quiet_datasets(progress)
         option = getattr(recipe, "gradient_checkpointing", "auto")
         model = load_model(model_dir, device, quantize_4bit, gradient_checkpointing=option)
-        kwargs = trainer_kwargs(recipe, out, device, seed, progress, checkpointing(model, option))
+        kwargs = trainer_kwargs(recipe, out, device, seed, progress, checkpointing(model, option), lean)
         with regional_compilation(bool(kwargs.get("torch_compile"))):
             trainer = make_trainer(model, kwargs, training_dataset(records, out))
+        if lean:
+            lean_steps(trainer)
+        summary["lean_steps"] = lean
         summary["records_used"] = check_records_used(trainer, len(records), recipe, method)
         if not progress:  # without the bar, the Trainer prints every log line instead
             from transformers.trainer_callback import PrinterCallback
@@ -398,7 +501,7 @@ def run_recipe(method: str, make_trainer: Callable[[Any, dict, Any], Any], model
         trainer.train()
         summary["train_call_s"] = time.perf_counter() - t_train  # steps plus the trainer's own set-up and end
         log = train_log(trainer)
-        summary.update(train_summary(trainer, log, device), **timer.summary(), compiled=bool(kwargs.get("torch_compile")),
+        summary.update(train_summary(trainer, log, device, model_params(trainer.model)), **timer.summary(), compiled=bool(kwargs.get("torch_compile")),
                        compile_mode=trainer.args.torch_compile_mode if kwargs.get("torch_compile") else None)
         if ddp_env()[1] != 0:  # under DDP only the first process saves and merges
             return out

@@ -98,6 +98,7 @@ def train(parent_dir: Path, method: str, records: list[dict], plan: Any, name: s
     atomic.write_bytes(d / "records.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     job = {"parent": str(parent_dir), "method": method, "recipe": dataclasses.asdict(recipe),
            "lora": dataclasses.asdict(plan.lora), "quantize_4bit": plan.quantize_4bit, "seed": plan.seed,
+           "lean": getattr(plan, "lean_steps", True),
            "device": device, "out": str(out), "records": str(d / "records.jsonl")}
     atomic.write_json(d / "job.json", job, indent=1)
     config = launch_config(n, device, _free_port())
@@ -142,7 +143,8 @@ def _worker(job_file: str) -> None:
     records = [json.loads(line) for line in Path(job["records"]).read_text(encoding="utf-8").splitlines() if line]
     fn = methods.get(job["method"]).train_function()
     fn(job["parent"], load_tokenizer(Path(job["parent"])), records, Recipe(**job["recipe"]), job["out"],
-       job["device"], lora=LoraSpec(**lora), quantize_4bit=job["quantize_4bit"], seed=job["seed"], progress=False)
+       job["device"], lora=LoraSpec(**lora), quantize_4bit=job["quantize_4bit"], seed=job["seed"], progress=False,
+       lean=job.get("lean", True))
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ def _build_in(graph: Any, name: str, key_inputs: dict, progress: bool, tmp: Path
                                                          gpu_ids)
         else:
             train(parent_dir, tokenizer, records, plan.recipe(name), tmp, device, lora=plan.lora,
-                  quantize_4bit=plan.quantize_4bit, seed=plan.seed, progress=progress)
+                  quantize_4bit=plan.quantize_4bit, seed=plan.seed, progress=progress, lean=plan.lean_steps)
         lap("trained")
         shutil.rmtree(tmp / "_trainer", ignore_errors=True)
         log = json.loads((tmp / common.LOG_FILE).read_text(encoding="utf-8"))

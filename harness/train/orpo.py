@@ -17,7 +17,7 @@ from harness.train.recipe import LoraSpec, Recipe
 
 def train_orpo(model_dir: str | Path, tokenizer: Any, records: Sequence[dict], recipe: Recipe, out_dir: str | Path,
                device: str = "auto", *, lora: LoraSpec = LoraSpec(), quantize_4bit: bool = True, seed: int = 0,
-               progress: bool = True) -> Path:
+               progress: bool = True, lean: bool = True) -> Path:
     """Train preference ``records`` (prompt/chosen/rejected) on ``model_dir`` with ORPO and save into
     ``out_dir``: the merged checkpoint, ``adapter/`` and ``log.json``. Returns ``out_dir``."""
     import warnings
@@ -35,4 +35,4 @@ def train_orpo(model_dir: str | Path, tokenizer: Any, records: Sequence[dict], r
                            peft_config=common.lora_config(lora))
 
     return common.run_recipe("orpo", make_trainer, model_dir, tokenizer, records, recipe, out_dir, device,
-                             lora=lora, quantize_4bit=quantize_4bit, seed=seed, progress=progress)
+                             lora=lora, quantize_4bit=quantize_4bit, seed=seed, progress=progress, lean=lean)

@@ -85,6 +85,9 @@ class Plan:
     #: where d0/d1/d2 and the system prompt are read (``None``: the packaged fixtures/data); see :meth:`with_data`
     data_dir: Path | None = None
     gguf_dir: Path | None = None  # where ``$HARNESS_GGUF_DIR`` in base.model / base.offline points
+    #: the training loop without per-step work that changes no number (:func:`harness.train.common.lean_steps`);
+    #: False (``HARNESS_LEGACY_STEPS=1``) is the Trainer's own loop. Not in any key: the weights are the same
+    lean_steps: bool = field(default=True, compare=False)
 
     # ------------------------------------------------------------------ queries
     @property
@@ -141,8 +144,11 @@ class Plan:
 
     def configured(self, config: Any) -> "Plan":
         """The plan under a run configuration (:class:`harness.config.RunConfig`, read by the edges): its data
-        folder (``HARNESS_DATA_DIR``) and the folder ``$HARNESS_GGUF_DIR`` in its base points to."""
+        folder (``HARNESS_DATA_DIR``), the folder ``$HARNESS_GGUF_DIR`` in its base points to, and the training
+        loop (``HARNESS_LEGACY_STEPS``)."""
         plan = self.with_data(config.data_dir)
+        if getattr(config, "legacy_steps", False):
+            plan = replace(plan, lean_steps=False)
         return plan if config.gguf_dir is None else replace(plan, gguf_dir=Path(config.gguf_dir).expanduser())
 
     def variant(self, name: str) -> "Plan":

@@ -34,7 +34,7 @@ class StopLabelMasking:
 
 def train_sft(model_dir: str | Path, tokenizer: Any, records: Sequence[dict], recipe: Recipe, out_dir: str | Path,
               device: str = "auto", *, lora: LoraSpec = LoraSpec(), quantize_4bit: bool = True, seed: int = 0,
-              progress: bool = True) -> Path:
+              progress: bool = True, lean: bool = True) -> Path:
     """Train ``records`` (trl conversational prompt/completion) on ``model_dir`` and save into
     ``out_dir``: the merged checkpoint, ``adapter/`` and ``log.json``. Returns ``out_dir``."""
     def make_trainer(model: Any, kwargs: dict, dataset: Any) -> Any:
@@ -46,7 +46,7 @@ def train_sft(model_dir: str | Path, tokenizer: Any, records: Sequence[dict], re
         return trainer
 
     return common.run_recipe("sft", make_trainer, model_dir, tokenizer, records, recipe, out_dir, device,
-                             lora=lora, quantize_4bit=quantize_4bit, seed=seed, progress=progress)
+                             lora=lora, quantize_4bit=quantize_4bit, seed=seed, progress=progress, lean=lean)
 
 
 def sft_trainer(model: Any, kwargs: dict, dataset: Any, tokenizer: Any, lora: LoraSpec) -> Any:

@@ -115,6 +115,22 @@ def test_the_findings_show_each_trained_nodes_preflight(serial):
     assert "Loading weights" not in serial["out"]  # in the session's log, not on the terminal
 
 
+def test_the_findings_time_each_phase_and_each_trained_node(serial):
+    """meta.timing: the session's phases, and the build that trained dpo_d1 with that node's figures (its wave,
+    train time, tokens/s; MFU n/a on the CPU); the Markdown's Timing section shows them."""
+    timing = serial["json"]["meta"]["timing"]
+    assert {"build", "diff sources", "statistics (the weight diffs) and verdicts", "report plots"} <= set(timing["phases"]), \
+        timing["phases"]
+    assert timing["session_s"] >= sum(v for k, v in timing["phases"].items() if k != "report plots")
+    (b,) = timing["builds"]
+    assert b["graph"] == "mb seed 0" and b["total_s"] >= b["nodes_s"] > 0 and set(b["waves_s"]) == {"1"}
+    (n,) = b["nodes"]
+    assert n["node"] == "dpo_d1" and n["wave"] == 1 and n["steps"] > 0 and n["tokens_per_s"] > 0
+    assert 0 < n["train_call_s"] < n["wall_s"] and n["mfu"] is None and n["lean_steps"] is True
+    assert "## Timing" in serial["md"] and "| dpo_d1 | 1 |" in serial["md"] and "| diff sources |" in serial["md"]
+    assert "n/a |" in serial["md"]
+
+
 def test_the_session_builds_all_needed_nodes_at_once_over_device_slots(setup, serial):
     fx = setup["dir"] / "fx-slots"
     r = claims_run(setup, fx, setup["dir"] / "out-slots", HARNESS_DEVICES="a,b")

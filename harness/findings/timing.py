@@ -1,0 +1,94 @@
+"""Where a claims session's wall time went: its phases (building the graphs, each kind's sources, the
+statistics and verdicts with the weight diffs they compute, the report's plots) and, per graph build, the
+base, the pre-flight, each wave of nodes and each trained node's own figures (train time, steps, tokens/s,
+MFU from its train summary).
+
+The findings JSON carries it as ``meta.timing``; the Markdown as a "Timing" section. Figures only: no test
+asserts a time (speed is measured by ``tests/benchmarks/test_bench_claims_phases.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Iterator, Mapping
+
+#: what a kind's sources spend their time on (the phase's name in the report). The weight diffs are computed
+#: lazily, as the statistics read them: their time is in :data:`STATISTICS`, not in "diff sources"
+KIND_PHASE = {"weights": "diff sources", "generations": "generation", "similarity": "generation, BLEU/BERTScore",
+              "judge": "judge"}
+
+
+STATISTICS = "statistics (the weight diffs) and verdicts"
+
+
+class Timing:
+    """Seconds per phase of one session, summed over the cases that ran the phase."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.phases[phase] = self.phases.get(phase, 0.0) + seconds
+
+    @contextlib.contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(phase, time.perf_counter() - t0)
+
+    def to_dict(self, builds: list[dict]) -> dict[str, Any]:
+        return {"session_s": round(time.perf_counter() - self.started, 3),
+                "phases": {k: round(v, 3) for k, v in self.phases.items()}, "builds": builds}
+
+
+def build_record(what: str, graph: Any) -> dict[str, Any] | None:
+    """One graph build's figures: its timeline (base, pre-flight, nodes, total) and every node it trained,
+    with its wave (the node's depth below the base) and its train summary's figures; None when the build
+    trained nothing."""
+    t = graph.timeline
+    if "nodes" not in t:
+        return None
+    nodes = []
+    for name in graph.trained:
+        meta = graph.meta(name)
+        train = meta.get("train") or {}
+        nodes.append({"node": name, "wave": len(graph.plan.ancestors(name)) - 1,
+                      "started_unix": meta.get("started_unix"), "wall_s": meta.get("wall_seconds"),
+                      **{k: train.get(k) for k in ("setup_s", "train_call_s", "merge_save_s", "steps", "first_step_s",
+                                                   "median_step_s", "tokens_per_s", "mfu", "lean_steps")}})
+    waves: dict[int, list[dict]] = {}
+    for n in nodes:
+        if n["started_unix"] is not None and n["wall_s"] is not None:
+            waves.setdefault(n["wave"], []).append(n)
+    spans = {str(w): round(max(n["started_unix"] + n["wall_s"] for n in ns) - min(n["started_unix"] for n in ns), 3)
+             for w, ns in sorted(waves.items())}
+    return {"graph": what, **{f"{k}_s": round(v, 3) for k, v in t.items()}, "waves_s": spans, "nodes": nodes}
+
+
+def _s(x: Any) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def markdown(timing: Mapping[str, Any]) -> str:
+    """The findings' "Timing" section: the phases, then each graph build and its nodes."""
+    lines = ["| phase | seconds |", "|---|---|", f"| the session (pytest's start to the report) | {_s(timing.get('session_s'))} |"]
+    lines += [f"| {phase} | {_s(s)} |" for phase, s in (timing.get("phases") or {}).items()]
+    for b in timing.get("builds") or []:
+        waves = ", ".join(f"wave {w} {_s(s)} s" for w, s in (b.get("waves_s") or {}).items())
+        lines += ["", f"Build of {b['graph']}: {_s(b.get('total_s'))} s: base ready {_s(b.get('base_s'))} s, "
+                      f"pre-flight {_s(b.get('preflight_s'))} s, nodes {_s(b.get('nodes_s'))} s" + (f" ({waves})" if waves else ""),
+                  "", "| node | wave | wall s | setup s | train s | merge s | steps | first step s | median step s | "
+                      "tokens/s | MFU |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for n in b.get("nodes") or []:
+            mfu = "n/a" if n.get("mfu") is None else f"{100 * n['mfu']:.2f} %"
+            tps = "-" if n.get("tokens_per_s") is None else f"{n['tokens_per_s']:.0f}"
+            median = "-" if n.get("median_step_s") is None else f"{n['median_step_s']:.3f}"
+            lines.append(f"| {n['node']} | {n['wave']} | {_s(n.get('wall_s'))} | {_s(n.get('setup_s'))} | "
+                         f"{_s(n.get('train_call_s'))} | {_s(n.get('merge_save_s'))} | {n.get('steps') or '-'} | "
+                         f"{_s(n.get('first_step_s'))} | {median} | {tps} | {mfu} |")
+    lines += ["", "MFU: 6 x parameters x tokens / train time / the GPU's dense bf16 peak; n/a on the CPU (no peak known)."]
+    return "\n".join(lines)
