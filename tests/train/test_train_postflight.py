@@ -196,3 +196,73 @@ def test_llama3_at_launch_stops_wrongly_and_the_preflights_allowance_carries_ove
         run("sft_d0", node, base)
     allow = {"end-of-turn-not-generation-eos": "served with stop=<|eot_id|>"}
     assert run("sft_d0", node, base, allow=allow).status == "allowed"
+
+
+# ---- in a build: the node's post-flight, its failure, and a node cached before the post-flight existed
+
+def _one_node_plan(tmp_path: Path, folder: Path) -> Path:
+    path = tmp_path / "plan.toml"
+    path.write_text(f"""name = "pof"
+[base]
+model = "{folder}"
+[data]
+limit = 8
+[sft]
+max_steps = 1
+max_length = 512
+
+[[nodes]]
+name = "base"
+method = "base"
+
+[[nodes]]
+name = "sft_d0"
+method = "sft"
+dataset = "d0"
+parent = "base"
+""", encoding="utf-8")
+    return path
+
+
+def test_a_build_whose_save_drops_the_bos_fails_the_node(tmp_path, small_model_folder, monkeypatch):
+    """transformers #48592 reproduced on the node's real save (the merge's config.json written with
+    ``bos_token_id: null``): the node fails with the file and field, and nothing enters the cache."""
+    from harness.train import build, load_plan
+
+    real = common.merge_and_save
+
+    def save_dropping_bos(parent_dir, adapter_dir, tokenizer, out_dir, device):
+        real(parent_dir, adapter_dir, tokenizer, out_dir, device)
+        _edit(Path(out_dir) / "config.json", bos_token_id=None)
+
+    monkeypatch.setattr(common, "merge_and_save", save_dropping_bos)
+    failed = {}
+    with pytest.raises(PostflightError, match=r"post-flight .*plan\.toml: sft_d0: special-id-dropped: config\.json: "
+                                              r"bos_token_id is null; the base's is '<s>'"):
+        build(load_plan(_one_node_plan(tmp_path, small_model_folder)), fixtures_dir=tmp_path / "fx", device="cpu",
+              progress=False, on_error=lambda name, error: failed.setdefault(name, error))
+    assert list(failed) == ["sft_d0"]
+    assert not list((tmp_path / "fx" / "nodes").glob("sft_d0-*")), "the broken save was cached"
+
+
+def test_the_findings_postflight_a_node_cached_before_it_existed(tmp_path, small_model_folder):
+    from harness.findings.builds import Builds
+    from harness.train import build, load_plan
+
+    plan = load_plan(_one_node_plan(tmp_path, small_model_folder))
+    graph = build(plan, fixtures_dir=tmp_path / "fx", device="cpu", progress=False)
+    meta_file = graph.path("sft_d0") / "meta.json"
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    assert meta["postflight"]["status"] == "clean" and meta["postflight"]["findings"] == []
+    del meta["postflight"]  # as a node built before the post-flight existed
+    meta_file.write_text(json.dumps(meta), encoding="utf-8")
+    builds = Builds(str(tmp_path / "fx"), "cpu", lambda line: None, tmp_path / "log.txt")
+    builds.build(plan)
+    (p,) = builds.preflight(1)
+    assert (p.node, p.post_status, p.post_verdict) == ("sft_d0", "clean", "ok (checked now)")
+    assert "postflight" not in json.loads(meta_file.read_text(encoding="utf-8")), "the check wrote into the cache"
+    # a broken old node shows as a failing row with the file and field
+    _edit(graph.path("sft_d0") / "generation_config.json", eos_token_id=None)
+    _edit(graph.path("sft_d0") / "config.json", eos_token_id=None)
+    (p,) = builds.preflight(1)
+    assert p.post_failed and p.post_verdict.startswith("FAIL: special-id-dropped: config.json: eos_token_id is null")
