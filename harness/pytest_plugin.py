@@ -343,7 +343,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         for line in preflight_table(outcome.preflight).splitlines():
             tr.write_line(line)
         for p in outcome.postflight_errors:  # fails the session: a checkpoint that would stop wrongly when served
-            tr.write_line(f"post-flight failed: {p.where}: {p.post_verdict}", red=True)
+            for finding in p.post_findings:
+                tr.write_line(f"post-flight failed: {p.where}: {finding}", red=True)
     for e in outcome.errors:
         tr.write_line(e, yellow=True)
     tr.write_line(f"findings written: {outcome.json_path} and {outcome.md_path}"

@@ -84,6 +84,14 @@ class NodePreflight:
         tags = ([f"seed {self.seed}"] if self.seed is not None else []) + ([self.variant] if self.variant else [])
         return self.node + (f" [{', '.join(tags)}]" if tags else "")
 
+    @property
+    def post_short(self) -> str:
+        """:attr:`post_verdict` with a failure's codes only (the terminal table; the messages follow it)."""
+        if not self.post_failed:
+            return self.post_verdict
+        codes = dict.fromkeys(f.split(":", 1)[0] for f in self.post_findings)
+        return "FAIL: " + ", ".join(codes) + (" (checked now)" if self.post_lazy else "")
+
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("post_")}
         post = {"status": self.post_status, "verdict": self.post_verdict, "findings": list(self.post_findings),
@@ -131,7 +139,7 @@ def _post(post: Mapping[str, Any] | None, lazy: bool) -> dict[str, Any]:
 
 def table(items: Sequence[NodePreflight]) -> str:
     """A fixed-width text table: node (and its graph), pipeline, pre-flight verdict, post-flight verdict."""
-    body = [(p.where, p.pipeline or "-", p.verdict, p.post_verdict) for p in items]
+    body = [(p.where, p.pipeline or "-", p.verdict, p.post_short) for p in items]
     cols = ("node", "pipeline", "pre-flight", "post-flight")
     widths = [max(len(c), *(len(r[i]) for r in body)) if body else len(c) for i, c in enumerate(cols)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()

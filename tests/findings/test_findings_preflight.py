@@ -79,5 +79,6 @@ def test_a_failed_postflight_fails_the_session_and_escapes_its_pipes():
     good = from_meta("dpo_d0", {"preflight": result("clean"), "postflight": post("clean")})
     assert Outcome(preflight=[good, bad]).failed and not Outcome(preflight=[good]).failed
     assert Outcome(preflight=[good, bad]).postflight_errors == [bad]
+    assert table([bad]).splitlines()[1].endswith("  FAIL: end-of-turn-not-generation-eos")  # the messages follow
     row = markdown([bad]).splitlines()[2]
     assert row.count(" | ") == 3 and "'<\\|im_end\\|>'" in row  # the token's pipes split no column
