@@ -358,9 +358,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     failing = any(c.verdict == "fail" and not c.control for c in outcome.checks)
     tr.write_line(outcome.summary, **({"red": True} if failing else {"green": True}))
     if outcome.preflight:
-        tr.write_sep("-", "pre-flight per trained node")
+        tr.write_sep("-", "pre-flight per trained node, post-flight of its saved folder")
         for line in preflight_table(outcome.preflight).splitlines():
             tr.write_line(line)
+        for p in outcome.postflight_errors:  # fails the session: a checkpoint that would stop wrongly when served
+            for finding in p.post_findings:
+                tr.write_line(f"post-flight failed: {p.where}: {finding}", red=True)
     for e in outcome.errors:
         tr.write_line(e, yellow=True)
     tr.write_line(f"findings written: {outcome.json_path} and {outcome.md_path}"

@@ -54,7 +54,14 @@ class Audited:
 
 @dataclass(frozen=True)
 class RunStats:
-    """Whole-dataset statistics of one pipeline (and DPO side)."""
+    """Whole-dataset statistics of one pipeline (and DPO side).
+
+    ``tokens`` counts every token the sequences hold (padding left out), ``tokens_trained`` those with a
+    label; ``truncated_in_reply`` are sequences max_length cut after their reply began (the reply loses its
+    end), ``truncated_in_prompt`` those cut before it (kept only by a pipeline that trains the prompt too,
+    hf-clm: trl drops a row whose prompt alone fills max_length, so it counts under ``dropped``);
+    ``stop_trained`` the sequences whose stop token (the first after the reply starts) is trained (None:
+    the audit's stop tokens were not given)."""
 
     pipeline: str
     side: Optional[str]
@@ -65,17 +72,52 @@ class RunStats:
     truncated: int  # sequences cut by max_length
     dropped: int  # examples the pipeline dropped
     share: dict  # finding code -> share of sequences that have it
+    tokens: int = 0
+    tokens_trained: int = 0
+    truncated_in_reply: int = 0
+    truncated_in_prompt: int = 0
+    stop_trained: Optional[int] = None
+
+    @property
+    def trained_share(self) -> float:
+        """Trained tokens over every (non-pad) token of the sequences; 0 when there are none."""
+        return self.tokens_trained / self.tokens if self.tokens else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("pipeline", "sequences", "trained_min", "trained_median", "trained_max",
-                                           "truncated", "dropped", "share")}
+                                           "truncated", "dropped", "share", "tokens", "tokens_trained",
+                                           "truncated_in_reply", "truncated_in_prompt", "stop_trained")}
+        d["trained_share"] = round(self.trained_share, 4)
         if self.side:
             d["side"] = self.side
         return d
 
 
-def run_stats(audited: list[Audited]) -> list[RunStats]:
-    """Statistics per (pipeline, side) over every audited sequence."""
+def cut_in_reply(seq: Trained) -> Optional[bool]:
+    """For a truncated sequence: True when max_length cut it after its reply began, False when before (None:
+    not truncated). The reply begins where the sequence leaves the prompt tokenized alone (``prompt_len``),
+    else, with no reference prompt, at the first trained token of the untruncated sequence."""
+    if seq.full is None:
+        return None
+    n = len(seq.ids)
+    if seq.prompt_len is not None:
+        return seq.prompt_len < n
+    first = next((i for i, lab in enumerate(seq.full[1]) if lab != IGNORE), None)
+    return first is not None and first < n
+
+
+def stop_is_trained(seq: Trained, info: Any) -> bool:
+    """The first stop token after the reply starts (``info.stop_ids``; a BOS that is also the EOS opening
+    the sequence stops nothing) is there and has a label."""
+    ids, labels = seq.ids, seq.labels
+    first = 1 if info.bos_id is not None and info.bos_id == info.eos_id and ids and ids[0] == info.bos_id else 0
+    k = next((i for i in range(max(seq.prompt_len or 0, first), len(ids)) if ids[i] in info.stop_ids), None)
+    return k is not None and labels[k] != IGNORE
+
+
+def run_stats(audited: list[Audited], info: Any = None) -> list[RunStats]:
+    """Statistics per (pipeline, side) over every audited sequence; ``info`` (the tokenizer's
+    :class:`~harness.audit.codes.TokenInfo`) gives the stop tokens for ``stop_trained``."""
     import statistics
 
     groups: dict[tuple, list[Audited]] = {}
@@ -89,10 +131,15 @@ def run_stats(audited: list[Audited]) -> list[RunStats]:
             for c in {h.code for h in a.hits}:
                 codes[c] = codes.get(c, 0) + 1
         n = len(items)
+        cuts = [cut_in_reply(a.seq) for a in items]
         out.append(RunStats(pipe, side, n, min(counts), float(statistics.median(counts)), max(counts),
                             sum(1 for a in items if a.seq.full is not None),
                             sum(1 for a in items if a.seq.dropped),
-                            {c: round(k / n, 4) for c, k in sorted(codes.items())}))
+                            {c: round(k / n, 4) for c, k in sorted(codes.items())},
+                            tokens=sum(len(a.seq.ids) for a in items), tokens_trained=sum(counts),
+                            truncated_in_reply=cuts.count(True), truncated_in_prompt=cuts.count(False),
+                            stop_trained=None if info is None else
+                            sum(1 for a in items if not a.seq.dropped and stop_is_trained(a.seq, info))))
     return out
 
 
@@ -141,7 +188,7 @@ class AuditReport:
     @property
     def stats(self) -> list[RunStats]:
         """Whole-dataset statistics per pipeline (and DPO side)."""
-        return run_stats(self.sequences)
+        return run_stats(self.sequences, self.info)
 
     def to_dict(self) -> dict[str, Any]:
         return {"tokenizer": self.tokenizer, "pipeline": self.pipeline, "examples": self.examples,

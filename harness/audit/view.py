@@ -62,7 +62,11 @@ def stats_lines(report: AuditReport) -> list[Text]:
     for st in report.stats:
         where = st.pipeline + (f"/{st.side}" if st.side else "")
         line = (f"{where}: {st.sequences} sequences; trained tokens per example min {st.trained_min}, "
-                f"median {st.trained_median:g}, max {st.trained_max}; truncated {st.truncated}; dropped {st.dropped}")
+                f"median {st.trained_median:g}, max {st.trained_max}; tokens trained {st.tokens_trained} of "
+                f"{st.tokens} ({st.trained_share:.1%}); truncated {st.truncated} ({st.truncated_in_reply} inside "
+                f"the reply, {st.truncated_in_prompt} in the prompt); dropped {st.dropped}")
+        if st.stop_trained is not None:
+            line += f"; stop token trained in {st.stop_trained} of {st.sequences - st.dropped}"
         if st.share:
             line += "; with findings: " + ", ".join(f"{c} {v:.0%}" for c, v in st.share.items())
         out.append(Text(line, style="dim"))

@@ -172,15 +172,32 @@ class Builds:
         return self.graphs.get(graph_key(plan))
 
     def preflight(self, seeds: int) -> list[NodePreflight]:
-        """The pre-flight of every trained node the session asked for, graph by graph (the training seed
-        named when ``seeds`` > 1, a variant when the graph is one)."""
+        """The pre-flight and post-flight of every trained node the session asked for, graph by graph (the
+        training seed named when ``seeds`` > 1, a variant when the graph is one). A node whose meta has no
+        post-flight (cached before it existed) is post-flighted now: it only reads the saved folder."""
         out = []
         for key, graph in self.graphs.items():
             plan = graph.plan
             for name in plan.names:
                 if name in self.asked.get(key, ()) and plan.node(name).method != "base" and graph.is_built(name):
-                    out.append(from_meta(name, graph.meta(name), plan.seed if seeds > 1 else None, plan.variant_name))
+                    meta = graph.meta(name)
+                    post = None if isinstance(meta.get("postflight"), dict) else postflight_now(graph, name)
+                    out.append(from_meta(name, meta, plan.seed if seeds > 1 else None, plan.variant_name, post))
         return out
+
+
+def postflight_now(graph: Any, name: str) -> dict:
+    """The post-flight of a built node that has no record of one (:func:`harness.train.postflight.check`);
+    a folder it cannot read is an error naming it."""
+    from harness.train.postflight import check
+
+    plan = graph.plan
+    try:
+        return check(name, graph.path(name), graph.path(plan.nodes[0].name), graph.path(plan.node(name).parent),
+                     plan.preflight_allow).to_dict()
+    except HarnessError as e:
+        return {"node": name, "status": "error", "findings": [
+            {"code": "unreadable", "severity": "error", "file": str(graph.path(name)), "field": "", "message": str(e)}]}
 
 
 @contextlib.contextmanager

@@ -160,7 +160,7 @@ def to_markdown(results: Sequence[ClaimResult], meta: Mapping[str, Any], images:
     if spread:
         lines += ["## Spread across training seeds", "", "```", spread_table(spread), "```", ""]
     if preflight:
-        lines += ["## Pre-flight per trained node", "", _preflight.markdown(preflight), ""]
+        lines += ["## Pre-flight per trained node (and the post-flight of its saved folder)", "", _preflight.markdown(preflight), ""]
     if meta.get("timing"):
         from harness.findings.timing import markdown as timing_markdown
 

@@ -186,8 +186,13 @@ class Outcome:
         return self.comparison.missing if self.comparison else []
 
     @property
+    def postflight_errors(self) -> list[NodePreflight]:
+        """Trained nodes whose saved folder would stop wrongly when served (their post-flight failed)."""
+        return [p for p in self.preflight if p.post_failed]
+
+    @property
     def failed(self) -> bool:
-        return bool(self.regressions or (self.strict and self.inconclusive))
+        return bool(self.regressions or (self.strict and self.inconclusive) or self.postflight_errors)
 
 
 class FindingsSession:

@@ -1,4 +1,5 @@
-"""Build ONE node of a plan, flat: lock → setup → train → save. The in-process build and the spawned
+"""Build ONE node of a plan, flat: lock → setup → train → save → post-flight (the saved folder read back,
+:mod:`harness.train.postflight`). The in-process build and the spawned
 build workers both call :func:`locked_build`; the worker gets everything it needs as arguments.
 
 ``graph`` is the :class:`harness.train.graph.Graph` being built (it pickles to a worker): its ``plan``,
@@ -107,6 +108,8 @@ def _build_in(graph: Any, name: str, key_inputs: dict, progress: bool, tmp: Path
         meta["n_records"] = len(records)
         meta["quantize_4bit"] = common.uses_4bit(device, plan.quantize_4bit)
         meta["train"] = json.loads((tmp / common.SUMMARY_FILE).read_text(encoding="utf-8"))
+        meta["postflight"] = _postflight(graph, name, tmp, parent_dir, check)
+        lap("postflight")
     from harness.train.plots import plot_log
 
     plot_log(log, tmp / "curves.png", f"{plan.name}: {name}")
@@ -116,6 +119,18 @@ def _build_in(graph: Any, name: str, key_inputs: dict, progress: bool, tmp: Path
     meta["wall_seconds"] = round(time.perf_counter() - t0, 3)
     common.write_json(tmp / META_FILE, meta)  # last: its presence marks the node complete
     return store.commit(tmp, name, key)
+
+
+def _postflight(graph: Any, name: str, saved: Path, parent_dir: Path, check: dict | None) -> dict:
+    """The saved folder read back against the graph's base (:mod:`harness.train.postflight`); an error
+    fails the node, unless it was built with ``--no-preflight`` (then it is only recorded)."""
+    from harness.train import postflight
+
+    plan = graph.plan
+    base = graph.path(plan.nodes[0].name)
+    if check is not None and check.get("status") == "skipped":
+        return postflight.check(name, saved, base, parent_dir, plan.preflight_allow).to_dict()
+    return postflight.run(name, saved, base, parent_dir, plan.preflight_allow, f"{plan.path or plan.name}: ").to_dict()
 
 
 def _make_tiny_base(plan: Any, tmp: Path, key_inputs: dict, meta: dict, device: str, progress: bool) -> list[dict]:

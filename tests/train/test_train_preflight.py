@@ -92,6 +92,8 @@ def test_no_preflight_trains_the_broken_setup_and_says_so(tmp_path, tiny_folder)
                   progress=False, preflight=False)
     assert graph.meta("sft_d0")["preflight"] == {"status": "skipped", "reason": "--no-preflight"}
     assert graph.meta("sft_d0")["train"]["steps"] == 1
+    post = graph.meta("sft_d0")["postflight"]  # the saved folder fails too, recorded, not refused
+    assert post["status"] == "error" and "template-no-end-of-turn" in {f["code"] for f in post["findings"]}
 
 
 def test_a_sound_setup_records_its_preflight(tmp_path, tiny_folder):
