@@ -374,12 +374,11 @@ def lean_steps(trainer: Any) -> Any:
     - gradient clipping walked every parameter of the model (frozen base included) each step to find the
       gradients; it gets the trainable ones, listed once (frozen weights have no gradient, so the norm and
       the clipping are the same);
-    - ``model.train()`` walked every module each step; after the first call it returns at once while no
-      ``train(False)`` came in between.
+    (``model.train()`` also walks every module each step; it is left alone: a shortcut that trusts the top
+    module's flag would miss a submodule put in eval mode, e.g. by a reference pass, and turn its dropout off.)
 
     With :func:`trainer_kwargs`' ``lean`` (no per-step NaN test) it is the default; ``HARNESS_LEGACY_STEPS=1``
     restores the Trainer's own loop (the benchmark's "before"). Returns ``trainer``."""
-    model = trainer.model
     count: list[int] = []
 
     def floating_point_ops(inputs: dict) -> int:
@@ -404,19 +403,8 @@ def lean_steps(trainer: Any) -> Any:
         params = trainable.setdefault(id(wrapped), [p for p in wrapped.parameters() if p.requires_grad])
         return clip(_Trainable(params))
 
-    train = model.train
-    state = {"all_training": False}
-
-    def set_train(mode: bool = True) -> Any:
-        if mode and state["all_training"] and model.training:
-            return model
-        out = train(mode)
-        state["all_training"] = bool(mode)
-        return out
-
     trainer.floating_point_ops = floating_point_ops
     trainer._clip_grad_norm = clip_grad_norm
-    model.train = set_train
     return trainer
 
 

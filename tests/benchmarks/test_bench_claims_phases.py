@@ -171,7 +171,8 @@ def test_bench_claims_phases_cold(benchmark, tmp_path):
 def test_bench_lean_step_host_work(benchmark, tmp_path):
     """The host work per step that :func:`harness.train.common.lean_steps` removes, on the tiny plan's sft_d0
     trainer (4-bit on CUDA, as the claims train it): the Trainer's FLOP count, gradient clipping and
-    ``model.train()``, each timed alone (median of 100 calls, milliseconds), the Trainer's own vs lean."""
+    ``model.train()`` (kept: the same in both), each timed alone (median of 100 calls, milliseconds), the
+    Trainer's own vs lean."""
     import statistics
 
     import torch
