@@ -333,8 +333,9 @@ def render_table(results: dict) -> str:
              f"raw results in `docs/audit-matrix.json`. Labels are compared with each family's stored snapshot "
              f"(`fixtures/audit-snapshots/`, made with the tested versions: transformers {tested['transformers']} + "
              f"trl {tested['trl']}), or, where a family has none, with what the tested versions gave in the same "
-             "run (reference `tested run`). torch is the CPU 2.13.0 everywhere; every other package is held to "
-             "constraints.txt.", ""]
+             "run (reference `tested run`). The finding codes equal each entry's `expect` unless a cell says "
+             "`codes differ`. torch is the CPU 2.13.0 everywhere; every other package is held to constraints.txt "
+             "(the installed versions of each combination are in the JSON).", ""]
     if not ran:
         lines.append("No combination could be installed.")
     else:
