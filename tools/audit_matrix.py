@@ -449,7 +449,8 @@ def worker(result_path: Path, reference_path: Optional[Path], families: Optional
             folder = source if not isinstance(source, str) and source.is_dir() else None
             try:
                 with contextlib.redirect_stdout(io.StringIO()):
-                    report = audit(source, **entry.audit_kwargs(folder))
+                    # a GGUF entry converts into this run's fixture folder, so the conversion is this combo's too
+                    report = audit(source, cache_root=run.fixtures_dir, **entry.audit_kwargs(folder))
             except Exception as e:  # one family's failure is a cell of the table, not the end of the matrix
                 rec.update(status="error", error=f"{type(e).__name__}: {str(e).strip()[:500]}")
             else:
@@ -526,8 +527,9 @@ def install(combo: dict, venv: Path, constraints: Path, log: Path) -> Optional[s
     if venv.exists():
         shutil.rmtree(venv)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-    steps = [("torch (CPU) first", pip + [CPU_TORCH]),
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install"]
+    # not -q for the project: pip prints "The conflict is caused by:" only at its normal verbosity
+    steps = [("torch (CPU) first", pip + ["-q", CPU_TORCH]),
              ("the project with the combo's constraints", pip + ["-c", str(constraints), "-e", f"{ROOT}[test]"])]
     with open(log, "a", encoding="utf-8") as fh:
         for what, cmd in steps:
@@ -535,7 +537,7 @@ def install(combo: dict, venv: Path, constraints: Path, log: Path) -> Optional[s
             proc = subprocess.run(cmd, capture_output=True, text=True, env=_pip_env())
             fh.write(f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}\n")
             if proc.returncode != 0:
-                return pip_reason(proc.stderr or proc.stdout)
+                return pip_reason(proc.stdout + "\n" + proc.stderr)  # the conflict is on stdout, ERROR on stderr
     stamp.write_text(digest)
     return None
 
@@ -684,6 +686,14 @@ def orchestrate(args: argparse.Namespace) -> int:
             old = json.loads(args.json.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise MatrixError(f"{args.json}: not JSON ({e}); --fresh starts the results over") from None
+    out.mkdir(parents=True, exist_ok=True)
+    lock = open(out / ".lock", "w")
+    try:  # two runs in one --out would overwrite each other's venvs and reference labels
+        import fcntl
+
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise MatrixError(f"{out}: another matrix run is using this folder (give it another --out)") from None
     reference: Optional[Path] = None
     t_all = time.time()
     for k, combo in enumerate(combos):
@@ -708,9 +718,14 @@ def orchestrate(args: argparse.Namespace) -> int:
                 _say(f"  {failed}")
             else:
                 doc = json.loads((cdir / "result.json").read_text(encoding="utf-8"))
-                entry.update(status="ok", versions=doc["versions"], families=doc["families"])
-                if combo["tested"]:
-                    reference = cdir / "labels.json"
+                got = {k: doc["versions"].get(k) for k in ("transformers", "trl")}
+                if got != {"transformers": combo["transformers"], "trl": combo["trl"]}:
+                    entry.update(status="worker failed", reason=f"the venv holds {got}, not the combination")
+                    _say(f"  {entry['reason']}")
+                else:
+                    entry.update(status="ok", versions=doc["versions"], families=doc["families"])
+                    if combo["tested"]:
+                        reference = cdir / "labels.json"
         results["combos"].append(entry)
         # after each combo: an interrupted run keeps what it did
         write_json(args.json, merge_results(old, results, names), indent=1)
