@@ -29,11 +29,12 @@ def _tokenizer_source(entry, zoo):
 
 @pytest.mark.tokenizers
 @pytest.mark.parametrize("entry", ENTRIES, ids=[e.name for e in ENTRIES])
-def test_audit_verdict_matches_expectation(entry, tokenizer_zoo, record_property, claim_result):
+def test_audit_verdict_matches_expectation(entry, tokenizer_zoo, record_property, claim_result, findings_session):
     source = _tokenizer_source(entry, tokenizer_zoo)
     folder = source if not isinstance(source, str) and source.is_dir() else None
     try:
-        report = audit(source, **entry.audit_kwargs(folder))
+        # a .gguf tokenizer converts into the session's fixture cache (--fixtures-dir / HARNESS_FIXTURES_DIR)
+        report = audit(source, cache_root=findings_session.options.fixtures_dir, **entry.audit_kwargs(folder))
     except LoadError as e:
         if isinstance(source, str):
             pytest.skip(f"{entry.name}: neither the zoo folder {entry.folder!r} nor the hub is available ({e})")

@@ -94,7 +94,10 @@ def smollm2_base(tmp_path_factory):
     from harness.train.keys import resolve_base as _resolve_base
     from harness.train.store import Store
 
-    plan = load_plan(ROOT / "fixtures" / "plans" / "smollm2.toml")
+    from harness.config import from_env
+
+    # $HARNESS_GGUF_DIR in the plan's offline base: the folder the environment names (as every CLI reads it)
+    plan = load_plan(ROOT / "fixtures" / "plans" / "smollm2.toml").configured(from_env())
     try:
         base_dir, _ = _resolve_base(plan, Store(tmp_path_factory.mktemp("base")), progress=False)
     except Exception as exc:  # no GGUF file, no hub
