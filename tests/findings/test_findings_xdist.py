@@ -78,7 +78,8 @@ def test_two_workers_give_the_single_process_findings(tmp_path):
     by_node = lambda p: (p["variant"] or "", p["node"])  # noqa: E731
     assert a["preflight"] and sorted(a["preflight"], key=by_node) == sorted(b["preflight"], key=by_node)
     assert {p["variant"] for p in b["preflight"]} == {None, "c5_zero_step_dpo"}  # the workers' pre-flights, merged
-    assert {k: v for k, v in a["meta"].items() if k != "run"} == {k: v for k, v in b["meta"].items()
-                                                                  if k not in ("run", "workers")}
+    # the same metadata but the run's own: its id, its workers and its wall times (timing)
+    assert {k: v for k, v in a["meta"].items() if k not in ("run", "timing")} == {
+        k: v for k, v in b["meta"].items() if k not in ("run", "workers", "timing")}
     assert two.stdout.count("harness findings") == 1 and "[c5_zero_step_dpo]" in two.stdout
     assert "findings written: " in two.stdout and str(folder / "n2.json") in two.stdout

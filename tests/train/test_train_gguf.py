@@ -131,7 +131,7 @@ def test_smollm2_ci_variant_builds_on_the_cpu(converted, fx, monkeypatch):
     for name in ("sft_d0", "dpo_d1"):
         meta = graph.meta(name)
         at, tr = meta["timeline_s"], meta["train"]
-        assert list(at) == ["parent_tokenizer", "imports", "trained", "plotted"]
+        assert list(at) == ["parent_tokenizer", "imports", "trained", "postflight", "plotted"]
         assert list(at.values()) == sorted(at.values())
         assert at["plotted"] <= meta["wall_seconds"] and meta["started_unix"] > 0
         assert tr["median_step_s"] <= tr["p90_step_s"] <= tr["max_step_s"] <= tr["steps_s"] <= tr["train_call_s"]
