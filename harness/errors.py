@@ -33,3 +33,14 @@ class PipelineError(HarnessError):
         super().__init__(message)
         self.pipeline = pipeline
         self.example = example
+
+
+class NodeError(HarnessError):
+    """One plan node's setup or saved folder is broken; the message names the node and the finding.
+
+    ``node`` is the node's name (None when not known), so a build can tell which node failed.
+    """
+
+    def __init__(self, message: str, node: str | None = None) -> None:
+        super().__init__(message)
+        self.node = node

@@ -7,13 +7,13 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, NodeError
 from harness.train import common, devices as slots_of, methods
 from harness.train.gpus import choose_threads
 from harness.train.keys import plan_keys, resolve_base
 from harness.train.node import locked_build
 from harness.train.plan import Plan
-from harness.train.preflight import PreflightError, preflight_nodes
+from harness.train.preflight import preflight_nodes
 from harness.train.store import META_FILE, Store
 
 
@@ -166,7 +166,7 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
     except BaseException as exc:
         if pools is not None:
             slots_of.close_pools(pools)
-        if isinstance(exc, PreflightError) and exc.node is not None:
+        if isinstance(exc, NodeError) and exc.node is not None:
             failed(exc.node, exc)
         raise
     graph.timeline["preflight"] = time.perf_counter() - t0 - graph.timeline["base"]

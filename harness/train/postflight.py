@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, NodeError
 from harness.train.common import ADAPTER_DIR
 
 CONFIG = "config.json"
@@ -42,13 +42,8 @@ CONVERSATION = [{"role": "system", "content": "You are a terse assistant."},
                 {"role": "assistant", "content": "Green."}]
 
 
-class PostflightError(HarnessError):
-    """A node's saved folder would stop wrongly when served; the message names the node, file and field
-    (``node``: the node's name, so a build can tell which node failed)."""
-
-    def __init__(self, message: str, node: str | None = None) -> None:
-        super().__init__(message)
-        self.node = node
+class PostflightError(NodeError):
+    """A node's saved folder would stop wrongly when served; the message names the node, file and field."""
 
 
 @dataclass

@@ -19,18 +19,13 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from harness.audit.codes import end_of_turn
-from harness.errors import HarnessError
+from harness.errors import NodeError
 from harness.train import methods
 from harness.train.plan import SELFGEN
 
 
-class PreflightError(HarnessError):
-    """A node's training setup would train a broken model; the message names the node and the finding
-    (``node``: the node's name, so a build can tell which node failed)."""
-
-    def __init__(self, message: str, node: str | None = None) -> None:
-        super().__init__(message)
-        self.node = node
+class PreflightError(NodeError):
+    """A node's training setup would train a broken model; the message names the node and the finding."""
 
 
 @dataclass
