@@ -40,6 +40,7 @@ class RunConfig:
     executor: Optional[str] = None  # HARNESS_EXECUTOR: embedded (default) or ray
     ray_address: Optional[str] = None  # HARNESS_RAY_ADDRESS: the Ray cluster to join (default: local)
     legacy_steps: bool = False  # HARNESS_LEGACY_STEPS=1: the Trainer's own per-step loop (the speed benchmark's "before")
+    legacy_graphs: bool = False  # HARNESS_LEGACY_GRAPHS=1: the claims session builds its graphs one after another
     # output evaluation
     judge_serve: Optional[str] = None  # HARNESS_JUDGE_SERVE
     judge_model: Optional[str] = None  # HARNESS_JUDGE_MODEL

@@ -1,8 +1,9 @@
 """The claims session's fixture graphs: the plan under each training seed and each negative control's
 variant, built (or loaded from the cache) through :func:`harness.train.build`.
 
-Before the first case runs, the session asks for every node the selected cases need, one ``build`` per
-graph, so that nodes whose parents are done train at once over the device slots (several per GPU on
+Before the first case runs, the session asks for every node the selected cases need in one build of all their
+graphs (:func:`harness.train.graph.build_graphs`: the plan, its training seeds, its controls' variants over one
+scheduler), so that nodes whose parents are done train at once over the device slots (several per GPU on
 CUDA; one at a time on the CPU, where ``build``'s default is one job). Each node that trains gets a
 line on the terminal as it starts and as it ends; the training output goes to the session's log.
 
@@ -71,23 +72,21 @@ class Builds:
     """The graphs one session built, which of their nodes it asked for, and which failed."""
 
     def __init__(self, fixtures_dir: str | None, device: str, say: Callable[[str], None], log_path: Path,
-                 devices: str | None = None, executor: str = "embedded", ray_address: str | None = None) -> None:
+                 devices: str | None = None, executor: str = "embedded", ray_address: str | None = None,
+                 together: bool = True) -> None:
         self.fixtures_dir, self.device, self.say, self.log_path = fixtures_dir, device, say, log_path
         self.devices = devices  # the device slots nodes train on (HARNESS_DEVICES; default: the visible GPUs)
         self.executor, self.ray_address = executor, ray_address  # who trains them (harness.train.ray_executor)
+        self.together = together  # build_all: one build of every graph (False: one graph after another)
         self.graphs: dict[GraphKey, Any] = {}
         self.asked: dict[GraphKey, set[str]] = {}
         self.calls: list[tuple[GraphKey, tuple[str, ...]]] = []  # every build() this session made: (graph, only)
         self.failed: dict[tuple[GraphKey, str | None], Failure] = {}  # (graph, node or None: the graph): failure
         self.timings: list[dict] = []  # every build that trained a node: its phases and nodes (findings.timing)
 
-    def build(self, plan: Any, nodes: Iterable[str] | None = None) -> Any:
-        """Build (or load) ``nodes`` of ``plan`` and their ancestors (default: every node) in one
-        :func:`harness.train.build` call; returns the Graph. Raises :class:`NodeFailedError` at once, building
-        nothing, when one of them (or the graph) failed earlier in the session; a build that fails records its
-        failed nodes and raises their error."""
-        from harness.train import build
-
+    def _todo(self, plan: Any, nodes: Iterable[str] | None) -> tuple[GraphKey, list[str]]:
+        """The nodes of ``plan`` to ask the engine for (``nodes`` and their ancestors this session has not asked
+        for yet); raises :class:`NodeFailedError` when one of them (or the graph) failed earlier."""
         wanted: set[str] = set()
         key = graph_key(plan)
         for n in (plan.names if nodes is None else nodes):
@@ -98,33 +97,59 @@ class Builds:
             if failure is not None:
                 raise NodeFailedError(n, failure) from failure.error
         asked = self.asked.setdefault(key, set())
-        todo = [n for n in plan.names if n in wanted and n not in asked]
+        return key, [n for n in plan.names if n in wanted and n not in asked]
+
+    def build(self, plan: Any, nodes: Iterable[str] | None = None) -> Any:
+        """Build (or load) ``nodes`` of ``plan`` and their ancestors (default: every node) in one
+        :func:`harness.train.build` call; returns the Graph. Raises :class:`NodeFailedError` at once, building
+        nothing, when one of them (or the graph) failed earlier in the session; a build that fails records its
+        failed nodes and raises their error."""
+        key, todo = self._todo(plan, nodes)
         if not todo and key in self.graphs:
             return self.graphs[key]
-        only = tuple(todo) or (plan.names[0],)
-        self.calls.append((key, only))
-        failed: dict[str, BaseException] = {}
+        self._build_graphs([(plan, todo)])
+        return self.graphs[key]
+
+    def _build_graphs(self, asks: Sequence[tuple[Any, list[str]]]) -> None:
+        """One call into the graph engine for ``asks`` (``[(plan, nodes to ask for)]``, graphs not yet built
+        count with their base): one scheduler over all their nodes. A failure is recorded per node (or, for an
+        error no node owns, per graph when there is one) and raised."""
+        from harness.train.graph import BuildRequest, build_graphs
+
+        failed: list[dict[str, BaseException]] = [{} for _ in asks]
+        only = [tuple(todo) or (plan.names[0],) for plan, todo in asks]
+        requests = [BuildRequest(plan, list(o), self._progress(describe(plan), todo),
+                                 lambda name, error, f=f: f.setdefault(name, error))
+                    for (plan, todo), o, f in zip(asks, only, failed)]
+        for (plan, _), o in zip(asks, only):
+            self.calls.append((graph_key(plan), o))
         try:
             with quiet(self.log_path):
                 # the one call into the graph engine; the session's log path reaches the build's workers through
                 # quiet() until harness.train.build takes it as an argument
-                self.graphs[key] = build(plan, only=list(only), fixtures_dir=self.fixtures_dir, device=self.device,
-                                         devices=self.devices, progress=False, executor=self.executor,
-                                         ray_address=self.ray_address,
-                                         on_node=self._progress(describe(plan), todo), worker_log=self.log_path,
-                                         on_error=lambda name, error: failed.setdefault(name, error))
+                graphs = build_graphs(requests, fixtures_dir=self.fixtures_dir, device=self.device,
+                                      devices=self.devices, progress=False, executor=self.executor,
+                                      ray_address=self.ray_address, worker_log=self.log_path)
         except Exception as exc:  # an interrupt is not recorded: the next case may build
-            for name, error in failed.items() or [(None, exc)]:
-                self.failed[(key, name)] = failure = Failure(describe(plan), name, error, self.log_path)
+            owned = [(plan, name, error) for (plan, _), f in zip(asks, failed) for name, error in f.items()]
+            if not owned and len(asks) == 1:
+                owned = [(asks[0][0], None, exc)]
+            for plan, name, error in owned:
+                self.failed[(graph_key(plan), name)] = failure = Failure(describe(plan), name, error, self.log_path)
                 self.say(f"fixtures {failure.describe()}")
             raise
-        asked.update(todo)
         from harness.findings.timing import build_record
 
-        record = build_record(describe(plan), self.graphs[key])
-        if record is not None:
-            self.timings.append(record)
-        return self.graphs[key]
+        together = [describe(plan) for plan, _ in asks] if len(asks) > 1 else []
+        for (plan, todo), graph in zip(asks, graphs):
+            key = graph_key(plan)
+            self.graphs[key] = graph
+            self.asked.setdefault(key, set()).update(todo)
+            record = build_record(describe(plan), graph)
+            if record is not None:
+                if together:
+                    record["built_with"] = [d for d in together if d != describe(plan)]
+                self.timings.append(record)
 
     def _progress(self, what: str, todo: Sequence[str]) -> Callable[[str, str], None]:
         """The per-node terminal lines: ``[i/n] building X ...`` and ``[i/n] X built in N s``."""
@@ -151,18 +176,33 @@ class Builds:
         return on_node
 
     def build_all(self, wants: Sequence[tuple[Any, Iterable[str]]]) -> None:
-        """One build per graph for every node ``wants`` names: ``[(plan, nodes)]``, graphs merged by key.
-        A build that fails is said and left to the cases: the failed node's cases fail at once with its error
-        (:meth:`build`); the others build the nodes they read (a serial build stops at its first failure)."""
+        """Every node ``wants`` names (``[(plan, nodes)]``, graphs merged by key) in ONE build: the plan, its
+        training seeds and its controls' variants over one scheduler, so a control's node trains in the same wave
+        as the plan's nodes. A build that fails is said and left to the cases: the failed node's cases fail at
+        once with its error (:meth:`build`); the others build the nodes they read, one graph at a time."""
         merged: dict[GraphKey, tuple[Any, set[str]]] = {}
         for plan, nodes in wants:
             merged.setdefault(graph_key(plan), (plan, set()))[1].update(nodes)
-        for plan, nodes in merged.values():
+        asks = []
+        for key, (plan, nodes) in merged.items():
             try:
-                self.build(plan, sorted(nodes, key=plan.names.index))
-            except Exception:  # noqa: BLE001 - recorded (and said) by build(); the cases that read it fail
-                self.say(f"fixtures {describe(plan)}: the cases that read a failed node fail with its error; "
-                         "the others build the nodes they read")
+                _, todo = self._todo(plan, sorted(nodes, key=plan.names.index))
+            except NodeFailedError:
+                continue  # its cases fail with the recorded error
+            if todo or key not in self.graphs:
+                asks.append((plan, todo))
+        for group in [asks] if self.together else [[a] for a in asks]:
+            self._build_group(group)
+
+    def _build_group(self, asks: Sequence[tuple[Any, list[str]]]) -> None:
+        if not asks:
+            return
+        try:
+            self._build_graphs(asks)
+        except Exception as exc:  # noqa: BLE001 - recorded (and said); the cases that read it fail
+            self.say(f"fixtures: the build of {', '.join(describe(p) for p, _ in asks)} stopped "
+                     f"({type(exc).__name__}); the cases that read a failed node fail with its error, the others "
+                     "build the nodes they read")
 
     def failures(self) -> list[Failure]:
         """The nodes (or graphs) that failed to build in this session, in the order they failed."""

@@ -212,7 +212,8 @@ class FindingsSession:
         self.merged_meta: dict[str, Any] = {}  # from pytest-xdist workers (:meth:`take_worker`)
         self.log_path = Path(options.fixtures_dir or options.root / ".fixtures") / "logs" / f"{options.run}.log"
         self.builds = Builds(options.fixtures_dir, options.device, lambda msg: self.say(msg), self.log_path,
-                             options.env.devices, options.executor, options.ray_address)
+                             options.env.devices, options.executor, options.ray_address,
+                             together=not options.env.legacy_graphs)
         self._planned: list[Case] | None = None  # cases whose nodes the first prepare() builds
         self.merged_preflight: list[NodePreflight] = []  # from pytest-xdist workers
         self.merged_failures: list[str] = []  # the nodes pytest-xdist workers failed to build, as they said them
@@ -317,7 +318,7 @@ class FindingsSession:
 
     def plan_cases(self, cases: Sequence[Case]) -> None:
         """The claim cases this session will run (after ``-k``/``-m``): the first :meth:`prepare` builds every
-        node they need in one build per graph, so that ready nodes train at once over the device slots."""
+        node they need in one build of all their graphs, so that ready nodes train at once over the device slots."""
         self._planned = list(cases)
 
     def _prebuild(self) -> None:

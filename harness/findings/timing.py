@@ -80,7 +80,9 @@ def markdown(timing: Mapping[str, Any]) -> str:
     for b in timing.get("builds") or []:
         waves = ", ".join(f"wave {w} {_s(s)} s" for w, s in (b.get("waves_s") or {}).items())
         lines += ["", f"Build of {b['graph']}: {_s(b.get('total_s'))} s: base ready {_s(b.get('base_s'))} s, "
-                      f"pre-flight {_s(b.get('preflight_s'))} s, nodes {_s(b.get('nodes_s'))} s" + (f" ({waves})" if waves else ""),
+                      f"pre-flight {_s(b.get('preflight_s'))} s, nodes {_s(b.get('nodes_s'))} s" + (f" ({waves})" if waves else "")
+                      + (f"; its nodes trained together with those of {', '.join(b['built_with'])}"
+                         if b.get("built_with") else ""),
                   "", "| node | wave | wall s | setup s | train s | merge s | steps | first step s | median step s | "
                       "tokens/s | MFU |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for n in b.get("nodes") or []:

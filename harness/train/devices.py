@@ -96,11 +96,12 @@ class Assignment:
 def schedule(todo: Sequence[str], parent_of: Callable[[str], str | None], done: set[str], slots: Sequence[Slot],
              start: Callable[[str, tuple[Slot, ...]], Any], gpus_of: Callable[[str], int] = lambda n: 1,
              on_change: Callable[[dict[str, tuple[str, ...]]], None] | None = None,
-             on_error: Callable[[str, BaseException], None] | None = None) -> list[Assignment]:
+             on_error: Callable[[str, BaseException], None] | None = None,
+             label: Callable[[Any], str] = str) -> list[Assignment]:
     """Run ``todo`` (parents first) on ``slots``: a node starts when its parent is in ``done`` and a slot has
     room (the one with the most free room; a ``gpus_of(node) = N`` node takes N idle slots). ``start``
     returns a ``concurrent.futures.Future``; a failed node's error is raised (the others finish first), and
-    ``on_error(node, error)`` hears of each failed node as it fails."""
+    ``on_error(node, error)`` hears of each failed node as it fails; ``label(node)`` names a node in errors."""
     from concurrent.futures import FIRST_COMPLETED, wait
 
     free = {s.id: s.capacity for s in slots}
@@ -114,7 +115,7 @@ def schedule(todo: Sequence[str], parent_of: Callable[[str], str | None], done: 
     widest = len(slots)
     for name in pending:
         if gpus_of(name) > widest:
-            raise HarnessError(f"node {name!r} asks for {gpus_of(name)} GPUs; only {widest} device(s) "
+            raise HarnessError(f"node {label(name)!r} asks for {gpus_of(name)} GPUs; only {widest} device(s) "
                                f"({', '.join(order) or 'one'}) are available")
     error: BaseException | None = None
     while pending or running:
@@ -160,7 +161,7 @@ def schedule(todo: Sequence[str], parent_of: Callable[[str], str | None], done: 
     if error is not None:
         raise error
     if pending:
-        raise HarnessError(f"nodes {', '.join(pending)} could not start: their parents were not built")
+        raise HarnessError(f"nodes {', '.join(map(label, pending))} could not start: their parents were not built")
     return log
 
 
@@ -197,52 +198,74 @@ def close_pools(pools: dict[str, Any]) -> None:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def build_on_slots(graph: Any, todo: list[str], inputs: dict, forced: set[str], slots: Sequence[Slot], bar: Any,
-                   checks: dict[str, dict | None],
-                   tell: Callable[[str, str], None] = lambda name, event: None,
-                   pools: dict[str, Any] | None = None, worker_log: str | Path | None = None,
-                   on_error: Callable[[str, BaseException], None] | None = None) -> list[Assignment]:
-    """Train ``todo`` over ``slots``: the slots' worker pools (``pools`` from :func:`open_pools`, else opened
-    here), multi-GPU nodes through ``accelerate launch`` from a thread of this process on the slots they were
-    given. ``tell(name, event)`` hears of each node's start and end here, ``on_error(name, error)`` of each
-    node that failed (see :func:`harness.train.graph.build`)."""
+@dataclass(frozen=True)
+class Unit:
+    """One node a build trains: its graph and name, key inputs, whether it is forced, its pre-flight, the unit
+    it waits for (its parent's, an index into the build's units; None: the parent is built already) and the
+    graph's index in the build (:func:`harness.train.graph.build_graphs`)."""
+
+    graph: Any
+    name: str
+    inputs: dict
+    forced: bool
+    check: dict | None
+    parent: int | None
+    graph_index: int = 0
+
+    def label(self) -> str:
+        v = self.graph.plan.variant_name
+        return self.name if self.graph_index == 0 else f"{self.name}[{v or self.graph.plan.seed}]"
+
+
+def build_on_slots(units: Sequence[Unit], slots: Sequence[Slot], bar: Any, pools: dict[str, Any] | None = None,
+                   worker_log: str | Path | None = None, tell: Callable[[Unit, str], None] = lambda u, event: None,
+                   on_error: Callable[[Unit, BaseException], None] | None = None) -> list[Assignment]:
+    """Train ``units`` (of one graph or several) over ``slots``: the slots' worker pools (``pools`` from
+    :func:`open_pools`, else opened here), multi-GPU nodes through ``accelerate launch`` from a thread of this
+    process on the slots they were given. ``tell(unit, event)`` hears of each node's start and end here,
+    ``on_error(unit, error)`` of each node that failed (see :func:`harness.train.graph.build`). The
+    assignments name the units by their index."""
     from concurrent.futures import ThreadPoolExecutor
 
     from harness.train import distributed
     from harness.train.node import locked_build
 
-    pools = pools if pools is not None else open_pools(slots, len(todo), worker_log)
+    pools = pools if pools is not None else open_pools(slots, len(units), worker_log)
     threads = ThreadPoolExecutor(max_workers=max(1, len(slots)))
 
-    def gpus_of(name: str) -> int:
-        node = graph.plan.node(name)
-        return 1 if node.method == "base" else distributed.gpus_of(graph.plan.recipe(name))
+    def gpus_of(i: int) -> int:
+        u = units[i]
+        return 1 if u.graph.plan.node(u.name).method == "base" else distributed.gpus_of(u.graph.plan.recipe(u.name))
 
     pinned = any(s.id for s in slots)  # unpinned (the CPU): a multi-process node takes one slot
 
-    futures: dict[str, Any] = {}
+    futures: dict[int, Any] = {}
 
-    def start(name: str, chosen: tuple[Slot, ...]) -> Any:
-        args = (graph, name, inputs[name], name in forced, False, checks.get(name))
-        tell(name, "start")
-        if gpus_of(name) > 1:  # from a thread here, launching on the slots it was given
-            futures[name] = threads.submit(locked_build, *args, None, tuple(s.id for s in chosen if s.id))
+    def start(i: int, chosen: tuple[Slot, ...]) -> Any:
+        u = units[i]
+        args = (u.graph, u.name, u.inputs, u.forced, False, u.check)
+        tell(u, "start")
+        if gpus_of(i) > 1:  # from a thread here, launching on the slots it was given
+            futures[i] = threads.submit(locked_build, *args, None, tuple(s.id for s in chosen if s.id))
         else:
-            futures[name] = pools[chosen[0].id].submit(locked_build, *args, chosen[0].id or None)
-        return futures[name]
+            futures[i] = pools[chosen[0].id].submit(locked_build, *args, chosen[0].id or None)
+        return futures[i]
 
-    def show(running: dict[str, tuple[str, ...]]) -> None:
-        bar.set_postfix(running=",".join(f"{n}@{'+'.join(s) or '-'}" for n, s in sorted(running.items())))
+    def show(running: dict[int, tuple[str, ...]]) -> None:
+        bar.set_postfix(running=",".join(sorted(f"{units[i].label()}@{'+'.join(s) or '-'}"
+                                                for i, s in running.items())))
 
     class _Done(set):  # advances the bar as nodes finish
-        def add(self, item: str) -> None:
+        def add(self, item: int) -> None:
             super().add(item)
             bar.update()
-            tell(item, "found" if futures[item].result() is False else "built")
+            tell(units[item], "found" if futures[item].result() is False else "built")
 
     try:
-        return schedule(todo, lambda n: graph.plan.node(n).parent, _Done(n for n in graph.names if n not in todo),
-                        slots, start, gpus_of if pinned else (lambda n: 1), show, on_error)
+        return schedule(list(range(len(units))), lambda i: units[i].parent, _Done(), slots, start,
+                        gpus_of if pinned else (lambda i: 1), show,
+                        None if on_error is None else (lambda i, exc: on_error(units[i], exc)),
+                        label=lambda i: units[i].label())
     finally:
         threads.shutdown(wait=True)
         close_pools(pools)

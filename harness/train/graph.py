@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 from harness.errors import HarnessError, NodeError
 from harness.train import common, devices as slots_of, methods
@@ -87,6 +89,38 @@ def default_jobs(device: str, base_dir: Path | None = None) -> int:
     return sum(s.capacity for s in slots_of.make_slots(device, None, base_dir))
 
 
+@dataclass
+class BuildRequest:
+    """One graph of a :func:`build_graphs` call: its plan, the nodes wanted (None: every node) and who hears of
+    them (``on_node(name, event)``, ``on_error(name, error)``: see :func:`build`)."""
+
+    plan: Plan
+    only: str | Iterable[str] | None = None
+    on_node: Callable[[str, str], None] | None = None
+    on_error: Callable[[str, BaseException], None] | None = None
+
+
+@dataclass
+class _Prepared:
+    """A graph with its keys and the nodes this build trains (``todo``), before any training."""
+
+    request: BuildRequest
+    graph: Graph
+    todo: list[str]
+    inputs: dict
+    forced: set[str]
+    base_dir: Path | None
+    checks: dict = field(default_factory=dict)
+
+    def tell(self, name: str, event: str) -> None:
+        if self.request.on_node is not None:
+            self.request.on_node(name, event)
+
+    def failed(self, name: str, error: BaseException) -> None:
+        if self.request.on_error is not None:
+            self.request.on_error(name, error)
+
+
 def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "auto",
           only: str | Iterable[str] | None = None, rebuild: bool = False, progress: bool = True,
           jobs: int | None = None, preflight: bool = True, devices: str | Iterable[str] | None = None,
@@ -113,6 +147,24 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
     executor's.
     Returns the :class:`Graph`; cached nodes cost nothing but hashing.
     """
+    return build_graphs([BuildRequest(plan, only, on_node, on_error)], fixtures_dir=fixtures_dir, device=device,
+                        rebuild=rebuild, progress=progress, jobs=jobs, preflight=preflight, devices=devices,
+                        worker_log=worker_log, executor=executor, ray_address=ray_address,
+                        gpu_fraction=gpu_fraction)[0]
+
+
+def build_graphs(requests: Sequence[BuildRequest], *, fixtures_dir: str | Path | None = None, device: str = "auto",
+                 rebuild: bool = False, progress: bool = True, jobs: int | None = None, preflight: bool = True,
+                 devices: str | Iterable[str] | None = None, worker_log: str | Path | None = None,
+                 executor: str = "embedded", ray_address: str | None = None,
+                 gpu_fraction: float | None = None) -> list[Graph]:
+    """:func:`build` for several graphs at once (a plan and its variants, or its training seeds): one scheduler
+    over the nodes of all of them, so a variant's node trains in the same wave as the plan's nodes instead of
+    after the whole graph. A node two graphs share (the same name and key, e.g. the base of a variant that does
+    not change it) trains once. Each graph is resolved and pre-flighted before any training; an error stops
+    every graph (the first node error raised once the running nodes end, as :func:`build`). Each graph's
+    timeline has its own base and pre-flight, and the shared training wall as its ``nodes``. On Ray the graphs
+    are built one after another. Returns the graphs in the order asked."""
     from tqdm.auto import tqdm
 
     from harness.train.ray_executor import check_executor
@@ -122,18 +174,95 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
     if on_ray and (jobs is not None or devices is not None):
         raise HarnessError("--jobs and --devices set the embedded executor's workers; with --executor ray, Ray "
                            "places the nodes by the resources they ask for")
-    t0 = time.perf_counter()
     device = common.resolve_device(device)
-    if plan.requires_cuda and device != "cuda":
-        raise HarnessError(f"{plan.path or plan.name}: base.requires_cuda is true but the device is {device}")
     store = Store(fixtures_dir)
     store.root.mkdir(parents=True, exist_ok=True)
     store.clean_stale_tmp()
+    preps = [_prepare(r, store, device, rebuild, progress) for r in requests]
+    work = [p for p in preps if p.todo]
+    if not work:
+        return [p.graph for p in preps]
+    units, followers = _units(work)
+    first_base = next((p.graph.path(p.graph.plan.nodes[0].name) for p in work if p.base_dir is not None), None)
+    slots = [slots_of.Slot("", 1)] if on_ray else slots_of.make_slots(device, jobs, first_base, devices)
+    jobs = min(sum(s.capacity for s in slots), len(units))
+    here = (not on_ray and jobs == 1 and len(slots) == 1 and slots_of.is_here(slots[0], device)
+            and not any(slots_of.needs_launch(p.graph.plan, p.todo) for p in work))
+    # the embedded workers warm up during the pre-flight
+    pools = None if here or on_ray else slots_of.open_pools(slots, len(units), worker_log)
+    for p in work:
+        t = time.perf_counter()
+        p.checks = {n: None for n in p.todo}
+        try:
+            if preflight and p.base_dir is not None:  # before any training: every node against the base's tokenizer
+                p.checks.update(preflight_nodes(p.graph.plan, [n for n in p.todo if p.graph.plan.node(n).method != "base"],
+                                                p.base_dir))
+            elif not preflight:
+                p.checks = {n: {"status": "skipped", "reason": "--no-preflight"} for n in p.todo}
+        except BaseException as exc:
+            if pools is not None:
+                slots_of.close_pools(pools)
+            if isinstance(exc, NodeError) and exc.node is not None:
+                p.failed(exc.node, exc)
+            raise
+        p.graph.timeline["preflight"] = time.perf_counter() - t
+    units = [dataclasses.replace(u, check=work[u.graph_index].checks[u.name]) for u in units]
+    t_nodes = time.perf_counter()
+    desc = f"fixtures {work[0].graph.plan.name}" + (f" (+{len(work) - 1} graphs)" if len(work) > 1 else "")
+    bar = tqdm(total=len(units), desc=desc, unit="node", disable=not progress)
+    try:
+        if on_ray:
+            from harness.train.ray_executor import build_with_ray
+
+            for p in work:
+                p.graph.trained += build_with_ray(p.graph, p.todo, p.inputs, p.forced, p.checks, bar, p.tell,
+                                                  p.request.on_error, address=ray_address,
+                                                  gpu_fraction=gpu_fraction, worker_log=worker_log)
+        elif here:
+            choose_threads(1)
+            for u in units:
+                p = work[u.graph_index]
+                bar.set_postfix(node=u.name)
+                p.tell(u.name, "start")
+                try:
+                    trained = locked_build(p.graph, u.name, u.inputs, u.forced, progress, u.check,
+                                           slots[0].id or None)
+                except Exception as exc:  # an interrupt is no node's failure
+                    p.failed(u.name, exc)
+                    raise
+                if trained:
+                    p.graph.trained.append(u.name)
+                p.tell(u.name, "built" if trained else "found")
+                bar.update()
+        else:
+            done = slots_of.build_on_slots(units, slots, bar, pools, worker_log=worker_log,
+                                           tell=lambda u, event: work[u.graph_index].tell(u.name, event),
+                                           on_error=lambda u, exc: work[u.graph_index].failed(u.name, exc))
+            for a in done:
+                if a.trained:
+                    work[units[a.node].graph_index].graph.trained.append(units[a.node].name)
+    finally:
+        bar.close()
+    for p, name in followers:  # trained once, under the first graph that has it
+        p.tell(name, "found")
+    nodes_s = time.perf_counter() - t_nodes
+    for p in work:
+        t = p.graph.timeline
+        t["nodes"] = nodes_s
+        t["total"] = t["base"] + t["preflight"] + nodes_s
+    return [p.graph for p in preps]
+
+
+def _prepare(request: BuildRequest, store: Store, device: str, rebuild: bool, progress: bool) -> _Prepared:
+    """Resolve ``request``'s base and keys and list the nodes to train (parents first)."""
+    t0 = time.perf_counter()
+    plan, only = request.plan, request.only
+    if plan.requires_cuda and device != "cuda":
+        raise HarnessError(f"{plan.path or plan.name}: base.requires_cuda is true but the device is {device}")
     base_dir, base_identity = (None, None) if plan.base == "tiny" else resolve_base(plan, store, progress)
     keys, inputs = plan_keys(plan, device, base_identity)
     graph = Graph(plan, store, keys, device, base_dir)
     graph.timeline["base"] = time.perf_counter() - t0
-
     wanted_names = [only] if isinstance(only, str) else list(only) if only is not None else list(plan.names)
     wanted: set[str] = set()
     for name in wanted_names:
@@ -142,61 +271,28 @@ def build(plan: Plan, *, fixtures_dir: str | Path | None = None, device: str = "
     todo = [n.name for n in plan.nodes if n.name in wanted
             and not (n.method == "base" and base_dir is not None)
             and (n.name in forced or not store.is_complete(n.name, keys[n.name]))]
-    if not todo:
-        return graph
     for name in todo:
         node = plan.node(name)
         if node.method != "base" and not methods.get(node.method).ddp and plan.recipe(name).gpus > 1:
             raise HarnessError(f"{plan.path or plan.name}: node {name!r}: gpus = {plan.recipe(name).gpus}, but "
                                f"method {node.method!r} does not train over several GPUs; set gpus = 1 for it")
-    slots = [slots_of.Slot("", 1)] if on_ray else slots_of.make_slots(
-        device, jobs, graph.path(plan.nodes[0].name) if base_dir else None, devices)
-    jobs = min(sum(s.capacity for s in slots), len(todo))
-    here = (not on_ray and jobs == 1 and len(slots) == 1 and slots_of.is_here(slots[0], device)
-            and not slots_of.needs_launch(plan, todo))
-    # the embedded workers warm up during the pre-flight
-    pools = None if here or on_ray else slots_of.open_pools(slots, len(todo), worker_log)
-    checks: dict[str, dict | None] = {n: None for n in todo}
-    failed = on_error or (lambda name, error: None)
-    try:
-        if preflight and base_dir is not None:  # before any training: every node against the base's tokenizer
-            checks.update(preflight_nodes(plan, [n for n in todo if plan.node(n).method != "base"], base_dir))
-        elif not preflight:
-            checks = {n: {"status": "skipped", "reason": "--no-preflight"} for n in todo}
-    except BaseException as exc:
-        if pools is not None:
-            slots_of.close_pools(pools)
-        if isinstance(exc, NodeError) and exc.node is not None:
-            failed(exc.node, exc)
-        raise
-    graph.timeline["preflight"] = time.perf_counter() - t0 - graph.timeline["base"]
-    bar = tqdm(total=len(todo), desc=f"fixtures {plan.name}", unit="node", disable=not progress)
-    tell = on_node or (lambda name, event: None)
-    if on_ray:
-        from harness.train.ray_executor import build_with_ray
+    return _Prepared(request, graph, todo, inputs, forced, base_dir)
 
-        graph.trained += build_with_ray(graph, todo, inputs, forced, checks, bar, tell, on_error, address=ray_address,
-                                        gpu_fraction=gpu_fraction, worker_log=worker_log)
-    elif here:
-        choose_threads(1)
-        for name in todo:
-            bar.set_postfix(node=name)
-            tell(name, "start")
-            try:
-                trained = locked_build(graph, name, inputs[name], name in forced, progress, checks[name],
-                                       slots[0].id or None)
-            except Exception as exc:  # an interrupt is no node's failure
-                failed(name, exc)
-                raise
-            if trained:
-                graph.trained.append(name)
-            tell(name, "built" if trained else "found")
-            bar.update()
-    else:
-        done = slots_of.build_on_slots(graph, todo, inputs, forced, slots, bar, checks, tell, pools,
-                                       on_error=on_error)
-        graph.trained += [a.node for a in done if a.trained]
-    bar.close()
-    graph.timeline["total"] = time.perf_counter() - t0
-    graph.timeline["nodes"] = graph.timeline["total"] - graph.timeline["base"] - graph.timeline["preflight"]
-    return graph
+
+def _units(work: Sequence[_Prepared]) -> tuple[list[slots_of.Unit], list[tuple[_Prepared, str]]]:
+    """One unit per node to train over all graphs, parents first, each waiting for its parent's unit; a node
+    an earlier graph trains too (same name and key) is not a unit of its own but a follower of that one."""
+    units: list[slots_of.Unit] = []
+    at: dict[tuple[str, str], int] = {}  # (name, key) -> its unit
+    followers: list[tuple[_Prepared, str]] = []
+    for i, p in enumerate(work):
+        for name in p.todo:
+            key = p.graph.key(name)
+            if (name, key) in at and name not in p.forced:
+                followers.append((p, name))
+                continue
+            parent = p.graph.plan.node(name).parent
+            wait = at.get((parent, p.graph.key(parent))) if parent is not None and parent in p.todo else None
+            at[(name, key)] = len(units)
+            units.append(slots_of.Unit(p.graph, name, p.inputs[name], name in p.forced, None, wait, i))
+    return units, followers

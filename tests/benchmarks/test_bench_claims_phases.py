@@ -8,8 +8,9 @@ records (the findings JSON's ``meta.timing``: the graph builds' base, pre-flight
 time, tokens/s and MFU, the diffs, generation, claims and report phases), with the GPU's utilisation sampled
 every second by ``nvidia-smi`` (overall and within each wave; "n/a" without a GPU).
 
-"Before" is the same command with ``HARNESS_LEGACY_STEPS=1`` (the Trainer's own per-step loop), in the same
-run, into its own fresh folder: each phase's before/after ratio is reported, and the two runs' verdicts must
+"Before" is the same command with ``HARNESS_LEGACY_STEPS=1`` (the Trainer's own per-step loop) and
+``HARNESS_LEGACY_GRAPHS=1`` (the plan's graph, then each control's variant, one build after another), in the
+same run, into its own fresh folder: each phase's before/after ratio is reported, and the two runs' verdicts must
 agree (the only assertion; no time is asserted). With CUDA the command gets ``-m gpu --harness-device cuda``;
 without it, ``--harness-device cpu``. Settings (environment):
 
@@ -90,9 +91,10 @@ def claims_command(fixtures: Path, findings: Path, run: str) -> list[str]:
 
 def run_claims(label: str, fixtures: Path, out: Path, legacy: bool) -> dict:
     """One cold claims run: its wall, exit code, phases (from the findings JSON) and GPU utilisation."""
-    env = {k: v for k, v in os.environ.items() if k not in ("HARNESS_LEGACY_STEPS", "HARNESS_FIXTURES_DIR")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HARNESS_LEGACY_STEPS", "HARNESS_LEGACY_GRAPHS", "HARNESS_FIXTURES_DIR")}
     if legacy:
-        env["HARNESS_LEGACY_STEPS"] = "1"
+        env["HARNESS_LEGACY_STEPS"] = env["HARNESS_LEGACY_GRAPHS"] = "1"
     fixtures.mkdir(parents=True, exist_ok=True)
     findings = out / f"findings-{label}"
     cmd = claims_command(fixtures, findings, f"bench-{label}")

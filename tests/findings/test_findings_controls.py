@@ -202,3 +202,37 @@ def test_a_spec_control_runs_on_the_micro_plan(tmp_path):
     [row] = rows
     assert row["pair"] == "dpo_d1@sft_d0/sft_d0 [zero_step]" and row["verdict"] == "fail"
     assert row["measured"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_controls_node_trains_in_the_same_build_as_the_plans_nodes(tmp_path):
+    """The claims suite on micro over two fake device slots: the zero-step control's node starts as soon as
+    sft_d0 is built, beside the plan's own DPO node, not after the plan's graph (one scheduler over both
+    graphs); the findings' timing says so; the control's row reads fail, as it expects."""
+    claims = tmp_path / "claims"
+    claims.mkdir()
+    (claims / "my5.toml").write_text(SPEC, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HARNESS_DEVICES": "a,b"}
+    env.pop("HARNESS_FINDINGS_DIR", None)
+    env.pop("HARNESS_LEGACY_GRAPHS", None)
+    r = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-p", "no:xdist",
+                        str(ROOT / "claims" / "test_claims.py"), "--rootdir", str(ROOT),
+                        "--fixtures-dir", str(tmp_path / "fx"), "--harness-device", "cpu",
+                        "--findings-dir", str(tmp_path / "out"), "--harness-plan", str(PLANS / "micro.toml"),
+                        "--claims-dir", str(claims), "--harness-run-id", "r"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    # the claim itself may fail on micro's few steps (a finding, not this test's subject); the control's case passes
+    assert r.returncode in (0, 1) and ("1 passed" in r.stdout or "2 passed" in r.stdout), r.stdout[-3000:] + r.stderr
+    lines = [x for x in r.stdout.splitlines() if x.startswith("fixtures micro")]
+    def at(graph: str, what: str) -> int:
+        return next(i for i, x in enumerate(lines) if x.startswith(f"fixtures {graph}: ") and what in x)
+
+    starts = [at("micro seed 0", "building dpo_d1@sft_d0"), at("micro [variant zero_step] seed 0", "building dpo_d1")]
+    ends = [at("micro seed 0", "dpo_d1@sft_d0 built in"), at("micro [variant zero_step] seed 0", "dpo_d1@sft_d0 built in")]
+    assert max(starts) < min(ends), lines
+    data = json.loads((tmp_path / "out" / "micro" / "r.json").read_text())
+    builds = {b["graph"]: b for b in data["meta"]["timing"]["builds"]}
+    assert builds["micro [variant zero_step] seed 0"]["built_with"] == ["micro seed 0"], builds
+    assert [n["node"] for n in builds["micro [variant zero_step] seed 0"]["nodes"]] == ["dpo_d1@sft_d0"]
+    rows = {row["pair"]: row for row in data["results"]}
+    assert set(rows) == {"dpo_d1@sft_d0/sft_d0", "dpo_d1@sft_d0/sft_d0 [zero_step]"}
+    assert rows["dpo_d1@sft_d0/sft_d0 [zero_step]"]["verdict"] == "fail"

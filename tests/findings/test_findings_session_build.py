@@ -1,4 +1,4 @@
-"""The claims session builds the nodes its cases need in one build per graph, and the findings report
+"""The claims session builds the nodes its cases need in one build of all their graphs, and the findings report
 shows each trained node's pre-flight. Real training in child pytests on a micro plan whose two
 trained nodes are both children of the base, so they are ready at once:
 

@@ -294,3 +294,47 @@ def test_cpu_weights_do_not_depend_on_the_machines_load(tmp_path, monkeypatch):
     a, b = (weights(g.path("base")) for g in graphs)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert graphs[0].meta("base")["worker"]["torch_threads"] == 1
+
+
+def test_a_variants_nodes_train_in_the_same_waves_as_the_plans(single, tmp_path):
+    """build_graphs over the plan and a variant (zero_dpo changes only the DPO node's key) on two fake slots:
+    the nodes both graphs share (base, sft_d0) train once; the variant's DPO node starts as soon as sft_d0 is
+    built, beside the plan's DPO node, not after the whole plan's graph; both graphs get their own keys."""
+    from harness.train.graph import BuildRequest, build_graphs
+
+    plan = load_plan(MICRO)
+    variant = plan.variant("zero_dpo")
+    dpo = "dpo_d1@sft_d0"
+    events: list[tuple[float, str, str, str]] = []
+
+    def hear(which):
+        return lambda name, event: events.append((time.monotonic(), which, name, event))
+
+    main_g, var_g = build_graphs([BuildRequest(plan, [dpo], hear("plan")), BuildRequest(variant, [dpo], hear("variant"))],
+                                 fixtures_dir=own_copy(single, tmp_path), device="cpu", progress=False, devices="a,b")
+    assert main_g.trained == [dpo] and var_g.trained == [dpo]  # base and sft_d0: cached by `single`
+    assert var_g.key("sft_d0") == main_g.key("sft_d0") == single.key("sft_d0") and var_g.key(dpo) != main_g.key(dpo)
+    at = {(which, event): t for t, which, name, event in events if name == dpo}
+    assert set(at) == {("plan", "start"), ("plan", "built"), ("variant", "start"), ("variant", "built")}, events
+    assert max(at["plan", "start"], at["variant", "start"]) < min(at["plan", "built"], at["variant", "built"]), events
+    assert {main_g.meta(dpo)["worker"]["slot"], var_g.meta(dpo)["worker"]["slot"]} == {"a", "b"}
+    assert main_g.timeline["nodes"] == var_g.timeline["nodes"] > 0
+
+
+def test_a_node_two_graphs_share_trains_once_and_the_other_hears_it_found(tmp_path):
+    """Cold: the plan and its zero_dpo variant want sft_d0 and the DPO node; base and sft_d0 (the same keys in
+    both) train once, in the plan's build, and the variant hears "found" for them; its DPO waits for sft_d0."""
+    from harness.train.graph import BuildRequest, build_graphs
+
+    plan = load_plan(MICRO)
+    dpo = "dpo_d1@sft_d0"
+    heard: dict[str, list[tuple[str, str]]] = {"plan": [], "variant": []}
+    main_g, var_g = build_graphs([BuildRequest(plan, [dpo], lambda n, e: heard["plan"].append((n, e))),
+                                  BuildRequest(plan.variant("zero_dpo"), [dpo],
+                                               lambda n, e: heard["variant"].append((n, e)))],
+                                 fixtures_dir=tmp_path / "fx", device="cpu", progress=False, devices="a,b")
+    assert main_g.trained == ["base", "sft_d0", dpo] and var_g.trained == [dpo]
+    assert ("base", "found") in heard["variant"] and ("sft_d0", "found") in heard["variant"]
+    assert ("base", "start") not in heard["variant"] and ("sft_d0", "start") not in heard["variant"]
+    assert var_g.meta(dpo)["started_unix"] >= main_g.meta("sft_d0")["started_unix"] + main_g.meta("sft_d0")["wall_seconds"]
+    assert len(list((tmp_path / "fx" / "nodes").glob("sft_d0-*"))) == 1
