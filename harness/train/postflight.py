@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 
 from harness.errors import HarnessError, NodeError
 from harness.train.common import ADAPTER_DIR
+from harness.train.preflight import GENERATION_SIDE, TOKENIZER_SIDE, show_ids, stop_token_findings, token_names
 
 CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"
@@ -86,12 +87,6 @@ def _ids(value: Any) -> list[int] | None:
     return sorted({int(v) for v in items if v is not None}) or None
 
 
-def _show(ids: Sequence[int] | None) -> str:
-    if ids is None:
-        return "null"
-    return str(ids[0]) if len(ids) == 1 else str(list(ids))
-
-
 def _load_tokenizer(folder: Path) -> Any:
     from transformers import AutoTokenizer
 
@@ -109,10 +104,6 @@ def _base_tokenizer(folder: str, stamp: tuple) -> Any:
 
 def _stamp(folder: Path) -> tuple:
     return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in folder.glob("*") if p.is_file()))
-
-
-def _names(tok: Any, ids: Sequence[int]) -> str:
-    return ", ".join(f"{tok.convert_ids_to_tokens(int(i))!r} (id {i})" for i in ids)
 
 
 def generation_eos_of(folder: Path) -> tuple[str, list[int]]:
@@ -136,7 +127,7 @@ def special_id_findings(saved: Path, base: Path, saved_tok: Any, base_tok: Any) 
             continue
         if s is None:
             out.append(_finding("special-id-dropped", "error", file, "", "missing from the saved folder; the base "
-                                f"has one ({', '.join(f'{k} {_show(_ids(b.get(k)))}' for k in SPECIAL_FIELDS)})"))
+                                f"has one ({', '.join(f'{k} {show_ids(_ids(b.get(k)))}' for k in SPECIAL_FIELDS)})"))
             continue
         for fld in SPECIAL_FIELDS:
             out += _compare(file, fld, _ids(b.get(fld)), _ids(s.get(fld)), base_tok)
@@ -154,37 +145,21 @@ def _compare(file: str, fld: str, b: list[int] | None, s: list[int] | None, tok:
         return []  # the base had none: nothing to lose (a pad added for training is the recipe's own)
     if s is None:
         return [_finding("special-id-dropped", "error", file, fld,
-                         f"{fld} is null; the base's is {_names(tok, b)}")]
+                         f"{fld} is null; the base's is {token_names(tok, b)}")]
     lost = [i for i in b if i not in s]
     if lost:
-        have = _names(saved_tok, s) if saved_tok is not None else _show(s)
-        return [_finding("special-id-changed", "error", file, fld, f"{fld} {have} lacks the base's {_names(tok, lost)}")]
+        have = token_names(saved_tok, s) if saved_tok is not None else show_ids(s)
+        return [_finding("special-id-changed", "error", file, fld,
+                         f"{fld} {have} lacks the base's {token_names(tok, lost)}")]
     return []
 
 
 def stop_findings(tok: Any, gen_file: str, gen: Sequence[int], where: str = "") -> list[dict]:
-    """The saved stop tokens: the tokenizer's EOS and the template's end-of-turn must be generation EOS ids
-    (the pre-flight's codes, named by the file and field that disagree)."""
-    from harness.audit.codes import end_of_turn
-
-    out: list[dict] = []
-    eot, eos = end_of_turn(tok), tok.eos_token_id
-    if eos is None:
-        out.append(_finding("tokenizer-eos-missing", "error", where + TOKENIZER_CONFIG, "eos_token",
-                            "eos_token is null: nothing names the token that ends a sequence"))
-    elif gen and eos not in gen:
-        out.append(_finding("tokenizer-eos-not-generation-eos", "error", where + gen_file, "eos_token_id",
-                            f"eos_token_id {_show(list(gen))} lacks the tokenizer's eos_token {_names(tok, [eos])}"))
-    if eot is None:
-        out.append(_finding("template-no-end-of-turn", "error", where + TOKENIZER_CONFIG, "chat_template",
-                            "the chat template ends an assistant turn with no special token: nothing stops a reply"))
-    elif gen and eot not in gen:
-        out.append(_finding("end-of-turn-not-generation-eos", "error", where + gen_file, "eos_token_id",
-                            f"eos_token_id {_show(list(gen))} lacks the end-of-turn {_names(tok, [eot])}"))
-    elif not gen:
-        out.append(_finding("end-of-turn-not-generation-eos", "error", where + gen_file, "eos_token_id",
-                            "eos_token_id is null (and config.json has none): generation stops on nothing"))
-    return out
+    """The saved stop tokens: the tokenizer's EOS and the template's end-of-turn must be generation EOS ids.
+    The codes are the pre-flight's (:func:`harness.train.preflight.stop_token_findings` decides them); here
+    each names the file that disagrees (``where`` + ``gen_file``, or the tokenizer's config) and its field."""
+    files = {TOKENIZER_SIDE: where + TOKENIZER_CONFIG, GENERATION_SIDE: where + gen_file}
+    return [_finding(f.code, f.severity, files[f.side], f.field, f.message) for f in stop_token_findings(tok, gen)[1]]
 
 
 def _render(tok: Any, generation_prompt: bool) -> str | None:

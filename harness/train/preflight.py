@@ -4,9 +4,12 @@ Two checks, both on the tokenizer the node trains with:
 
 - the label audit (:func:`harness.audit.audit`) on the node's training records, with the pipeline
   it trains through (its method's pre-flight pipeline, :mod:`harness.train.methods`), its ``max_length`` and the generation EOS ids;
-- the stop tokens: the tokenizer's EOS, the generation config's EOS ids and the token that ends an
-  assistant turn in the chat template must agree (the template's end-of-turn and the tokenizer's
-  EOS must both be ones generation stops on).
+- the stop tokens (:func:`stop_token_findings`, which decides the post-flight's too): the tokenizer has an
+  EOS, generation stops on some id (the generation config's EOS ids, else the model config's), and the
+  token that ends an assistant turn in the chat template and the tokenizer's EOS are both ones it stops on.
+  A base without an EOS is refused here with ``tokenizer-eos-missing`` (the label audit cannot run on it);
+  one whose configs name no generation EOS with ``end-of-turn-not-generation-eos`` (it stops on nothing
+  when served, and so would every node saved from it).
 
 An error stops the build with one line, unless the plan's ``[preflight] allow`` names its code
 with a reason. The result goes into the node's ``meta.json`` under ``preflight``.
@@ -59,28 +62,70 @@ def generation_eos(model_dir: str | Path) -> list[int]:
     return ids
 
 
-def stop_token_findings(tok: Any, gen: Sequence[int]) -> tuple[int | None, list[dict]]:
-    """The template's end-of-turn id, and errors where tokenizer EOS / end-of-turn / generation EOS disagree."""
-    out: list[dict] = []
-    eot = end_of_turn(tok)
-    eos = tok.eos_token_id
-    if gen and eos is not None and eos not in gen:
-        out.append({"code": "tokenizer-eos-not-generation-eos", "severity": "error",
-                    "message": f"the tokenizer's eos_token {tok.eos_token!r} (id {eos}) is not among the "
-                               f"generation config's eos_token_id {list(gen)} ({_names(tok, gen)})"})
+#: which file a stop-token finding is about: the tokenizer's, or the one the generation EOS ids come from
+TOKENIZER_SIDE, GENERATION_SIDE = "tokenizer", "generation"
+
+
+@dataclass(frozen=True)
+class StopFinding:
+    """One disagreement among the stop tokens, decided by :func:`stop_token_findings` for the pre-flight
+    and the post-flight alike. ``side`` says which file it is about (:data:`TOKENIZER_SIDE`: the tokenizer's
+    config; :data:`GENERATION_SIDE`: the generation config's EOS ids); each caller names that file its way."""
+
+    code: str
+    severity: str
+    side: str
+    field: str
+    message: str
+
+
+def stop_token_findings(tok: Any, gen: Sequence[int]) -> tuple[int | None, list[StopFinding]]:
+    """The template's end-of-turn id, and errors where tokenizer EOS / end-of-turn / generation EOS disagree
+    (``gen``: the ids generation stops on, [] when neither the generation config nor the model config has one).
+
+    The one place that decides the stop-token codes: the pre-flight runs it on the base's tokenizer before
+    training, the post-flight on a node's saved tokenizer and generation config."""
+    out: list[StopFinding] = []
+    eot, eos, gen = end_of_turn(tok), tok.eos_token_id, list(gen)
+    if eos is None:
+        out.append(StopFinding("tokenizer-eos-missing", "error", TOKENIZER_SIDE, "eos_token",
+                               "eos_token is null: nothing names the token that ends a sequence"))
+    elif gen and eos not in gen:
+        out.append(StopFinding("tokenizer-eos-not-generation-eos", "error", GENERATION_SIDE, "eos_token_id",
+                               f"eos_token_id {show_ids(gen)} lacks the tokenizer's eos_token "
+                               f"{token_names(tok, [eos])}"))
     if eot is None:
-        out.append({"code": "template-no-end-of-turn", "severity": "error",
-                    "message": "the chat template ends an assistant turn with no special token: nothing "
-                               "trains the model to stop"})
+        out.append(StopFinding("template-no-end-of-turn", "error", TOKENIZER_SIDE, "chat_template",
+                               "the chat template ends an assistant turn with no special token: nothing trains "
+                               "the model to stop, and nothing stops a reply"))
     elif gen and eot not in gen:
-        out.append({"code": "end-of-turn-not-generation-eos", "severity": "error",
-                    "message": f"the chat template ends a turn with {tok.convert_ids_to_tokens(eot)!r} (id {eot}), "
-                               f"which generation does not stop on (eos_token_id {list(gen)})"})
+        out.append(StopFinding("end-of-turn-not-generation-eos", "error", GENERATION_SIDE, "eos_token_id",
+                               f"eos_token_id {show_ids(gen)} lacks the end-of-turn {token_names(tok, [eot])}"))
+    elif not gen:
+        out.append(StopFinding("end-of-turn-not-generation-eos", "error", GENERATION_SIDE, "eos_token_id",
+                               "eos_token_id is null (and config.json has none): generation stops on nothing"))
     return eot, out
 
 
-def _names(tok: Any, ids: Sequence[int]) -> str:
-    return ", ".join(repr(t) for t in tok.convert_ids_to_tokens(list(ids)))
+def stop_dicts(tok: Any, gen: Sequence[int]) -> tuple[int | None, list[dict]]:
+    """:func:`stop_token_findings` as the pre-flight records them: the base's folder is the one place read,
+    so a generation-side message says "the generation config's" rather than naming a file."""
+    eot, found = stop_token_findings(tok, gen)
+    where = {TOKENIZER_SIDE: "", GENERATION_SIDE: "the generation config's "}
+    return eot, [{"code": f.code, "severity": f.severity, "field": f.field, "message": where[f.side] + f.message}
+                 for f in found]
+
+
+def show_ids(ids: Sequence[int] | None) -> str:
+    """``2`` for one id, ``[1, 2]`` for several, ``null`` for none."""
+    if ids is None:
+        return "null"
+    return str(ids[0]) if len(ids) == 1 else str(list(ids))
+
+
+def token_names(tok: Any, ids: Sequence[int]) -> str:
+    """``'</s>' (id 2), ...``: each id with its token."""
+    return ", ".join(f"{tok.convert_ids_to_tokens(int(i))!r} (id {i})" for i in ids)
 
 
 def run(node: str, method: str, tok: Any, model_dir: str | Path, records: Sequence[dict], max_length: int,
@@ -90,10 +135,11 @@ def run(node: str, method: str, tok: Any, model_dir: str | Path, records: Sequen
 
     pipeline, fmt = methods.get(method).preflight
     gen = generation_eos(model_dir)
-    eot, found = stop_token_findings(tok, gen)
+    eot, found = stop_dicts(tok, gen)
+    # without an EOS the audit cannot run (it would stop on a LoadError); tokenizer-eos-missing says so
     report = audit(tok, data=list(records), fmt=fmt, pipeline=pipeline, max_length=max_length,
-                   generation_eos=gen or None)
-    for f in report.findings:
+                   generation_eos=gen or None) if tok.eos_token_id is not None else None
+    for f in report.findings if report is not None else ():
         found.append({"code": f.code, "severity": f.severity, "count": f.count, "side": f.side,
                       "examples": f.examples[:5], "message": f.message, "hint": f.hint})
     allow = dict(allow or {})

@@ -105,7 +105,8 @@ def test_preflight_refuses_a_tokenizer_eos_generation_does_not_stop_on(converted
     assert ok.status in ("clean", "warning") and ok.generation_eos == [2] and ok.end_of_turn == 2
     tok.eos_token = "<|im_start|>"
     with pytest.raises(PreflightError, match=r"sft_d0 \[trl-sft\]: tokenizer-eos-not-generation-eos: the "
-                                             r"tokenizer's eos_token '<\|im_start\|>' \(id 1\)"):
+                                             r"generation config's eos_token_id 2 lacks the tokenizer's eos_token "
+                                             r"'<\|im_start\|>' \(id 1\)"):
         run("sft_d0", "sft", tok, converted, recs, 256)
 
 

@@ -104,3 +104,43 @@ def test_a_sound_setup_records_its_preflight(tmp_path, tiny_folder):
     eos = pf["tokenizer_eos"]
     assert pf["status"] == "clean" and pf["pipeline"] == "trl-sft"
     assert pf["generation_eos"] == [eos] and pf["end_of_turn"] == eos
+
+
+def test_a_base_without_an_eos_is_refused_naming_the_code(tiny_folder):
+    """The pre-flight reports the stop-token check the post-flight makes too: with no eos_token the label
+    audit cannot run, so the refusal is the stop-token code (not the audit's load error), and the plan can
+    allow it."""
+    from harness import data
+    from harness.train.common import load_tokenizer
+    from harness.train.preflight import PreflightError, run
+
+    tok = load_tokenizer(tiny_folder)
+    recs = data.sft_records("d0")[:2]
+    tok.eos_token = None
+    with pytest.raises(PreflightError, match=r"pf\.toml: sft_d0 \[trl-sft\]: tokenizer-eos-missing: eos_token is "
+                                             r"null: nothing names the token that ends a sequence"):
+        run("sft_d0", "sft", tok, tiny_folder, recs, 512, where="pf.toml: ")
+    # the tiny template writes {{ eos_token }} after a reply: without one, a turn ends in no stop token either
+    allow = {"tokenizer-eos-missing": "a test", "template-no-end-of-turn": "a test"}
+    allowed = run("sft_d0", "sft", tok, tiny_folder, recs, 512, allow=allow)
+    assert allowed.status == "allowed" and allowed.tokenizer_eos is None
+    assert [f["code"] for f in allowed.findings] == list(allow)  # the stop tokens only: no audit ran
+
+
+def test_a_base_whose_configs_name_no_generation_eos_is_refused(tiny_folder, tmp_path):
+    """Neither generation_config.json nor config.json names an EOS: served, the base and every node saved
+    from it stop on nothing (the post-flight's code, found before training)."""
+    import json
+    import shutil
+
+    from harness import data
+    from harness.train.common import load_tokenizer
+    from harness.train.preflight import PreflightError, run
+
+    base = shutil.copytree(tiny_folder, tmp_path / "base")
+    for name in ("generation_config.json", "config.json"):
+        cfg = json.loads((base / name).read_text(encoding="utf-8"))
+        (base / name).write_text(json.dumps({**cfg, "eos_token_id": None}), encoding="utf-8")
+    with pytest.raises(PreflightError, match=r"sft_d0 \[trl-sft\]: end-of-turn-not-generation-eos: the generation "
+                                             r"config's eos_token_id is null \(and config\.json has none\)"):
+        run("sft_d0", "sft", load_tokenizer(base), base, data.sft_records("d0")[:2], 512)
