@@ -163,8 +163,8 @@ def build_graphs(requests: Sequence[BuildRequest], *, fixtures_dir: str | Path |
     after the whole graph. A node two graphs share (the same name and key, e.g. the base of a variant that does
     not change it) trains once. Each graph is resolved and pre-flighted before any training; an error stops
     every graph (the first node error raised once the running nodes end, as :func:`build`). Each graph's
-    timeline has its own base and pre-flight, and the shared training wall as its ``nodes``. On Ray the graphs
-    are built one after another. Returns the graphs in the order asked."""
+    timeline has its own base and pre-flight, and the shared training wall as its ``nodes``. The same holds
+    for Ray (one task per node, over every graph). Returns the graphs in the order asked."""
     from tqdm.auto import tqdm
 
     from harness.train.ray_executor import check_executor
@@ -214,10 +214,10 @@ def build_graphs(requests: Sequence[BuildRequest], *, fixtures_dir: str | Path |
         if on_ray:
             from harness.train.ray_executor import build_with_ray
 
-            for p in work:
-                p.graph.trained += build_with_ray(p.graph, p.todo, p.inputs, p.forced, p.checks, bar, p.tell,
-                                                  p.request.on_error, address=ray_address,
-                                                  gpu_fraction=gpu_fraction, worker_log=worker_log)
+            for i in build_with_ray(units, bar, lambda u, event: work[u.graph_index].tell(u.name, event),
+                                    lambda u, exc: work[u.graph_index].failed(u.name, exc), address=ray_address,
+                                    gpu_fraction=gpu_fraction, worker_log=worker_log):
+                work[units[i].graph_index].graph.trained.append(units[i].name)
         elif here:
             choose_threads(1)
             for u in units:

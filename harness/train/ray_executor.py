@@ -155,81 +155,84 @@ def _cause(ray: Any, name: str, exc: BaseException) -> BaseException:
                         f"{str(exc).splitlines()[0] if str(exc) else ''}); nothing of it was committed")
 
 
-def build_with_ray(graph: Any, todo: Sequence[str], inputs: dict, forced: set[str], checks: dict[str, dict | None],
-                   bar: Any, tell: Callable[[str, str], None],
-                   on_error: Callable[[str, BaseException], None] | None = None, *, address: str | None = None,
+def build_with_ray(units: Sequence[Any], bar: Any, tell: Callable[[Any, str], None],
+                   on_error: Callable[[Any, BaseException], None] | None = None, *, address: str | None = None,
                    gpu_fraction: float | None = None, worker_log: str | Path | None = None,
-                   max_retries: int | None = None) -> list[str]:
-    """Build ``todo`` (parents first) as Ray tasks; returns the nodes this build trained, in the order they ended.
+                   max_retries: int | None = None) -> list[int]:
+    """Build ``units`` (:class:`harness.train.devices.Unit`: the nodes of one graph or several, parents first) as
+    Ray tasks, each after its parent's task; returns the indices of the units this build trained, in the order
+    they ended.
 
-    ``tell(name, event)`` hears ``"start"`` as a node's parent is done (Ray may still queue it for resources) and
-    ``"built"``/``"found"`` as it ends, the bar advances the same; ``on_error(name, error)`` hears of each node whose
-    own task raised (a dependant of a failed node fails with that error and is not reported again). The first such
-    error is raised once every other task has ended. ``gpu_fraction`` (default :func:`default_gpu_fraction`) is the
-    share of a GPU a single-GPU node asks for on CUDA; ``max_retries`` overrides Ray's retries of a task whose
-    worker died (a retry starts the node afresh: its lock and temp folder died with the worker)."""
+    ``tell(unit, event)`` hears ``"start"`` as a node's parent is done (Ray may still queue it for resources) and
+    ``"built"``/``"found"`` as it ends, the bar advances the same; ``on_error(unit, error)`` hears of each node
+    whose own task raised (a dependant of a failed node fails with that error and is not reported again). The
+    first such error is raised once every other task has ended. ``gpu_fraction`` (default
+    :func:`default_gpu_fraction`) is the share of a GPU a single-GPU node asks for on CUDA; ``max_retries``
+    overrides Ray's retries of a task whose worker died (a retry starts the node afresh: its lock and temp
+    folder died with the worker)."""
     ray = connect(address, log_to_driver=worker_log is None)
-    plan = graph.plan
+    first_graph = units[0].graph
     if gpu_fraction is None:
-        gpu_fraction = default_gpu_fraction(graph.device, graph.path(plan.nodes[0].name)
-                                            if plan.base != "tiny" else None)
-    if graph.device == "cuda" and not 0 < gpu_fraction <= 1:
+        gpu_fraction = default_gpu_fraction(first_graph.device, first_graph.path(first_graph.plan.nodes[0].name)
+                                            if first_graph.plan.base != "tiny" else None)
+    if first_graph.device == "cuda" and not 0 < gpu_fraction <= 1:
         raise HarnessError(f"--ray-gpu-fraction {gpu_fraction}: give a share of one GPU, 0 < F <= 1")
-    asks = {n: node_resources(plan, n, graph.device, gpu_fraction) for n in todo}
+    asks = [node_resources(u.graph.plan, u.name, u.graph.device, gpu_fraction) for u in units]
     have = ray.cluster_resources()
-    for n, ask in asks.items():
+    for u, ask in zip(units, asks):
         for what, key in (("num_gpus", "GPU"), ("num_cpus", "CPU")):
             if ask[what] > have.get(key, 0):
-                raise HarnessError(f"node {n!r} asks Ray for {ask[what]:g} {key}(s); the cluster has "
+                raise HarnessError(f"node {u.label()!r} asks Ray for {ask[what]:g} {key}(s); the cluster has "
                                    f"{have.get(key, 0):g}")
     remote = ray.remote(build_task)
-    shared = ray.put(graph)
+    shared: dict[int, Any] = {}  # each graph put in Ray's object store once
     log_path = str(worker_log) if worker_log else None
-    refs: dict[str, Any] = {}
-    for name in todo:
-        parent = plan.node(name).parent
-        options: dict[str, Any] = {"name": f"fixtures:{name}", **asks[name]}
+    refs: list[Any] = []
+    for u, ask in zip(units, asks):
+        if id(u.graph) not in shared:
+            shared[id(u.graph)] = ray.put(u.graph)
+        options: dict[str, Any] = {"name": f"fixtures:{u.label()}", **ask}
         if max_retries is not None:
             options["max_retries"] = max_retries
-        deps = [refs[parent]] if parent in refs else []
-        refs[name] = remote.options(**options).remote(shared, name, inputs[name], name in forced, checks.get(name),
-                                                      log_path, *deps)
-    waiting = {ref: name for name, ref in refs.items()}
-    failed: dict[str, BaseException] = {}
-    trained: list[str] = []
+        deps = [refs[u.parent]] if u.parent is not None else []
+        refs.append(remote.options(**options).remote(shared[id(u.graph)], u.name, u.inputs, u.forced, u.check,
+                                                     log_path, *deps))
+    waiting = {ref: i for i, ref in enumerate(refs)}
+    failed: dict[int, BaseException] = {}
+    trained: list[int] = []
     first: BaseException | None = None
-    running: set[str] = set()
+    running: set[int] = set()
 
-    def start(name: str) -> None:
-        running.add(name)
-        tell(name, "start")
-        bar.set_postfix(running=",".join(sorted(running)))
+    def start(i: int) -> None:
+        running.add(i)
+        tell(units[i], "start")
+        bar.set_postfix(running=",".join(sorted(units[j].label() for j in running)))
 
-    for name in todo:
-        if plan.node(name).parent not in refs:
-            start(name)
+    for i, u in enumerate(units):
+        if u.parent is None:
+            start(i)
     try:
         while waiting:
             ready, _ = ray.wait(list(waiting), num_returns=1)
             for ref in ready:
-                name = waiting.pop(ref)
-                running.discard(name)
+                i = waiting.pop(ref)
+                running.discard(i)
                 try:
                     built = ray.get(ref)
                 except ray.exceptions.RayError as exc:
-                    failed[name] = error = _cause(ray, name, exc)
-                    if plan.node(name).parent not in failed:  # its own error, not its parent's passed on
+                    failed[i] = error = _cause(ray, units[i].name, exc)
+                    if units[i].parent not in failed:  # its own error, not its parent's passed on
                         first = first or error
                         if on_error is not None:
-                            on_error(name, error)
+                            on_error(units[i], error)
                     continue
                 if built:
-                    trained.append(name)
+                    trained.append(i)
                 bar.update()
-                tell(name, "built" if built else "found")
-                for child in todo:
-                    if plan.node(child).parent == name:
-                        start(child)
+                tell(units[i], "built" if built else "found")
+                for j, child in enumerate(units):
+                    if child.parent == i:
+                        start(j)
     except BaseException:  # an interrupt: the tasks not ended are cancelled (their temp folders go)
         for ref in waiting:
             ray.cancel(ref)

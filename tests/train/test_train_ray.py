@@ -173,3 +173,33 @@ def test_a_stale_temp_folder_is_removed_only_by_its_own_host(tmp_path):
         p.mkdir()
     assert sorted(store.clean_stale_tmp()) == sorted([ours, legacy])
     assert mine.is_dir() and theirs.is_dir()
+
+
+def test_a_variants_node_runs_as_a_ray_task_beside_the_plans(on_ray, tmp_path):
+    """build_graphs on Ray over the plan and its zero_dpo variant: one task per node over both graphs (the variant's
+    DPO node runs beside the plan's, both after sft_d0, which both graphs share and which is found cached here)."""
+    import shutil
+
+    from harness.train.graph import BuildRequest, build_graphs
+
+    graph, _ = on_ray
+    fx = tmp_path / "fx"
+    shutil.copytree(graph.fixtures_dir / "nodes", fx / "nodes")
+    dpo = "dpo_d1@sft_d0"
+    shutil.rmtree(fx / "nodes" / graph.path(dpo).name)  # the plan's DPO node trains again, beside the variant's
+    events: list[tuple[float, str, str]] = []
+
+    def hear(which):
+        return lambda name, event: events.append((time.monotonic(), which, event)) if name == dpo else None
+
+    plan = load_plan(MICRO)
+    main_g, var_g = build_graphs([BuildRequest(plan, [dpo], hear("plan")),
+                                  BuildRequest(plan.variant("zero_dpo"), [dpo], hear("variant"))],
+                                 fixtures_dir=fx, device="cpu", progress=False, executor="ray")
+    assert main_g.trained == [dpo] and var_g.trained == [dpo]
+    assert weight_files(main_g.path(dpo)) == weight_files(graph.path(dpo))  # bit-identical to the first Ray build
+    assert sorted((which, event) for _, which, event in events) == [("plan", "built"), ("plan", "start"),
+                                                                   ("variant", "built"), ("variant", "start")]
+    spans = [(g.meta(dpo)["started_unix"], g.meta(dpo)["started_unix"] + g.meta(dpo)["wall_seconds"])
+             for g in (main_g, var_g)]
+    assert max(s for s, _ in spans) < min(e for _, e in spans), spans  # the two tasks ran at the same time
