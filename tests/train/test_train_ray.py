@@ -176,8 +176,9 @@ def test_a_stale_temp_folder_is_removed_only_by_its_own_host(tmp_path):
 
 
 def test_a_variants_node_runs_as_a_ray_task_beside_the_plans(on_ray, tmp_path):
-    """build_graphs on Ray over the plan and its zero_dpo variant: one task per node over both graphs (the variant's
-    DPO node runs beside the plan's, both after sft_d0, which both graphs share and which is found cached here)."""
+    """build_graphs on Ray over the plan and its zero_dpo variant: one task set over both graphs, so the variant's
+    DPO node runs while the plan's runs (the plan's DPO takes 300 steps here, so that the variant's task, on a
+    worker Ray may have to start, still meets it), both after sft_d0, which both share and is found cached."""
     import shutil
 
     from harness.train.graph import BuildRequest, build_graphs
@@ -186,20 +187,20 @@ def test_a_variants_node_runs_as_a_ray_task_beside_the_plans(on_ray, tmp_path):
     fx = tmp_path / "fx"
     shutil.copytree(graph.fixtures_dir / "nodes", fx / "nodes")
     dpo = "dpo_d1@sft_d0"
-    shutil.rmtree(fx / "nodes" / graph.path(dpo).name)  # the plan's DPO node trains again, beside the variant's
-    events: list[tuple[float, str, str]] = []
-
-    def hear(which):
-        return lambda name, event: events.append((time.monotonic(), which, event)) if name == dpo else None
-
-    plan = load_plan(MICRO)
-    main_g, var_g = build_graphs([BuildRequest(plan, [dpo], hear("plan")),
-                                  BuildRequest(plan.variant("zero_dpo"), [dpo], hear("variant"))],
-                                 fixtures_dir=fx, device="cpu", progress=False, executor="ray")
-    assert main_g.trained == [dpo] and var_g.trained == [dpo]
-    assert weight_files(main_g.path(dpo)) == weight_files(graph.path(dpo))  # bit-identical to the first Ray build
-    assert sorted((which, event) for _, which, event in events) == [("plan", "built"), ("plan", "start"),
-                                                                   ("variant", "built"), ("variant", "start")]
+    block = f'name = "{dpo}"\nmethod = "dpo"\ndataset = "d1"\nparent = "sft_d0"\n'
+    text = MICRO.read_text(encoding="utf-8")
+    assert block in text
+    (tmp_path / "micro.toml").write_text(text.replace(block, block + "overrides = { max_steps = 300 }\n"),
+                                         encoding="utf-8")
+    plan = load_plan(tmp_path / "micro.toml")
+    events: list[tuple[str, str]] = []
+    main_g, var_g = build_graphs(
+        [BuildRequest(plan, [dpo], lambda n, e: events.append(("plan", e)) if n == dpo else None),
+         BuildRequest(plan.variant("zero_dpo"), [dpo], lambda n, e: events.append(("variant", e)) if n == dpo else None)],
+        fixtures_dir=fx, device="cpu", progress=False, executor="ray")
+    assert main_g.trained == [dpo] and var_g.trained == [dpo]  # base and sft_d0: found, with on_ray's keys
+    assert main_g.key("sft_d0") == var_g.key("sft_d0") == graph.key("sft_d0")
+    assert sorted(events) == [("plan", "built"), ("plan", "start"), ("variant", "built"), ("variant", "start")]
     spans = [(g.meta(dpo)["started_unix"], g.meta(dpo)["started_unix"] + g.meta(dpo)["wall_seconds"])
              for g in (main_g, var_g)]
     assert max(s for s, _ in spans) < min(e for _, e in spans), spans  # the two tasks ran at the same time
