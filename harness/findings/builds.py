@@ -171,7 +171,7 @@ class Builds:
                 took = time.monotonic() - started.get(name, time.monotonic())
                 say(f"fixtures {what}: {i} {name} built in {took:.0f} s (log: {self.log_path})")
             else:
-                say(f"fixtures {what}: {i} {name} was built by another process meanwhile")
+                say(f"fixtures {what}: {i} {name} was built meanwhile (by another graph of this build, or another process)")
 
         return on_node
 

@@ -183,6 +183,12 @@ def build_graphs(requests: Sequence[BuildRequest], *, fixtures_dir: str | Path |
     if not work:
         return [p.graph for p in preps]
     units, followers = _units(work)
+
+    def tell(u: slots_of.Unit, event: str) -> None:  # a node's followers in other graphs are found as it ends
+        work[u.graph_index].tell(u.name, event)
+        if event != "start":
+            for p, name in followers.get((u.graph_index, u.name), ()):
+                p.tell(name, "found")
     first_base = next((p.graph.path(p.graph.plan.nodes[0].name) for p in work if p.base_dir is not None), None)
     slots = [slots_of.Slot("", 1)] if on_ray else slots_of.make_slots(device, jobs, first_base, devices)
     jobs = min(sum(s.capacity for s in slots), len(units))
@@ -214,7 +220,7 @@ def build_graphs(requests: Sequence[BuildRequest], *, fixtures_dir: str | Path |
         if on_ray:
             from harness.train.ray_executor import build_with_ray
 
-            for i in build_with_ray(units, bar, lambda u, event: work[u.graph_index].tell(u.name, event),
+            for i in build_with_ray(units, bar, tell,
                                     lambda u, exc: work[u.graph_index].failed(u.name, exc), address=ray_address,
                                     gpu_fraction=gpu_fraction, worker_log=worker_log):
                 work[units[i].graph_index].graph.trained.append(units[i].name)
@@ -223,7 +229,7 @@ def build_graphs(requests: Sequence[BuildRequest], *, fixtures_dir: str | Path |
             for u in units:
                 p = work[u.graph_index]
                 bar.set_postfix(node=u.name)
-                p.tell(u.name, "start")
+                tell(u, "start")
                 try:
                     trained = locked_build(p.graph, u.name, u.inputs, u.forced, progress, u.check,
                                            slots[0].id or None)
@@ -232,19 +238,17 @@ def build_graphs(requests: Sequence[BuildRequest], *, fixtures_dir: str | Path |
                     raise
                 if trained:
                     p.graph.trained.append(u.name)
-                p.tell(u.name, "built" if trained else "found")
+                tell(u, "built" if trained else "found")
                 bar.update()
         else:
             done = slots_of.build_on_slots(units, slots, bar, pools, worker_log=worker_log,
-                                           tell=lambda u, event: work[u.graph_index].tell(u.name, event),
+                                           tell=tell,
                                            on_error=lambda u, exc: work[u.graph_index].failed(u.name, exc))
             for a in done:
                 if a.trained:
                     work[units[a.node].graph_index].graph.trained.append(units[a.node].name)
     finally:
         bar.close()
-    for p, name in followers:  # trained once, under the first graph that has it
-        p.tell(name, "found")
     nodes_s = time.perf_counter() - t_nodes
     for p in work:
         t = p.graph.timeline
@@ -279,17 +283,19 @@ def _prepare(request: BuildRequest, store: Store, device: str, rebuild: bool, pr
     return _Prepared(request, graph, todo, inputs, forced, base_dir)
 
 
-def _units(work: Sequence[_Prepared]) -> tuple[list[slots_of.Unit], list[tuple[_Prepared, str]]]:
+def _units(work: Sequence[_Prepared]) -> tuple[list[slots_of.Unit], dict[tuple[int, str], list[tuple[_Prepared, str]]]]:
     """One unit per node to train over all graphs, parents first, each waiting for its parent's unit; a node
-    an earlier graph trains too (same name and key) is not a unit of its own but a follower of that one."""
+    an earlier graph trains too (same name and key) is not a unit of its own but a follower of that one
+    (``followers``: the leader's (graph index, name) -> the graphs and names that follow it)."""
     units: list[slots_of.Unit] = []
     at: dict[tuple[str, str], int] = {}  # (name, key) -> its unit
-    followers: list[tuple[_Prepared, str]] = []
+    followers: dict[tuple[int, str], list[tuple[_Prepared, str]]] = {}
     for i, p in enumerate(work):
         for name in p.todo:
             key = p.graph.key(name)
             if (name, key) in at and name not in p.forced:
-                followers.append((p, name))
+                leader = units[at[(name, key)]]
+                followers.setdefault((leader.graph_index, leader.name), []).append((p, name))
                 continue
             parent = p.graph.plan.node(name).parent
             wait = at.get((parent, p.graph.key(parent))) if parent is not None and parent in p.todo else None
