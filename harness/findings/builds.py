@@ -178,8 +178,9 @@ class Builds:
     def build_all(self, wants: Sequence[tuple[Any, Iterable[str]]]) -> None:
         """Every node ``wants`` names (``[(plan, nodes)]``, graphs merged by key) in ONE build: the plan, its
         training seeds and its controls' variants over one scheduler, so a control's node trains in the same wave
-        as the plan's nodes. A build that fails is said and left to the cases: the failed node's cases fail at
-        once with its error (:meth:`build`); the others build the nodes they read, one graph at a time."""
+        as the plan's nodes (``together=False``, ``HARNESS_LEGACY_GRAPHS=1``: one build per graph, one after another).
+        A build that fails is said and left to the cases: the failed node's cases fail at once with its error
+        (:meth:`build`); the others build the nodes they read, one graph at a time."""
         merged: dict[GraphKey, tuple[Any, set[str]]] = {}
         for plan, nodes in wants:
             merged.setdefault(graph_key(plan), (plan, set()))[1].update(nodes)

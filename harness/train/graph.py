@@ -189,6 +189,7 @@ def build_graphs(requests: Sequence[BuildRequest], *, fixtures_dir: str | Path |
         if event != "start":
             for p, name in followers.get((u.graph_index, u.name), ()):
                 p.tell(name, "found")
+
     first_base = next((p.graph.path(p.graph.plan.nodes[0].name) for p in work if p.base_dir is not None), None)
     slots = [slots_of.Slot("", 1)] if on_ray else slots_of.make_slots(device, jobs, first_base, devices)
     jobs = min(sum(s.capacity for s in slots), len(units))
