@@ -55,12 +55,12 @@ def make_slots(device: str, jobs: int | None, base_dir: Path | None = None,
 def per_gpu_capacity(gpu: str, base_dir: Path | None, n_gpus: int) -> int:
     """Nodes one GPU holds at once: a small trainer is launch-bound and leaves a GPU idle, so several
     share it while its free memory holds them (a node needs about 2.5x its base's weight files, for the
-    merge, plus 3 GiB) and the host has two cores per worker; the tiny base: up to 5 over all GPUs."""
+    merge, plus 3 GiB) and the host has two cores per worker; the tiny base (a few MiB) by the cores alone."""
     import torch
 
     cores = os.cpu_count() or 1
-    if base_dir is None:
-        return min(5, max(1, cores // 3 // n_gpus))
+    if base_dir is None:  # the tiny plan's 11 nodes (with the controls') in two rounds on a 16-core host, not three
+        return max(1, cores // 2 // n_gpus)
     weights = sum(f.stat().st_size for f in Path(base_dir).glob("*.safetensors"))
     need = 2.5 * weights + 3 * 2**30
     index = visible_gpus().index(gpu) if gpu in visible_gpus() else 0
