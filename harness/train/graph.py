@@ -195,6 +195,8 @@ def build_graphs(requests: Sequence[BuildRequest], *, fixtures_dir: str | Path |
     units, followers = _units(work)
     if on_ray:  # the after-work of nodes Ray does not train is left to whoever reads it (build_with_ray)
         units = [u for u in units if u.train]
+        if not units:
+            return [p.graph for p in preps]
 
     def tell(u: slots_of.Unit, event: str) -> None:  # a node's followers in other graphs are found as it ends
         work[u.graph_index].tell(u.name, event)
