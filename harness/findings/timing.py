@@ -1,7 +1,8 @@
 """Where a claims session's wall time went: its phases (building the graphs, each kind's sources, the
 statistics and verdicts with the weight diffs they compute, the report's plots) and, per graph build, the
 base, the pre-flight, each wave of nodes and each trained node's own figures (train time, steps, tokens/s,
-MFU from its train summary).
+MFU from its train summary, and the seconds of the claims' generations its worker computed after it:
+:mod:`harness.findings.prefetch`).
 
 The findings JSON carries it as ``meta.timing``; the Markdown as a "Timing" section. Figures only: no test
 asserts a time (speed is measured by ``tests/benchmarks/test_bench_claims_phases.py``).
