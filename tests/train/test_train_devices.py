@@ -405,3 +405,21 @@ def test_after_work_in_process_runs_after_each_node(single, tmp_path):
     assert [m["node"] for m in sorted(got, key=lambda m: m["unix"])] == [dpo, "base"], got
     assert all(m["built"] and m["pid"] == os.getpid() for m in got), got
     assert set(graph.after_s) == {"base", dpo} and not graph.after_errors
+
+
+def test_after_work_of_cached_nodes_waits_for_the_ready_training(single, tmp_path):
+    """One fake slot of one node: the DPO node (ready: sft_d0 is cached) trains first, with its after-work; the
+    cached nodes' after-work units (the lowest priority) run after it."""
+    from functools import partial
+
+    from harness.train.graph import BuildRequest, build_graphs
+
+    plan = load_plan(MICRO)
+    dpo = "dpo_d1@sft_d0"
+    fx = own_copy(single, tmp_path)
+    after = {"base": partial(mark_after, "ok"), "sft_d0": partial(mark_after, "ok"), dpo: partial(mark_after, "ok")}
+    (graph,) = build_graphs([BuildRequest(plan, [dpo], after=after)], fixtures_dir=fx, device="cpu", progress=False,
+                            devices="a")
+    got = sorted(marks(fx), key=lambda m: m["unix"])
+    assert [m["node"] for m in got] == [dpo, "base", "sft_d0"] and {m["slot"] for m in got} == {"a"}, got
+    assert graph.trained == [dpo]
