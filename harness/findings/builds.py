@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from harness.errors import HarnessError
 from harness.findings.preflight import NodePreflight, from_meta
@@ -110,16 +110,18 @@ class Builds:
         self._build_graphs([(plan, todo)])
         return self.graphs[key]
 
-    def _build_graphs(self, asks: Sequence[tuple[Any, list[str]]]) -> None:
+    def _build_graphs(self, asks: Sequence[tuple[Any, list[str]]], afters: Mapping[GraphKey, Mapping[str, Any]] | None = None) -> None:
         """One call into the graph engine for ``asks`` (``[(plan, nodes to ask for)]``, graphs not yet built
-        count with their base): one scheduler over all their nodes. A failure is recorded per node (or, for an
-        error no node owns, per graph when there is one) and raised."""
+        count with their base): one scheduler over all their nodes, each graph's ``afters`` (node -> after-work,
+        :class:`harness.train.graph.BuildRequest`) run as its nodes exist. A failure is recorded per node (or, for
+        an error no node owns, per graph when there is one) and raised."""
         from harness.train.graph import BuildRequest, build_graphs
 
         failed: list[dict[str, BaseException]] = [{} for _ in asks]
         only = [tuple(todo) or (plan.names[0],) for plan, todo in asks]
         requests = [BuildRequest(plan, list(o), self._progress(describe(plan), todo),
-                                 lambda name, error, f=f: f.setdefault(name, error))
+                                 lambda name, error, f=f: f.setdefault(name, error),
+                                 dict((afters or {}).get(graph_key(plan), {})))
                     for (plan, todo), o, f in zip(asks, only, failed)]
         for (plan, _), o in zip(asks, only):
             self.calls.append((graph_key(plan), o))
@@ -175,12 +177,14 @@ class Builds:
 
         return on_node
 
-    def build_all(self, wants: Sequence[tuple[Any, Iterable[str]]]) -> None:
+    def build_all(self, wants: Sequence[tuple[Any, Iterable[str]]],
+                  afters: Mapping[GraphKey, Mapping[str, Any]] | None = None) -> None:
         """Every node ``wants`` names (``[(plan, nodes)]``, graphs merged by key) in ONE build: the plan, its
         training seeds and its controls' variants over one scheduler, so a control's node trains in the same wave
         as the plan's nodes (``together=False``, ``HARNESS_LEGACY_GRAPHS=1``: one build per graph, one after another).
         A build that fails is said and left to the cases: the failed node's cases fail at once with its error
-        (:meth:`build`); the others build the nodes they read, one graph at a time."""
+        (:meth:`build`); the others build the nodes they read, one graph at a time. ``afters``: per graph, the
+        after-work of its nodes (:mod:`harness.findings.prefetch`), run by the build as each node exists."""
         merged: dict[GraphKey, tuple[Any, set[str]]] = {}
         for plan, nodes in wants:
             merged.setdefault(graph_key(plan), (plan, set()))[1].update(nodes)
@@ -193,13 +197,14 @@ class Builds:
             if todo or key not in self.graphs:
                 asks.append((plan, todo))
         for group in [asks] if self.together else [[a] for a in asks]:
-            self._build_group(group)
+            self._build_group(group, afters)
 
-    def _build_group(self, asks: Sequence[tuple[Any, list[str]]]) -> None:
+    def _build_group(self, asks: Sequence[tuple[Any, list[str]]],
+                     afters: Mapping[GraphKey, Mapping[str, Any]] | None = None) -> None:
         if not asks:
             return
         try:
-            self._build_graphs(asks)
+            self._build_graphs(asks, afters)
         except Exception as exc:  # noqa: BLE001 - recorded (and said); the cases that read it fail
             self.say(f"fixtures: the build of {', '.join(describe(p) for p, _ in asks)} stopped "
                      f"({type(exc).__name__}); the cases that read a failed node fail with its error, the others "

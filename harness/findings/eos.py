@@ -85,8 +85,7 @@ def node_source(graph: Any, node: str, *, device: str = "auto", progress: bool =
 
     from transformers import AutoTokenizer
 
-    from harness.evaluate.nodes import GenSettings, fixtures_dir, node_generations, prompts
-    from harness.inference.stopprob import cached_stop_probs
+    from harness.evaluate.nodes import GenSettings, node_generations, prompts
 
     settings = settings or GenSettings()
     ps = prompts("eval", folder=data_dir)
@@ -101,14 +100,25 @@ def node_source(graph: Any, node: str, *, device: str = "auto", progress: bool =
         return gens_source(replace(settings, do_sample=True, temperature=temperature, top_p=top_p, seed=seed))
 
     def probe(limit: int) -> Any:
-        recs = list(records or [])[: limit or None]
-        return cached_stop_probs(graph.path(node), str(graph.key(node)), recs, fixtures_dir(graph),
-                                 tokenizer=records_tokenizer or tok, device=device, label=node)
+        return node_stop_probs(graph, node, records or [], limit, records_tokenizer or tok, device)
 
     src = gens_source(settings)
     src.sample = sample
     src.stop_probe = probe if records else None
     return src
+
+
+def node_stop_probs(graph: Any, node: str, records: Sequence[dict], limit: int, tokenizer: Any,
+                    device: str = "auto") -> Any:
+    """P(stop | reply) of a graph node on the first ``limit`` of ``records`` rendered with ``tokenizer`` (a
+    :class:`harness.inference.stopprob.StopProbs`), cached in the fixture store by the node's key: what a
+    :func:`node_source`'s ``stop_probe`` reads."""
+    from harness.evaluate.nodes import fixtures_dir
+    from harness.inference.stopprob import cached_stop_probs
+
+    recs = list(records)[: limit or None]
+    return cached_stop_probs(graph.path(node), str(graph.key(node)), recs, fixtures_dir(graph),
+                             tokenizer=tokenizer, device=device, label=node)
 
 
 def folder_key(folder: Path) -> str:

@@ -318,7 +318,9 @@ class FindingsSession:
 
     def plan_cases(self, cases: Sequence[Case]) -> None:
         """The claim cases this session will run (after ``-k``/``-m``): the first :meth:`prepare` builds every
-        node they need in one build of all their graphs, so that ready nodes train at once over the device slots."""
+        node they need in one build of all their graphs, so that ready nodes train at once over the device slots,
+        and has the build's workers compute the generations those cases will read as each node is built
+        (:mod:`harness.findings.prefetch`; not with ``HARNESS_LEGACY_PREFETCH=1``)."""
         self._planned = list(cases)
 
     def _prebuild(self) -> None:
@@ -331,7 +333,12 @@ class FindingsSession:
                 ready.append(self.resolve(case))
             except HarnessError:  # raised again by the case's own resolve, so that case (not the first) errors
                 continue
-        self.builds.build_all([(p, r.nodes) for r in ready if r.skip is None for p in r.plans])
+        afters = None
+        if not self.options.env.legacy_prefetch:  # the claims' generations computed by the build's workers
+            from harness.findings.prefetch import afters as prefetch_afters
+
+            afters = prefetch_afters(self, ready)
+        self.builds.build_all([(p, r.nodes) for r in ready if r.skip is None for p in r.plans], afters)
 
     def seed_plans(self) -> list[tuple[int, Any]]:
         """``[(training seed, plan)]``, one per ``--harness-seeds`` (the plan itself under its own seed)."""

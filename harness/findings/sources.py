@@ -20,29 +20,33 @@ def weights(session: Any, spec: ClaimSpec, pair: Pair, control: Control | None) 
     return session.diff_sources(control)
 
 
-def gen_budget(session: Any, plan: Any, graph: Any) -> tuple[Any, int]:
+def gen_settings(plan: Any, graph: Any) -> tuple[Any, int]:
     """``(GenSettings, longest trained reply)`` for ``plan``'s generations: the new-token budget scaled to
-    the replies its nodes train on, in the base's tokenizer (:func:`harness.evaluate.nodes.reply_budget`)."""
+    the replies its nodes train on, in the base's tokenizer (:func:`harness.evaluate.nodes.reply_budget`).
+    A pure function of the plan and its graph (the base built): the session and the build's after-work
+    (:mod:`harness.findings.prefetch`) both call it, so they agree on the settings and so on the cache files."""
+    from transformers import AutoTokenizer
 
-    def make() -> tuple[Any, int]:
-        from transformers import AutoTokenizer
+    from harness.evaluate.nodes import GenSettings, reply_budget
+    from harness.train.keys import node_records
+    from harness.train.plan import SELFGEN
 
-        from harness.evaluate.nodes import GenSettings, reply_budget
-        from harness.train.keys import node_records
-        from harness.train.plan import SELFGEN
+    seen: set = set()
+    records: list[dict] = []
+    for node in plan.nodes:
+        ident = (node.method, node.dataset, repr(sorted(dict(node.source).items())))
+        if node.method in ("sft", "dpo") and node.dataset != SELFGEN and ident not in seen:
+            seen.add(ident)
+            records += node_records(plan, node.name)
+    tok = AutoTokenizer.from_pretrained(str(graph.path(plan.names[0])))
+    budget, longest = reply_budget(tok, records)
+    return GenSettings(max_new_tokens=budget), longest
 
-        seen: set = set()
-        records: list[dict] = []
-        for node in plan.nodes:
-            ident = (node.method, node.dataset, repr(sorted(dict(node.source).items())))
-            if node.method in ("sft", "dpo") and node.dataset != SELFGEN and ident not in seen:
-                seen.add(ident)
-                records += node_records(plan, node.name)
-        tok = AutoTokenizer.from_pretrained(str(graph.path(plan.names[0])))
-        budget, longest = reply_budget(tok, records)
-        return GenSettings(max_new_tokens=budget), longest
 
-    return session.memo(("gen-budget", plan.name, plan.variant_name, plan.base, plan.limit), make)
+def gen_budget(session: Any, plan: Any, graph: Any) -> tuple[Any, int]:
+    """:func:`gen_settings`, once per plan and session."""
+    return session.memo(("gen-budget", plan.name, plan.variant_name, plan.base, plan.limit),
+                        lambda: gen_settings(plan, graph))
 
 
 def seed_graphs(session: Any, control: Control | None, nodes: list[str]) -> list[tuple[Any, Any, Any]]:

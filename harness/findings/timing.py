@@ -1,7 +1,8 @@
 """Where a claims session's wall time went: its phases (building the graphs, each kind's sources, the
 statistics and verdicts with the weight diffs they compute, the report's plots) and, per graph build, the
 base, the pre-flight, each wave of nodes and each trained node's own figures (train time, steps, tokens/s,
-MFU from its train summary).
+MFU from its train summary, and the seconds of the claims' generations its worker computed after it:
+:mod:`harness.findings.prefetch`).
 
 The findings JSON carries it as ``meta.timing``; the Markdown as a "Timing" section. Figures only: no test
 asserts a time (speed is measured by ``tests/benchmarks/test_bench_claims_phases.py``).
@@ -46,9 +47,11 @@ class Timing:
 
 
 def build_record(what: str, graph: Any) -> dict[str, Any] | None:
-    """One graph build's figures: its timeline (base, pre-flight, nodes, total) and every node it trained,
-    with its wave (the node's depth below the base) and its train summary's figures; None when the build
-    trained nothing."""
+    """One graph build's figures: its timeline (base, pre-flight, nodes, total), every node it trained,
+    with its wave (the node's depth below the base), its train summary's figures and the seconds of its
+    after-work (the claims' generations the build computed, ``after_s``), and the after-work of each node it
+    did not train (``after_s``: node -> seconds, ``after_errors``: node -> error); None when the build ran
+    nothing."""
     t = graph.timeline
     if "nodes" not in t:
         return None
@@ -59,14 +62,17 @@ def build_record(what: str, graph: Any) -> dict[str, Any] | None:
         nodes.append({"node": name, "wave": len(graph.plan.ancestors(name)) - 1,
                       "started_unix": meta.get("started_unix"), "wall_s": meta.get("wall_seconds"),
                       **{k: train.get(k) for k in ("setup_s", "train_call_s", "merge_save_s", "steps", "first_step_s",
-                                                   "median_step_s", "tokens_per_s", "mfu", "lean_steps")}})
+                                                   "median_step_s", "tokens_per_s", "mfu", "lean_steps")},
+                      "after_s": getattr(graph, "after_s", {}).get(name)})
     waves: dict[int, list[dict]] = {}
     for n in nodes:
         if n["started_unix"] is not None and n["wall_s"] is not None:
             waves.setdefault(n["wave"], []).append(n)
     spans = {str(w): round(max(n["started_unix"] + n["wall_s"] for n in ns) - min(n["started_unix"] for n in ns), 3)
              for w, ns in sorted(waves.items())}
-    return {"graph": what, **{f"{k}_s": round(v, 3) for k, v in t.items()}, "waves_s": spans, "nodes": nodes}
+    after = {n: round(s, 3) for n, s in getattr(graph, "after_s", {}).items()}
+    return {"graph": what, **{f"{k}_s": round(v, 3) for k, v in t.items()}, "waves_s": spans, "nodes": nodes,
+            "after_s": after, "after_errors": dict(getattr(graph, "after_errors", {}))}
 
 
 def _s(x: Any) -> str:
@@ -84,13 +90,22 @@ def markdown(timing: Mapping[str, Any]) -> str:
                       + (f"; its nodes trained together with those of {', '.join(b['built_with'])}"
                          if b.get("built_with") else ""),
                   "", "| node | wave | wall s | setup s | train s | merge s | steps | first step s | median step s | "
-                      "tokens/s | MFU |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                      "tokens/s | MFU | after s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for n in b.get("nodes") or []:
             mfu = "n/a" if n.get("mfu") is None else f"{100 * n['mfu']:.2f} %"
             tps = "-" if n.get("tokens_per_s") is None else f"{n['tokens_per_s']:.0f}"
             median = "-" if n.get("median_step_s") is None else f"{n['median_step_s']:.3f}"
             lines.append(f"| {n['node']} | {n['wave']} | {_s(n.get('wall_s'))} | {_s(n.get('setup_s'))} | "
                          f"{_s(n.get('train_call_s'))} | {_s(n.get('merge_save_s'))} | {n.get('steps') or '-'} | "
-                         f"{_s(n.get('first_step_s'))} | {median} | {tps} | {mfu} |")
-    lines += ["", "MFU: 6 x parameters x tokens / train time / the GPU's dense bf16 peak; n/a on the CPU (no peak known)."]
+                         f"{_s(n.get('first_step_s'))} | {median} | {tps} | {mfu} | {_s(n.get('after_s'))} |")
+        trained = {n["node"] for n in b.get("nodes") or []}
+        others = {k: s for k, s in (b.get("after_s") or {}).items() if k not in trained}
+        if others:
+            lines += ["", "After-work of nodes this build did not train: "
+                      + ", ".join(f"{k} {_s(s)} s" for k, s in others.items())]
+        for k, error in (b.get("after_errors") or {}).items():
+            lines.append(f"\nAfter-work of {k} failed in the build (computed again after it): {error}")
+    lines += ["", "MFU: 6 x parameters x tokens / train time / the GPU's dense bf16 peak; n/a on the CPU (no peak known). "
+              "after s: the claims' generations a build worker computed right after the node "
+              "(harness.findings.prefetch)."]
     return "\n".join(lines)

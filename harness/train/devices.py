@@ -91,6 +91,13 @@ class Assignment:
     node: str
     slots: tuple[str, ...]
     trained: bool = False  # False: another builder had built it (the lock), or it failed
+    result: Any = None  # what its task returned (a harness.train.node.UnitResult in a build)
+
+
+def trained_of(result: Any) -> bool:
+    """Whether a task's result says it trained its node: a :class:`~harness.train.node.UnitResult`'s
+    ``trained``, else anything but False."""
+    return getattr(result, "trained", result) is not False
 
 
 def schedule(todo: Sequence[str], parent_of: Callable[[str], str | None], done: set[str], slots: Sequence[Slot],
@@ -156,7 +163,8 @@ def schedule(todo: Sequence[str], parent_of: Callable[[str], str | None], done: 
                 if on_error is not None:
                     on_error(name, exc)
             else:
-                entry[name].trained = fut.result() is not False
+                entry[name].result = fut.result()
+                entry[name].trained = trained_of(entry[name].result)
                 done.add(name)
     if error is not None:
         raise error
@@ -202,7 +210,9 @@ def close_pools(pools: dict[str, Any]) -> None:
 class Unit:
     """One node a build trains: its graph and name, key inputs, whether it is forced, its pre-flight, the unit
     it waits for (its parent's, an index into the build's units; None: the parent is built already) and the
-    graph's index in the build (:func:`harness.train.graph.build_graphs`)."""
+    graph's index in the build (:func:`harness.train.graph.build_graphs`). ``afters`` is the work run once the
+    node exists (``(graph, name, fn)``, :data:`harness.train.node.After`); a unit with ``train`` False only
+    runs that work, for a node already built (it comes after every training unit: the lowest priority)."""
 
     graph: Any
     name: str
@@ -211,10 +221,13 @@ class Unit:
     check: dict | None
     parent: int | None
     graph_index: int = 0
+    afters: tuple = ()
+    train: bool = True
 
     def label(self) -> str:
         v = self.graph.plan.variant_name
-        return self.name if self.graph_index == 0 else f"{self.name}[{v or self.graph.plan.seed}]"
+        name = self.name if self.train else f"{self.name}(after)"
+        return name if self.graph_index == 0 else f"{name}[{v or self.graph.plan.seed}]"
 
 
 def build_on_slots(units: Sequence[Unit], slots: Sequence[Slot], bar: Any, pools: dict[str, Any] | None = None,
@@ -223,19 +236,22 @@ def build_on_slots(units: Sequence[Unit], slots: Sequence[Slot], bar: Any, pools
     """Train ``units`` (of one graph or several) over ``slots``: the slots' worker pools (``pools`` from
     :func:`open_pools`, else opened here), multi-GPU nodes through ``accelerate launch`` from a thread of this
     process on the slots they were given. ``tell(unit, event)`` hears of each node's start and end here,
-    ``on_error(unit, error)`` of each node that failed (see :func:`harness.train.graph.build`). The
-    assignments name the units by their index."""
+    ``on_error(unit, error)`` of each node that failed (see :func:`harness.train.graph.build`). Each unit's
+    after-work runs in the same task right after its node (a multi-GPU node's: in that thread of this
+    process); a unit that trains nothing is not told of. The assignments name the units by their index."""
     from concurrent.futures import ThreadPoolExecutor
 
     from harness.train import distributed
-    from harness.train.node import locked_build
+    from harness.train.node import run_unit
 
     pools = pools if pools is not None else open_pools(slots, len(units), worker_log)
     threads = ThreadPoolExecutor(max_workers=max(1, len(slots)))
 
     def gpus_of(i: int) -> int:
         u = units[i]
-        return 1 if u.graph.plan.node(u.name).method == "base" else distributed.gpus_of(u.graph.plan.recipe(u.name))
+        if not u.train or u.graph.plan.node(u.name).method == "base":
+            return 1
+        return distributed.gpus_of(u.graph.plan.recipe(u.name))
 
     pinned = any(s.id for s in slots)  # unpinned (the CPU): a multi-process node takes one slot
 
@@ -244,11 +260,12 @@ def build_on_slots(units: Sequence[Unit], slots: Sequence[Slot], bar: Any, pools
     def start(i: int, chosen: tuple[Slot, ...]) -> Any:
         u = units[i]
         args = (u.graph, u.name, u.inputs, u.forced, False, u.check)
-        tell(u, "start")
+        if u.train:
+            tell(u, "start")
         if gpus_of(i) > 1:  # from a thread here, launching on the slots it was given
-            futures[i] = threads.submit(locked_build, *args, None, tuple(s.id for s in chosen if s.id))
+            futures[i] = threads.submit(run_unit, *args, None, tuple(s.id for s in chosen if s.id), u.afters)
         else:
-            futures[i] = pools[chosen[0].id].submit(locked_build, *args, chosen[0].id or None)
+            futures[i] = pools[chosen[0].id].submit(run_unit, *args, chosen[0].id or None, (), u.afters, u.train)
         return futures[i]
 
     def show(running: dict[int, tuple[str, ...]]) -> None:
@@ -258,8 +275,9 @@ def build_on_slots(units: Sequence[Unit], slots: Sequence[Slot], bar: Any, pools
     class _Done(set):  # advances the bar as nodes finish
         def add(self, item: int) -> None:
             super().add(item)
-            bar.update()
-            tell(units[item], "found" if futures[item].result() is False else "built")
+            if units[item].train:
+                bar.update()
+                tell(units[item], "built" if trained_of(futures[item].result()) else "found")
 
     try:
         return schedule(list(range(len(units))), lambda i: units[i].parent, _Done(), slots, start,

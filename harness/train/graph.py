@@ -7,13 +7,13 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from harness.errors import HarnessError, NodeError
 from harness.train import common, devices as slots_of, methods
 from harness.train.gpus import choose_threads
 from harness.train.keys import plan_keys, resolve_base
-from harness.train.node import locked_build
+from harness.train.node import run_unit
 from harness.train.plan import Plan
 from harness.train.preflight import preflight_nodes
 from harness.train.store import META_FILE, Store
@@ -28,6 +28,8 @@ class Graph:
         self._base_dir = base_dir
         self.trained: list[str] = []  # nodes this build trained (not found complete, not built by another)
         self.timeline: dict[str, float] = {}  # seconds the build spent on: base, preflight, nodes, total
+        self.after_s: dict[str, float] = {}  # seconds each node's after-work took (BuildRequest.after)
+        self.after_errors: dict[str, str] = {}  # the after-work that failed: node -> its error
 
     def describe_timeline(self) -> str:
         """One line: where the build's wall time went (empty when nothing was built)."""
@@ -92,12 +94,20 @@ def default_jobs(device: str, base_dir: Path | None = None) -> int:
 @dataclass
 class BuildRequest:
     """One graph of a :func:`build_graphs` call: its plan, the nodes wanted (None: every node) and who hears of
-    them (``on_node(name, event)``, ``on_error(name, error)``: see :func:`build`)."""
+    them (``on_node(name, event)``, ``on_error(name, error)``: see :func:`build`).
+
+    ``after``: per node name, a picklable callable (a module-level function, or a ``functools.partial`` of one:
+    the workers are spawned) the build runs as ``fn(graph, name)`` on a device slot once that node exists: for a
+    node it trains, in the same worker task right after training (its imports and CUDA context warm); for a node
+    already complete (or a hub/path base) a task of its own that trains nothing, started when a slot is free and
+    no training unit is ready (the lowest priority). Its failure is no build failure: the worker's log says it
+    with the node's name, and whoever needs the work does it again. Its seconds go into ``Graph.after_s``."""
 
     plan: Plan
     only: str | Iterable[str] | None = None
     on_node: Callable[[str, str], None] | None = None
     on_error: Callable[[str, BaseException], None] | None = None
+    after: Mapping[str, Callable[[Any, str], Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -179,10 +189,14 @@ def build_graphs(requests: Sequence[BuildRequest], *, fixtures_dir: str | Path |
     store.root.mkdir(parents=True, exist_ok=True)
     store.clean_stale_tmp()
     preps = [_prepare(r, store, device, rebuild, progress) for r in requests]
-    work = [p for p in preps if p.todo]
+    work = [p for p in preps if p.todo or _after_only(p)]
     if not work:
         return [p.graph for p in preps]
     units, followers = _units(work)
+    if on_ray:  # the after-work of nodes Ray does not train is left to whoever reads it (build_with_ray)
+        units = [u for u in units if u.train]
+        if not units:
+            return [p.graph for p in preps]
 
     def tell(u: slots_of.Unit, event: str) -> None:  # a node's followers in other graphs are found as it ends
         work[u.graph_index].tell(u.name, event)
@@ -213,40 +227,47 @@ def build_graphs(requests: Sequence[BuildRequest], *, fixtures_dir: str | Path |
                 p.failed(exc.node, exc)
             raise
         p.graph.timeline["preflight"] = time.perf_counter() - t
-    units = [dataclasses.replace(u, check=work[u.graph_index].checks[u.name]) for u in units]
+    units = [dataclasses.replace(u, check=work[u.graph_index].checks[u.name]) if u.train else u for u in units]
     t_nodes = time.perf_counter()
     desc = f"fixtures {work[0].graph.plan.name}" + (f" (+{len(work) - 1} graphs)" if len(work) > 1 else "")
-    bar = tqdm(total=len(units), desc=desc, unit="node", disable=not progress)
+    bar = tqdm(total=sum(u.train for u in units), desc=desc, unit="node", disable=not progress)
     try:
         if on_ray:
             from harness.train.ray_executor import build_with_ray
 
             for i in build_with_ray(units, bar, tell,
                                     lambda u, exc: work[u.graph_index].failed(u.name, exc), address=ray_address,
-                                    gpu_fraction=gpu_fraction, worker_log=worker_log):
+                                    gpu_fraction=gpu_fraction, worker_log=worker_log,
+                                    on_result=lambda u, r: _heard_after(u, r)):
                 work[units[i].graph_index].graph.trained.append(units[i].name)
         elif here:
             choose_threads(1)
-            for u in units:
+            for u in units:  # the units that only run after-work come last
                 p = work[u.graph_index]
-                bar.set_postfix(node=u.name)
-                tell(u, "start")
+                bar.set_postfix(node=u.label())
+                if u.train:
+                    tell(u, "start")
                 try:
-                    trained = locked_build(p.graph, u.name, u.inputs, u.forced, progress, u.check,
-                                           slots[0].id or None)
+                    result = run_unit(p.graph, u.name, u.inputs, u.forced, progress, u.check, slots[0].id or None,
+                                      (), u.afters, u.train)
                 except Exception as exc:  # an interrupt is no node's failure
                     p.failed(u.name, exc)
                     raise
-                if trained:
+                _heard_after(u, result)
+                if not u.train:
+                    continue
+                if result.trained:
                     p.graph.trained.append(u.name)
-                tell(u, "built" if trained else "found")
+                tell(u, "built" if result.trained else "found")
                 bar.update()
         else:
             done = slots_of.build_on_slots(units, slots, bar, pools, worker_log=worker_log,
                                            tell=tell,
                                            on_error=lambda u, exc: work[u.graph_index].failed(u.name, exc))
             for a in done:
-                if a.trained:
+                if a.result is not None:
+                    _heard_after(units[a.node], a.result)
+                if a.trained and units[a.node].train:
                     work[units[a.node].graph_index].graph.trained.append(units[a.node].name)
     finally:
         bar.close()
@@ -284,22 +305,54 @@ def _prepare(request: BuildRequest, store: Store, device: str, rebuild: bool, pr
     return _Prepared(request, graph, todo, inputs, forced, base_dir)
 
 
+def _after_only(p: _Prepared) -> list[str]:
+    """The nodes of ``p`` with after-work that ``p`` does not train: built already (or a hub/path base)."""
+    return [n for n in p.graph.plan.names
+            if n in p.request.after and n not in p.todo and p.graph.is_built(n)]
+
+
+def _heard_after(u: slots_of.Unit, result: Any) -> None:
+    """A unit's after-work seconds (and errors) into the graphs they belong to."""
+    for (graph, name, _), (seconds, error) in zip(u.afters, getattr(result, "after", ()) or ()):
+        graph.after_s[name] = graph.after_s.get(name, 0.0) + seconds
+        if error is not None:
+            graph.after_errors[name] = error
+
+
 def _units(work: Sequence[_Prepared]) -> tuple[list[slots_of.Unit], dict[tuple[int, str], list[tuple[_Prepared, str]]]]:
     """One unit per node to train over all graphs, parents first, each waiting for its parent's unit; a node
     an earlier graph trains too (same name and key) is not a unit of its own but a follower of that one
-    (``followers``: the leader's (graph index, name) -> the graphs and names that follow it)."""
-    units: list[slots_of.Unit] = []
+    (``followers``: the leader's (graph index, name) -> the graphs and names that follow it). Each unit carries
+    the after-work of its node in every graph that trains or follows it; after them come the units that only
+    run the after-work of nodes already built (one per name and key, over all graphs)."""
+    afters: list[list] = []
+    args: list[tuple] = []
     at: dict[tuple[str, str], int] = {}  # (name, key) -> its unit
     followers: dict[tuple[int, str], list[tuple[_Prepared, str]]] = {}
     for i, p in enumerate(work):
         for name in p.todo:
             key = p.graph.key(name)
+            own = [(p.graph, name, p.request.after[name])] if name in p.request.after else []
             if (name, key) in at and name not in p.forced:
-                leader = units[at[(name, key)]]
-                followers.setdefault((leader.graph_index, leader.name), []).append((p, name))
+                leader = at[(name, key)]
+                followers.setdefault((args[leader][6], name), []).append((p, name))
+                afters[leader] += own
                 continue
             parent = p.graph.plan.node(name).parent
             wait = at.get((parent, p.graph.key(parent))) if parent is not None and parent in p.todo else None
-            at[(name, key)] = len(units)
-            units.append(slots_of.Unit(p.graph, name, p.inputs[name], name in p.forced, None, wait, i))
+            at[(name, key)] = len(args)
+            args.append((p.graph, name, p.inputs[name], name in p.forced, None, wait, i))
+            afters.append(own)
+    units = [slots_of.Unit(*a, afters=tuple(w)) for a, w in zip(args, afters)]
+    only: dict[tuple[str, str], int] = {}
+    for i, p in enumerate(work):
+        for name in _after_only(p):
+            work_ = (p.graph, name, p.request.after[name])
+            key = (name, p.graph.key(name))
+            if key in only:
+                u = units[only[key]]
+                units[only[key]] = dataclasses.replace(u, afters=u.afters + (work_,))
+                continue
+            only[key] = len(units)
+            units.append(slots_of.Unit(p.graph, name, {}, False, None, None, i, afters=(work_,), train=False))
     return units, followers

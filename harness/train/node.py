@@ -12,9 +12,12 @@ import json
 import os
 import platform
 import shutil
+import sys
 import time
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from harness.train import common, methods
 from harness.train.gpus import worker_info
@@ -38,6 +41,47 @@ def locked_build(graph: Any, name: str, key_inputs: dict, forced: bool, progress
             build_node(graph, name, key_inputs, progress, check, slot, gpu_ids)
             return True
     return False
+
+
+#: One piece of after-work: the graph, the node's name, and the picklable callable run as ``fn(graph, name)``
+#: once the node exists (:class:`harness.train.graph.BuildRequest`'s ``after``).
+After = tuple[Any, str, Callable[[Any, str], Any]]
+
+
+@dataclass(frozen=True)
+class UnitResult:
+    """What a build worker's task did: whether it trained its node, and for each piece of after-work it ran
+    (in the order given) its seconds and its error (None: it went through)."""
+
+    trained: bool
+    after: tuple[tuple[float, str | None], ...] = ()
+
+
+def run_after(afters: Sequence[After]) -> tuple[tuple[float, str | None], ...]:
+    """Run each ``fn(graph, name)`` of ``afters``; a failure is no build failure: it is said on stderr (the
+    worker's log) with the node's name and the next one runs."""
+    out = []
+    for graph, name, fn in afters:
+        t0 = time.perf_counter()
+        error = None
+        try:
+            fn(graph, name)
+        except Exception as exc:  # noqa: BLE001 - the work is redone (and its error raised) by whoever reads it
+            error = f"{type(exc).__name__}: {exc}"
+            print(f"after-work of node {name!r} ({graph.plan.name}"
+                  f"{' [' + graph.plan.variant_name + ']' if graph.plan.variant_name else ''}) failed; "
+                  f"its reader computes it again:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        out.append((round(time.perf_counter() - t0, 3), error))
+    return tuple(out)
+
+
+def run_unit(graph: Any, name: str, key_inputs: dict, forced: bool, progress: bool, check: dict | None = None,
+             slot: str | None = None, gpu_ids: Sequence[str] = (), afters: Sequence[After] = (),
+             train: bool = True) -> UnitResult:
+    """One unit of a build: :func:`locked_build` (unless ``train`` is False: a node already built, here only
+    for its after-work), then its ``afters`` in the same process (its imports and CUDA context warm)."""
+    trained = locked_build(graph, name, key_inputs, forced, progress, check, slot, gpu_ids) if train else False
+    return UnitResult(trained, run_after(afters))
 
 
 def build_node(graph: Any, name: str, key_inputs: dict, progress: bool, check: dict | None = None,

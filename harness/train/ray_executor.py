@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from harness.config import EXECUTORS
 from harness.errors import HarnessError
+from harness.train.devices import trained_of
 
 __all__ = ["EXECUTORS", "build_with_ray", "check_executor", "connect", "require_ray"]
 #: How to get Ray (``.[ray]`` pins it through constraints.txt).
@@ -111,14 +112,15 @@ def _output_to(log_path: str | None) -> Iterator[None]:
 
 
 def build_task(graph: Any, name: str, key_inputs: dict, forced: bool, check: dict | None, log_path: str | None,
-               *parents: bool) -> bool:
-    """One node, inside a Ray worker: :func:`harness.train.node.locked_build` on the GPUs Ray gave the task.
-    ``parents`` are the parent task's result: taking it makes Ray run this task after the parent."""
+               afters: tuple = (), *parents: Any) -> Any:
+    """One node, inside a Ray worker: :func:`harness.train.node.run_unit` (the node's build, then its after-work)
+    on the GPUs Ray gave the task. ``parents`` are the parent task's result: taking it makes Ray run this task
+    after the parent. Returns a :class:`harness.train.node.UnitResult`."""
     import ray
 
     from harness.train.distributed import gpus_of
     from harness.train.gpus import choose_threads
-    from harness.train.node import locked_build
+    from harness.train.node import run_unit
 
     host = platform.node()
     if not graph.store.root.is_dir():
@@ -141,8 +143,8 @@ def build_task(graph: Any, name: str, key_inputs: dict, forced: bool, check: dic
     node = graph.plan.node(name)
     ddp = node.method != "base" and gpus_of(graph.plan.recipe(name)) > 1
     with _output_to(log_path):
-        return locked_build(graph, name, key_inputs, forced, False, check, ",".join(gpu_ids) or None,
-                            gpu_ids if ddp else ())
+        return run_unit(graph, name, key_inputs, forced, False, check, ",".join(gpu_ids) or None,
+                        gpu_ids if ddp else (), afters)
 
 
 def _cause(ray: Any, name: str, exc: BaseException) -> BaseException:
@@ -158,7 +160,8 @@ def _cause(ray: Any, name: str, exc: BaseException) -> BaseException:
 def build_with_ray(units: Sequence[Any], bar: Any, tell: Callable[[Any, str], None],
                    on_error: Callable[[Any, BaseException], None] | None = None, *, address: str | None = None,
                    gpu_fraction: float | None = None, worker_log: str | Path | None = None,
-                   max_retries: int | None = None) -> list[int]:
+                   max_retries: int | None = None,
+                   on_result: Callable[[Any, Any], None] | None = None) -> list[int]:
     """Build ``units`` (:class:`harness.train.devices.Unit`: the nodes of one graph or several, parents first) as
     Ray tasks, each after its parent's task; returns the indices of the units this build trained, in the order
     they ended.
@@ -169,7 +172,12 @@ def build_with_ray(units: Sequence[Any], bar: Any, tell: Callable[[Any, str], No
     first such error is raised once every other task has ended. ``gpu_fraction`` (default
     :func:`default_gpu_fraction`) is the share of a GPU a single-GPU node asks for on CUDA; ``max_retries``
     overrides Ray's retries of a task whose worker died (a retry starts the node afresh: its lock and temp
-    folder died with the worker)."""
+    folder died with the worker).
+
+    A unit's after-work (``Unit.afters``) runs in its node's task, right after the node; ``on_result(unit,
+    result)`` hears each task's :class:`harness.train.node.UnitResult` (its after-work's seconds). Units that
+    only run after-work (``train`` False: nodes already built) are not Ray's: the caller leaves that work to
+    whoever reads it (the claims session's main process)."""
     ray = connect(address, log_to_driver=worker_log is None)
     first_graph = units[0].graph
     if gpu_fraction is None:
@@ -196,7 +204,7 @@ def build_with_ray(units: Sequence[Any], bar: Any, tell: Callable[[Any, str], No
             options["max_retries"] = max_retries
         deps = [refs[u.parent]] if u.parent is not None else []
         refs.append(remote.options(**options).remote(shared[id(u.graph)], u.name, u.inputs, u.forced, u.check,
-                                                     log_path, *deps))
+                                                     log_path, u.afters, *deps))
     waiting = {ref: i for i, ref in enumerate(refs)}
     failed: dict[int, BaseException] = {}
     trained: list[int] = []
@@ -226,6 +234,9 @@ def build_with_ray(units: Sequence[Any], bar: Any, tell: Callable[[Any, str], No
                         if on_error is not None:
                             on_error(units[i], error)
                     continue
+                if on_result is not None:
+                    on_result(units[i], built)
+                built = trained_of(built)
                 if built:
                     trained.append(i)
                 bar.update()

@@ -9,8 +9,9 @@ time, tokens/s and MFU, the diffs, generation, claims and report phases), with t
 every second by ``nvidia-smi`` (overall and within each wave; "n/a" without a GPU).
 
 "Before" is the same command with ``HARNESS_LEGACY_STEPS=1`` (the Trainer's own per-step loop) and
-``HARNESS_LEGACY_GRAPHS=1`` (the plan's graph, then each control's variant, one build after another), in the
-same run, into its own fresh folder: each phase's before/after ratio is reported, and the two runs' verdicts must
+``HARNESS_LEGACY_GRAPHS=1`` (the plan's graph, then each control's variant, one build after another) and
+``HARNESS_LEGACY_PREFETCH=1`` (the claims' generations in the main process after the build), in the same run,
+into its own fresh folder: each phase's before/after ratio is reported, and the two runs' verdicts must
 agree (the only assertion; no time is asserted). With CUDA the command gets ``-m gpu --harness-device cuda``;
 without it, ``--harness-device cpu``. Settings (environment):
 
@@ -92,9 +93,10 @@ def claims_command(fixtures: Path, findings: Path, run: str) -> list[str]:
 def run_claims(label: str, fixtures: Path, out: Path, legacy: bool) -> dict:
     """One cold claims run: its wall, exit code, phases (from the findings JSON) and GPU utilisation."""
     env = {k: v for k, v in os.environ.items()
-           if k not in ("HARNESS_LEGACY_STEPS", "HARNESS_LEGACY_GRAPHS", "HARNESS_FIXTURES_DIR")}
+           if k not in ("HARNESS_LEGACY_STEPS", "HARNESS_LEGACY_GRAPHS", "HARNESS_LEGACY_PREFETCH",
+                        "HARNESS_FIXTURES_DIR")}
     if legacy:
-        env["HARNESS_LEGACY_STEPS"] = env["HARNESS_LEGACY_GRAPHS"] = "1"
+        env["HARNESS_LEGACY_STEPS"] = env["HARNESS_LEGACY_GRAPHS"] = env["HARNESS_LEGACY_PREFETCH"] = "1"
     fixtures.mkdir(parents=True, exist_ok=True)
     findings = out / f"findings-{label}"
     cmd = claims_command(fixtures, findings, f"bench-{label}")

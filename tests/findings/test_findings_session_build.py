@@ -279,16 +279,16 @@ def test_a_failed_nodes_builder_runs_once_for_all_its_cases(failing, monkeypatch
     cases then fail at once (NodeFailedError, peft's error as its cause) without calling it again."""
     from harness.findings.builds import NodeFailedError
     from harness.findings.session import FindingsSession, Options
-    from harness.train import graph as graph_module
+    from harness.train import node as node_module
 
     calls: list[str] = []
-    real = graph_module.locked_build
+    real = node_module.locked_build
 
     def counted(graph, name, *args, **kwargs):
         calls.append(name)
         return real(graph, name, *args, **kwargs)
 
-    monkeypatch.setattr(graph_module, "locked_build", counted)
+    monkeypatch.setattr(node_module, "locked_build", counted)
     fs = FindingsSession(Options(root=ROOT, plan_path=failing["plan"], plan_given=True, claims_dir=failing["claims"],
                                  fixtures_dir=str(failing["fx"]), device="cpu", run="inproc"),
                          say=lambda msg: None)

@@ -339,3 +339,87 @@ def test_a_node_two_graphs_share_trains_once_and_the_other_hears_it_found(tmp_pa
     assert heard["variant"] == [("base", "found"), ("sft_d0", "found"), (dpo, "start"), (dpo, "built")]
     assert var_g.meta(dpo)["started_unix"] >= main_g.meta("sft_d0")["started_unix"] + main_g.meta("sft_d0")["wall_seconds"]
     assert len(list((tmp_path / "fx" / "nodes").glob("sft_d0-*"))) == 1
+
+
+# ---- after-work: what the build runs on a slot once a node exists (BuildRequest.after) -------------
+
+def mark_after(tag: str, graph, name: str) -> None:
+    """An after-work that leaves a file saying when and where it ran and whether its node was built then; the
+    ``fail`` tag raises after that."""
+    folder = Path(graph.fixtures_dir) / "after"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}-{os.getpid()}-{time.monotonic_ns()}.json").write_text(json.dumps(
+        {"node": name, "built": graph.is_built(name), "unix": time.time(), "pid": os.getpid(),
+         "slot": os.environ.get("CUDA_VISIBLE_DEVICES")}))
+    if tag == "fail":
+        raise RuntimeError(f"the after-work of {name} broke")
+
+
+def marks(fx: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((fx / "after").glob("*.json"))]
+
+
+def test_after_work_runs_once_per_node_after_it_on_the_slots_and_its_failure_fails_no_build(single, tmp_path):
+    """On two fake slots, base and sft_d0 cached: the DPO node trains and its after-work runs in the same worker
+    right after it; the cached base and sft_d0 get a unit of their own that trains nothing; sft_d0's after-work
+    raises: the build still returns, the error is in the graph and in the workers' log, with the node's name."""
+    from functools import partial
+
+    from harness.train.graph import BuildRequest, build_graphs
+
+    plan = load_plan(MICRO)
+    dpo = "dpo_d1@sft_d0"
+    fx, log = own_copy(single, tmp_path), tmp_path / "workers.log"
+    heard: list[tuple[str, str]] = []
+    after = {"base": partial(mark_after, "ok"), "sft_d0": partial(mark_after, "fail"), dpo: partial(mark_after, "ok")}
+    (graph,) = build_graphs([BuildRequest(plan, [dpo], lambda n, e: heard.append((n, e)), after=after)],
+                            fixtures_dir=fx, device="cpu", progress=False, devices="a,b", worker_log=log)
+    assert graph.trained == [dpo] and heard == [(dpo, "start"), (dpo, "built")], heard
+    got = marks(fx)
+    assert sorted(m["node"] for m in got) == sorted(after), got  # once per node asked
+    assert all(m["built"] and m["slot"] in ("a", "b") and m["pid"] != os.getpid() for m in got), got
+    meta = graph.meta(dpo)
+    [dpo_mark] = [m for m in got if m["node"] == dpo]
+    assert dpo_mark["unix"] >= meta["started_unix"] + meta["wall_seconds"], "after-work ran before its node was built"
+    assert dpo_mark["pid"] == meta["pid"], "the trained node's after-work runs in the worker that trained it"
+    assert set(graph.after_s) == set(after) and list(graph.after_errors) == ["sft_d0"], graph.after_errors
+    assert "the after-work of sft_d0 broke" in graph.after_errors["sft_d0"]
+    text = log.read_text(encoding="utf-8")
+    assert "after-work of node 'sft_d0' (micro) failed" in text and "RuntimeError" in text, text[-2000:]
+
+
+def test_after_work_in_process_runs_after_each_node(single, tmp_path):
+    """One job on the CPU (no slots): the after-work runs in this process, after the node it follows; the
+    cached base's too, after the trained node (the lowest priority)."""
+    from functools import partial
+
+    from harness.train.graph import BuildRequest, build_graphs
+
+    plan = load_plan(MICRO)
+    dpo = "orpo_d1@sft_d0"
+    fx = own_copy(single, tmp_path)
+    (graph,) = build_graphs([BuildRequest(plan, [dpo], after={"base": partial(mark_after, "ok"),
+                                                              dpo: partial(mark_after, "ok")})],
+                            fixtures_dir=fx, device="cpu", progress=False)
+    got = marks(fx)
+    assert [m["node"] for m in sorted(got, key=lambda m: m["unix"])] == [dpo, "base"], got
+    assert all(m["built"] and m["pid"] == os.getpid() for m in got), got
+    assert set(graph.after_s) == {"base", dpo} and not graph.after_errors
+
+
+def test_after_work_of_cached_nodes_waits_for_the_ready_training(single, tmp_path):
+    """One fake slot of one node: the DPO node (ready: sft_d0 is cached) trains first, with its after-work; the
+    cached nodes' after-work units (the lowest priority) run after it."""
+    from functools import partial
+
+    from harness.train.graph import BuildRequest, build_graphs
+
+    plan = load_plan(MICRO)
+    dpo = "dpo_d1@sft_d0"
+    fx = own_copy(single, tmp_path)
+    after = {"base": partial(mark_after, "ok"), "sft_d0": partial(mark_after, "ok"), dpo: partial(mark_after, "ok")}
+    (graph,) = build_graphs([BuildRequest(plan, [dpo], after=after)], fixtures_dir=fx, device="cpu", progress=False,
+                            devices="a")
+    got = sorted(marks(fx), key=lambda m: m["unix"])
+    assert [m["node"] for m in got] == [dpo, "base", "sft_d0"] and {m["slot"] for m in got} == {"a"}, got
+    assert graph.trained == [dpo]

@@ -204,3 +204,35 @@ def test_a_variants_node_runs_as_a_ray_task_beside_the_plans(on_ray, tmp_path):
     spans = [(g.meta(dpo)["started_unix"], g.meta(dpo)["started_unix"] + g.meta(dpo)["wall_seconds"])
              for g in (main_g, var_g)]
     assert max(s for s, _ in spans) < min(e for _, e in spans), spans  # the two tasks ran at the same time
+
+
+def mark_after(graph, name: str) -> None:
+    """An after-work that leaves a file saying in which process it ran and whether its node was built then."""
+    import json
+
+    folder = Path(graph.fixtures_dir) / "after"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps({"built": graph.is_built(name), "pid": os.getpid()}))
+
+
+def test_after_work_runs_in_the_trained_nodes_task_and_cached_nodes_are_left_out(on_ray, tmp_path):
+    """On Ray, a node's after-work runs in its own task, right after the node; a cached node's (here the base's) is
+    not Ray's: no task runs it (the claims session computes it later in its own process)."""
+    import json
+    import shutil
+
+    from ray import cloudpickle
+
+    from harness.train.graph import BuildRequest, build_graphs
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # a Ray worker cannot import this test module
+    graph, _ = on_ray
+    orpo = "orpo_d1@sft_d0"
+    fx = tmp_path / "fx"
+    shutil.copytree(graph.fixtures_dir / "nodes", fx / "nodes", ignore=shutil.ignore_patterns("orpo_d1@sft_d0-*"))
+    (g,) = build_graphs([BuildRequest(load_plan(MICRO), [orpo], after={"base": mark_after, orpo: mark_after})],
+                        fixtures_dir=fx, device="cpu", progress=False, executor="ray")
+    assert g.trained == [orpo]
+    mark = json.loads((fx / "after" / f"{orpo}.json").read_text())
+    assert mark["built"] and mark["pid"] == g.meta(orpo)["pid"] != os.getpid(), mark
+    assert not (fx / "after" / "base.json").exists() and list(g.after_s) == [orpo]
