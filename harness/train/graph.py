@@ -98,6 +98,10 @@ class BuildRequest:
     only: str | Iterable[str] | None = None
     on_node: Callable[[str, str], None] | None = None
     on_error: Callable[[str, BaseException], None] | None = None
+    # on_graph(graph, todo, here): called in this process before any training, with the graph (its keys and
+    # paths), the nodes the build trains and whether they train in this process (the claims session computes
+    # weight diffs beside the build, harness.findings.diffahead)
+    on_graph: Callable[[Graph, list[str], bool], None] | None = None
 
 
 @dataclass
@@ -181,6 +185,7 @@ def build_graphs(requests: Sequence[BuildRequest], *, fixtures_dir: str | Path |
     preps = [_prepare(r, store, device, rebuild, progress) for r in requests]
     work = [p for p in preps if p.todo]
     if not work:
+        _on_graph(preps, False)
         return [p.graph for p in preps]
     units, followers = _units(work)
 
@@ -195,6 +200,7 @@ def build_graphs(requests: Sequence[BuildRequest], *, fixtures_dir: str | Path |
     jobs = min(sum(s.capacity for s in slots), len(units))
     here = (not on_ray and jobs == 1 and len(slots) == 1 and slots_of.is_here(slots[0], device)
             and not any(slots_of.needs_launch(p.graph.plan, p.todo) for p in work))
+    _on_graph(preps, here)
     # the embedded workers warm up during the pre-flight
     pools = None if here or on_ray else slots_of.open_pools(slots, len(units), worker_log)
     for p in work:
@@ -256,6 +262,12 @@ def build_graphs(requests: Sequence[BuildRequest], *, fixtures_dir: str | Path |
         t["nodes"] = nodes_s
         t["total"] = t["base"] + t["preflight"] + nodes_s
     return [p.graph for p in preps]
+
+
+def _on_graph(preps: Sequence[_Prepared], here: bool) -> None:
+    for p in preps:
+        if p.request.on_graph is not None:
+            p.request.on_graph(p.graph, list(p.todo), here)
 
 
 def _prepare(request: BuildRequest, store: Store, device: str, rebuild: bool, progress: bool) -> _Prepared:
