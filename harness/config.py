@@ -41,6 +41,7 @@ class RunConfig:
     ray_address: Optional[str] = None  # HARNESS_RAY_ADDRESS: the Ray cluster to join (default: local)
     legacy_steps: bool = False  # HARNESS_LEGACY_STEPS=1: the Trainer's own per-step loop (the speed benchmark's "before")
     legacy_graphs: bool = False  # HARNESS_LEGACY_GRAPHS=1: the claims session builds its graphs one after another
+    legacy_prefetch: bool = False  # HARNESS_LEGACY_PREFETCH=1: the claims' generations and weight diffs after the build, in the main process
     # output evaluation
     judge_serve: Optional[str] = None  # HARNESS_JUDGE_SERVE
     judge_model: Optional[str] = None  # HARNESS_JUDGE_MODEL
@@ -82,7 +83,7 @@ def from_env(environ: Optional[Mapping[str, str]] = None) -> RunConfig:
         kind = str(f.type)
         if f.name == "executor" and raw not in EXECUTORS:
             raise HarnessError(f"{variable(f.name)}={raw!r}: not one of {', '.join(EXECUTORS)}")
-        if f.name in ("update_snapshots", "legacy_steps"):
+        if f.name in ("update_snapshots", "legacy_steps", "legacy_graphs", "legacy_prefetch"):
             values[f.name] = raw == "1"
         elif "int" in kind:
             try:
