@@ -41,7 +41,7 @@ class RunConfig:
     ray_address: Optional[str] = None  # HARNESS_RAY_ADDRESS: the Ray cluster to join (default: local)
     legacy_steps: bool = False  # HARNESS_LEGACY_STEPS=1: the Trainer's own per-step loop (the speed benchmark's "before")
     legacy_graphs: bool = False  # HARNESS_LEGACY_GRAPHS=1: the claims session builds its graphs one after another
-    legacy_prefetch: bool = False  # HARNESS_LEGACY_PREFETCH=1: the claims' generations after the build, in the main process
+    legacy_prefetch: bool = False  # HARNESS_LEGACY_PREFETCH=1: the claims' generations and weight diffs after the build, in the main process
     # output evaluation
     judge_serve: Optional[str] = None  # HARNESS_JUDGE_SERVE
     judge_model: Optional[str] = None  # HARNESS_JUDGE_MODEL

@@ -83,6 +83,9 @@ class Builds:
         self.calls: list[tuple[GraphKey, tuple[str, ...]]] = []  # every build() this session made: (graph, only)
         self.failed: dict[tuple[GraphKey, str | None], Failure] = {}  # (graph, node or None: the graph): failure
         self.timings: list[dict] = []  # every build that trained a node: its phases and nodes (findings.timing)
+        # watch(request) -> request: who else hears of each graph and node of a build (the claims session's weight
+        # diffs computed ahead, harness.findings.diffahead); None: no one
+        self.watch: Callable[[Any], Any] | None = None
 
     def _todo(self, plan: Any, nodes: Iterable[str] | None) -> tuple[GraphKey, list[str]]:
         """The nodes of ``plan`` to ask the engine for (``nodes`` and their ancestors this session has not asked
@@ -125,6 +128,8 @@ class Builds:
                     for (plan, todo), o, f in zip(asks, only, failed)]
         for (plan, _), o in zip(asks, only):
             self.calls.append((graph_key(plan), o))
+        if self.watch is not None:
+            requests = [self.watch(r) for r in requests]
         try:
             with quiet(self.log_path):
                 # the one call into the graph engine; the session's log path reaches the build's workers through

@@ -87,6 +87,16 @@ class DiffSource:
                  self.nodes.key(ref) if ref else "-"]
         return Path(self.cache_dir) / (hashlib.sha256("|".join(parts).encode()).hexdigest()[:24] + ".json")
 
+    def cache_file(self, a: str, b: str, ref: str | None = None) -> Path | None:
+        """Where ``diff(a, b, ref)`` is cached on disk (None without a cache folder)."""
+        return self._cache_file(a, b, ref)
+
+    def cached(self, a: str, b: str, ref: str | None = None) -> bool:
+        """Whether ``diff(a, b, ref)`` is in the in-memory or the on-disk cache (a damaged file counts: it is
+        recomputed when read)."""
+        cache = self._cache_file(a, b, ref)
+        return (a, b, ref) in self._memo or (cache is not None and cache.is_file())
+
     def diff(self, a: str, b: str, ref: str | None = None) -> Any:
         """The :class:`harness.diff.DiffReport` of checkpoint ``b`` against ``a`` (task vectors against ``ref``)."""
         from harness.diff.report import DiffReport

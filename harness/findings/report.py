@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from harness.atomic import atomic_path, write_bytes
 from harness.findings import preflight as _preflight
@@ -264,20 +264,35 @@ def conflict_pairs(specs: Iterable[Any], source: Any) -> list[tuple[str, str, st
     return out
 
 
+#: the methods whose nodes the layer-deviation plots draw (one plot each)
+PLOTTED_METHODS = ("sft", "dpo")
+
+
+def plot_diffs(plan: Any, conflicts: Sequence[tuple[str, str, str]],
+               built: Callable[[str], bool]) -> list[tuple[str, str, str | None]]:
+    """The diffs :func:`plot_graph` reads, ``(a, b, ref)``: each SFT and DPO node that is ``built`` against the
+    node it was trained from, then each of ``conflicts`` whose two nodes are built trained nodes and whose
+    reference is a node of the plan."""
+    trained = [n for n in plan.names if plan.node(n).method != "base" and built(n)]
+    out: list[tuple[str, str, str | None]] = [(plan.node(n).parent, n, None) for n in trained
+                                              if plan.node(n).method in PLOTTED_METHODS]
+    return out + [(a, b, ref) for a, b, ref in conflicts if a in trained and b in trained and ref in plan.names]
+
+
 def plot_graph(source: DiffSource, plan: Any, folder: Path, run: str,
                conflicts: Sequence[tuple[str, str, str]] = ()) -> list[Path]:
     """Per-layer L2 deviation for every SFT and DPO node (against its start), and the conflict rates per layer
-    of the task-vector pairs ``conflicts`` names (:func:`conflict_pairs`), where the graph has both nodes."""
-    trained = [n for n in plan.names if plan.node(n).method != "base"
-               and (source.nodes.path(n) / "config.json").is_file()]  # a partial run (-k) built only some
-    sft = {n: source.diff(plan.node(n).parent, n) for n in trained if plan.node(n).method == "sft"}
-    dpo = {n: source.diff(plan.node(n).parent, n) for n in trained if plan.node(n).method == "dpo"}
+    of the task-vector pairs ``conflicts`` names (:func:`conflict_pairs`), where the graph has both nodes
+    (the diffs of :func:`plot_diffs`)."""
+    # a partial run (-k) built only some
+    diffs = plot_diffs(plan, conflicts, lambda n: (source.nodes.path(n) / "config.json").is_file())
+    sft = {b: source.diff(a, b) for a, b, ref in diffs if ref is None and plan.node(b).method == "sft"}
+    dpo = {b: source.diff(a, b) for a, b, ref in diffs if ref is None and plan.node(b).method == "dpo"}
     imgs = [plot_layer_deviation(sft, folder / f"{run}-sft-layer-deviation.png",
                                  "SFT nodes: layer L2 − mean (vs the node trained from; seed table 14)"),
             plot_layer_deviation(dpo, folder / f"{run}-dpo-layer-deviation.png",
                                  "DPO nodes: layer L2 − mean (vs the node trained from; seed table 15)")]
-    rates = {f"{a} vs {b} (ref {ref})": source.diff(a, b, ref) for a, b, ref in conflicts
-             if a in trained and b in trained and ref in plan.names}
+    rates = {f"{a} vs {b} (ref {ref})": source.diff(a, b, ref) for a, b, ref in diffs if ref is not None}
     if rates:
         imgs.append(plot_conflict_rates(rates, folder / f"{run}-conflict-rates.png", "Sign-conflict rate per layer"))
     return imgs

@@ -218,6 +218,7 @@ class FindingsSession:
         self.merged_preflight: list[NodePreflight] = []  # from pytest-xdist workers
         self.merged_failures: list[str] = []  # the nodes pytest-xdist workers failed to build, as they said them
         self.timing = Timing()  # seconds per phase (harness.findings.timing), in the findings' meta
+        self.ahead: Any = None  # the weight diffs computed during the first build (harness.findings.diffahead)
 
     def record(self, results: ClaimResult | Iterable[ClaimResult]) -> None:
         """Add result rows to this session's findings (terminal summary, JSON/Markdown files)."""
@@ -314,7 +315,11 @@ class FindingsSession:
     def build(self, plan: Any, nodes: Sequence[str] | None = None) -> Any:
         """Build (or load) ``nodes`` of ``plan`` and their ancestors (default: every node) in one build, with a
         progress line on the terminal as each missing node starts and ends. Returns the Graph."""
-        return self.builds.build(plan, nodes)
+        try:
+            return self.builds.build(plan, nodes)
+        finally:
+            if self.ahead is not None:  # paused while a build trained in this process
+                self.ahead.build_ended()
 
     def plan_cases(self, cases: Sequence[Case]) -> None:
         """The claim cases this session will run (after ``-k``/``-m``): the first :meth:`prepare` builds every
@@ -405,7 +410,12 @@ class FindingsSession:
         """Build the nodes the case reads (and their ancestors) in every graph it reads; the first call builds
         those of every planned case (:meth:`plan_cases`). Returns the case resolved."""
         if self._planned is not None:
-            self._prebuild()
+            self._start_diffs_ahead(self._planned)
+            try:
+                self._prebuild()
+            finally:
+                if self.ahead is not None:
+                    self.ahead.build_ended()
         r = self.resolve(case)
         if case.control is None:
             self.seeds = [s for s, _ in self.seed_plans()]  # the training seeds the findings report
@@ -413,17 +423,52 @@ class FindingsSession:
             self.build(plan, r.nodes)
         return r
 
+    def diff_source(self, plan: Any, graph: Any) -> DiffSource:
+        """The weight diffs of ``plan``'s ``graph``, cached on disk under the fixtures (what the statistics read)."""
+        return DiffSource(node_set(plan, graph), diff_cache_dir(self.options.fixtures_dir, self.options.root),
+                          self.options.device)
+
+    def _start_diffs_ahead(self, cases: Sequence[Case]) -> None:
+        """Have a thread compute the weight diffs ``cases`` (and the report's plots) will read during the build
+        (:mod:`harness.findings.diffahead`; not with ``HARNESS_LEGACY_PREFETCH=1``)."""
+        if self.options.env.legacy_prefetch:
+            return
+        from harness.findings.diffahead import start
+
+        try:
+            self.ahead = start(self, cases, self.diff_source)
+        except Exception as exc:  # noqa: BLE001 - an optimisation: the statistics compute the diffs themselves
+            self.say(f"weight diffs ahead: none ({type(exc).__name__}: {exc}); the statistics compute them")
+            return
+        if self.ahead is not None:
+            self.builds.watch = self.ahead.watch
+
+    def diffs_ahead_done(self, stop: bool = False) -> None:
+        """Wait for the diffs computed ahead (``stop``: after the one in progress); their seconds during the
+        build go into the timing."""
+        ahead, self.ahead = self.ahead, None
+        if ahead is None:
+            return
+        self.builds.watch = None
+        ahead.join(stop)
+        if ahead.records:
+            from harness.findings.diffahead import PHASE
+
+            during = ahead.seconds_during_build()
+            if during:  # the rest (after a build in this process: all) was waited for in the kind's phase
+                self.timing.add(PHASE, during)
+            self.say(f"{ahead.summary()} (log: {self.log_path})")
+
     def diff_sources(self, control: Control | None = None) -> list[tuple[int | None, DiffSource]]:
-        cache = diff_cache_dir(self.options.fixtures_dir, self.options.root)
+        self.diffs_ahead_done()  # the statistics read what it computed from the disk cache
         if control is not None:
             plan, graph = self.graph(control, [])
-            return [(None, DiffSource(node_set(plan, graph), cache, self.options.device))]
+            return [(None, self.diff_source(plan, graph))]
 
         def make() -> list[tuple[int | None, DiffSource]]:
             graphs = self.graphs([])  # the nodes each case reads are built by prepare()
             multi = len(graphs) > 1
-            return [(s if multi else None, DiffSource(node_set(self.plan, g), cache, self.options.device))
-                    for s, g in graphs]
+            return [(s if multi else None, self.diff_source(self.plan, g)) for s, g in graphs]
 
         return self.memo(("diffs",), make)
 
@@ -448,7 +493,8 @@ class FindingsSession:
         return self.memo(("judge-endpoint",), make)
 
     def close(self) -> None:
-        """Stop what the session started (the judge server)."""
+        """Stop what the session started (the diffs ahead, after the one in progress; the judge server)."""
+        self.diffs_ahead_done(stop=True)
         server, self._judge_server = getattr(self, "_judge_server", None), None
         if server is not None:
             server.stop()
@@ -490,6 +536,7 @@ class FindingsSession:
         return meta
 
     def plot(self, folder: Path, run: str) -> list[Path]:
+        self.diffs_ahead_done()
         sources = self._memo.get(("diffs",))
         if not sources:
             return []

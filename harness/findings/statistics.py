@@ -13,6 +13,7 @@ node that role's node was trained from, or ``"base"`` (the graph's base node).
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from dataclasses import dataclass, field
@@ -131,8 +132,29 @@ def _nodes(source: Any, pair: Pair, refs: Sequence[str], what: str) -> list[str]
 
 
 def _diff(source: WeightSource, pair: Pair, refs: Sequence[str], what: str) -> Any:
+    return source.diff(*_triple(source, pair, refs, what))
+
+
+def _triple(source: Any, pair: Pair, refs: Sequence[str], what: str) -> tuple[str, str, str | None]:
     nodes = _nodes(source, pair, refs, what)
-    return source.diff(nodes[0], nodes[1], nodes[2] if len(nodes) == 3 else None)
+    return nodes[0], nodes[1], nodes[2] if len(nodes) == 3 else None
+
+
+#: the parameters through which the weights statistics name the diffs they read (2 or 3 node references
+#: each, read with :func:`_diff`); :func:`diffs_read` lists a check's diffs from them
+DIFF_PARAMS = ("num", "den", "diff")
+
+
+def diffs_read(source: Any, pair: Pair, statistic_name: str, params: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
+    """The diffs ``(a, b, ref)`` the weights statistic ``statistic_name`` reads for ``pair`` with ``params`` (a
+    check's), its :data:`DIFF_PARAMS` (given, else the function's defaults) resolved against ``source``'s graph
+    as the statistic resolves them; the claims session computes them ahead (:mod:`harness.findings.diffahead`).
+    A reference that cannot be resolved raises as it would in the statistic."""
+    fn = STATISTICS.get(statistic_name)
+    given = {name: p.default for name, p in inspect.signature(fn).parameters.items()
+             if p.default is not inspect.Parameter.empty}
+    given.update(params)
+    return [_triple(source, pair, given[what], what) for what in DIFF_PARAMS if what in given]
 
 
 def _ratio(num: float, den: float) -> float:

@@ -15,7 +15,9 @@ import time
 from typing import Any, Iterator, Mapping
 
 #: what a kind's sources spend their time on (the phase's name in the report). The weight diffs are computed
-#: lazily, as the statistics read them: their time is in :data:`STATISTICS`, not in "diff sources"
+#: during the build (harness.findings.diffahead: its own phase, overlapping "build"); "diff sources" is the wait
+#: for those still running when the build ended; a diff not computed ahead is computed as the statistics read
+#: it, in :data:`STATISTICS`
 KIND_PHASE = {"weights": "diff sources", "generations": "generation", "similarity": "generation, BLEU/BERTScore",
               "judge": "judge"}
 

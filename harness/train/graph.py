@@ -108,6 +108,10 @@ class BuildRequest:
     on_node: Callable[[str, str], None] | None = None
     on_error: Callable[[str, BaseException], None] | None = None
     after: Mapping[str, Callable[[Any, str], Any]] = field(default_factory=dict)
+    # on_graph(graph, todo, here): called in this process before any training, with the graph (its keys and
+    # paths), the nodes the build trains and whether they train in this process (the claims session computes
+    # weight diffs beside the build, harness.findings.diffahead)
+    on_graph: Callable[[Graph, list[str], bool], None] | None = None
 
 
 @dataclass
@@ -191,11 +195,13 @@ def build_graphs(requests: Sequence[BuildRequest], *, fixtures_dir: str | Path |
     preps = [_prepare(r, store, device, rebuild, progress) for r in requests]
     work = [p for p in preps if p.todo or _after_only(p)]
     if not work:
+        _on_graph(preps, False)
         return [p.graph for p in preps]
     units, followers = _units(work)
     if on_ray:  # the after-work of nodes Ray does not train is left to whoever reads it (build_with_ray)
         units = [u for u in units if u.train]
         if not units:
+            _on_graph(preps, False)
             return [p.graph for p in preps]
 
     def tell(u: slots_of.Unit, event: str) -> None:  # a node's followers in other graphs are found as it ends
@@ -209,6 +215,7 @@ def build_graphs(requests: Sequence[BuildRequest], *, fixtures_dir: str | Path |
     jobs = min(sum(s.capacity for s in slots), len(units))
     here = (not on_ray and jobs == 1 and len(slots) == 1 and slots_of.is_here(slots[0], device)
             and not any(slots_of.needs_launch(p.graph.plan, p.todo) for p in work))
+    _on_graph(preps, here)
     # the embedded workers warm up during the pre-flight
     pools = None if here or on_ray else slots_of.open_pools(slots, len(units), worker_log)
     for p in work:
@@ -277,6 +284,12 @@ def build_graphs(requests: Sequence[BuildRequest], *, fixtures_dir: str | Path |
         t["nodes"] = nodes_s
         t["total"] = t["base"] + t["preflight"] + nodes_s
     return [p.graph for p in preps]
+
+
+def _on_graph(preps: Sequence[_Prepared], here: bool) -> None:
+    for p in preps:
+        if p.request.on_graph is not None:
+            p.request.on_graph(p.graph, list(p.todo), here)
 
 
 def _prepare(request: BuildRequest, store: Store, device: str, rebuild: bool, progress: bool) -> _Prepared:
