@@ -212,7 +212,8 @@ class Unit:
     it waits for (its parent's, an index into the build's units; None: the parent is built already) and the
     graph's index in the build (:func:`harness.train.graph.build_graphs`). ``afters`` is the work run once the
     node exists (``(graph, name, fn)``, :data:`harness.train.node.After`); a unit with ``train`` False only
-    runs that work, for a node already built (it comes after every training unit: the lowest priority)."""
+    runs that work, for a node trained by its parent unit or already built (it comes after every training unit:
+    the lowest priority)."""
 
     graph: Any
     name: str
@@ -236,9 +237,8 @@ def build_on_slots(units: Sequence[Unit], slots: Sequence[Slot], bar: Any, pools
     """Train ``units`` (of one graph or several) over ``slots``: the slots' worker pools (``pools`` from
     :func:`open_pools`, else opened here), multi-GPU nodes through ``accelerate launch`` from a thread of this
     process on the slots they were given. ``tell(unit, event)`` hears of each node's start and end here,
-    ``on_error(unit, error)`` of each node that failed (see :func:`harness.train.graph.build`). Each unit's
-    after-work runs in the same task right after its node (a multi-GPU node's: in that thread of this
-    process); a unit that trains nothing is not told of. The assignments name the units by their index."""
+    ``on_error(unit, error)`` of each node that failed (see :func:`harness.train.graph.build`). A unit's
+    after-work runs in its task after its node, if any; a unit that trains nothing is not told of. The assignments name the units by their index."""
     from concurrent.futures import ThreadPoolExecutor
 
     from harness.train import distributed

@@ -97,10 +97,10 @@ class BuildRequest:
     them (``on_node(name, event)``, ``on_error(name, error)``: see :func:`build`).
 
     ``after``: per node name, a picklable callable (a module-level function, or a ``functools.partial`` of one:
-    the workers are spawned) the build runs as ``fn(graph, name)`` on a device slot once that node exists: for a
-    node it trains, in the same worker task right after training (its imports and CUDA context warm); for a node
-    already complete (or a hub/path base) a task of its own that trains nothing, started when a slot is free and
-    no training unit is ready (the lowest priority). Its failure is no build failure: the worker's log says it
+    the workers are spawned) the build runs as ``fn(graph, name)`` on a device slot once that node exists, as a
+    task of its own that trains nothing: for a node it trains, once that node is trained (its children do not
+    wait for it); for a node already complete (or a hub/path base) at once; either started when a slot is free
+    and no training unit is ready (the lowest priority). On Ray, a leaf node's runs in its own task. Its failure is no build failure: the worker's log says it
     with the node's name, and whoever needs the work does it again. Its seconds go into ``Graph.after_s``."""
 
     plan: Plan
@@ -198,8 +198,8 @@ def build_graphs(requests: Sequence[BuildRequest], *, fixtures_dir: str | Path |
         _on_graph(preps, False)
         return [p.graph for p in preps]
     units, followers = _units(work)
-    if on_ray:  # the after-work of nodes Ray does not train is left to whoever reads it (build_with_ray)
-        units = [u for u in units if u.train]
+    if on_ray:  # Ray runs a trained node's after-work in its task when no child waits on it (build_with_ray)
+        units = _ray_units(units)
         if not units:
             _on_graph(preps, False)
             return [p.graph for p in preps]
@@ -324,6 +324,18 @@ def _after_only(p: _Prepared) -> list[str]:
             if n in p.request.after and n not in p.todo and p.graph.is_built(n)]
 
 
+def _ray_units(units: Sequence[slots_of.Unit]) -> list[slots_of.Unit]:
+    """The training units for Ray (a task per node, its children's tasks waiting on its result): a leaf node's
+    after-work goes into its own task; the after-work of a node with children in the build, and of nodes already
+    built, is left to whoever reads it, so that no child waits for its parent's after-work."""
+    train = [u for u in units if u.train]
+    parents = {u.parent for u in train if u.parent is not None}
+    for u in units:
+        if not u.train and u.parent is not None and u.parent not in parents:
+            train[u.parent] = dataclasses.replace(train[u.parent], afters=u.afters)
+    return train
+
+
 def _heard_after(u: slots_of.Unit, result: Any) -> None:
     """A unit's after-work seconds (and errors) into the graphs they belong to."""
     for (graph, name, _), (seconds, error) in zip(u.afters, getattr(result, "after", ()) or ()):
@@ -335,9 +347,10 @@ def _heard_after(u: slots_of.Unit, result: Any) -> None:
 def _units(work: Sequence[_Prepared]) -> tuple[list[slots_of.Unit], dict[tuple[int, str], list[tuple[_Prepared, str]]]]:
     """One unit per node to train over all graphs, parents first, each waiting for its parent's unit; a node
     an earlier graph trains too (same name and key) is not a unit of its own but a follower of that one
-    (``followers``: the leader's (graph index, name) -> the graphs and names that follow it). Each unit carries
-    the after-work of its node in every graph that trains or follows it; after them come the units that only
-    run the after-work of nodes already built (one per name and key, over all graphs)."""
+    (``followers``: the leader's (graph index, name) -> the graphs and names that follow it). After the training
+    units come the units that only run after-work: one per trained node that has some (its work in every graph
+    that trains or follows it), waiting for that node's unit, so the node's children start as soon as it is
+    trained, not after its after-work; then one per node already built (one per name and key, over all graphs)."""
     afters: list[list] = []
     args: list[tuple] = []
     at: dict[tuple[str, str], int] = {}  # (name, key) -> its unit
@@ -356,7 +369,9 @@ def _units(work: Sequence[_Prepared]) -> tuple[list[slots_of.Unit], dict[tuple[i
             at[(name, key)] = len(args)
             args.append((p.graph, name, p.inputs[name], name in p.forced, None, wait, i))
             afters.append(own)
-    units = [slots_of.Unit(*a, afters=tuple(w)) for a, w in zip(args, afters)]
+    units = [slots_of.Unit(*a) for a in args]
+    units += [slots_of.Unit(a[0], a[1], {}, False, None, i, a[6], afters=tuple(w), train=False)
+              for i, (a, w) in enumerate(zip(args, afters)) if w]
     only: dict[tuple[str, str], int] = {}
     for i, p in enumerate(work):
         for name in _after_only(p):

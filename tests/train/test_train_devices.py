@@ -360,8 +360,8 @@ def marks(fx: Path) -> list[dict]:
 
 
 def test_after_work_runs_once_per_node_after_it_on_the_slots_and_its_failure_fails_no_build(single, tmp_path):
-    """On two fake slots, base and sft_d0 cached: the DPO node trains and its after-work runs in the same worker
-    right after it; the cached base and sft_d0 get a unit of their own that trains nothing; sft_d0's after-work
+    """On two fake slots, base and sft_d0 cached: the DPO node trains and its after-work runs on a slot after it;
+    the cached base and sft_d0 get a unit of their own that trains nothing; sft_d0's after-work
     raises: the build still returns, the error is in the graph and in the workers' log, with the node's name."""
     from functools import partial
 
@@ -381,11 +381,31 @@ def test_after_work_runs_once_per_node_after_it_on_the_slots_and_its_failure_fai
     meta = graph.meta(dpo)
     [dpo_mark] = [m for m in got if m["node"] == dpo]
     assert dpo_mark["unix"] >= meta["started_unix"] + meta["wall_seconds"], "after-work ran before its node was built"
-    assert dpo_mark["pid"] == meta["pid"], "the trained node's after-work runs in the worker that trained it"
     assert set(graph.after_s) == set(after) and list(graph.after_errors) == ["sft_d0"], graph.after_errors
     assert "the after-work of sft_d0 broke" in graph.after_errors["sft_d0"]
     text = log.read_text(encoding="utf-8")
     assert "after-work of node 'sft_d0' (micro) failed" in text and "RuntimeError" in text, text[-2000:]
+
+
+def test_a_nodes_children_train_before_its_after_work(single, tmp_path):
+    """One fake slot of one node, only the base cached: sft_d0 trains, then its child, and only then sft_d0's
+    after-work (a unit of its own waiting for sft_d0, the lowest priority): a child never waits for its parent's
+    after-work."""
+    from functools import partial
+
+    from harness.train.graph import BuildRequest, build_graphs
+
+    plan = load_plan(MICRO)
+    dpo = "dpo_d1@sft_d0"
+    fx = tmp_path / "fx"
+    shutil.copytree(single.fixtures_dir / "nodes", fx / "nodes", ignore=shutil.ignore_patterns("sft_d0-*"))
+    (graph,) = build_graphs([BuildRequest(plan, [dpo], after={"sft_d0": partial(mark_after, "ok")})],
+                            fixtures_dir=fx, device="cpu", progress=False, devices="a")
+    assert graph.trained == ["sft_d0", dpo]
+    [mark] = marks(fx)
+    assert mark["node"] == "sft_d0" and mark["built"], mark
+    assert graph.meta(dpo)["started_unix"] < mark["unix"], "the child waited for its parent's after-work"
+    assert list(graph.after_s) == ["sft_d0"]
 
 
 def test_after_work_in_process_runs_after_each_node(single, tmp_path):
