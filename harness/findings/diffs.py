@@ -79,7 +79,8 @@ class DiffSource:
     def base(self) -> str:
         return self.nodes.base()
 
-    def _cache_file(self, a: str, b: str, ref: str | None) -> Path | None:
+    def cache_file(self, a: str, b: str, ref: str | None = None) -> Path | None:
+        """Where ``diff(a, b, ref)`` is cached on disk (None without a cache folder)."""
         if self.cache_dir is None:
             return None
         # Names as well as keys: two nodes never share a diff even if a graph gave them one key.
@@ -87,14 +88,10 @@ class DiffSource:
                  self.nodes.key(ref) if ref else "-"]
         return Path(self.cache_dir) / (hashlib.sha256("|".join(parts).encode()).hexdigest()[:24] + ".json")
 
-    def cache_file(self, a: str, b: str, ref: str | None = None) -> Path | None:
-        """Where ``diff(a, b, ref)`` is cached on disk (None without a cache folder)."""
-        return self._cache_file(a, b, ref)
-
     def cached(self, a: str, b: str, ref: str | None = None) -> bool:
         """Whether ``diff(a, b, ref)`` is in the in-memory or the on-disk cache (a damaged file counts: it is
         recomputed when read)."""
-        cache = self._cache_file(a, b, ref)
+        cache = self.cache_file(a, b, ref)
         return (a, b, ref) in self._memo or (cache is not None and cache.is_file())
 
     def diff(self, a: str, b: str, ref: str | None = None) -> Any:
@@ -104,7 +101,7 @@ class DiffSource:
         memo_key = (a, b, ref)
         if memo_key in self._memo:
             return self._memo[memo_key]
-        cache = self._cache_file(a, b, ref)
+        cache = self.cache_file(a, b, ref)
         if cache is not None and cache.is_file():
             try:
                 report = json.loads(cache.read_text(encoding="utf-8"))

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from harness.findings.builds import GraphKey, graph_key
+from harness.findings.statistics import call_params
 
 #: the statistics that read seeded sampled generations, and those that read P(stop | reply)
 SAMPLED = ("sampled_stop_rate", "loop_rate")
@@ -86,16 +86,6 @@ def run_node_work(work: NodeWork, graph: Any, name: str) -> None:
                           progress=False)
 
 
-def _params(statistic: str, given: dict) -> dict:
-    """A check's params over its statistic's defaults (what the statistic is called with)."""
-    from harness.findings.statistics import STATISTICS
-
-    sig = inspect.signature(STATISTICS.get(statistic))
-    out = {k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
-    out.update(given)
-    return out
-
-
 def _generations_work(spec: Any, plan: Any, node: str, empty: NodeWork) -> tuple[NodeWork, NodeWork | None]:
     """A ``generations`` case's work on its node, and on the graph's base (None: the node is the base). Each
     check runs on the node's source and, for the row's base value, on the base's
@@ -104,7 +94,7 @@ def _generations_work(spec: Any, plan: Any, node: str, empty: NodeWork) -> tuple
     samples, probes = [], []
     sft = plan.node(node).method == "sft"  # only an SFT node's source has records to probe
     for check in spec.checks:
-        p = _params(check.statistic, check.kwargs())
+        p = call_params(check.statistic, check.kwargs())
         if check.statistic == "sampled_stop_rate" or (check.statistic == "loop_rate" and p.get("sampled")):
             # cast as the statistics cast (a float and an int enter the cache key differently)
             samples.append((float(p["temperature"]), float(p["top_p"]), int(p["seed"])))

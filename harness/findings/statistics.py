@@ -145,15 +145,22 @@ def _triple(source: Any, pair: Pair, refs: Sequence[str], what: str) -> tuple[st
 DIFF_PARAMS = ("num", "den", "diff")
 
 
+def call_params(statistic_name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """What the statistic ``statistic_name`` is called with for a check's ``params``: those over the
+    function's own defaults (the claims session reads them to compute ahead what the statistic will read)."""
+    fn = STATISTICS.get(statistic_name)
+    out = {name: p.default for name, p in inspect.signature(fn).parameters.items()
+           if p.default is not inspect.Parameter.empty}
+    out.update(params)
+    return out
+
+
 def diffs_read(source: Any, pair: Pair, statistic_name: str, params: Mapping[str, Any]) -> list[tuple[str, str, str | None]]:
     """The diffs ``(a, b, ref)`` the weights statistic ``statistic_name`` reads for ``pair`` with ``params`` (a
     check's), its :data:`DIFF_PARAMS` (given, else the function's defaults) resolved against ``source``'s graph
     as the statistic resolves them; the claims session computes them ahead (:mod:`harness.findings.diffahead`).
     A reference that cannot be resolved raises as it would in the statistic."""
-    fn = STATISTICS.get(statistic_name)
-    given = {name: p.default for name, p in inspect.signature(fn).parameters.items()
-             if p.default is not inspect.Parameter.empty}
-    given.update(params)
+    given = call_params(statistic_name, params)
     return [_triple(source, pair, given[what], what) for what in DIFF_PARAMS if what in given]
 
 

@@ -1,7 +1,7 @@
 """Where a claims session's wall time went: its phases (building the graphs, each kind's sources, the
 statistics and verdicts with the weight diffs they compute, the report's plots) and, per graph build, the
 base, the pre-flight, each wave of nodes and each trained node's own figures (train time, steps, tokens/s,
-MFU from its train summary, and the seconds of the claims' generations its worker computed after it:
+MFU from its train summary, and the seconds of the claims' generations a build worker computed once it existed:
 :mod:`harness.findings.prefetch`).
 
 The findings JSON carries it as ``meta.timing``; the Markdown as a "Timing" section. Figures only: no test
@@ -108,6 +108,6 @@ def markdown(timing: Mapping[str, Any]) -> str:
         for k, error in (b.get("after_errors") or {}).items():
             lines.append(f"\nAfter-work of {k} failed in the build (computed again after it): {error}")
     lines += ["", "MFU: 6 x parameters x tokens / train time / the GPU's dense bf16 peak; n/a on the CPU (no peak known). "
-              "after s: the claims' generations a build worker computed right after the node "
+              "after s: the claims' generations a build worker computed once the node existed "
               "(harness.findings.prefetch)."]
     return "\n".join(lines)

@@ -79,7 +79,7 @@ def run_unit(graph: Any, name: str, key_inputs: dict, forced: bool, progress: bo
              slot: str | None = None, gpu_ids: Sequence[str] = (), afters: Sequence[After] = (),
              train: bool = True) -> UnitResult:
     """One unit of a build: :func:`locked_build` (unless ``train`` is False: a node already built, here only
-    for its after-work), then its ``afters`` in the same process (its imports and CUDA context warm)."""
+    for its after-work), then its ``afters`` in the same process."""
     trained = locked_build(graph, name, key_inputs, forced, progress, check, slot, gpu_ids) if train else False
     return UnitResult(trained, run_after(afters))
 
